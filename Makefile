@@ -1,0 +1,50 @@
+# edgepop — every target installs what it needs first (venv, packages, generated code).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PROTOS := $(wildcard proto/edge/v1/*.proto)
+GEN_STAMP := gen/.stamp
+DATA_DIR ?= .cluster
+PYTEST_ARGS ?=
+
+.PHONY: install proto test lint cluster bench clean distclean
+
+install: $(VENV)/.installed $(GEN_STAMP)
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# generated code lives in gen/ (the proto import path); put it on the venv's path
+	$(PY) -c "import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()['purelib'], 'edgepop-gen.pth').write_text(str(pathlib.Path('gen').resolve()) + '\n')"
+	touch $@
+
+$(GEN_STAMP): $(PROTOS) $(VENV)/.installed
+	rm -rf gen && mkdir -p gen
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -Iproto --python_out=gen --grpc_python_out=gen --mypy_out=gen --mypy_grpc_out=gen $(PROTOS)
+	touch gen/edge/__init__.py gen/edge/v1/__init__.py gen/edge/py.typed
+	touch $@
+
+proto:
+	rm -f $(GEN_STAMP)
+	$(MAKE) $(GEN_STAMP)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+cluster: install
+	$(VENV)/bin/edgectl cluster up --data-dir $(DATA_DIR)
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf gen .pytest_cache .mypy_cache .ruff_cache
+
+distclean: clean
+	rm -rf $(VENV) $(DATA_DIR)

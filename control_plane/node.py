@@ -1,0 +1,120 @@
+"""The control plane process: node registry with leases, topology, routing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from control_plane.registry import NODE_LEASE_S_DEFAULT, NodeEntry, NodeRegistry
+from control_plane.service import ControlPlaneService
+from control_plane.state import ControlPlaneState, entry_to_pb
+from edge.v1 import control_plane_pb2 as pb
+from edge.v1 import control_plane_pb2_grpc as pb_grpc
+from edgepop.config import HEARTBEAT_INTERVAL_S_DEFAULT, NodeConfig
+from edgepop.lifecycle import Node
+from edgepop.storage import Storage
+from edgepop.topology import topology_to_pb
+
+# How often lease expiry is checked (a dead node shows unhealthy within lease + this).
+HEALTH_CHECK_INTERVAL_S = 0.2
+
+
+@dataclass
+class ControlPlaneConfig(NodeConfig):
+    lease_s: float = NODE_LEASE_S_DEFAULT
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S_DEFAULT
+
+
+class ControlPlane(Node):
+    role = "control_plane"
+    config: ControlPlaneConfig
+
+    def __init__(self, config: ControlPlaneConfig) -> None:
+        super().__init__(config)
+        self.registry = NodeRegistry(config.lease_s)
+        self.topology_version = 1
+        self.topology_changed = asyncio.Condition()
+        self.route_counter = 0
+        self._healthy: frozenset[str] = frozenset()
+        self.storage: Storage | None = None
+        self.state: ControlPlaneState | None = None
+
+    def open_storage(self) -> None:
+        self.storage = Storage(self.storage_dir, self.config.map_size_bytes)
+        self.state = ControlPlaneState(self.storage)
+        self.registry.restore(self.state.load_nodes(), time.time())
+
+    def add_services(self, server: grpc.aio.Server) -> list[str]:
+        pb_grpc.add_ControlPlaneServicer_to_server(ControlPlaneService(self), server)
+        return [pb.DESCRIPTOR.services_by_name["ControlPlane"].full_name]
+
+    async def on_serving(self) -> None:
+        self.self_entry = NodeEntry(
+            name=self.name,
+            region=self.region,
+            role=self.role,
+            grpc_address=self.grpc_address,
+            metrics_address=self.metrics_address,
+            pid=os.getpid(),
+        )
+        self._healthy = self.registry.healthy_names(time.time())
+        self.spawn(self._watch_health(), "watch-health")
+
+    def close_storage(self) -> None:
+        if self.storage is not None:
+            self.storage.close()
+
+    # -- state changes -------------------------------------------------------------------
+
+    async def register(self, entry: NodeEntry) -> NodeEntry:
+        assert self.state is not None
+        registered = self.registry.register(entry, time.time())
+        await self.state.save_node(registered)
+        await self.bump_topology()
+        return registered
+
+    async def bump_topology(self) -> None:
+        async with self.topology_changed:
+            self.topology_version += 1
+            self.topology_changed.notify_all()
+
+    async def _watch_health(self) -> None:
+        """Bump the topology version whenever a lease lapses or comes back."""
+        while True:
+            await asyncio.sleep(HEALTH_CHECK_INTERVAL_S)
+            healthy = self.registry.healthy_names(time.time())
+            if healthy != self._healthy:
+                self._healthy = healthy
+                await self.bump_topology()
+            self._export_health_metrics(healthy)
+
+    def _export_health_metrics(self, healthy: frozenset[str]) -> None:
+        total = len(self.registry.entries())
+        self.metrics.cp_nodes.labels(self.name, self.region, "true").set(len(healthy))
+        self.metrics.cp_nodes.labels(self.name, self.region, "false").set(total - len(healthy))
+
+    # -- views ---------------------------------------------------------------------------
+
+    def node_infos(self) -> list[pb.NodeInfo]:
+        now = time.time()
+        infos = [entry_to_pb(self.self_entry, healthy=True)]
+        for entry in self.registry.entries():
+            if entry.name == self.name:
+                continue
+            infos.append(
+                entry_to_pb(
+                    entry,
+                    healthy=self.registry.is_healthy(entry, now),
+                    age_s=max(0.0, now - entry.last_heartbeat),
+                )
+            )
+        return infos
+
+    def topology_message(self) -> pb.Topology:
+        message: pb.Topology = topology_to_pb(self.config.topology, self.topology_version)
+        message.nodes.extend(self.node_infos())
+        return message

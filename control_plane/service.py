@@ -1,0 +1,109 @@
+"""gRPC servicer of the control plane: thin wiring over the registry and routing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+
+from control_plane.registry import ROLE_POP
+from control_plane.routing import nearest_pops, pick
+from control_plane.state import entry_from_pb
+from edge.v1 import control_plane_pb2 as pb
+from edge.v1 import control_plane_pb2_grpc as pb_grpc
+from edgepop.errors import InvalidArgumentError, UnavailableError
+from edgepop.rpc import RpcEnv, rpc
+
+if TYPE_CHECKING:
+    from control_plane.node import ControlPlane
+
+# A watcher hears about changes at once, and at least this often regardless.
+WATCH_REFRESH_S = 5.0
+
+
+class ControlPlaneService(pb_grpc.ControlPlaneServicer):
+    def __init__(self, node: ControlPlane) -> None:
+        self.node = node
+        self.rpc_env = RpcEnv("ControlPlane", node.metrics, node.netem, node.token)
+
+    @rpc(internal=True)
+    async def RegisterNode(
+        self, request: pb.RegisterNodeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RegisterNodeResponse:
+        entry = entry_from_pb(request.node)
+        if not entry.name or not entry.role or not entry.grpc_address:
+            raise InvalidArgumentError("node needs a name, a role and a grpc_address")
+        if not self.node.config.topology.has_region(entry.region):
+            raise InvalidArgumentError(f"unknown region {entry.region!r}")
+        registered = await self.node.register(entry)
+        return pb.RegisterNodeResponse(
+            incarnation=registered.incarnation,
+            heartbeat_interval_s=self.node.config.heartbeat_interval_s,
+            lease_s=self.node.config.lease_s,
+        )
+
+    @rpc(internal=True)
+    async def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HeartbeatResponse:
+        known = self.node.registry.heartbeat(request.name, request.incarnation, time.time())
+        return pb.HeartbeatResponse(known=known)
+
+    @rpc()
+    async def ListNodes(
+        self, request: pb.ListNodesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListNodesResponse:
+        return pb.ListNodesResponse(nodes=self.node.node_infos())
+
+    @rpc()
+    async def Route(
+        self, request: pb.RouteRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RouteResponse:
+        topology = self.node.config.topology
+        if not topology.has_region(request.region):
+            raise InvalidArgumentError(f"unknown region {request.region!r}")
+        registry = self.node.registry
+        now = time.time()
+        pops = [
+            entry
+            for entry in registry.entries()
+            if entry.role == ROLE_POP and registry.is_healthy(entry, now)
+        ]
+        nearest, rtt = nearest_pops(topology, pops, request.region)
+        if not nearest:
+            raise UnavailableError("no healthy PoP")
+        self.node.route_counter += 1
+        chosen = pick(nearest, request.client_id, self.node.route_counter)
+        return pb.RouteResponse(
+            name=chosen.name,
+            grpc_address=chosen.grpc_address,
+            http_address=chosen.http_address,
+            region=chosen.region,
+            rtt_ms=rtt,
+        )
+
+    @rpc()
+    async def GetTopology(
+        self, request: pb.GetTopologyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Topology:
+        return self.node.topology_message()
+
+    @rpc(internal=True)
+    async def WatchTopology(
+        self, request: pb.GetTopologyRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.Topology]:
+        changed = self.node.topology_changed
+        while True:
+            sent_version = self.node.topology_version
+            yield self.node.topology_message()
+
+            def moved(version: int = sent_version) -> bool:
+                return self.node.topology_version != version
+
+            async with changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait_for(moved), WATCH_REFRESH_S)

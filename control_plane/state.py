@@ -1,0 +1,68 @@
+"""The control plane's durable state in LMDB: registrations (later also faults and placements).
+
+Heartbeats are not persisted (they are frequent and a restart grants a lease of grace).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from control_plane.registry import NodeEntry
+from edge.v1 import control_plane_pb2 as pb
+from edgepop.storage import Storage
+
+ROLE_TO_PB = {
+    "control_plane": pb.ROLE_CONTROL_PLANE,
+    "origin": pb.ROLE_ORIGIN,
+    "pop": pb.ROLE_POP,
+}
+ROLE_FROM_PB = {value: key for key, value in ROLE_TO_PB.items()}
+
+
+def entry_to_pb(entry: NodeEntry, healthy: bool = False, age_s: float = 0.0) -> pb.NodeInfo:
+    return pb.NodeInfo(
+        name=entry.name,
+        region=entry.region,
+        role=ROLE_TO_PB[entry.role],
+        grpc_address=entry.grpc_address,
+        http_address=entry.http_address,
+        metrics_address=entry.metrics_address,
+        healthy=healthy,
+        pid=entry.pid,
+        incarnation=entry.incarnation,
+        last_heartbeat_age_s=age_s,
+    )
+
+
+def entry_from_pb(info: pb.NodeInfo) -> NodeEntry:
+    return NodeEntry(
+        name=info.name,
+        region=info.region,
+        role=ROLE_FROM_PB.get(info.role, ""),
+        grpc_address=info.grpc_address,
+        http_address=info.http_address,
+        metrics_address=info.metrics_address,
+        pid=info.pid,
+        incarnation=info.incarnation,
+    )
+
+
+class ControlPlaneState:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.nodes_db = storage.db("cp_nodes")
+
+    def load_nodes(self) -> list[NodeEntry]:
+        with self.storage.read() as txn:
+            return [
+                entry_from_pb(pb.NodeInfo.FromString(raw))
+                for _, raw in txn.cursor(db=self.nodes_db)
+            ]
+
+    async def save_node(self, entry: NodeEntry) -> None:
+        raw = entry_to_pb(entry).SerializeToString()
+
+        def work(txn: Any) -> None:
+            txn.put(entry.name.encode(), raw, db=self.nodes_db)
+
+        await self.storage.write(work)

@@ -1,0 +1,479 @@
+"""Start, stop and inspect the processes of a local cluster.
+
+`Cluster` is what `edgectl cluster up|down|status`, `edgectl node stop|kill|start`,
+`make cluster`, the tests and the benchmarks all use. Each node is a real process
+(`python -m pop_node ...`) with its own data dir under the cluster's; its ports are
+chosen at run time (or from --base-port), recorded in `DIR/cluster.json`, and reused
+when the node is started again so that peers and clients keep finding it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from edge.v1 import control_plane_pb2 as cp_pb2
+from edge.v1 import control_plane_pb2_grpc as cp_grpc
+from edgepop.auth import TOKEN_FILE_NAME, ensure_token
+from edgepop.lifecycle import READY_FILE_NAME
+from edgepop.topology import NodeSpec, Topology, load_topology
+
+STATE_FILE_NAME = "cluster.json"
+PROMETHEUS_FILE_NAME = "prometheus.yml"
+ROLE_MODULES = {"control_plane": "control_plane", "origin": "origin_node", "pop": "pop_node"}
+START_TIMEOUT_S_DEFAULT = 60.0
+STOP_TIMEOUT_S_DEFAULT = 10.0
+POLL_INTERVAL_S = 0.02
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot do what was asked (the message says why)."""
+
+
+@dataclass
+class NodeState:
+    name: str
+    role: str
+    region: str
+    data_dir: str
+    log_file: str
+    grpc_port: int = 0
+    metrics_port: int = 0
+    http_port: int = 0
+    pid: int = 0
+    grpc_address: str = ""
+    http_address: str = ""
+    metrics_address: str = ""
+    # Extra flags for this node's process (e.g. --log-retain-entries 100).
+    extra_args: list[str] = field(default_factory=list)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (the node binds it without SO_REUSEPORT)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def pid_alive(pid: int) -> bool:
+    """True while `pid` runs (reaping it first if it is our exited child)."""
+    if pid <= 0:
+        return False
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    # The state follows the parenthesised command name; Z = zombie, X = dead.
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+class Cluster:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        topology_file: Path | None = None,
+        base_port: int | None = None,
+        host: str = "127.0.0.1",
+        role_args: dict[str, list[str]] | None = None,
+        node_args: dict[str, list[str]] | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        self.data_dir = data_dir.resolve()
+        self.topology_file = topology_file.resolve() if topology_file else None
+        self.base_port = base_port
+        self.host = host
+        self.role_args = role_args or {}
+        self.node_args = node_args or {}
+        self.python = python
+        self.nodes: dict[str, NodeState] = {}
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    # -- state file ------------------------------------------------------------------------
+
+    @property
+    def state_file(self) -> Path:
+        return self.data_dir / STATE_FILE_NAME
+
+    @property
+    def token_file(self) -> Path:
+        return self.data_dir / TOKEN_FILE_NAME
+
+    @property
+    def token(self) -> str:
+        return ensure_token(self.token_file)
+
+    @property
+    def topology(self) -> Topology:
+        return load_topology(self.topology_file)
+
+    @classmethod
+    def open(cls, data_dir: Path) -> Cluster:
+        """The cluster recorded in `data_dir` by an earlier `up`."""
+        state_file = data_dir.resolve() / STATE_FILE_NAME
+        try:
+            state = json.loads(state_file.read_text())
+        except FileNotFoundError as error:
+            raise ClusterError(
+                f"no cluster in {data_dir} (no {STATE_FILE_NAME}); run `edgectl cluster up`"
+            ) from error
+        topology_file = state.get("topology_file")
+        cluster = cls(
+            data_dir,
+            topology_file=Path(topology_file) if topology_file else None,
+            base_port=state.get("base_port"),
+            host=state.get("host", "127.0.0.1"),
+            python=state.get("python", sys.executable),
+        )
+        cluster.nodes = {name: NodeState(**node) for name, node in state["nodes"].items()}
+        return cluster
+
+    def save(self) -> None:
+        state = {
+            "topology_file": str(self.topology_file) if self.topology_file else None,
+            "base_port": self.base_port,
+            "host": self.host,
+            "python": self.python,
+            "nodes": {name: asdict(node) for name, node in self.nodes.items()},
+        }
+        temporary = self.state_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(state, indent=2))
+        temporary.replace(self.state_file)
+
+    # -- addresses -------------------------------------------------------------------------
+
+    def node(self, name: str) -> NodeState:
+        try:
+            return self.nodes[name]
+        except KeyError as error:
+            raise ClusterError(f"no node named {name!r} (see `edgectl nodes`)") from error
+
+    def by_role(self, role: str) -> list[NodeState]:
+        return [node for node in self.nodes.values() if node.role == role]
+
+    @property
+    def control_plane(self) -> NodeState:
+        return self.by_role("control_plane")[0]
+
+    @property
+    def origin(self) -> NodeState:
+        return self.by_role("origin")[0]
+
+    @property
+    def pops(self) -> list[NodeState]:
+        return self.by_role("pop")
+
+    def _address(self, port: int) -> str:
+        return f"{self.host}:{port}"
+
+    # -- starting --------------------------------------------------------------------------
+
+    def _plan(self, specs: Iterable[NodeSpec]) -> None:
+        """Assign data dirs and ports to every node the topology asks for."""
+        for index, spec in enumerate(specs):
+            node_dir = self.data_dir / spec.name
+            node = NodeState(
+                name=spec.name,
+                role=spec.role,
+                region=spec.region,
+                data_dir=str(node_dir),
+                log_file=str(self.data_dir / "logs" / f"{spec.name}.log"),
+                extra_args=[*self.role_args.get(spec.role, []), *self.node_args.get(spec.name, [])],
+            )
+            if self.base_port is not None:
+                node.grpc_port = self.base_port + 3 * index
+                node.metrics_port = self.base_port + 3 * index + 1
+                node.http_port = self.base_port + 3 * index + 2 if spec.role == "pop" else 0
+            elif spec.role in ("control_plane", "origin"):
+                # Others are told these addresses up front, so all start at once.
+                node.grpc_port = free_port(self.host)
+            self.nodes[spec.name] = node
+
+    def _argv(self, node: NodeState) -> list[str]:
+        argv = [
+            self.python,
+            "-m",
+            ROLE_MODULES[node.role],
+            "--name",
+            node.name,
+            "--region",
+            node.region,
+            "--data-dir",
+            node.data_dir,
+            "--token-file",
+            str(self.token_file),
+            "--host",
+            self.host,
+            "--grpc-port",
+            str(node.grpc_port),
+            "--metrics-port",
+            str(node.metrics_port),
+            "--http-port",
+            str(node.http_port),
+        ]
+        if self.topology_file:
+            argv += ["--topology", str(self.topology_file)]
+        if node.role != "control_plane":
+            argv += ["--control-plane", self._address(self.control_plane.grpc_port)]
+        if node.role == "pop":
+            argv += ["--origin", self._address(self.origin.grpc_port)]
+        return argv + node.extra_args
+
+    def _spawn(self, node: NodeState) -> None:
+        ready = Path(node.data_dir) / READY_FILE_NAME
+        with contextlib.suppress(FileNotFoundError):
+            ready.unlink()
+        Path(node.log_file).parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(node.log_file, "ab") as log:
+            process = subprocess.Popen(
+                self._argv(node),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                # Its own session: Ctrl-C in a terminal reaches only the launcher, which
+                # then stops every node in order.
+                start_new_session=True,
+            )
+        self._children[node.name] = process
+        node.pid = process.pid
+
+    def up(
+        self,
+        timeout: float = START_TIMEOUT_S_DEFAULT,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        """Start every node and return once all are SERVING and registered."""
+        if self.state_file.exists():
+            existing = Cluster.open(self.data_dir)
+            running = [n.name for n in existing.nodes.values() if pid_alive(n.pid)]
+            if running:
+                raise ClusterError(
+                    f"a cluster is already running in {self.data_dir} ({', '.join(running)});"
+                    " run `edgectl cluster down` first"
+                )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ensure_token(self.token_file)
+        self._plan(self.topology.node_specs())
+        for node in self.nodes.values():
+            self._spawn(node)
+        self.save()
+        try:
+            self.wait_ready(list(self.nodes), timeout, progress)
+        except BaseException:
+            self.down()
+            raise
+        self.save()
+        self.write_prometheus_config()
+
+    def start(self, name: str, timeout: float = START_TIMEOUT_S_DEFAULT) -> None:
+        """Start a stopped node again, on its previous ports and data dir."""
+        node = self.node(name)
+        if pid_alive(node.pid):
+            raise ClusterError(f"{name} is already running (pid {node.pid})")
+        self._spawn(node)
+        self.save()
+        self.wait_ready([name], timeout)
+        self.save()
+
+    def wait_ready(
+        self,
+        names: list[str],
+        timeout: float,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        """Poll until each node wrote its ready file, answers SERVING and is registered."""
+        deadline = time.monotonic() + timeout
+        pending = set(names)
+        while pending:
+            for name in sorted(pending):
+                node = self.nodes[name]
+                if not pid_alive(node.pid):
+                    raise ClusterError(
+                        f"{name} exited during start; see {node.log_file}:\n"
+                        + _tail(Path(node.log_file))
+                    )
+                if self._read_ready(node):
+                    pending.discard(name)
+                    if progress is not None:
+                        progress(name, len(names) - len(pending), len(names))
+            if pending:
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"not ready after {timeout:.0f} s: {sorted(pending)}")
+                time.sleep(POLL_INTERVAL_S)
+        for name in names:
+            self._wait_serving(self.nodes[name], deadline)
+        self._wait_registered(names, deadline)
+
+    def _read_ready(self, node: NodeState) -> bool:
+        try:
+            ready = json.loads((Path(node.data_dir) / READY_FILE_NAME).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+        if ready.get("pid") != node.pid:
+            return False
+        node.grpc_address = ready["grpc_address"]
+        node.metrics_address = ready["metrics_address"]
+        node.http_address = ready.get("http_address", "")
+        node.grpc_port = int(node.grpc_address.rsplit(":", 1)[1])
+        node.metrics_port = int(node.metrics_address.rsplit(":", 1)[1])
+        if node.http_address:
+            node.http_port = int(node.http_address.rsplit(":", 1)[1])
+        return True
+
+    def _wait_serving(self, node: NodeState, deadline: float) -> None:
+        with grpc.insecure_channel(node.grpc_address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                try:
+                    response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    if response.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"{node.name} is not SERVING")
+                time.sleep(POLL_INTERVAL_S)
+
+    def _wait_registered(self, names: list[str], deadline: float) -> None:
+        wanted = {name for name in names if self.nodes[name].role != "control_plane"}
+        while wanted:
+            try:
+                healthy = {info.name for info in self.list_nodes() if info.healthy}
+            except grpc.RpcError:
+                healthy = set()
+            wanted -= healthy
+            if not wanted:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"not registered with the control plane: {sorted(wanted)}")
+            time.sleep(POLL_INTERVAL_S)
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def stop(self, name: str, timeout: float = STOP_TIMEOUT_S_DEFAULT) -> None:
+        """SIGTERM: the node drains and closes LMDB. SIGKILL if it overstays `timeout`."""
+        node = self.node(name)
+        self._signal(node, signal.SIGTERM)
+        if not self._wait_exit(node, timeout):
+            self._signal(node, signal.SIGKILL)
+            self._wait_exit(node, timeout)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: no drain, no close (crash testing)."""
+        node = self.node(name)
+        self._signal(node, signal.SIGKILL)
+        self._wait_exit(node, STOP_TIMEOUT_S_DEFAULT)
+
+    def down(self, timeout: float = STOP_TIMEOUT_S_DEFAULT) -> None:
+        """Stop every node: PoPs first, then the origin, then the control plane."""
+        order = [*self.pops, *self.by_role("origin"), *self.by_role("control_plane")]
+        for node in order:
+            self._signal(node, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for node in order:
+            if not self._wait_exit(node, max(0.1, deadline - time.monotonic())):
+                self._signal(node, signal.SIGKILL)
+                self._wait_exit(node, STOP_TIMEOUT_S_DEFAULT)
+
+    def _signal(self, node: NodeState, signum: signal.Signals) -> None:
+        if pid_alive(node.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.pid, signum)
+
+    def _wait_exit(self, node: NodeState, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while pid_alive(node.pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(POLL_INTERVAL_S)
+        self._children.pop(node.name, None)
+        return True
+
+    def alive(self, name: str) -> bool:
+        return pid_alive(self.node(name).pid)
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def list_nodes(self, timeout: float = 2.0) -> list[cp_pb2.NodeInfo]:
+        with grpc.insecure_channel(self._address(self.control_plane.grpc_port)) as channel:
+            response = cp_grpc.ControlPlaneStub(channel).ListNodes(
+                cp_pb2.ListNodesRequest(), timeout=timeout
+            )
+        return list(response.nodes)
+
+    def status(self) -> list[dict[str, Any]]:
+        """Every node with its process state and, when the control plane answers, health."""
+        try:
+            health = {info.name: info.healthy for info in self.list_nodes()}
+        except grpc.RpcError:
+            health = {}
+        rows = []
+        for node in self.nodes.values():
+            alive = pid_alive(node.pid)
+            rows.append(
+                {
+                    "name": node.name,
+                    "role": node.role,
+                    "region": node.region,
+                    "pid": node.pid if alive else 0,
+                    "grpc_address": node.grpc_address,
+                    "http_address": node.http_address,
+                    "metrics_address": node.metrics_address,
+                    "healthy": alive and health.get(node.name, node.role == "control_plane"),
+                }
+            )
+        return rows
+
+    def write_prometheus_config(self) -> Path:
+        """A prometheus.yml in the data dir that scrapes every node."""
+        lines = [
+            "# Written by `edgectl cluster up`: scrapes every node of this cluster.",
+            "global:",
+            "  scrape_interval: 5s",
+            "scrape_configs:",
+        ]
+        for role in ("control_plane", "origin", "pop"):
+            nodes = self.by_role(role)
+            if not nodes:
+                continue
+            lines += [f"  - job_name: edgepop_{role}", "    static_configs:"]
+            for node in nodes:
+                lines += [
+                    f"      - targets: ['{node.metrics_address}']",
+                    f"        labels: {{node: '{node.name}', region: '{node.region}'}}",
+                ]
+        path = self.data_dir / PROMETHEUS_FILE_NAME
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

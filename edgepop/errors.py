@@ -1,0 +1,103 @@
+"""Domain errors and the one table that maps them to gRPC status codes.
+
+Handlers raise these; the `rpc` decorator (edgepop.rpc) turns them into a status with a
+stable message. Tracebacks never go on the wire: anything not listed here becomes
+INTERNAL "internal error" and is logged on the node.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class EdgeError(Exception):
+    """Base of every error a client may see; `code` is the gRPC status it maps to."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgumentError(EdgeError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class KeyTooLargeError(InvalidArgumentError):
+    pass
+
+
+class ValueTooLargeError(InvalidArgumentError):
+    pass
+
+
+class MetadataInvalidError(InvalidArgumentError):
+    pass
+
+
+class NotFoundError(EdgeError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class StorageFullError(EdgeError):
+    """The LMDB map is full: writes are refused, reads keep working."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class OverloadedError(EdgeError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class UnavailableError(EdgeError):
+    """A dependency (the origin, the control plane) cannot be reached in time."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineError(EdgeError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class UnauthenticatedError(EdgeError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class LogTruncatedError(EdgeError):
+    """A subscriber asked for entries the log no longer holds (it must take a snapshot)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class ReplicationGapError(EdgeError):
+    """A batch does not continue the replica's applied seq: never applied, stream restarts."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
+def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and message a client sees for `error`."""
+    if isinstance(error, EdgeError):
+        return error.code, error.message
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
+class UpstreamError(EdgeError):
+    """A status from another node, passed on to the caller unchanged."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def from_upstream(error: grpc.aio.AioRpcError, what: str) -> EdgeError:
+    """The error a caller sees when a call to another node failed.
+
+    Client errors (bad argument, too large) pass through as they are; a peer that cannot
+    be reached in time becomes UNAVAILABLE naming it.
+    """
+    code = error.code()
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return UnavailableError(f"{what} unreachable: {code.name} ({error.details()})")
+    return UpstreamError(code, error.details() or code.name)

@@ -1,0 +1,296 @@
+"""The LMDB layout of a KV store, shared by the origin and every replica.
+
+Keys may be 512 bytes but LMDB keys stop at 511, and a namespace must fit in front of
+them; so a key lives in two sub-databases:
+
+  kv_index    (dupsort) ns_hash(8) + key[:500]  ->  0x00 + key[500:]   (ordering)
+  kv_records            ns_hash(8) + blake2b(key)(16) -> encoded record (content)
+
+Walking kv_index in order (key, then duplicate) yields full keys in byte-wise order:
+two keys that differ in their first 500 bytes compare by those; otherwise by the tail,
+where the 0x00 prefix makes the shorter (empty-tail) key sort first. Because every
+node uses the same layout, dumps of the origin and a replica compare byte for byte.
+
+`kv_expiry` (origin only) indexes records by expiration so the sweeper finds them
+without a scan. All functions here take a transaction: callers decide atomicity.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from edge.v1 import kv_pb2
+from edgepop.errors import InvalidArgumentError
+from edgepop.storage import Storage
+
+NS_HASH_BYTES = 8
+KEY_HASH_BYTES = 16
+# 8 (namespace hash) + 500 = 508 <= 511, LMDB's key limit.
+KEY_HEAD_BYTES = 500
+_TAIL_MARK = b"\x00"
+# seq, expiration, key length, metadata length; then key, metadata, value.
+_RECORD_HEADER = struct.Struct(">QqHH")
+_U64 = struct.Struct(">Q")
+
+
+@functools.lru_cache(maxsize=4096)
+def namespace_hash(namespace: str) -> bytes:
+    return hashlib.blake2b(namespace.encode(), digest_size=NS_HASH_BYTES).digest()
+
+
+def record_id(ns_hash: bytes, key: bytes) -> bytes:
+    return ns_hash + hashlib.blake2b(key, digest_size=KEY_HASH_BYTES).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    namespace: str
+    key: str
+    value: bytes
+    metadata_json: str
+    # Absolute unix seconds; 0 = never.
+    expiration: int
+    # The seq of the write that produced this value.
+    seq: int
+
+    def expired(self, now: float) -> bool:
+        return self.expiration != 0 and self.expiration <= now
+
+    def to_pb(self) -> kv_pb2.KvRecord:
+        return kv_pb2.KvRecord(
+            namespace=self.namespace,
+            key=self.key,
+            value=self.value,
+            metadata_json=self.metadata_json,
+            expiration=self.expiration,
+            seq=self.seq,
+        )
+
+    @classmethod
+    def from_pb(cls, record: kv_pb2.KvRecord) -> Record:
+        return cls(
+            record.namespace,
+            record.key,
+            record.value,
+            record.metadata_json,
+            record.expiration,
+            record.seq,
+        )
+
+
+def encode_record(record: Record) -> bytes:
+    key = record.key.encode()
+    metadata = record.metadata_json.encode()
+    header = _RECORD_HEADER.pack(record.seq, record.expiration, len(key), len(metadata))
+    return b"".join((header, key, metadata, record.value))
+
+
+def decode_record(namespace: str, raw: bytes) -> Record:
+    seq, expiration, key_len, metadata_len = _RECORD_HEADER.unpack_from(raw)
+    start = _RECORD_HEADER.size
+    key = raw[start : start + key_len].decode()
+    start += key_len
+    metadata = raw[start : start + metadata_len].decode()
+    start += metadata_len
+    return Record(namespace, key, raw[start:], metadata, expiration, seq)
+
+
+def encode_u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def decode_u64(raw: bytes | None, default: int = 0) -> int:
+    return default if raw is None else int(_U64.unpack(raw)[0])
+
+
+def encode_cursor(key: bytes) -> str:
+    return base64.urlsafe_b64encode(key).decode()
+
+
+def decode_cursor(cursor: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(cursor.encode())
+    except (ValueError, UnicodeEncodeError) as error:
+        raise InvalidArgumentError("cursor is not one this API returned") from error
+
+
+class KvStore:
+    """Typed access to the KV sub-databases of one LMDB environment."""
+
+    def __init__(self, storage: Storage, *, track_expiry: bool) -> None:
+        self.storage = storage
+        self.index = storage.db("kv_index", dupsort=True)
+        self.records = storage.db("kv_records")
+        self.namespaces = storage.db("kv_namespaces")
+        self.meta = storage.db("meta")
+        self.expiry = storage.db("kv_expiry") if track_expiry else None
+        # ns_hash -> name is a pure function of the name, so this cache is never stale.
+        self._namespace_names: dict[bytes, str] = {}
+
+    # -- meta ------------------------------------------------------------------------
+
+    def get_u64(self, txn: Any, name: bytes, default: int = 0) -> int:
+        return decode_u64(txn.get(name, db=self.meta), default)
+
+    def put_u64(self, txn: Any, name: bytes, value: int) -> None:
+        txn.put(name, encode_u64(value), db=self.meta)
+
+    # -- writes (inside a write transaction) -------------------------------------------
+
+    def put(self, txn: Any, record: Record) -> None:
+        key = record.key.encode()
+        ns_hash = namespace_hash(record.namespace)
+        rid = record_id(ns_hash, key)
+        # Not cached: an aborted transaction must not leave the name unrecorded.
+        txn.put(ns_hash, record.namespace.encode(), db=self.namespaces, overwrite=False)
+        if self.expiry is not None:
+            old = txn.get(rid, db=self.records)
+            if old is not None:
+                old_expiration = _RECORD_HEADER.unpack_from(old)[1]
+                if old_expiration:
+                    txn.delete(encode_u64(old_expiration) + rid, db=self.expiry)
+            if record.expiration:
+                txn.put(encode_u64(record.expiration) + rid, b"\x01", db=self.expiry)
+        txn.put(ns_hash + key[:KEY_HEAD_BYTES], _TAIL_MARK + key[KEY_HEAD_BYTES:], db=self.index)
+        txn.put(rid, encode_record(record), db=self.records)
+
+    def delete(self, txn: Any, namespace: str, key_text: str) -> bool:
+        """Remove a key; False when it was not there."""
+        key = key_text.encode()
+        ns_hash = namespace_hash(namespace)
+        rid = record_id(ns_hash, key)
+        old = txn.get(rid, db=self.records)
+        if old is None:
+            return False
+        if self.expiry is not None:
+            old_expiration = _RECORD_HEADER.unpack_from(old)[1]
+            if old_expiration:
+                txn.delete(encode_u64(old_expiration) + rid, db=self.expiry)
+        txn.delete(ns_hash + key[:KEY_HEAD_BYTES], _TAIL_MARK + key[KEY_HEAD_BYTES:], db=self.index)
+        txn.delete(rid, db=self.records)
+        return True
+
+    def apply(self, txn: Any, entry: kv_pb2.LogEntry) -> None:
+        """Apply one logged change (the same on the origin and every replica)."""
+        if entry.op == kv_pb2.LOG_OP_PUT:
+            self.put(
+                txn,
+                Record(
+                    entry.namespace,
+                    entry.key,
+                    entry.value,
+                    entry.metadata_json,
+                    entry.expiration,
+                    entry.seq,
+                ),
+            )
+        elif entry.op == kv_pb2.LOG_OP_DELETE:
+            self.delete(txn, entry.namespace, entry.key)
+        else:
+            raise ValueError(f"log entry {entry.seq} has no op")
+
+    def clear(self, txn: Any) -> None:
+        """Empty every KV sub-database (before installing a snapshot)."""
+        for db in (self.index, self.records, self.namespaces):
+            txn.drop(db, delete=False)
+        if self.expiry is not None:
+            txn.drop(self.expiry, delete=False)
+
+    # -- reads -------------------------------------------------------------------------
+
+    def get(self, txn: Any, namespace: str, key: bytes, now: float) -> Record | None:
+        """The live record for a key: None when missing or expired."""
+        raw = txn.get(record_id(namespace_hash(namespace), key), db=self.records)
+        if raw is None:
+            return None
+        record = decode_record(namespace, raw)
+        if record.expired(now):
+            return None
+        return record
+
+    def list_range(
+        self,
+        txn: Any,
+        namespace: str,
+        prefix: bytes,
+        start_after: bytes | None,
+        limit: int,
+        now: float,
+    ) -> tuple[list[Record], bool]:
+        """Up to `limit` live records with `prefix`, after `start_after`, in key order.
+
+        The second value is True when more matching keys follow.
+        """
+        ns_hash = namespace_hash(namespace)
+        start = prefix if start_after is None or start_after < prefix else start_after
+        records: list[Record] = []
+        cursor = txn.cursor(db=self.index)
+        if not cursor.set_range(ns_hash + start[:KEY_HEAD_BYTES]):
+            return records, False
+        for index_key, tail in cursor.iternext(keys=True, values=True):
+            if not index_key.startswith(ns_hash):
+                break
+            key = index_key[NS_HASH_BYTES:] + tail[1:]
+            if start_after is not None and key <= start_after:
+                continue
+            if not key.startswith(prefix):
+                if key > prefix:
+                    break
+                continue
+            raw = txn.get(record_id(ns_hash, key), db=self.records)
+            if raw is None:  # index and records change in one transaction
+                raise AssertionError(f"kv_index entry without a record in {namespace!r}")
+            record = decode_record(namespace, raw)
+            if record.expired(now):
+                continue
+            if len(records) == limit:
+                return records, True
+            records.append(record)
+        return records, False
+
+    def namespace_name(self, txn: Any, ns_hash: bytes) -> str:
+        name = self._namespace_names.get(ns_hash)
+        if name is None:
+            raw = txn.get(ns_hash, db=self.namespaces)
+            if raw is None:
+                raise AssertionError("record of an unknown namespace")
+            name = raw.decode()
+            self._namespace_names[ns_hash] = name
+        return name
+
+    def iter_records(self, txn: Any) -> Iterator[Record]:
+        """Every stored record (expired ones included), in index order."""
+        cursor = txn.cursor(db=self.index)
+        for index_key, tail in cursor.iternext(keys=True, values=True):
+            ns_hash = index_key[:NS_HASH_BYTES]
+            key = index_key[NS_HASH_BYTES:] + tail[1:]
+            raw = txn.get(record_id(ns_hash, key), db=self.records)
+            if raw is None:
+                raise AssertionError("kv_index entry without a record")
+            yield decode_record(self.namespace_name(txn, ns_hash), raw)
+
+    def expired_keys(self, txn: Any, now: float, limit: int) -> list[tuple[str, str]]:
+        """Up to `limit` (namespace, key) pairs whose expiration has passed (origin only)."""
+        if self.expiry is None:
+            raise AssertionError("this store does not track expiry")
+        found: list[tuple[str, str]] = []
+        cursor = txn.cursor(db=self.expiry)
+        if not cursor.first():
+            return found
+        for expiry_key in cursor.iternext(keys=True, values=False):
+            expiration = decode_u64(expiry_key[:8])
+            if expiration > now or len(found) == limit:
+                break
+            rid = expiry_key[8:]
+            raw = txn.get(rid, db=self.records)
+            if raw is None:
+                raise AssertionError("kv_expiry entry without a record")
+            ns_hash = rid[:NS_HASH_BYTES]
+            found.append((self.namespace_name(txn, ns_hash), decode_record("", raw).key))
+        return found

@@ -1,0 +1,237 @@
+"""One lifecycle for every role: config -> storage -> servers -> serve -> drain -> close.
+
+`Node` is the shared base of ControlPlane, OriginNode and PopNode (as dask's Server is
+for its Scheduler and Worker). Subclasses fill in the hooks; the order, the health
+status, the ready file and signal handling are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, ClassVar
+
+import grpc
+
+from edgepop.auth import ensure_token
+from edgepop.config import NodeConfig
+from edgepop.metrics import NodeMetrics
+from edgepop.netem import NetworkEmulator
+from edgepop.rpc import SERVING, add_health_and_reflection, build_server
+
+READY_FILE_NAME = "ready.json"
+STORAGE_DIR_NAME = "lmdb"
+
+log = logging.getLogger(__name__)
+
+
+class Status(enum.Enum):
+    created = "created"
+    starting = "starting"
+    running = "running"
+    draining = "draining"
+    closed = "closed"
+    failed = "failed"
+
+
+class Node(abc.ABC):
+    """A process of the cluster. `role` names it the same everywhere (logs, metrics, CLI)."""
+
+    role: ClassVar[str]
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.region = config.region
+        self.status = Status.created
+        self.metrics = NodeMetrics(config.name, config.region)
+        self.netem = NetworkEmulator(config.topology, config.region, self.metrics)
+        self.token = ""
+        self.grpc_address = ""
+        self.metrics_address = ""
+        self.http_address = ""
+        self.started_at = 0.0
+        self._server: grpc.aio.Server | None = None
+        self._health: Any = None
+        self._stop_metrics: Any = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopped = asyncio.Event()
+        self._start_lock = asyncio.Lock()
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def open_storage(self) -> None:
+        """Open LMDB under `self.storage_dir` (and recover in-memory state from it)."""
+
+    @abc.abstractmethod
+    def add_services(self, server: grpc.aio.Server) -> list[str]:
+        """Register the role's servicers; return their full service names."""
+
+    async def start_extra_servers(self) -> None:
+        """Start servers besides gRPC and metrics (the PoP's HTTP ingress)."""
+
+    async def on_serving(self) -> None:
+        """Start background work (replication, heartbeats) once the servers accept calls."""
+
+    async def on_drain(self) -> None:
+        """Stop background work before the servers stop."""
+
+    @abc.abstractmethod
+    def close_storage(self) -> None:
+        """Close LMDB; called last, after every server and task has stopped."""
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.config.data_dir / STORAGE_DIR_NAME
+
+    @property
+    def ready_file(self) -> Path:
+        return self.config.data_dir / READY_FILE_NAME
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Open storage and start serving; idempotent."""
+        async with self._start_lock:
+            if self.status is not Status.created:
+                return
+            self.status = Status.starting
+            try:
+                await asyncio.wait_for(self._start(), timeout)
+            except BaseException:
+                self.status = Status.failed
+                raise
+            self.status = Status.running
+
+    async def _start(self) -> None:
+        config = self.config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.ready_file.unlink()
+        self.token = ensure_token(config.token_file)
+        self.open_storage()
+
+        server = build_server()
+        names = self.add_services(server)
+        self._health = add_health_and_reflection(server, names)
+        port = server.add_insecure_port(f"{config.host}:{config.grpc_port}")
+        if port == 0:
+            raise OSError(f"cannot bind gRPC port {config.host}:{config.grpc_port}")
+        self.grpc_address = f"{config.host}:{port}"
+        await server.start()
+        self._server = server
+        metrics_port, self._stop_metrics = self.metrics.serve(config.host, config.metrics_port)
+        self.metrics_address = f"{config.host}:{metrics_port}"
+        await self.start_extra_servers()
+
+        self.started_at = time.time()
+        await self.on_serving()
+        await self._health.set("", SERVING)
+        for name in names:
+            await self._health.set(name, SERVING)
+        self.metrics.node_up.set(1)
+        self._write_ready_file()
+        log.info(
+            "%s %s serving: grpc=%s metrics=%s http=%s",
+            self.role,
+            self.name,
+            self.grpc_address,
+            self.metrics_address,
+            self.http_address or "-",
+        )
+
+    def _write_ready_file(self) -> None:
+        ready = {
+            "name": self.name,
+            "role": self.role,
+            "region": self.region,
+            "pid": os.getpid(),
+            "grpc_address": self.grpc_address,
+            "http_address": self.http_address,
+            "metrics_address": self.metrics_address,
+        }
+        temporary = self.ready_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(ready))
+        temporary.replace(self.ready_file)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run background work until close; a crash in it is logged, not swallowed silently."""
+        task = asyncio.create_task(coroutine, name=name)
+        self._tasks.add(task)
+
+        def done(finished: asyncio.Task[Any]) -> None:
+            self._tasks.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error("background task %s failed", name, exc_info=finished.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    async def serve(self) -> None:
+        """Block until close() has finished."""
+        await self._stopped.wait()
+
+    async def close(self, reason: str = "") -> None:
+        """Drain and stop: health NOT_SERVING, background work, servers, then storage."""
+        if self.status in (Status.draining, Status.closed):
+            await self._stopped.wait()
+            return
+        log.info("%s %s closing (%s)", self.role, self.name, reason or "requested")
+        self.status = Status.draining
+        self.metrics.node_up.set(0)
+        with contextlib.suppress(FileNotFoundError):
+            self.ready_file.unlink()
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        await self.on_drain()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.config.drain_s)
+        await self.stop_extra_servers()
+        if self._server is not None:
+            await self._server.stop(self.config.drain_s)
+        if self._stop_metrics is not None:
+            await asyncio.to_thread(self._stop_metrics)
+        self.close_storage()
+        self.status = Status.closed
+        self._stopped.set()
+
+    async def stop_extra_servers(self) -> None:
+        """Stop what start_extra_servers started."""
+
+
+def run(node: Node) -> None:
+    """Run a node until SIGTERM/SIGINT, then drain and close it. For `__main__` modules."""
+    logging.basicConfig(
+        level=node.config.log_level,
+        format=f"%(asctime)s %(levelname)s {node.role} {node.name} %(name)s: %(message)s",
+    )
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        closing: set[asyncio.Task[None]] = set()
+
+        def on_signal(signum: signal.Signals) -> None:
+            closing.add(asyncio.create_task(node.close(signum.name)))
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        try:
+            await node.start()
+        except BaseException:
+            await node.close("start failed")
+            raise
+        await node.serve()
+
+    asyncio.run(main())

@@ -1,0 +1,194 @@
+"""Every Prometheus metric of every role, declared in one place (names are a contract).
+
+Names follow `edge_<subsystem>_<name>_<unit>`, counters end in `_total`, and every
+metric carries the labels `node` and `region`. Labels stay low-cardinality: never a
+key or an object id. Each process has its own registry, served on its metrics port.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# Request latencies from sub-millisecond local reads up to multi-second timeouts.
+LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0,
+)  # fmt: skip
+PROPAGATION_BUCKETS_S = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
+    10.0, 30.0, 60.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+BASE_LABELS = ("node", "region")
+
+
+class NodeMetrics:
+    """The metrics of one process, pre-labelled with its node name and region."""
+
+    def __init__(self, node: str, region: str) -> None:
+        self.node = node
+        self.region = region
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        labels = BASE_LABELS
+
+        self.request_duration = Histogram(
+            "edge_request_duration_seconds",
+            "Time from a call's arrival to its reply, injected delay included.",
+            (*labels, "service", "method", "code"),
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self._request_children: dict[tuple[str, str, str], Any] = {}
+
+        # KV replication (PoPs; the origin exports its own head seq).
+        self.kv_applied_seq = Gauge(
+            "edge_kv_replica_applied_seq",
+            "Every log entry up to this seq is applied to the local replica.",
+            labels,
+            registry=registry,
+        ).labels(node, region)
+        self.kv_origin_head_seq = Gauge(
+            "edge_kv_origin_head_seq",
+            "The origin's newest committed seq, as last known by this node.",
+            labels,
+            registry=registry,
+        ).labels(node, region)
+        self._lag = Gauge(
+            "edge_kv_replication_lag_seconds",
+            "Staleness bound: now minus the origin time up to which this replica is known"
+            " to hold every committed write.",
+            labels,
+            registry=registry,
+        ).labels(node, region)
+        self.kv_propagation = Histogram(
+            "edge_kv_propagation_seconds",
+            "Time from an entry's commit at the origin to its apply at this replica.",
+            labels,
+            buckets=PROPAGATION_BUCKETS_S,
+            registry=registry,
+        ).labels(node, region)
+        self.kv_applied_entries = Counter(
+            "edge_kv_applied_entries_total",
+            "Log entries applied to the local replica.",
+            labels,
+            registry=registry,
+        ).labels(node, region)
+        self.kv_snapshots = Counter(
+            "edge_kv_snapshots_total",
+            "Snapshots installed (replica) or sent (origin).",
+            labels,
+            registry=registry,
+        ).labels(node, region)
+        self.kv_stream_connects = Counter(
+            "edge_kv_stream_connects_total",
+            "Replication stream (re)connections opened by this replica.",
+            labels,
+            registry=registry,
+        ).labels(node, region)
+        self.kv_overlay_entries = Gauge(
+            "edge_kv_overlay_entries",
+            "Own writes acknowledged at this PoP and not yet applied from the stream.",
+            labels,
+            registry=registry,
+        ).labels(node, region)
+
+        # Origin commits.
+        self.kv_commits = Counter(
+            "edge_kv_commits_total",
+            "Durable LMDB commits at the origin (one commit may carry many writes).",
+            labels,
+            registry=registry,
+        ).labels(node, region)
+        self.kv_commit_entries = Histogram(
+            "edge_kv_commit_entries",
+            "Log entries per commit (group commit batch size).",
+            labels,
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        ).labels(node, region)
+        self.kv_commit_duration = Histogram(
+            "edge_kv_commit_duration_seconds",
+            "Time to write and fsync one commit.",
+            labels,
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        ).labels(node, region)
+        self.kv_subscribers = Gauge(
+            "edge_kv_subscribers",
+            "Replication streams connected to this origin.",
+            labels,
+            registry=registry,
+        ).labels(node, region)
+        self.kv_expired_deletes = Counter(
+            "edge_kv_expired_deletes_total",
+            "Expired keys deleted (and logged) by the origin's sweeper.",
+            labels,
+            registry=registry,
+        ).labels(node, region)
+        self.kv_log_first_seq = Gauge(
+            "edge_kv_log_first_seq",
+            "The oldest seq the origin's log still holds.",
+            labels,
+            registry=registry,
+        ).labels(node, region)
+
+        # Network emulation.
+        self.injected_delay = Histogram(
+            "edge_injected_delay_seconds",
+            "Emulated network delay added to a call or stream message.",
+            (*labels, "from_region", "to_region"),
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self._delay_children: dict[tuple[str, str], Any] = {}
+
+        # Control plane.
+        self.cp_nodes = Gauge(
+            "edge_cp_nodes",
+            "Registered nodes by health, as the control plane sees them.",
+            (*labels, "healthy"),
+            registry=registry,
+        )
+        self.node_up = Gauge(
+            "edge_node_up",
+            "1 while this process is serving.",
+            labels,
+            registry=registry,
+        ).labels(node, region)
+
+    def request(self, service: str, method: str, code: str) -> Any:
+        """The request-duration child for one (service, method, code), cached."""
+        key = (service, method, code)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self.request_duration.labels(self.node, self.region, service, method, code)
+            self._request_children[key] = child
+        return child
+
+    def delay(self, from_region: str, to_region: str) -> Any:
+        key = (from_region, to_region)
+        child = self._delay_children.get(key)
+        if child is None:
+            child = self.injected_delay.labels(self.node, self.region, from_region, to_region)
+            self._delay_children[key] = child
+        return child
+
+    def set_lag_function(self, lag_seconds: Callable[[], float]) -> None:
+        """The lag gauge is computed at scrape time, so it grows while nothing arrives."""
+        self._lag.set_function(lag_seconds)
+
+    def serve(self, host: str, port: int) -> tuple[int, Callable[[], None]]:
+        """Serve /metrics on a thread; returns the bound port and a stop function."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        bound_port = int(server.server_address[1])
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+
+        return bound_port, stop

@@ -1,0 +1,217 @@
+"""gRPC wiring shared by every role: server options, the `rpc` decorator, client channels.
+
+The `rpc` decorator is the single place where a call is authenticated (internal
+methods), delayed by the network emulator, timed into `edge_request_duration_seconds`,
+and where domain errors become status codes (edgepop.errors). Servicer methods stay
+plain business logic.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from edgepop.errors import EdgeError, UnauthenticatedError, status_of
+from edgepop.limits import MESSAGE_BYTES_MAX
+from edgepop.metrics import NodeMetrics
+from edgepop.netem import NODE_HEADER, REGION_HEADER, NetworkEmulator, caller_from_metadata
+
+log = logging.getLogger(__name__)
+
+AUTHORIZATION_HEADER = "authorization"
+
+MESSAGE_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+    ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+]
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    *MESSAGE_OPTIONS,
+    # Two servers must never share a port silently.
+    ("grpc.so_reuseport", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+]
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    *MESSAGE_OPTIONS,
+    # Detect a dead peer on long streams; reconnect quickly after a restart.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+    ("grpc.min_reconnect_backoff_ms", 100),
+]
+
+
+@dataclass
+class RpcEnv:
+    """What the `rpc` decorator needs from the node serving a call."""
+
+    service: str
+    metrics: NodeMetrics
+    netem: NetworkEmulator
+    token: str
+
+
+class HasRpcEnv(Protocol):
+    rpc_env: RpcEnv
+
+
+S = TypeVar("S", bound=HasRpcEnv)
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def _check_token(env: RpcEnv, metadata: Sequence[tuple[str, str | bytes]]) -> None:
+    for key, value in metadata:
+        if key == AUTHORIZATION_HEADER:
+            text = value if isinstance(value, str) else value.decode()
+            scheme, _, presented = text.partition(" ")
+            if scheme.lower() == "bearer" and hmac.compare_digest(
+                presented.strip().encode(), env.token.encode()
+            ):
+                return
+            break
+    raise UnauthenticatedError("this method needs the cluster token (authorization: Bearer …)")
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> None:
+    code, message = status_of(error)
+    if code == grpc.StatusCode.INTERNAL:
+        log.exception("unexpected error in handler", exc_info=error)
+    await context.abort(code, message)
+
+
+def rpc(*, internal: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Wrap a servicer method (unary coroutine or server-streaming async generator)."""
+
+    def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
+        name = method.__name__
+        if inspect.isasyncgenfunction(method):
+            stream_method: Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+            stream_method = method
+
+            @functools.wraps(method)
+            async def stream(
+                self: HasRpcEnv, request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                env = self.rpc_env
+                started = time.perf_counter()
+                code = "OK"
+                try:
+                    metadata = context.invocation_metadata() or ()
+                    if internal:
+                        _check_token(env, metadata)
+                    caller = caller_from_metadata(metadata)
+                    messages = stream_method(self, request, context)
+                    if caller is not None:
+                        one_way_s = env.netem.one_way_s(caller)
+                        await env.netem.hold(caller, one_way_s)
+                        messages = env.netem.delay_stream(caller, one_way_s, messages)
+                    async for message in messages:
+                        yield message
+                except EdgeError as error:
+                    code = error.code.name
+                    await _abort(context, error)
+                except (grpc.aio.AbortError, GeneratorExit):
+                    code = "ABORTED"
+                    raise
+                except Exception as error:
+                    code = "INTERNAL"
+                    await _abort(context, error)
+                finally:
+                    env.metrics.request(env.service, name, code).observe(
+                        time.perf_counter() - started
+                    )
+
+            return stream
+
+        unary_method: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]] = method
+
+        @functools.wraps(method)
+        async def unary(self: HasRpcEnv, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            env = self.rpc_env
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                metadata = context.invocation_metadata() or ()
+                caller = caller_from_metadata(metadata)
+                one_way_s = env.netem.one_way_s(caller) if caller is not None else 0.0
+                if caller is not None:
+                    await env.netem.hold(caller, one_way_s)
+                if internal:
+                    _check_token(env, metadata)
+                try:
+                    return await unary_method(self, request, context)
+                finally:
+                    if caller is not None:
+                        await env.netem.hold(caller, one_way_s)
+            except EdgeError as error:
+                code = error.code.name
+                await _abort(context, error)
+            except grpc.aio.AbortError:
+                code = "ABORTED"
+                raise
+            except Exception as error:
+                code = "INTERNAL"
+                await _abort(context, error)
+            finally:
+                env.metrics.request(env.service, name, code).observe(time.perf_counter() - started)
+
+        return unary
+
+    return decorate
+
+
+def build_server() -> grpc.aio.Server:
+    return grpc.aio.server(options=SERVER_OPTIONS)
+
+
+def add_health_and_reflection(
+    server: grpc.aio.Server, service_names: Sequence[str]
+) -> health.aio.HealthServicer:
+    """Standard health service and server reflection: open, no token, no delay."""
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    return health_servicer
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+def node_metadata(node: str, region: str, token: str | None = None) -> tuple[tuple[str, str], ...]:
+    """Metadata a node sends on its calls to other nodes (pays the emulated delay)."""
+    metadata: list[tuple[str, str]] = [(REGION_HEADER, region), (NODE_HEADER, node)]
+    if token:
+        metadata.append((AUTHORIZATION_HEADER, f"Bearer {token}"))
+    return tuple(metadata)
+
+
+def client_metadata(
+    region: str | None = None, token: str | None = None
+) -> tuple[tuple[str, str], ...]:
+    """Metadata of a (simulated) client call: its location and, for admin calls, the token."""
+    metadata: list[tuple[str, str]] = []
+    if region:
+        metadata.append((REGION_HEADER, region))
+    if token:
+        metadata.append((AUTHORIZATION_HEADER, f"Bearer {token}"))
+    return tuple(metadata)

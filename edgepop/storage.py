@@ -1,0 +1,83 @@
+"""An LMDB environment with one writer thread.
+
+Reads run inline on the event loop: LMDB reads are memory-mapped and take microseconds,
+so a thread hop would cost more than the read. Writes run on a single dedicated thread,
+because LMDB allows one write transaction at a time and ties it to its thread; every
+write transaction commits with fsync (sync=True) before its caller is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+
+from edgepop.errors import StorageFullError
+
+T = TypeVar("T")
+
+MAP_SIZE_BYTES_DEFAULT = 4 * 1024**3
+MAX_DBS = 32
+MAX_READERS = 512
+
+
+class Storage:
+    def __init__(
+        self, path: Path, map_size_bytes: int = MAP_SIZE_BYTES_DEFAULT, *, metasync: bool = True
+    ) -> None:
+        """`metasync=False` (replicas) skips the meta-page fsync: an OS crash may undo the
+        last commit but never breaks integrity, and a replica re-fetches what it lost."""
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.env = lmdb.open(
+            str(path),
+            map_size=map_size_bytes,
+            max_dbs=MAX_DBS,
+            max_readers=MAX_READERS,
+            sync=True,
+            metasync=metasync,
+            readahead=False,
+        )
+        self._writer = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"lmdb-writer-{path.name}"
+        )
+        self._closed = False
+
+    def db(self, name: str, *, dupsort: bool = False) -> Any:
+        return self.env.open_db(name.encode(), dupsort=dupsort, create=True)
+
+    def read(self) -> Any:
+        """A read transaction for use in a `with` block (inline, on the caller's thread)."""
+        return self.env.begin(buffers=False)
+
+    def write_sync(self, work: Callable[[Any], T]) -> T:
+        """Run `work(txn)` in one write transaction and commit it (blocking)."""
+        try:
+            with self.env.begin(write=True) as txn:
+                return work(txn)
+        except lmdb.MapFullError as error:
+            raise StorageFullError(
+                "storage is full (LMDB map size reached): writes are refused, reads still work"
+            ) from error
+
+    async def write(self, work: Callable[[Any], T]) -> T:
+        """Run `work(txn)` in one durable write transaction on the writer thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, self.write_sync, work)
+
+    async def run_on_writer(self, work: Callable[[], T]) -> T:
+        """Run `work()` on the writer thread (for multi-step transactions it manages)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, work)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._writer.shutdown(wait=True)
+        self.env.sync(True)
+        self.env.close()

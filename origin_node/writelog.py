@@ -1,0 +1,134 @@
+"""The origin's write path: data and log change in one LMDB transaction per commit.
+
+`WriteLog.commit` takes a batch of write requests (group commit) and, inside one write
+transaction, gives each change the next gap-free seq, applies it to the store, appends
+it to the log, remembers request ids (so a retried write answers its first seq), and
+truncates the log past its retention bound. The caller commits with fsync before any
+request in the batch is answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.v1 import kv_pb2
+from edgepop.kvstore import KvStore, decode_u64, encode_u64
+
+HEAD_SEQ_KEY = b"head_seq"
+LOG_FIRST_SEQ_KEY = b"log_first_seq"
+LOG_RETAIN_ENTRIES_DEFAULT = 100_000
+# At most this many old entries are dropped per commit, so truncation never stalls writes.
+TRUNCATE_ENTRIES_PER_COMMIT_MAX = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    op: kv_pb2.LogOp.ValueType
+    key: str
+    value: bytes = b""
+    metadata_json: str = ""
+    expiration: int = 0
+    # Sweeper deletes: only if the key is still expired when the commit runs.
+    only_if_expired: bool = False
+
+
+@dataclass
+class WriteRequest:
+    namespace: str
+    changes: list[Change]
+    request_id: str = ""
+    # Filled by commit: the seq of the request's last change (0 if it changed nothing).
+    seq: int = 0
+    entries: list[kv_pb2.LogEntry] = field(default_factory=list)
+
+
+class WriteLog:
+    def __init__(self, store: KvStore, retain_entries: int = LOG_RETAIN_ENTRIES_DEFAULT) -> None:
+        if retain_entries < 1:
+            raise ValueError("the log must retain at least one entry")
+        self.store = store
+        self.retain_entries = retain_entries
+        storage = store.storage
+        self.log_db = storage.db("kv_log")
+        self.requests_db = storage.db("kv_requests")
+        self.requests_by_seq_db = storage.db("kv_requests_by_seq")
+
+    def positions(self, txn: Any) -> tuple[int, int]:
+        """(head_seq, log_first_seq): the newest seq and the oldest one still logged."""
+        head = self.store.get_u64(txn, HEAD_SEQ_KEY)
+        first = self.store.get_u64(txn, LOG_FIRST_SEQ_KEY, default=1)
+        return head, first
+
+    def commit(self, txn: Any, batch: list[WriteRequest], now: float) -> tuple[int, int]:
+        """Apply a batch inside `txn`; returns the new (head_seq, log_first_seq)."""
+        head, first = self.positions(txn)
+        for request in batch:
+            if request.request_id:
+                seen = txn.get(request.request_id.encode(), db=self.requests_db)
+                if seen is not None:
+                    request.seq = decode_u64(seen)
+                    continue
+            for change in request.changes:
+                if change.only_if_expired:
+                    record = self.store.get(txn, request.namespace, change.key.encode(), 0)
+                    if record is None or not record.expired(now):
+                        continue
+                head += 1
+                entry = kv_pb2.LogEntry(
+                    seq=head,
+                    commit_time=now,
+                    namespace=request.namespace,
+                    op=change.op,
+                    key=change.key,
+                    value=change.value,
+                    metadata_json=change.metadata_json,
+                    expiration=change.expiration,
+                )
+                self.store.apply(txn, entry)
+                txn.put(encode_u64(head), entry.SerializeToString(), db=self.log_db)
+                request.entries.append(entry)
+            request.seq = head if request.entries else 0
+            if request.request_id and request.entries:
+                txn.put(request.request_id.encode(), encode_u64(head), db=self.requests_db)
+                txn.put(encode_u64(head), request.request_id.encode(), db=self.requests_by_seq_db)
+        first = self._truncate(txn, head, first)
+        self.store.put_u64(txn, HEAD_SEQ_KEY, head)
+        self.store.put_u64(txn, LOG_FIRST_SEQ_KEY, first)
+        return head, first
+
+    def _truncate(self, txn: Any, head: int, first: int) -> int:
+        """Drop the oldest entries beyond the retention bound (and their request ids)."""
+        keep_from = max(first, head - self.retain_entries + 1)
+        stop = min(keep_from, first + TRUNCATE_ENTRIES_PER_COMMIT_MAX)
+        for seq in range(first, stop):
+            txn.delete(encode_u64(seq), db=self.log_db)
+            request_id = txn.pop(encode_u64(seq), db=self.requests_by_seq_db)
+            if request_id is not None:
+                txn.delete(request_id, db=self.requests_db)
+        return stop
+
+    def read(
+        self, txn: Any, from_seq: int, entries_max: int, bytes_max: int
+    ) -> list[kv_pb2.LogEntry]:
+        """Consecutive entries from `from_seq`, bounded by count and bytes (at least one)."""
+        entries: list[kv_pb2.LogEntry] = []
+        size = 0
+        for raw in self._raw_from(txn, from_seq):
+            if entries and (len(entries) >= entries_max or size + len(raw) > bytes_max):
+                break
+            entries.append(kv_pb2.LogEntry.FromString(raw))
+            size += len(raw)
+        return entries
+
+    def _raw_from(self, txn: Any, from_seq: int) -> Iterator[bytes]:
+        cursor = txn.cursor(db=self.log_db)
+        if not cursor.set_key(encode_u64(from_seq)):
+            return
+        expected = from_seq
+        for key, raw in cursor.iternext(keys=True, values=True):
+            if decode_u64(key) != expected:  # the log is gap-free by construction
+                raise AssertionError(f"log gap: expected seq {expected}, found {decode_u64(key)}")
+            yield raw
+            expected += 1

@@ -1,0 +1,30 @@
+"""`python -m pop_node`: parse flags, build the config, run the node."""
+
+from __future__ import annotations
+
+import argparse
+
+from edgepop.config import add_common_arguments, common_kwargs
+from edgepop.lifecycle import run
+from pop_node.node import PopConfig, PopNode
+from pop_node.replication import STREAM_IDLE_TIMEOUT_S_DEFAULT
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="pop_node", description=__doc__)
+    add_common_arguments(parser)
+    parser.add_argument("--origin", default="", help="host:port of the origin")
+    parser.add_argument(
+        "--stream-idle-timeout-s", type=float, default=STREAM_IDLE_TIMEOUT_S_DEFAULT
+    )
+    args = parser.parse_args()
+    config = PopConfig(
+        **common_kwargs(args),  # type: ignore[arg-type]
+        origin_address=args.origin,
+        stream_idle_timeout_s=args.stream_idle_timeout_s,
+    )
+    run(PopNode(config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The PoP process: a local KV replica fed by the origin's stream, and the edge API."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+
+from edge.v1 import control_plane_pb2, origin_pb2_grpc, pop_pb2
+from edge.v1 import pop_pb2_grpc as pb_grpc
+from edgepop.config import NodeConfig
+from edgepop.kvstore import KvStore, Record
+from edgepop.lifecycle import Node
+from edgepop.membership import Membership
+from edgepop.rpc import channel, node_metadata
+from edgepop.storage import Storage
+from pop_node.overlay import Overlay
+from pop_node.replication import STREAM_IDLE_TIMEOUT_S_DEFAULT, ReplicationClient
+from pop_node.service import PopService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PopConfig(NodeConfig):
+    # Known at start from the launcher; later taken from the control plane's topology.
+    origin_address: str = ""
+    stream_idle_timeout_s: float = STREAM_IDLE_TIMEOUT_S_DEFAULT
+
+
+class PopNode(Node):
+    role = "pop"
+    config: PopConfig
+
+    def __init__(self, config: PopConfig) -> None:
+        super().__init__(config)
+        self.origin_address = config.origin_address
+        self.overlay = Overlay()
+        self.membership: Membership | None = None
+        self._origin_channel: grpc.aio.Channel | None = None
+        self._origin_channel_address = ""
+
+    def open_storage(self) -> None:
+        # Replicas skip the meta-page fsync: integrity holds; a lost tail is re-fetched.
+        self.storage = Storage(self.storage_dir, self.config.map_size_bytes, metasync=False)
+        self.store = KvStore(self.storage, track_expiry=False)
+        self.node_metadata = node_metadata(self.name, self.region)
+        self.replication = ReplicationClient(
+            node=self.name,
+            storage=self.storage,
+            store=self.store,
+            metrics=self.metrics,
+            origin_address=lambda: self.origin_address,
+            metadata=node_metadata(self.name, self.region, self.token),
+            on_applied=self._on_applied,
+            idle_timeout_s=self.config.stream_idle_timeout_s,
+        )
+
+    def add_services(self, server: grpc.aio.Server) -> list[str]:
+        pb_grpc.add_PopServicer_to_server(PopService(self), server)
+        return [pop_pb2.DESCRIPTOR.services_by_name["Pop"].full_name]
+
+    async def on_serving(self) -> None:
+        self.spawn(self.replication.run(), "replication")
+        if self.config.control_plane_address:
+            self.membership = Membership(
+                control_plane_address=self.config.control_plane_address,
+                info=control_plane_pb2.NodeInfo(
+                    name=self.name,
+                    region=self.region,
+                    role=control_plane_pb2.ROLE_POP,
+                    grpc_address=self.grpc_address,
+                    http_address=self.http_address,
+                    metrics_address=self.metrics_address,
+                ),
+                token=self.token,
+                on_topology=self._on_topology,
+            )
+            self.spawn(self.membership.run_heartbeats(), "heartbeats")
+            self.spawn(self.membership.run_topology_watch(), "topology-watch")
+
+    async def on_drain(self) -> None:
+        if self.membership is not None:
+            await self.membership.close()
+        await self.replication.close()
+        if self._origin_channel is not None:
+            await self._origin_channel.close(grace=None)
+
+    def close_storage(self) -> None:
+        self.storage.close()
+
+    @property
+    def origin(self) -> origin_pb2_grpc.OriginStub:
+        """A stub for the current origin address (the channel follows address changes)."""
+        if self._origin_channel is None or self._origin_channel_address != self.origin_address:
+            self._origin_channel = channel(self.origin_address)
+            self._origin_channel_address = self.origin_address
+            self._origin_stub = origin_pb2_grpc.OriginStub(self._origin_channel)
+        return self._origin_stub
+
+    def remember_write(self, namespace: str, key: str, seq: int, record: Record | None) -> None:
+        self.overlay.add(namespace, key, seq, record, self.replication.applied_seq)
+        self.metrics.kv_overlay_entries.set(len(self.overlay))
+
+    def _on_applied(self, applied_seq: int) -> None:
+        self.overlay.drop_through(applied_seq)
+        self.metrics.kv_overlay_entries.set(len(self.overlay))
+
+    def _on_topology(self, topology: control_plane_pb2.Topology) -> None:
+        for info in topology.nodes:
+            is_origin = info.role == control_plane_pb2.ROLE_ORIGIN and info.grpc_address
+            if is_origin and info.grpc_address != self.origin_address:
+                log.info("origin address is now %s", info.grpc_address)
+                self.origin_address = info.grpc_address

@@ -1,0 +1,231 @@
+"""The PoP's replication client: follow the origin's stream forever.
+
+Subscribes from applied_seq + 1, applies each batch in one transaction with the new
+applied_seq, installs a snapshot when the origin sends one, and reconnects with
+tenacity backoff + jitter on any failure (a stream silent for longer than the idle
+timeout counts as failed: a partition does not close TCP). Also keeps the staleness
+bound: the origin time up to which this replica is known to hold every write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential_jitter
+
+from edge.v1 import origin_pb2
+from edge.v1 import origin_pb2_grpc as origin_grpc
+from edgepop.kvstore import KvStore
+from edgepop.metrics import NodeMetrics
+from edgepop.rpc import channel
+from edgepop.storage import Storage
+from pop_node import replica
+
+log = logging.getLogger(__name__)
+
+STREAM_IDLE_TIMEOUT_S_DEFAULT = 3.0
+
+
+class StreamEnded(Exception):
+    """The stream closed or went silent; reconnect."""
+
+
+class ReplicationClient:
+    def __init__(
+        self,
+        *,
+        node: str,
+        storage: Storage,
+        store: KvStore,
+        metrics: NodeMetrics,
+        origin_address: Callable[[], str],
+        metadata: tuple[tuple[str, str], ...],
+        on_applied: Callable[[int], None],
+        idle_timeout_s: float = STREAM_IDLE_TIMEOUT_S_DEFAULT,
+    ) -> None:
+        self.node = node
+        self.storage = storage
+        self.store = store
+        self.metrics = metrics
+        self.origin_address = origin_address
+        self.metadata = metadata
+        self.on_applied = on_applied
+        self.idle_timeout_s = idle_timeout_s
+        with storage.read() as txn:
+            self.applied_seq, self.complete_as_of = replica.read_position(store, txn)
+        self.origin_head_seq = self.applied_seq
+        self.connected = False
+        self.started_at = time.time()
+        self.applied_changed = asyncio.Event()
+        self._channel: grpc.aio.Channel | None = None
+        self._channel_address = ""
+        self._snapshot_txn: Any = None
+        # Channels to a previous origin address, closed with this client.
+        self._retired_channels: set[grpc.aio.Channel] = set()
+        metrics.kv_applied_seq.set(self.applied_seq)
+        metrics.set_lag_function(self.lag_seconds)
+
+    def lag_seconds(self) -> float:
+        """Now minus the origin time up to which every committed write is here."""
+        known = self.complete_as_of or self.started_at
+        return max(0.0, time.time() - known)
+
+    async def wait_applied(self, seq: int, timeout: float) -> bool:
+        """Wait until applied_seq >= seq; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self.applied_seq < seq:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            event = self.applied_changed
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                return self.applied_seq >= seq
+        return True
+
+    # -- connection loop ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            retrying = AsyncRetrying(
+                retry=retry_if_exception_type(Exception),
+                wait=wait_exponential_jitter(initial=0.05, max=2.0, jitter=0.05),
+                stop=stop_never,
+            )
+            async for attempt in retrying:
+                with attempt:
+                    await self._follow()
+
+    async def _follow(self) -> None:
+        """One subscription. Returns after progress (fresh backoff); raises otherwise."""
+        stub = origin_grpc.OriginStub(self._origin_channel())
+        call = stub.Subscribe(
+            origin_pb2.SubscribeRequest(node=self.node, from_seq=self.applied_seq + 1),
+            metadata=self.metadata,
+        )
+        progressed = False
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(call.read(), self.idle_timeout_s)
+                except TimeoutError as error:
+                    raise StreamEnded(f"no message for {self.idle_timeout_s} s") from error
+                if message is grpc.aio.EOF:
+                    raise StreamEnded("the origin closed the stream")
+                if not self.connected:
+                    self.connected = True
+                    self.metrics.kv_stream_connects.inc()
+                    log.info(
+                        "replicating from %s at seq %d", self._channel_address, self.applied_seq
+                    )
+                await self._handle(message)
+                progressed = True
+        except (StreamEnded, grpc.aio.AioRpcError) as error:
+            self.connected = False
+            await self._abort_snapshot()
+            if progressed:
+                log.warning("replication stream lost (%s); reconnecting", _describe(error))
+                return
+            raise
+        finally:
+            self.connected = False
+            call.cancel()
+
+    def _origin_channel(self) -> grpc.aio.Channel:
+        address = self.origin_address()
+        if self._channel is None or address != self._channel_address:
+            if self._channel is not None:
+                self._retired_channels.add(self._channel)
+            self._channel = channel(address)
+            self._channel_address = address
+        return self._channel
+
+    # -- applying ----------------------------------------------------------------------
+
+    async def _handle(self, message: origin_pb2.SubscribeResponse) -> None:
+        self.origin_head_seq = max(self.origin_head_seq, message.head_seq)
+        self.metrics.kv_origin_head_seq.set(self.origin_head_seq)
+        if message.HasField("snapshot"):
+            await self._handle_snapshot(message)
+            return
+        entries = message.entries
+        complete_as_of = 0.0
+        if entries:
+            planned = entries[replica.plan_batch(self.applied_seq, [e.seq for e in entries])]
+            if planned:
+                if planned[-1].seq >= message.head_seq:
+                    complete_as_of = message.origin_time
+                applied = await self.storage.write(
+                    lambda txn: replica.apply_batch(self.store, txn, planned, complete_as_of)
+                )
+                now = time.time()
+                for entry in planned:
+                    self.metrics.kv_propagation.observe(max(0.0, now - entry.commit_time))
+                self.metrics.kv_applied_entries.inc(len(planned))
+                self._advance(applied)
+        if self.applied_seq >= message.head_seq:
+            self.complete_as_of = max(self.complete_as_of, message.origin_time)
+
+    async def _handle_snapshot(self, message: origin_pb2.SubscribeResponse) -> None:
+        part = message.snapshot
+        env = self.storage.env
+        if part.first:
+            await self._abort_snapshot()
+            log.info("installing a snapshot at seq %d", part.snapshot_seq)
+
+            def begin() -> Any:
+                txn = env.begin(write=True)
+                replica.begin_snapshot(self.store, txn)
+                return txn
+
+            self._snapshot_txn = await self.storage.run_on_writer(begin)
+        txn = self._snapshot_txn
+        if txn is None:
+            raise StreamEnded("snapshot part without its first part")
+        records = part.records
+        await self.storage.run_on_writer(
+            lambda: replica.apply_snapshot_part(self.store, txn, records)
+        )
+        if part.last:
+
+            def finish() -> None:
+                replica.finish_snapshot(self.store, txn, part.snapshot_seq, message.origin_time)
+                txn.commit()
+
+            await self.storage.run_on_writer(finish)
+            self._snapshot_txn = None
+            self.metrics.kv_snapshots.inc()
+            self.complete_as_of = message.origin_time
+            self._advance(part.snapshot_seq, snapshot=True)
+
+    async def _abort_snapshot(self) -> None:
+        txn, self._snapshot_txn = self._snapshot_txn, None
+        if txn is not None:
+            await self.storage.run_on_writer(txn.abort)
+
+    def _advance(self, applied_seq: int, snapshot: bool = False) -> None:
+        if applied_seq < self.applied_seq and not snapshot:
+            raise AssertionError("applied_seq only grows")
+        self.applied_seq = applied_seq
+        self.metrics.kv_applied_seq.set(applied_seq)
+        self.on_applied(applied_seq)
+        self.applied_changed.set()
+        self.applied_changed = asyncio.Event()
+
+    async def close(self) -> None:
+        await self._abort_snapshot()
+        for retired in (*self._retired_channels, self._channel):
+            if retired is not None:
+                await retired.close(grace=None)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{error.code().name}: {error.details()}"
+    return str(error)
