@@ -27,6 +27,7 @@ from typing import Any
 
 from edge.v1 import kv_pb2
 from edgepop.errors import InvalidArgumentError
+from edgepop.limits import KEY_BYTES_MAX
 from edgepop.storage import Storage
 
 NS_HASH_BYTES = 8
@@ -114,10 +115,15 @@ def encode_cursor(key: bytes) -> str:
 
 
 def decode_cursor(cursor: str) -> bytes:
+    """The key a cursor points after; anything this API did not make is refused."""
     try:
-        return base64.urlsafe_b64decode(cursor.encode())
-    except (ValueError, UnicodeEncodeError) as error:
+        key = base64.b64decode(cursor.encode(), altchars=b"-_", validate=True)
+        key.decode("utf-8")
+    except (ValueError, UnicodeError) as error:
         raise InvalidArgumentError("cursor is not one this API returned") from error
+    if not key or len(key) > KEY_BYTES_MAX:
+        raise InvalidArgumentError("cursor is not one this API returned")
+    return key
 
 
 class KvStore:

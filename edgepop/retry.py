@@ -15,7 +15,7 @@ import grpc
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
-    stop_after_delay,
+    stop_before_delay,
     stop_never,
     wait_exponential_jitter,
 )
@@ -53,6 +53,7 @@ def retry_idempotent(budget_s: float) -> AsyncRetrying:
     return AsyncRetrying(
         retry=retry_if_exception(is_retryable_write),
         wait=wait_exponential_jitter(initial=0.05, max=0.5, jitter=0.05),
-        stop=stop_after_delay(max(0.0, budget_s)),
+        # Never sleep past the budget: the caller must hear our status before its deadline.
+        stop=stop_before_delay(max(0.0, budget_s)),
         reraise=True,
     )

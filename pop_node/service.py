@@ -25,8 +25,11 @@ T = TypeVar("T")
 
 # Budget for a call to the origin when the client set no deadline.
 UPSTREAM_TIMEOUT_S_DEFAULT = 5.0
-# Answer this much before the client's deadline, so it sees our status, not its timeout.
-DEADLINE_MARGIN_S = 0.05
+# Answer this share of the client's deadline early (within bounds), so the client sees our
+# status (UNAVAILABLE naming the origin) rather than its own timeout.
+DEADLINE_MARGIN_SHARE = 0.1
+DEADLINE_MARGIN_S_MIN = 0.05
+DEADLINE_MARGIN_S_MAX = 0.5
 # A BOOKMARK read waits at most this long for the replica before asking the origin.
 BOOKMARK_WAIT_S_MAX = 2.0
 
@@ -35,7 +38,10 @@ def _budget(context: grpc.aio.ServicerContext) -> float:
     remaining: float | None = context.time_remaining()
     if remaining is None:
         return UPSTREAM_TIMEOUT_S_DEFAULT
-    return max(0.0, min(remaining, UPSTREAM_TIMEOUT_S_DEFAULT * 6) - DEADLINE_MARGIN_S)
+    margin = min(
+        DEADLINE_MARGIN_S_MAX, max(DEADLINE_MARGIN_S_MIN, remaining * DEADLINE_MARGIN_SHARE)
+    )
+    return max(0.0, remaining - margin)
 
 
 class PopService(pb_grpc.PopServicer):

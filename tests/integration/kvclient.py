@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge.v1 import kv_pb2, origin_pb2, origin_pb2_grpc, pop_pb2, pop_pb2_grpc
 from edgectl.launcher import Cluster
@@ -54,3 +56,31 @@ def origin_head(cluster: Cluster) -> int:
 def pop_status(cluster: Cluster, name: str) -> pop_pb2.PopStatusResponse:
     with pop_stub(cluster, name) as stub:
         return stub.Status(pop_pb2.PopStatusRequest(), timeout=5)
+
+
+def record_tuples(records: list[kv_pb2.KvRecord]) -> list[tuple[str, str, bytes, str, int, int]]:
+    return [(r.namespace, r.key, r.value, r.metadata_json, r.expiration, r.seq) for r in records]
+
+
+def converged(cluster: Cluster) -> bool:
+    """True when every PoP's replica equals the origin's store, byte for byte, at one seq."""
+    origin_seq, origin_records = dump_origin(cluster)
+    expected = record_tuples(origin_records)
+    for pop in cluster.pops:
+        seq, records = dump_pop(cluster, pop.name)
+        if seq != origin_seq or record_tuples(records) != expected:
+            return False
+    return True
+
+
+def metric_value(cluster: Cluster, name: str, metric: str) -> float:
+    """Sum of a metric's samples on one node's /metrics (0 when absent)."""
+    address = cluster.node(name).metrics_address
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == metric:
+                total += sample.value
+    return total
