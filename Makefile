@@ -20,10 +20,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(GEN_STAMP): $(PROTOS) $(VENV)/.installed
-	rm -rf gen && mkdir -p gen
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -Iproto --python_out=gen --grpc_python_out=gen --mypy_out=gen --mypy_grpc_out=gen $(PROTOS)
-	touch gen/edge/__init__.py gen/edge/v1/__init__.py gen/edge/py.typed
-	touch $@
+	# generate beside, then swap: a running process never sees a half-written package
+	rm -rf gen.new && mkdir -p gen.new
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -Iproto --python_out=gen.new --grpc_python_out=gen.new --mypy_out=gen.new --mypy_grpc_out=gen.new $(PROTOS)
+	touch gen.new/edge/__init__.py gen.new/edge/v1/__init__.py gen.new/edge/py.typed gen.new/.stamp
+	rm -rf gen && mv gen.new gen
 
 proto:
 	rm -f $(GEN_STAMP)

@@ -15,12 +15,15 @@ from control_plane.state import ControlPlaneState, entry_to_pb
 from edge.v1 import control_plane_pb2 as pb
 from edge.v1 import control_plane_pb2_grpc as pb_grpc
 from edgepop.config import HEARTBEAT_INTERVAL_S_DEFAULT, NodeConfig
+from edgepop.faults import FaultTable, fault_to_pb
 from edgepop.lifecycle import Node
 from edgepop.storage import Storage
 from edgepop.topology import topology_to_pb
 
 # How often lease expiry is checked (a dead node shows unhealthy within lease + this).
 HEALTH_CHECK_INTERVAL_S = 0.2
+# Upper bound between looks at fault expiry times (new faults may expire sooner).
+FAULT_EXPIRY_CHECK_S = 0.5
 
 
 @dataclass
@@ -47,6 +50,8 @@ class ControlPlane(Node):
         self.storage = Storage(self.storage_dir, self.config.map_size_bytes)
         self.state = ControlPlaneState(self.storage)
         self.registry.restore(self.state.load_nodes(), time.time())
+        self.faults = FaultTable(self.state.load_faults())
+        self.netem.set_faults(self.faults.all())
 
     def add_services(self, server: grpc.aio.Server) -> list[str]:
         pb_grpc.add_ControlPlaneServicer_to_server(ControlPlaneService(self), server)
@@ -63,6 +68,7 @@ class ControlPlane(Node):
         )
         self._healthy = self.registry.healthy_names(time.time())
         self.spawn(self._watch_health(), "watch-health")
+        self.spawn(self._expire_faults(), "expire-faults")
 
     def close_storage(self) -> None:
         if self.storage is not None:
@@ -76,6 +82,24 @@ class ControlPlane(Node):
         await self.state.save_node(registered)
         await self.bump_topology()
         return registered
+
+    async def faults_changed(self) -> None:
+        """Persist, apply here, and push the fault table to every node."""
+        assert self.state is not None
+        await self.state.save_faults(self.faults.all())
+        self.netem.set_faults(self.faults.all())
+        await self.bump_topology()
+
+    async def _expire_faults(self) -> None:
+        """Heal `--for` faults on time (nodes also ignore expired faults on their own)."""
+        while True:
+            next_expiry = self.faults.next_expiry()
+            wait = FAULT_EXPIRY_CHECK_S
+            if next_expiry:
+                wait = min(wait, max(0.0, next_expiry - time.time()))
+            await asyncio.sleep(wait)
+            if self.faults.expire(time.time()):
+                await self.faults_changed()
 
     async def bump_topology(self) -> None:
         async with self.topology_changed:
@@ -117,4 +141,5 @@ class ControlPlane(Node):
     def topology_message(self) -> pb.Topology:
         message: pb.Topology = topology_to_pb(self.config.topology, self.topology_version)
         message.nodes.extend(self.node_infos())
+        message.faults.extend(fault_to_pb(fault) for fault in self.faults.all())
         return message

@@ -16,6 +16,7 @@ from control_plane.state import entry_from_pb
 from edge.v1 import control_plane_pb2 as pb
 from edge.v1 import control_plane_pb2_grpc as pb_grpc
 from edgepop.errors import InvalidArgumentError, UnavailableError
+from edgepop.faults import FaultError, LinkFault, fault_to_pb, validate
 from edgepop.rpc import RpcEnv, rpc
 
 if TYPE_CHECKING:
@@ -107,3 +108,42 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
             async with changed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait_for(moved), WATCH_REFRESH_S)
+
+    # -- faults ----------------------------------------------------------------------------
+
+    @rpc(internal=True)
+    async def SetLinkFault(
+        self, request: pb.SetLinkFaultRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetLinkFaultResponse:
+        changes: dict[str, float | bool] = {
+            field: getattr(request, field)
+            for field in ("delay_ms", "jitter_ms", "loss", "partitioned")
+            if request.HasField(field)
+        }
+        if request.duration_s < 0:
+            raise InvalidArgumentError("duration_s must not be negative")
+        regions = [region.name for region in self.node.config.topology.regions]
+        try:
+            validate(LinkFault(request.from_region, request.to_region, **changes), regions)  # type: ignore[arg-type]
+        except FaultError as error:
+            raise InvalidArgumentError(str(error)) from error
+        self.node.faults.set(
+            request.from_region,
+            request.to_region,
+            now=time.time(),
+            one_way=request.one_way,
+            duration_s=request.duration_s,
+            **changes,
+        )
+        await self.node.faults_changed()
+        return pb.SetLinkFaultResponse(faults=[fault_to_pb(f) for f in self.node.faults.all()])
+
+    @rpc(internal=True)
+    async def ClearFaults(
+        self, request: pb.ClearFaultsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClearFaultsResponse:
+        if bool(request.from_region) != bool(request.to_region):
+            raise InvalidArgumentError("give both regions of the pair, or neither to clear all")
+        self.node.faults.clear(request.from_region, request.to_region, request.one_way)
+        await self.node.faults_changed()
+        return pb.ClearFaultsResponse(faults=[fault_to_pb(f) for f in self.node.faults.all()])

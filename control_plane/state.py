@@ -1,4 +1,4 @@
-"""The control plane's durable state in LMDB: registrations (later also faults and placements).
+"""The control plane's durable state in LMDB: registrations and link faults.
 
 Heartbeats are not persisted (they are frequent and a restart grants a lease of grace).
 """
@@ -9,6 +9,7 @@ from typing import Any
 
 from control_plane.registry import NodeEntry
 from edge.v1 import control_plane_pb2 as pb
+from edgepop.faults import LinkFault, fault_from_pb, fault_to_pb
 from edgepop.storage import Storage
 
 ROLE_TO_PB = {
@@ -51,6 +52,7 @@ class ControlPlaneState:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self.nodes_db = storage.db("cp_nodes")
+        self.faults_db = storage.db("cp_faults")
 
     def load_nodes(self) -> list[NodeEntry]:
         with self.storage.read() as txn:
@@ -64,5 +66,26 @@ class ControlPlaneState:
 
         def work(txn: Any) -> None:
             txn.put(entry.name.encode(), raw, db=self.nodes_db)
+
+        await self.storage.write(work)
+
+    def load_faults(self) -> list[LinkFault]:
+        with self.storage.read() as txn:
+            return [
+                fault_from_pb(pb.LinkFault.FromString(raw))
+                for _, raw in txn.cursor(db=self.faults_db)
+            ]
+
+    async def save_faults(self, faults: list[LinkFault]) -> None:
+        """Replace the stored faults with `faults` (one transaction)."""
+        rows = [
+            (f"{f.from_region}>{f.to_region}".encode(), fault_to_pb(f).SerializeToString())
+            for f in faults
+        ]
+
+        def work(txn: Any) -> None:
+            txn.drop(self.faults_db, delete=False)
+            for key, raw in rows:
+                txn.put(key, raw, db=self.faults_db)
 
         await self.storage.write(work)

@@ -151,6 +151,21 @@ class Cluster:
         cluster.nodes = {name: NodeState(**node) for name, node in state["nodes"].items()}
         return cluster
 
+    def reload(self) -> None:
+        """Take pids and addresses from the state file again.
+
+        Other `edgectl` processes (`node stop|start`) restart nodes and record the new
+        pids there; a long-running launcher (the foreground `cluster up`) must stop
+        those, not the pids it remembers from its own start.
+        """
+        try:
+            state = json.loads(self.state_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return
+        for name, recorded in state.get("nodes", {}).items():
+            if name in self.nodes:
+                self.nodes[name] = NodeState(**recorded)
+
     def save(self) -> None:
         state = {
             "topology_file": str(self.topology_file) if self.topology_file else None,
@@ -297,7 +312,12 @@ class Cluster:
             raise ClusterError(f"{name} is already running (pid {node.pid})")
         self._spawn(node)
         self.save()
-        self.wait_ready([name], timeout)
+        try:
+            self.wait_ready([name], timeout)
+        except BaseException:
+            # A node that did not come up is stopped, not left half-started.
+            self.stop(name)
+            raise
         self.save()
 
     def wait_ready(
@@ -323,7 +343,12 @@ class Cluster:
                         progress(name, len(names) - len(pending), len(names))
             if pending:
                 if time.monotonic() > deadline:
-                    raise ClusterError(f"not ready after {timeout:.0f} s: {sorted(pending)}")
+                    # The log of a node that hangs says why (a port in use, a lock, ...).
+                    slowest = self.nodes[sorted(pending)[0]]
+                    raise ClusterError(
+                        f"not ready after {timeout:.0f} s: {sorted(pending)}; "
+                        f"see {slowest.log_file}:\n" + _tail(Path(slowest.log_file))
+                    )
                 time.sleep(POLL_INTERVAL_S)
         for name in names:
             self._wait_serving(self.nodes[name], deadline)

@@ -22,8 +22,11 @@ from typing import Any, ClassVar
 
 import grpc
 
+from edge.v1 import control_plane_pb2 as cp_pb2
 from edgepop.auth import ensure_token
 from edgepop.config import NodeConfig
+from edgepop.faults import fault_from_pb
+from edgepop.membership import Membership
 from edgepop.metrics import NodeMetrics
 from edgepop.netem import NetworkEmulator
 from edgepop.rpc import SERVING, add_health_and_reflection, build_server
@@ -47,6 +50,8 @@ class Node(abc.ABC):
     """A process of the cluster. `role` names it the same everywhere (logs, metrics, CLI)."""
 
     role: ClassVar[str]
+    # How the node registers with the control plane (the control plane itself does not).
+    registry_role: ClassVar[int] = cp_pb2.ROLE_UNSPECIFIED
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
@@ -60,6 +65,7 @@ class Node(abc.ABC):
         self.metrics_address = ""
         self.http_address = ""
         self.started_at = 0.0
+        self.membership: Membership | None = None
         self._server: grpc.aio.Server | None = None
         self._health: Any = None
         self._stop_metrics: Any = None
@@ -85,6 +91,9 @@ class Node(abc.ABC):
 
     async def on_drain(self) -> None:
         """Stop background work before the servers stop."""
+
+    def on_topology(self, topology: cp_pb2.Topology) -> None:
+        """React to a topology push (after faults are applied to the emulator)."""
 
     @abc.abstractmethod
     def close_storage(self) -> None:
@@ -136,6 +145,7 @@ class Node(abc.ABC):
 
         self.started_at = time.time()
         await self.on_serving()
+        self._join_cluster()
         await self._health.set("", SERVING)
         for name in names:
             await self._health.set(name, SERVING)
@@ -149,6 +159,34 @@ class Node(abc.ABC):
             self.metrics_address,
             self.http_address or "-",
         )
+
+    def _join_cluster(self) -> None:
+        """Register, heartbeat and follow the topology in the background (data-plane roles).
+
+        The node serves without the control plane: registration retries forever, and
+        the last topology and faults stay in force while the control plane is away.
+        """
+        if not self.config.control_plane_address or self.registry_role == cp_pb2.ROLE_UNSPECIFIED:
+            return
+        self.membership = Membership(
+            control_plane_address=self.config.control_plane_address,
+            info=cp_pb2.NodeInfo(
+                name=self.name,
+                region=self.region,
+                role=self.registry_role,  # type: ignore[arg-type]
+                grpc_address=self.grpc_address,
+                http_address=self.http_address,
+                metrics_address=self.metrics_address,
+            ),
+            token=self.token,
+            on_topology=self._apply_topology,
+        )
+        self.spawn(self.membership.run_heartbeats(), "heartbeats")
+        self.spawn(self.membership.run_topology_watch(), "topology-watch")
+
+    def _apply_topology(self, topology: cp_pb2.Topology) -> None:
+        self.netem.set_faults(fault_from_pb(fault) for fault in topology.faults)
+        self.on_topology(topology)
 
     def _write_ready_file(self) -> None:
         ready = {
@@ -194,6 +232,8 @@ class Node(abc.ABC):
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         await self.on_drain()
+        if self.membership is not None:
+            await self.membership.close()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

@@ -1,27 +1,48 @@
-"""Network emulation: how long a call from a caller's region waits at this server.
+"""Network emulation: what a call from a caller's region goes through at this server.
 
 Callers say where they are with metadata `x-edge-region` (nodes add `x-edge-node`). The
-receiving server holds a call for half the round trip before the handler and half
-after; stream messages are each held until their own due time (latency, never
-bandwidth). Calls without a region are not delayed. This module only decides delays;
-`edgepop.rpc` applies them.
+receiving server holds a call for the inbound leg (caller -> server: half the matrix RTT
+plus that direction's fault) before the handler, and the outbound leg after it. Stream
+messages are each held until their own due time (latency, never bandwidth). Across a
+partition a call never reaches the handler and stream messages stop. Calls without a
+region are not delayed. Decisions live in `edgepop.faults` and `edgepop.topology`.
+
+Accuracy: a hold aims early by the timer lateness this process has been observing (an
+EWMA: it grows when the machine is busy), and when a caller stamps `x-edge-sent-at` the
+transport time of the request (and, by symmetry, of the reply) is counted against the
+delay. Together they keep the median round trip a client measures on the matrix value.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from edgepop.errors import DeadlineError, UnavailableError
+from edgepop.faults import FaultTable, LinkFault, crossing_delay_s
 from edgepop.metrics import NodeMetrics
 from edgepop.topology import Topology
 
 REGION_HEADER = "x-edge-region"
 NODE_HEADER = "x-edge-node"
+# Optional: the caller's wall clock (unix seconds) when it sent the call. Lets the server
+# count the real transport time against the emulated delay, so the round trip a client
+# measures is the matrix RTT rather than RTT + loopback overhead. Ignored when implausible.
+SENT_AT_HEADER = "x-edge-sent-at"
+SENT_AT_TRUSTED_S_MAX = 0.05
 # Messages a delayed stream may hold in flight before its producer waits.
 DELAY_LINE_MESSAGES_MAX = 10_000
+# Mean lateness of an asyncio timer (epoll rounds its timeout up to whole milliseconds).
+TIMER_LATENESS_S = 0.0005
+# A call across a partition without a deadline gives up like a TCP connect would.
+PARTITION_HOLD_S_MAX = 20.0
+# How often a held call looks again at a partition that has an expiry time.
+PARTITION_RECHECK_S = 0.05
 
 T = TypeVar("T")
 
@@ -32,6 +53,8 @@ class Caller:
 
     region: str
     node: str = ""
+    # Seconds the request spent between the caller and the handler (0 when unknown).
+    transit_s: float = 0.0
 
     @property
     def is_node(self) -> bool:
@@ -39,78 +62,185 @@ class Caller:
 
 
 def caller_from_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> Caller | None:
-    region = node = ""
+    region = node = sent_at = ""
     for key, value in metadata or ():
+        text = value if isinstance(value, str) else value.decode()
         if key == REGION_HEADER:
-            region = value if isinstance(value, str) else value.decode()
+            region = text
         elif key == NODE_HEADER:
-            node = value if isinstance(value, str) else value.decode()
+            node = text
+        elif key == SENT_AT_HEADER:
+            sent_at = text
     if not region:
         return None
-    return Caller(region, node)
+    transit_s = 0.0
+    if sent_at:
+        try:
+            transit_s = time.time() - float(sent_at)
+        except ValueError:
+            transit_s = 0.0
+        if not 0.0 <= transit_s <= SENT_AT_TRUSTED_S_MAX:
+            transit_s = 0.0
+    return Caller(region, node, transit_s)
+
+
+def sent_at_metadata() -> tuple[str, str]:
+    """The metadata pair a client adds to each call for accurate emulated latency."""
+    return (SENT_AT_HEADER, repr(time.time()))
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One direction of a call: messages from `from_region` to `to_region`."""
+
+    from_region: str
+    to_region: str
+    base_s: float
+
+
+class _TimerLateness:
+    """How late this process's timers fire, smoothed (an EWMA of observed lateness)."""
+
+    alpha = 0.05
+
+    def __init__(self) -> None:
+        self.estimate_s = TIMER_LATENESS_S
+
+    def observe(self, lateness_s: float) -> None:
+        # Clamp: one descheduled moment must not make every later hold early.
+        lateness_s = min(max(lateness_s, -0.001), 0.005)
+        self.estimate_s += self.alpha * (lateness_s - self.estimate_s)
+
+
+_timer_lateness = _TimerLateness()
+
+
+async def sleep_until(due: float) -> None:
+    """Sleep until monotonic time `due`, aiming early by the observed timer lateness."""
+    aim = due - _timer_lateness.estimate_s
+    wait = aim - time.monotonic()
+    if wait > 0:
+        await asyncio.sleep(wait)
+        _timer_lateness.observe(time.monotonic() - aim)
 
 
 class NetworkEmulator:
-    """The delay this server (in `region`) injects for each caller."""
+    """The delay and faults this server (in `region`) applies to each caller."""
 
-    def __init__(self, topology: Topology, region: str, metrics: NodeMetrics) -> None:
+    def __init__(
+        self, topology: Topology, region: str, metrics: NodeMetrics, seed: int | None = None
+    ) -> None:
         self.topology = topology
         self.region = region
         self.metrics = metrics
+        self.faults = FaultTable()
+        self.rng = random.Random(seed)
+        self._faults_changed = asyncio.Event()
 
     def set_topology(self, topology: Topology) -> None:
         self.topology = topology
 
-    def one_way_s(self, caller: Caller) -> float:
-        """Half the round trip between the caller and this server."""
+    def set_faults(self, faults: Iterable[LinkFault]) -> None:
+        self.faults = FaultTable(faults)
+        self._faults_changed.set()
+        self._faults_changed = asyncio.Event()
+
+    # -- decisions ---------------------------------------------------------------------
+
+    def legs(self, caller: Caller) -> tuple[Leg, Leg]:
+        """(inbound, outbound) legs of a call from `caller` to this server."""
         if not self.topology.emulate_delay:
-            return 0.0
-        rtt_ms = self.topology.rtt_ms(caller.region, self.region, caller_is_node=caller.is_node)
-        return rtt_ms / 2000.0
+            base_s = 0.0
+        else:
+            rtt_ms = self.topology.rtt_ms(caller.region, self.region, caller_is_node=caller.is_node)
+            base_s = rtt_ms / 2000.0
+        return Leg(caller.region, self.region, base_s), Leg(self.region, caller.region, base_s)
 
-    async def hold(self, caller: Caller, one_way_s: float) -> None:
-        """Wait one leg of a call, and record it."""
-        if one_way_s <= 0:
-            return
-        self.metrics.delay(caller.region, self.region).observe(one_way_s)
-        await asyncio.sleep(one_way_s)
+    def fault(self, leg: Leg) -> LinkFault | None:
+        return self.faults.get(leg.from_region, leg.to_region, time.time())
 
-    async def delay_stream(
-        self, caller: Caller, one_way_s: float, messages: AsyncIterator[T]
-    ) -> AsyncIterator[T]:
-        """Deliver each message `one_way_s` after it was produced, without serialising waits.
+    def delay_s(self, leg: Leg) -> float:
+        """A sampled one-way delay for one message over `leg`."""
+        return crossing_delay_s(leg.base_s, self.fault(leg), self.rng)
 
-        A producer task stamps each message with its due time; this generator yields
-        it when due. A slow link therefore adds latency but keeps the producer's rate.
+    def one_way_s(self, caller: Caller) -> float:
+        """The base (fault-free) one-way delay between the caller and this server."""
+        return self.legs(caller)[0].base_s
+
+    # -- waiting -----------------------------------------------------------------------
+
+    async def wait_connected(
+        self, leg: Leg, time_remaining: float | None, *, forever: bool = False
+    ) -> None:
+        """Return once `leg` is not partitioned; fail as a partition would otherwise.
+
+        A call gives up at its deadline (or after PARTITION_HOLD_S_MAX without one);
+        a stream message (`forever`) just waits: the stream stops delivering.
         """
-        if one_way_s <= 0:
-            async for message in messages:
-                yield message
+        fault = self.fault(leg)
+        if fault is None or not fault.partitioned:
             return
+        if forever:
+            budget = float("inf")
+        else:
+            budget = PARTITION_HOLD_S_MAX if time_remaining is None else time_remaining
+        deadline = time.monotonic() + budget
+        while (fault := self.fault(leg)) is not None and fault.partitioned:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if time_remaining is None:
+                    raise UnavailableError(
+                        f"no route from {leg.from_region} to {leg.to_region} (partitioned)"
+                    )
+                raise DeadlineError("deadline exceeded (network partitioned)")
+            wake = self._faults_changed
+            timeout = min(remaining, PARTITION_RECHECK_S if fault.expires_at else remaining)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), None if timeout == float("inf") else timeout)
+
+    async def cross(self, leg: Leg, sent_at: float, time_remaining: float | None) -> None:
+        """Carry one message over `leg`: wait out a partition, then its sampled delay."""
+        await self.wait_connected(leg, time_remaining)
+        delay = self.delay_s(leg)
+        if delay <= 0:
+            return
+        self.metrics.delay(leg.from_region, leg.to_region).observe(delay)
+        await sleep_until(sent_at + delay)
+
+    async def delay_stream(self, leg: Leg, messages: AsyncIterator[T]) -> AsyncIterator[T]:
+        """Deliver each message over `leg` at its own due time, without serialising waits.
+
+        A producer task stamps each message with when it was produced; this generator
+        yields it when due (never before an earlier message: one stream, one order).
+        A slow link therefore adds latency but keeps the producer's rate.
+        """
         line: asyncio.Queue[tuple[float, T] | None] = asyncio.Queue(DELAY_LINE_MESSAGES_MAX)
-        histogram = self.metrics.delay(caller.region, self.region)
         failure: list[BaseException] = []
 
         async def produce() -> None:
             try:
                 async for message in messages:
-                    await line.put((time.monotonic() + one_way_s, message))
+                    await line.put((time.monotonic(), message))
             except Exception as error:  # re-raised on the consumer side, in order
                 failure.append(error)
             finally:
                 await line.put(None)
 
         producer = asyncio.create_task(produce())
+        last_due = 0.0
         try:
             while True:
                 item = await line.get()
                 if item is None:
                     break
-                due, message = item
-                wait = due - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                histogram.observe(one_way_s)
+                produced_at, message = item
+                await self.wait_connected(leg, None, forever=True)
+                delay = self.delay_s(leg)
+                due = max(produced_at + delay, last_due)
+                last_due = due
+                if delay > 0:
+                    self.metrics.delay(leg.from_region, leg.to_region).observe(delay)
+                    await sleep_until(due)
                 yield message
             if failure:
                 raise failure[0]

@@ -107,6 +107,7 @@ def rpc(*, internal: bool = False) -> Callable[[Callable[..., Any]], Callable[..
             ) -> AsyncIterator[Any]:
                 env = self.rpc_env
                 started = time.perf_counter()
+                started_mono = time.monotonic()
                 code = "OK"
                 try:
                     metadata = context.invocation_metadata() or ()
@@ -115,9 +116,10 @@ def rpc(*, internal: bool = False) -> Callable[[Callable[..., Any]], Callable[..
                     caller = caller_from_metadata(metadata)
                     messages = stream_method(self, request, context)
                     if caller is not None:
-                        one_way_s = env.netem.one_way_s(caller)
-                        await env.netem.hold(caller, one_way_s)
-                        messages = env.netem.delay_stream(caller, one_way_s, messages)
+                        inbound, outbound = env.netem.legs(caller)
+                        sent_at = started_mono - caller.transit_s
+                        await env.netem.cross(inbound, sent_at, context.time_remaining())
+                        messages = env.netem.delay_stream(outbound, messages)
                     async for message in messages:
                         yield message
                 except EdgeError as error:
@@ -146,16 +148,19 @@ def rpc(*, internal: bool = False) -> Callable[[Callable[..., Any]], Callable[..
             try:
                 metadata = context.invocation_metadata() or ()
                 caller = caller_from_metadata(metadata)
-                one_way_s = env.netem.one_way_s(caller) if caller is not None else 0.0
                 if caller is not None:
-                    await env.netem.hold(caller, one_way_s)
+                    # Never reaches the handler across a partition. The request left the
+                    # caller `transit_s` ago: that time already counts towards the delay.
+                    inbound, outbound = env.netem.legs(caller)
+                    sent_at = time.monotonic() - caller.transit_s
+                    await env.netem.cross(inbound, sent_at, context.time_remaining())
                 if internal:
                     _check_token(env, metadata)
                 try:
                     return await unary_method(self, request, context)
                 finally:
                     if caller is not None:
-                        await env.netem.hold(caller, one_way_s)
+                        await env.netem.cross(outbound, time.monotonic(), context.time_remaining())
             except EdgeError as error:
                 code = error.code.name
                 await _abort(context, error)

@@ -14,7 +14,6 @@ from edge.v1 import origin_pb2_grpc as pb_grpc
 from edgepop.config import NodeConfig
 from edgepop.kvstore import KvStore
 from edgepop.lifecycle import Node
-from edgepop.membership import Membership
 from edgepop.storage import Storage
 from origin_node.committer import Committer
 from origin_node.service import OriginService
@@ -36,12 +35,12 @@ class OriginConfig(NodeConfig):
 
 class OriginNode(Node):
     role = "origin"
+    registry_role = control_plane_pb2.ROLE_ORIGIN
     config: OriginConfig
 
     def __init__(self, config: OriginConfig) -> None:
         super().__init__(config)
         self.subscribers = 0
-        self.membership: Membership | None = None
 
     def open_storage(self) -> None:
         self.storage = Storage(self.storage_dir, self.config.map_size_bytes)
@@ -63,23 +62,6 @@ class OriginNode(Node):
     async def on_serving(self) -> None:
         self.spawn(self.committer.run(), "committer")
         self.spawn(self._sweep_expired(), "sweeper")
-        if self.config.control_plane_address:
-            self.membership = Membership(
-                control_plane_address=self.config.control_plane_address,
-                info=control_plane_pb2.NodeInfo(
-                    name=self.name,
-                    region=self.region,
-                    role=control_plane_pb2.ROLE_ORIGIN,
-                    grpc_address=self.grpc_address,
-                    metrics_address=self.metrics_address,
-                ),
-                token=self.token,
-            )
-            self.spawn(self.membership.run_heartbeats(), "heartbeats")
-
-    async def on_drain(self) -> None:
-        if self.membership is not None:
-            await self.membership.close()
 
     def close_storage(self) -> None:
         self.storage.close()

@@ -12,7 +12,6 @@ from edge.v1 import pop_pb2_grpc as pb_grpc
 from edgepop.config import NodeConfig
 from edgepop.kvstore import KvStore, Record
 from edgepop.lifecycle import Node
-from edgepop.membership import Membership
 from edgepop.rpc import channel, node_metadata
 from edgepop.storage import Storage
 from pop_node.overlay import Overlay
@@ -31,13 +30,13 @@ class PopConfig(NodeConfig):
 
 class PopNode(Node):
     role = "pop"
+    registry_role = control_plane_pb2.ROLE_POP
     config: PopConfig
 
     def __init__(self, config: PopConfig) -> None:
         super().__init__(config)
         self.origin_address = config.origin_address
         self.overlay = Overlay()
-        self.membership: Membership | None = None
         self._origin_channel: grpc.aio.Channel | None = None
         self._origin_channel_address = ""
 
@@ -63,26 +62,8 @@ class PopNode(Node):
 
     async def on_serving(self) -> None:
         self.spawn(self.replication.run(), "replication")
-        if self.config.control_plane_address:
-            self.membership = Membership(
-                control_plane_address=self.config.control_plane_address,
-                info=control_plane_pb2.NodeInfo(
-                    name=self.name,
-                    region=self.region,
-                    role=control_plane_pb2.ROLE_POP,
-                    grpc_address=self.grpc_address,
-                    http_address=self.http_address,
-                    metrics_address=self.metrics_address,
-                ),
-                token=self.token,
-                on_topology=self._on_topology,
-            )
-            self.spawn(self.membership.run_heartbeats(), "heartbeats")
-            self.spawn(self.membership.run_topology_watch(), "topology-watch")
 
     async def on_drain(self) -> None:
-        if self.membership is not None:
-            await self.membership.close()
         await self.replication.close()
         if self._origin_channel is not None:
             await self._origin_channel.close(grace=None)
@@ -107,7 +88,7 @@ class PopNode(Node):
         self.overlay.drop_through(applied_seq)
         self.metrics.kv_overlay_entries.set(len(self.overlay))
 
-    def _on_topology(self, topology: control_plane_pb2.Topology) -> None:
+    def on_topology(self, topology: control_plane_pb2.Topology) -> None:
         for info in topology.nodes:
             is_origin = info.role == control_plane_pb2.ROLE_ORIGIN and info.grpc_address
             if is_origin and info.grpc_address != self.origin_address:

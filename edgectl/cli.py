@@ -1,0 +1,613 @@
+"""edgectl's command line: argument parsing and one small handler per command.
+
+Commands are registered group by group (`COMMAND_GROUPS`); a handler takes the parsed
+arguments and returns the exit code. Adding a command (net, probe, deploy, workers,
+token, do call) is one `register_*` function that declares its arguments and points at
+its handler. Every failure a user can cause or meet ends as `error: CODE: details` on
+stderr with exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import grpc
+from rich.live import Live
+
+from edge.v1 import kv_pb2
+from edgectl import views
+from edgectl.client import (
+    RPC_TIMEOUT_S_DEFAULT,
+    CliError,
+    ClusterMonitor,
+    EdgeClient,
+    Target,
+    value_text,
+)
+from edgectl.launcher import START_TIMEOUT_S_DEFAULT, Cluster, ClusterError, pid_alive
+from edgepop.limits import LIST_LIMIT_MAX
+from edgepop.topology import TopologyError
+
+DATA_DIR_ENV = "EDGEPOP_DATA_DIR"
+DATA_DIR_DEFAULT = ".cluster"
+LIVE_REFRESH_S = 1.0
+CONSISTENCY: dict[str, kv_pb2.Consistency.ValueType] = {
+    "eventual": kv_pb2.CONSISTENCY_EVENTUAL,
+    "bookmark": kv_pb2.CONSISTENCY_BOOKMARK,
+    "strong": kv_pb2.CONSISTENCY_STRONG,
+}
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+# -- registration ----------------------------------------------------------------------
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """Options every command takes, before or after its name.
+
+    The copies on each subcommand default to SUPPRESS so that they only override the
+    top-level value when given there (`edgectl --data-dir X kv get` and
+    `edgectl kv get --data-dir X` mean the same).
+    """
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        default=default(Path(os.environ.get(DATA_DIR_ENV, DATA_DIR_DEFAULT))),
+        help=f"the cluster's data dir (default: ${DATA_DIR_ENV} or {DATA_DIR_DEFAULT})",
+    )
+    parser.add_argument(
+        "--control-plane",
+        metavar="HOST:PORT",
+        default=default(None),
+        help="the control plane's gRPC address (default: from DIR/cluster.json)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        default=default(RPC_TIMEOUT_S_DEFAULT),
+        help=f"deadline of each RPC (default: {RPC_TIMEOUT_S_DEFAULT:g})",
+    )
+
+
+@dataclass
+class CommandSet:
+    """A level of subcommands (`edgectl …`, `edgectl kv …`) that commands attach to."""
+
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
+    common: argparse.ArgumentParser
+
+    def group(self, name: str, help: str) -> CommandSet:
+        parser = self.subparsers.add_parser(
+            name, help=help, description=help, parents=[self.common]
+        )
+        subparsers = parser.add_subparsers(metavar="COMMAND", required=True)
+        return CommandSet(subparsers, self.common)
+
+    def add(
+        self,
+        name: str,
+        handler: Handler,
+        help: str,
+        *,
+        json_output: bool = False,
+        parents: tuple[argparse.ArgumentParser, ...] = (),
+    ) -> argparse.ArgumentParser:
+        parser = self.subparsers.add_parser(
+            name, help=help, description=help, parents=[self.common, *parents]
+        )
+        parser.set_defaults(handler=handler)
+        if json_output:
+            parser.add_argument("--json", action="store_true", help="print JSON to stdout")
+        return parser
+
+
+def register_cluster(commands: CommandSet) -> None:
+    cluster = commands.group("cluster", "start, stop and inspect a local cluster")
+    up = cluster.add(
+        "up",
+        cmd_cluster_up,
+        "start every node of the topology; stays in the foreground with a live view "
+        "(Ctrl-C stops every node) unless --detach",
+        json_output=True,
+    )
+    up.add_argument("--detach", action="store_true", help="return once every node is SERVING")
+    up.add_argument("--topology", type=Path, metavar="FILE", help="topology YAML file")
+    up.add_argument(
+        "--base-port", type=int, metavar="N", help="ports from N on (default: any free port)"
+    )
+    up.add_argument(
+        "--start-timeout",
+        type=float,
+        metavar="SECONDS",
+        default=START_TIMEOUT_S_DEFAULT,
+        help=f"give up starting after this long (default: {START_TIMEOUT_S_DEFAULT:g})",
+    )
+    cluster.add("down", cmd_cluster_down, "stop every node (PoPs, origin, control plane)")
+    cluster.add(
+        "status", cmd_cluster_status, "every node: process, health, addresses", json_output=True
+    )
+
+
+def register_node(commands: CommandSet) -> None:
+    node = commands.group("node", "stop, kill or start one node by name")
+    for action, help in (
+        ("stop", "SIGTERM: the node drains and closes its store"),
+        ("kill", "SIGKILL: no drain (crash testing)"),
+        ("start", "start a stopped node on its previous ports and data dir"),
+    ):
+        parser = node.add(action, cmd_node, help)
+        parser.add_argument("name", metavar="NAME")
+        parser.set_defaults(action=action)
+
+
+def register_nodes(commands: CommandSet) -> None:
+    commands.add(
+        "nodes", cmd_nodes, "the control plane's node registry with health", json_output=True
+    )
+
+
+def _kv_options() -> argparse.ArgumentParser:
+    """Where a KV command goes and as whom (shared by every kv subcommand)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--namespace", "-n", default="default", help="KV namespace")
+    parser.add_argument(
+        "--from",
+        dest="from_region",
+        metavar="REGION",
+        help="the caller's region: routes to its nearest healthy PoP and pays that RTT",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--pop", metavar="NODE", help="talk to this PoP")
+    where.add_argument("--origin", action="store_true", help="talk to the origin directly")
+    return parser
+
+
+def register_kv(commands: CommandSet) -> None:
+    kv = commands.group("kv", "read and write edge KV")
+    common = _kv_options()
+
+    get = kv.add(
+        "get",
+        cmd_kv_get,
+        "print a key's value (raw) on stdout; route and latency on stderr; "
+        "exit 1 when the key is missing (with --json: found=false, exit 0)",
+        json_output=True,
+        parents=(common,),
+    )
+    get.add_argument("key", metavar="KEY")
+    get.add_argument(
+        "--consistency",
+        choices=sorted(CONSISTENCY),
+        help="eventual (local replica; the default), bookmark (replica at --min-seq), "
+        "strong (origin)",
+    )
+    get.add_argument(
+        "--min-seq",
+        type=int,
+        default=0,
+        metavar="N",
+        help="bookmark: implies --consistency bookmark",
+    )
+
+    put = kv.add("put", cmd_kv_put, "write a key", json_output=True, parents=(common,))
+    put.add_argument("key", metavar="KEY")
+    put.add_argument("value", metavar="VALUE", nargs="?", help="the value (or --file)")
+    put.add_argument(
+        "--file", type=Path, metavar="PATH", help="read the value from PATH (- = stdin)"
+    )
+    put.add_argument("--ttl", type=int, metavar="SECONDS", help="expire this long from now")
+    put.add_argument("--expiration", type=int, metavar="UNIX", help="expire at this unix time")
+    put.add_argument("--metadata", metavar="JSON", help="metadata stored with the value")
+
+    delete = kv.add("delete", cmd_kv_delete, "delete a key", json_output=True, parents=(common,))
+    delete.add_argument("key", metavar="KEY")
+
+    listing = kv.add("list", cmd_kv_list, "list keys in order", json_output=True, parents=(common,))
+    listing.add_argument("--prefix", default="", help="only keys starting with this")
+    listing.add_argument(
+        "--limit", type=int, default=0, help=f"keys per page, 1-{LIST_LIMIT_MAX} (default: max)"
+    )
+    listing.add_argument("--cursor", default="", help="continue after a previous page")
+    listing.add_argument("--all", action="store_true", help="follow cursors to the end")
+    listing.add_argument("--consistency", choices=sorted(CONSISTENCY))
+    listing.add_argument("--min-seq", type=int, default=0, metavar="N")
+
+
+# Later groups (net, probe, deploy, workers, token, do) register here.
+COMMAND_GROUPS: tuple[Callable[[CommandSet], None], ...] = (
+    register_cluster,
+    register_node,
+    register_nodes,
+    register_kv,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgectl",
+        description="Run and use an edgepop cluster: PoPs, an origin and a control plane.",
+    )
+    _global_options(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+    commands = CommandSet(parser.add_subparsers(metavar="COMMAND", required=True), common)
+    for register in COMMAND_GROUPS:
+        register(commands)
+    return parser
+
+
+# -- cluster ---------------------------------------------------------------------------
+
+
+def _start(cluster: Cluster, timeout_s: float) -> None:
+    """Cluster.up with a progress bar; on failure the error carries the node's log tail."""
+    total = len(cluster.topology.node_specs())
+    with views.start_progress() as progress:
+        task = progress.add_task("starting", total=total)
+
+        def on_ready(name: str, done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total, description=f"{name} ready")
+
+        started = time.monotonic()
+        cluster.up(timeout=timeout_s, progress=on_ready)
+        progress.update(task, description="all SERVING")
+    if not views.stderr.is_terminal:
+        views.stderr.print(
+            f"{total} nodes SERVING in {time.monotonic() - started:.1f} s ({cluster.data_dir})"
+        )
+
+
+def cmd_cluster_up(args: argparse.Namespace) -> int:
+    cluster = Cluster(args.data_dir, topology_file=args.topology, base_port=args.base_port)
+    if not args.detach:
+        return _run_foreground(cluster, args)
+    _start(cluster, args.start_timeout)
+    rows = cluster.status()
+    if args.json:
+        views.print_json(rows)
+    else:
+        views.stdout.print(views.status_table(rows, title=f"cluster up in {cluster.data_dir}"))
+    return 0
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM takes the same path as Ctrl-C: unwind, then stop every node.
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_foreground(cluster: Cluster, args: argparse.Namespace) -> int:
+    """`cluster up` without --detach: live view until Ctrl-C/SIGTERM, then stop all."""
+    with _signals_interrupt():
+        try:
+            # Cluster.up stops whatever it started when it fails or is interrupted.
+            _start(cluster, args.start_timeout)
+        except KeyboardInterrupt:
+            views.stderr.print("interrupted while starting: every node was stopped")
+            return 0
+        try:
+            views.stderr.print("Ctrl-C or SIGTERM stops every node")
+            if args.json:
+                views.print_json(cluster.status())
+                _wait_while_alive(cluster)
+            else:
+                _live(cluster)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            # A second Ctrl-C must not cut the shutdown short and orphan nodes.
+            interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                cluster.reload()  # nodes restarted by `edgectl node start` have new pids
+                running = sum(pid_alive(node.pid) for node in cluster.nodes.values())
+                views.stderr.print(f"stopping {running} nodes …")
+                cluster.down()
+                views.stderr.print("every node stopped")
+            finally:
+                signal.signal(signal.SIGINT, interrupt)
+    return 0
+
+
+def _wait_while_alive(cluster: Cluster) -> None:
+    while True:
+        cluster.reload()
+        if not any(pid_alive(node.pid) for node in cluster.nodes.values()):
+            views.stderr.print("every node has exited")
+            return
+        time.sleep(LIVE_REFRESH_S)
+
+
+def _live(cluster: Cluster) -> None:
+    started_at = time.monotonic()
+    pool = futures.ThreadPoolExecutor(
+        max_workers=len(cluster.nodes) + 1, thread_name_prefix="edgectl-probe"
+    )
+    monitor = ClusterMonitor(cluster, pool)
+    try:
+        with Live(console=views.stdout, auto_refresh=False) as live:
+            while True:
+                tick = time.monotonic()
+                samples = monitor.sample()
+                live.update(views.live_view(samples, cluster.data_dir, started_at), refresh=True)
+                if not any(sample.alive for sample in samples):
+                    views.stderr.print("every node has exited")
+                    return
+                time.sleep(max(0.0, LIVE_REFRESH_S - (time.monotonic() - tick)))
+    finally:
+        # Probes still running finish on their own (each has a short deadline).
+        pool.shutdown(wait=False, cancel_futures=True)
+        monitor.close()
+
+
+def cmd_cluster_down(args: argparse.Namespace) -> int:
+    cluster = Cluster.open(args.data_dir)
+    running = [node.name for node in cluster.nodes.values() if pid_alive(node.pid)]
+    cluster.down()
+    views.stdout.print(f"stopped {len(running)} of {len(cluster.nodes)} nodes")
+    return 0
+
+
+def cmd_cluster_status(args: argparse.Namespace) -> int:
+    rows = Cluster.open(args.data_dir).status()
+    if args.json:
+        views.print_json(rows)
+    else:
+        views.stdout.print(views.status_table(rows))
+    return 0
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    cluster = Cluster.open(args.data_dir)
+    node = cluster.node(args.name)
+    pid = node.pid
+    if args.action == "start":
+        cluster.start(args.name)
+        views.stdout.print(f"started {node.name} (pid {node.pid}) on {node.grpc_address}")
+        return 0
+    if not pid_alive(pid):
+        views.stdout.print(f"{node.name} is not running")
+        return 0
+    if args.action == "stop":
+        cluster.stop(args.name)
+        views.stdout.print(f"stopped {node.name} (pid {pid})")
+    else:
+        cluster.kill(args.name)
+        views.stdout.print(f"killed {node.name} (pid {pid})")
+    return 0
+
+
+def _client(args: argparse.Namespace) -> EdgeClient:
+    return EdgeClient.for_data_dir(
+        args.data_dir, control_plane=args.control_plane, timeout_s=args.timeout
+    )
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        infos = client.list_nodes()
+    if args.json:
+        views.print_json([views.node_info_json(info) for info in infos])
+    else:
+        views.stdout.print(views.nodes_table(infos))
+    return 0
+
+
+# -- kv --------------------------------------------------------------------------------
+
+
+def _target(client: EdgeClient, args: argparse.Namespace) -> Target:
+    return client.resolve(from_region=args.from_region, pop=args.pop, origin=args.origin)
+
+
+def _consistency(args: argparse.Namespace) -> kv_pb2.Consistency.ValueType:
+    name = args.consistency or ("bookmark" if args.min_seq else "eventual")
+    return CONSISTENCY[name]
+
+
+def _route_json(target: Target, latency_ms: float) -> dict[str, Any]:
+    return {
+        "node": target.name,
+        "region": target.region,
+        "from_region": target.caller_region,
+        "latency_ms": round(latency_ms, 3),
+    }
+
+
+def cmd_kv_get(args: argparse.Namespace) -> int:
+    request = kv_pb2.KvGetRequest(
+        namespace=args.namespace,
+        key=args.key,
+        consistency=_consistency(args),
+        min_seq=args.min_seq,
+    )
+    with _client(args) as client:
+        target = _target(client, args)
+        timed = client.kv_get(target, request)
+    got = timed.response
+    if args.json:
+        text, encoding = value_text(got.value) if got.found else (None, None)
+        views.print_json(
+            {
+                "found": got.found,
+                "value": text,
+                "value_encoding": encoding,
+                "metadata": views.metadata_value(got.metadata_json),
+                "expiration": got.expiration,
+                "applied_seq": got.applied_seq,
+                **_route_json(target, timed.latency_ms),
+            }
+        )
+        return 0
+    via = views.via(target, timed.latency_ms)
+    if not got.found:
+        views.error(f"NOT_FOUND: no key {args.key!r} in namespace {args.namespace!r} ({via})")
+        return 1
+    sys.stdout.buffer.write(got.value)
+    if sys.stdout.isatty() and not got.value.endswith(b"\n"):
+        sys.stdout.buffer.write(b"\n")
+    sys.stdout.flush()
+    details = [via, f"applied_seq {got.applied_seq}"]
+    if got.metadata_json:
+        details.append(f"metadata {got.metadata_json}")
+    if got.expiration:
+        details.append(f"expires {views.fmt_expiration(got.expiration)}")
+    views.stderr.print(" · ".join(details), style="dim", markup=False)
+    return 0
+
+
+def _put_value(args: argparse.Namespace) -> bytes:
+    if args.file is not None and args.value is not None:
+        raise CliError("INVALID_ARGUMENT", "give VALUE or --file, not both")
+    if args.file is not None:
+        if str(args.file) == "-":
+            return sys.stdin.buffer.read()
+        return bytes(args.file.read_bytes())
+    if args.value is None:
+        raise CliError("INVALID_ARGUMENT", "give VALUE or --file PATH")
+    return str(args.value).encode("utf-8")
+
+
+def cmd_kv_put(args: argparse.Namespace) -> int:
+    if args.metadata is not None:
+        try:
+            json.loads(args.metadata)
+        except json.JSONDecodeError as error:
+            raise CliError("INVALID_ARGUMENT", f"--metadata is not valid JSON: {error}") from None
+    request = kv_pb2.KvPutRequest(
+        namespace=args.namespace,
+        key=args.key,
+        value=_put_value(args),
+        metadata_json=args.metadata or "",
+        expiration=args.expiration or 0,
+        expiration_ttl=args.ttl or 0,
+    )
+    with _client(args) as client:
+        target = _target(client, args)
+        timed = client.kv_put(target, request)
+    return _print_write(args, "put", target, timed.response.seq, timed.latency_ms)
+
+
+def cmd_kv_delete(args: argparse.Namespace) -> int:
+    request = kv_pb2.KvDeleteRequest(namespace=args.namespace, key=args.key)
+    with _client(args) as client:
+        target = _target(client, args)
+        timed = client.kv_delete(target, request)
+    return _print_write(args, "delete", target, timed.response.seq, timed.latency_ms)
+
+
+def _print_write(
+    args: argparse.Namespace, verb: str, target: Target, seq: int, latency_ms: float
+) -> int:
+    if args.json:
+        views.print_json({"seq": seq, **_route_json(target, latency_ms)})
+    else:
+        views.stdout.print(
+            f"{verb} {args.namespace}/{args.key}: seq {seq} · {views.via(target, latency_ms)}",
+            markup=False,
+        )
+    return 0
+
+
+def cmd_kv_list(args: argparse.Namespace) -> int:
+    if not 0 <= args.limit <= LIST_LIMIT_MAX:
+        raise CliError("INVALID_ARGUMENT", f"--limit must be 1-{LIST_LIMIT_MAX}")
+    request = kv_pb2.KvListRequest(
+        namespace=args.namespace,
+        prefix=args.prefix,
+        limit=args.limit,
+        cursor=args.cursor,
+        consistency=_consistency(args),
+        min_seq=args.min_seq,
+    )
+    with _client(args) as client:
+        target = _target(client, args)
+        if args.all:
+            replies = list(client.kv_list_pages(target, request))
+        else:
+            replies = [client.kv_list(target, request)]
+    keys = [key for reply in replies for key in reply.response.keys]
+    latency_ms = sum(reply.latency_ms for reply in replies)
+    pages = len(replies)
+    last = replies[-1].response
+    if args.json:
+        views.print_json(
+            {
+                "keys": [
+                    {
+                        "name": key.name,
+                        "expiration": key.expiration,
+                        "metadata": views.metadata_value(key.metadata_json),
+                    }
+                    for key in keys
+                ],
+                "list_complete": last.list_complete,
+                "cursor": last.cursor,
+                "pages": pages,
+                **_route_json(target, latency_ms),
+            }
+        )
+        return 0
+    if keys:
+        views.stdout.print(views.kv_list_table(keys))
+    summary = [f"{len(keys)} key{'' if len(keys) == 1 else 's'}"]
+    if pages > 1:
+        summary[0] += f" in {pages} pages"
+    summary.append("complete" if last.list_complete else f"more: --cursor {last.cursor}")
+    summary.append(views.via(target, latency_ms))
+    views.stderr.print(" · ".join(summary), style="dim", markup=False)
+    return 0
+
+
+# -- entry point -----------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except CliError as error:
+        views.error(f"{error.code}: {error.details}")
+    except grpc.RpcError as error:
+        failure = CliError.from_rpc(error)
+        views.error(f"{failure.code}: {failure.details}")
+    except (ClusterError, TopologyError) as error:
+        views.error(str(error))
+    except OSError as error:
+        if isinstance(error, BrokenPipeError):
+            # The reader (`| head`) left: stop quietly, as other Unix tools do.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 1
+        views.error(f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))
+    except KeyboardInterrupt:
+        return 130
+    return 1

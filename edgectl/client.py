@@ -1,0 +1,492 @@
+"""How edgectl reaches a cluster: channels, metadata, targets, and the live-view sampler.
+
+A command never guesses addresses: the control plane's address comes from the data
+dir's `cluster.json` (or `--control-plane`), every other node's from
+`ControlPlane.ListNodes` / `Route`. KV calls say where the caller is with
+`x-edge-region`, so the receiving node applies the emulated round trip, and each call is
+timed on its own (after the channel is connected) so the latency a user sees is the
+one the platform produces, not TCP setup or Python start-up.
+
+`ClusterMonitor` gathers what the foreground `cluster up` shows each second. Each
+node is probed in a thread pool with a short deadline, so one slow or dead node leaves
+its own row stale instead of freezing the whole view.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from edge.v1 import control_plane_pb2 as cp_pb2
+from edge.v1 import control_plane_pb2_grpc as cp_grpc
+from edge.v1 import kv_pb2, origin_pb2, origin_pb2_grpc, pop_pb2, pop_pb2_grpc
+from edgectl.launcher import Cluster, NodeState, pid_alive
+from edgepop.auth import TOKEN_FILE_NAME
+from edgepop.rpc import CHANNEL_OPTIONS, client_metadata
+
+RPC_TIMEOUT_S_DEFAULT = 10.0
+CONNECT_TIMEOUT_S = 5.0
+# The live view refreshes about once a second; a probe must fit well inside that.
+PROBE_TIMEOUT_S = 0.8
+REQUEST_COUNT_SAMPLE = "edge_request_duration_seconds_count"
+# The live view's own polls: left out of requests/s, so an idle cluster shows ~0.
+MONITOR_METHODS = frozenset(
+    {("Pop", "Status"), ("Origin", "Status"), ("ControlPlane", "ListNodes")}
+)
+
+ROLE_NAMES = {
+    cp_pb2.ROLE_CONTROL_PLANE: "control_plane",
+    cp_pb2.ROLE_ORIGIN: "origin",
+    cp_pb2.ROLE_POP: "pop",
+}
+
+T = TypeVar("T")
+KvStub = pop_pb2_grpc.PopStub | origin_pb2_grpc.OriginStub
+
+
+class CliError(Exception):
+    """A failure to report as `error: CODE: details` (CODE is a gRPC status name)."""
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(f"{code}: {details}")
+        self.code = code
+        self.details = details
+
+    @classmethod
+    def from_rpc(cls, error: grpc.RpcError, where: str = "") -> CliError:
+        code = error.code().name if callable(getattr(error, "code", None)) else "UNKNOWN"
+        details = error.details() if callable(getattr(error, "details", None)) else str(error)
+        return cls(code, f"{details} ({where})" if where else str(details))
+
+
+def role_name(role: cp_pb2.Role.ValueType) -> str:
+    return ROLE_NAMES.get(role, "unknown")
+
+
+@dataclass(frozen=True)
+class Target:
+    """The node a KV command talks to and the location the caller claims to be in."""
+
+    name: str
+    role: str  # "pop" | "origin"
+    region: str
+    grpc_address: str
+    # Sent as x-edge-region: the receiving node delays the call by this region's RTT.
+    caller_region: str
+
+
+@dataclass(frozen=True)
+class Timed(Generic[T]):
+    """An RPC's response and how long the call took, measured at the client."""
+
+    response: T
+    latency_ms: float
+
+
+class EdgeClient:
+    """Synchronous gRPC access to one cluster; channels are opened once and reused."""
+
+    def __init__(
+        self,
+        control_plane_address: str,
+        *,
+        token: str | None = None,
+        timeout_s: float = RPC_TIMEOUT_S_DEFAULT,
+    ) -> None:
+        self.control_plane_address = control_plane_address
+        self.token = token
+        self.timeout_s = timeout_s
+        self._channels: dict[str, grpc.Channel] = {}
+
+    @classmethod
+    def for_data_dir(
+        cls,
+        data_dir: Path,
+        *,
+        control_plane: str | None = None,
+        timeout_s: float = RPC_TIMEOUT_S_DEFAULT,
+    ) -> EdgeClient:
+        """A client of the cluster recorded in `data_dir` (or at `control_plane`)."""
+        token_file = data_dir / TOKEN_FILE_NAME
+        # Read, never create: a token made here would not be the cluster's.
+        token = token_file.read_text().strip() if token_file.is_file() else None
+        if control_plane is None:
+            node = Cluster.open(data_dir).control_plane
+            control_plane = node.grpc_address or f"127.0.0.1:{node.grpc_port}"
+        return cls(control_plane, token=token, timeout_s=timeout_s)
+
+    def __enter__(self) -> EdgeClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+
+    def channel(self, address: str, *, name: str = "") -> grpc.Channel:
+        """A connected channel to `address`; UNAVAILABLE when it cannot connect in time."""
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+            try:
+                connect_s = min(CONNECT_TIMEOUT_S, self.timeout_s)
+                grpc.channel_ready_future(channel).result(timeout=connect_s)
+            except grpc.FutureTimeoutError as error:
+                channel.close()
+                label = f"{name} at {address}" if name else address
+                raise CliError("UNAVAILABLE", f"cannot connect to {label}") from error
+            self._channels[address] = channel
+        return channel
+
+    # -- control plane -----------------------------------------------------------------
+
+    def _control_plane(self) -> cp_grpc.ControlPlaneStub:
+        return cp_grpc.ControlPlaneStub(
+            self.channel(self.control_plane_address, name="the control plane")
+        )
+
+    def list_nodes(self) -> list[cp_pb2.NodeInfo]:
+        response = self._call(
+            self._control_plane().ListNodes, cp_pb2.ListNodesRequest(), "control plane"
+        )
+        return list(response.nodes)
+
+    def topology(self) -> cp_pb2.Topology:
+        topology: cp_pb2.Topology = self._call(
+            self._control_plane().GetTopology, cp_pb2.GetTopologyRequest(), "control plane"
+        )
+        return topology
+
+    def route(self, region: str) -> cp_pb2.RouteResponse:
+        # No x-edge-region here: routing stands in for anycast/DNS, which a real client
+        # gets without a round trip to us-east-1.
+        route: cp_pb2.RouteResponse = self._call(
+            self._control_plane().Route, cp_pb2.RouteRequest(region=region), "control plane"
+        )
+        return route
+
+    def node_info(self, name: str) -> cp_pb2.NodeInfo:
+        for info in self.list_nodes():
+            if info.name == name:
+                return info
+        raise CliError("NOT_FOUND", f"no node named {name!r} (see `edgectl nodes`)")
+
+    def resolve(
+        self, *, from_region: str | None = None, pop: str | None = None, origin: bool = False
+    ) -> Target:
+        """Where a KV call goes: `--origin`, `--pop NODE`, `--from REGION`, or the default.
+
+        The default is what a client next to the origin would get: the PoP nearest the
+        topology's origin region.
+        """
+        if origin or pop:
+            if origin:
+                infos = [info for info in self.list_nodes() if info.role == cp_pb2.ROLE_ORIGIN]
+                if not infos:
+                    raise CliError("UNAVAILABLE", "the control plane knows no origin")
+                info = infos[0]
+            else:
+                assert pop is not None
+                info = self.node_info(pop)
+                if info.role != cp_pb2.ROLE_POP:
+                    hint = " (use --origin)" if info.role == cp_pb2.ROLE_ORIGIN else ""
+                    raise CliError("INVALID_ARGUMENT", f"{pop} is not a PoP{hint}")
+            return Target(
+                name=info.name,
+                role=role_name(info.role),
+                region=info.region,
+                grpc_address=info.grpc_address,
+                caller_region=from_region or info.region,
+            )
+        region = from_region or self.topology().origin_region
+        route = self.route(region)
+        return Target(
+            name=route.name,
+            role="pop",
+            region=route.region,
+            grpc_address=route.grpc_address,
+            caller_region=region,
+        )
+
+    # -- KV ----------------------------------------------------------------------------
+
+    def _kv_stub(self, target: Target) -> KvStub:
+        channel = self.channel(target.grpc_address, name=target.name)
+        if target.role == "origin":
+            return origin_pb2_grpc.OriginStub(channel)
+        return pop_pb2_grpc.PopStub(channel)
+
+    def _call(
+        self,
+        method: Callable[..., T],
+        request: object,
+        where: str,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> T:
+        try:
+            return method(request, metadata=metadata, timeout=self.timeout_s)
+        except grpc.RpcError as error:
+            raise CliError.from_rpc(error, where) from None
+
+    def _timed_kv(
+        self, target: Target, pick: Callable[[KvStub], Callable[..., T]], request: object
+    ) -> Timed[T]:
+        method = pick(self._kv_stub(target))  # connects first: not part of the latency
+        metadata = client_metadata(target.caller_region)
+        started = time.perf_counter()
+        response = self._call(method, request, target.name, metadata)
+        return Timed(response, (time.perf_counter() - started) * 1000.0)
+
+    def kv_get(self, target: Target, request: kv_pb2.KvGetRequest) -> Timed[kv_pb2.KvGetResponse]:
+        return self._timed_kv(target, lambda stub: stub.KvGet, request)
+
+    def kv_put(self, target: Target, request: kv_pb2.KvPutRequest) -> Timed[kv_pb2.KvPutResponse]:
+        if not request.request_id:
+            # Idempotency key: a retried write (by gRPC or a later retry policy) commits once.
+            request.request_id = uuid.uuid4().hex
+        return self._timed_kv(target, lambda stub: stub.KvPut, request)
+
+    def kv_delete(
+        self, target: Target, request: kv_pb2.KvDeleteRequest
+    ) -> Timed[kv_pb2.KvDeleteResponse]:
+        if not request.request_id:
+            request.request_id = uuid.uuid4().hex
+        return self._timed_kv(target, lambda stub: stub.KvDelete, request)
+
+    def kv_list(
+        self, target: Target, request: kv_pb2.KvListRequest
+    ) -> Timed[kv_pb2.KvListResponse]:
+        return self._timed_kv(target, lambda stub: stub.KvList, request)
+
+    def kv_list_pages(
+        self, target: Target, request: kv_pb2.KvListRequest
+    ) -> Iterator[Timed[kv_pb2.KvListResponse]]:
+        """Every page from `request.cursor` on, following cursors until list_complete."""
+        while True:
+            page = self.kv_list(target, request)
+            yield page
+            if page.response.list_complete or not page.response.cursor:
+                return
+            request.cursor = page.response.cursor
+
+
+def value_text(value: bytes) -> tuple[str, str]:
+    """(text, encoding) of a value for JSON: UTF-8 when it decodes, else base64."""
+    try:
+        return value.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(value).decode("ascii"), "base64"
+
+
+# -- live view sampling ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeProbe:
+    """One successful look at a node (fields are None when that part did not answer)."""
+
+    at: float
+    seq: int | None = None
+    head_seq: int | None = None
+    lag_s: float | None = None
+    replicating: bool | None = None
+    request_count: float | None = None
+
+
+@dataclass(frozen=True)
+class NodeSample:
+    """A row of the live view."""
+
+    name: str
+    role: str
+    region: str
+    pid: int
+    alive: bool
+    healthy: bool | None
+    seq: int | None
+    head_seq: int | None
+    lag_s: float | None
+    replicating: bool | None
+    requests_per_s: float | None
+    # The newest probe did not finish in time: the values are from an earlier one.
+    stale: bool
+
+
+def request_count(metrics_text: str) -> float:
+    """Requests served so far: the sum of edge_request_duration_seconds_count.
+
+    The live view's own status polls are left out so that its presence does not show
+    up as traffic.
+    """
+    total = 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name != REQUEST_COUNT_SAMPLE:
+                continue
+            if (sample.labels.get("service"), sample.labels.get("method")) in MONITOR_METHODS:
+                continue
+            total += sample.value
+    return total
+
+
+def rate_per_s(previous: tuple[float, float] | None, current: tuple[float, float]) -> float | None:
+    """Rate between two (time, counter) samples; a counter that went down was restarted."""
+    if previous is None:
+        return None
+    elapsed = current[0] - previous[0]
+    if elapsed <= 0:
+        return None
+    delta = current[1] - previous[1]
+    if delta < 0:
+        delta = current[1]
+    return delta / elapsed
+
+
+def scrape(metrics_address: str, timeout_s: float = PROBE_TIMEOUT_S) -> str:
+    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=timeout_s) as reply:
+        text: bytes = reply.read()
+    return text.decode("utf-8", errors="replace")
+
+
+@dataclass
+class _NodeTrack:
+    pending: futures.Future[NodeProbe] | None = None
+    last: NodeProbe | None = None
+    last_count: tuple[float, float] | None = None
+    rate: float | None = None
+    stale: bool = False
+
+
+@dataclass
+class ClusterMonitor:
+    """Samples every node of a cluster for the live view; call `sample()` once a second."""
+
+    cluster: Cluster
+    executor: futures.ThreadPoolExecutor
+    probe_timeout_s: float = PROBE_TIMEOUT_S
+    _channels: dict[str, grpc.Channel] = field(default_factory=dict)
+    _tracks: dict[str, _NodeTrack] = field(default_factory=dict)
+    _health_pending: futures.Future[dict[str, bool]] | None = None
+    _health: dict[str, bool] | None = None
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+
+    def _channel(self, address: str) -> grpc.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self._channels[address] = channel
+        return channel
+
+    def _list_health(self, channel: grpc.Channel) -> dict[str, bool]:
+        stub = cp_grpc.ControlPlaneStub(channel)
+        response = stub.ListNodes(cp_pb2.ListNodesRequest(), timeout=self.probe_timeout_s)
+        return {info.name: info.healthy for info in response.nodes}
+
+    def _probe(self, node: NodeState, channel: grpc.Channel) -> NodeProbe:
+        seq = head = None
+        lag = None
+        replicating = None
+        count = None
+        try:
+            if node.role == "pop":
+                status = pop_pb2_grpc.PopStub(channel).Status(
+                    pop_pb2.PopStatusRequest(), timeout=self.probe_timeout_s
+                )
+                seq, head = status.applied_seq, status.origin_head_seq
+                lag, replicating = status.lag_seconds, status.replicating
+            elif node.role == "origin":
+                origin = origin_pb2_grpc.OriginStub(channel).Status(
+                    origin_pb2.OriginStatusRequest(), timeout=self.probe_timeout_s
+                )
+                seq = head = origin.head_seq
+        except grpc.RpcError:
+            pass
+        # A node that does not answer in time just shows no rate this round.
+        with contextlib.suppress(OSError, ValueError):
+            count = request_count(scrape(node.metrics_address, self.probe_timeout_s))
+        return NodeProbe(time.monotonic(), seq, head, lag, replicating, count)
+
+    def sample(self) -> list[NodeSample]:
+        """Start the probes that are not still running, wait briefly, return every row."""
+        self.cluster.reload()
+        alive = {name: pid_alive(node.pid) for name, node in self.cluster.nodes.items()}
+        control_plane = self.cluster.control_plane
+        if self._health_pending is None and control_plane.grpc_address:
+            self._health_pending = self.executor.submit(
+                self._list_health, self._channel(control_plane.grpc_address)
+            )
+        waiting: list[futures.Future[Any]] = []
+        for name, node in self.cluster.nodes.items():
+            track = self._tracks.setdefault(name, _NodeTrack())
+            if track.pending is None and alive[name] and node.grpc_address:
+                channel = self._channel(node.grpc_address)
+                track.pending = self.executor.submit(self._probe, node, channel)
+            if track.pending is not None:
+                waiting.append(track.pending)
+        if self._health_pending is not None:
+            waiting.append(self._health_pending)
+        futures.wait(waiting, timeout=self.probe_timeout_s)
+
+        if self._health_pending is not None and self._health_pending.done():
+            try:
+                self._health = self._health_pending.result()
+            except grpc.RpcError:
+                self._health = None
+            self._health_pending = None
+
+        rows = []
+        for name, node in self.cluster.nodes.items():
+            track = self._tracks[name]
+            if track.pending is not None and track.pending.done():
+                probe = track.pending.result()
+                track.pending = None
+                track.last, track.stale = probe, False
+                if probe.request_count is not None:
+                    current = (probe.at, probe.request_count)
+                    track.rate = rate_per_s(track.last_count, current)
+                    track.last_count = current
+            elif track.pending is not None:
+                track.stale = True
+            if not alive[name]:
+                # A restarted node starts its counters afresh; forget the old ones.
+                self._tracks[name] = track = _NodeTrack()
+            last = track.last
+            rows.append(
+                NodeSample(
+                    name=name,
+                    role=node.role,
+                    region=node.region,
+                    pid=node.pid if alive[name] else 0,
+                    alive=alive[name],
+                    healthy=(
+                        alive[name] and self._health.get(name, False)
+                        if self._health is not None
+                        else None
+                    ),
+                    seq=last.seq if last else None,
+                    head_seq=last.head_seq if last else None,
+                    lag_s=last.lag_s if last else None,
+                    replicating=last.replicating if last else None,
+                    requests_per_s=track.rate,
+                    stale=track.stale,
+                )
+            )
+        return rows

@@ -1,0 +1,237 @@
+"""What edgectl shows: rich tables for people, plain JSON for programs.
+
+Data goes to stdout (tables, values, JSON); progress, timings of a single call and
+errors go to stderr, so `edgectl kv get KEY > file` stores exactly the value while
+the terminal still shows where it was read and how long it took.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, RenderableType
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from edge.v1 import control_plane_pb2 as cp_pb2
+from edge.v1 import kv_pb2
+from edgectl.client import NodeSample, Target, role_name
+
+# Piped output is not cut to 80 columns: a table of addresses must stay whole in a log.
+PIPED_WIDTH = 200
+stdout = Console(highlight=False, width=None if sys.stdout.isatty() else PIPED_WIDTH)
+stderr = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else PIPED_WIDTH)
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable output: plain JSON on stdout, no colour, no wrapping."""
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def error(message: str) -> None:
+    # Not through rich: markup in a server's message must print as it is.
+    sys.stderr.write(f"error: {message}\n")
+
+
+def fmt_ms(ms: float) -> str:
+    return f"{ms:.1f} ms" if ms < 1000 else f"{ms / 1000:.2f} s"
+
+
+def fmt_health(healthy: bool | None) -> Text:
+    if healthy is None:
+        return Text("?", style="yellow")
+    return Text("healthy", style="green") if healthy else Text("down", style="red")
+
+
+def fmt_expiration(expiration: int) -> str:
+    if not expiration:
+        return ""
+    return datetime.fromtimestamp(expiration, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def metadata_value(metadata_json: str) -> Any:
+    """Stored metadata as JSON data (None when there is none)."""
+    if not metadata_json:
+        return None
+    try:
+        return json.loads(metadata_json)
+    except json.JSONDecodeError:
+        return metadata_json
+
+
+# -- cluster and nodes -----------------------------------------------------------------
+
+
+def start_progress() -> Progress:
+    """The `cluster up` progress bar: nodes ready x/N (on stderr)."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("nodes ready"),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=False,
+        # In a log a bar is noise; the command prints one line when it is done instead.
+        disable=not stderr.is_terminal,
+    )
+
+
+def status_table(rows: Sequence[dict[str, Any]], title: str = "") -> Table:
+    """`cluster status`: every node with its process and health."""
+    table = Table(title=title or None, title_justify="left")
+    for column in ("node", "role", "region", "pid", "health", "grpc", "http", "metrics"):
+        table.add_column(column, justify="right" if column == "pid" else "left")
+    for row in rows:
+        table.add_row(
+            row["name"],
+            row["role"],
+            row["region"],
+            str(row["pid"]) if row["pid"] else Text("stopped", style="red"),
+            fmt_health(row["healthy"]),
+            row["grpc_address"],
+            row["http_address"],
+            row["metrics_address"],
+        )
+    return table
+
+
+def node_info_json(info: cp_pb2.NodeInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "role": role_name(info.role),
+        "region": info.region,
+        "healthy": info.healthy,
+        "grpc_address": info.grpc_address,
+        "http_address": info.http_address,
+        "metrics_address": info.metrics_address,
+        "pid": info.pid,
+        "incarnation": info.incarnation,
+        "last_heartbeat_age_s": round(info.last_heartbeat_age_s, 3),
+    }
+
+
+def nodes_table(infos: Iterable[cp_pb2.NodeInfo]) -> Table:
+    """`nodes`: the control plane's registry."""
+    table = Table()
+    for column in ("node", "role", "region", "health", "heartbeat", "inc", "pid"):
+        table.add_column(
+            column, justify="left" if column in ("node", "role", "region") else "right"
+        )
+    table.add_column("grpc")
+    table.add_column("http")
+    table.add_column("metrics")
+    for info in infos:
+        table.add_row(
+            info.name,
+            role_name(info.role),
+            info.region,
+            fmt_health(info.healthy),
+            f"{info.last_heartbeat_age_s:.1f} s ago",
+            str(info.incarnation),
+            str(info.pid or ""),
+            info.grpc_address,
+            info.http_address,
+            info.metrics_address,
+        )
+    return table
+
+
+def live_view(samples: Sequence[NodeSample], data_dir: Path, started_at: float) -> RenderableType:
+    """The foreground `cluster up` screen, redrawn about once a second."""
+    table = Table(
+        title=f"edgepop cluster · {data_dir} · up {_duration(time.monotonic() - started_at)}",
+        title_justify="left",
+        caption="seq: applied (PoP) / head (origin) · behind: entries not yet applied · "
+        "lag: staleness bound · req/s excludes this view's polls · Ctrl-C stops every node",
+        caption_justify="left",
+    )
+    table.add_column("node")
+    table.add_column("role")
+    table.add_column("region")
+    table.add_column("pid", justify="right")
+    table.add_column("health")
+    table.add_column("seq", justify="right")
+    table.add_column("behind", justify="right")
+    table.add_column("lag", justify="right")
+    table.add_column("req/s", justify="right")
+    for sample in samples:
+        style = "dim" if sample.stale else ""
+        if not sample.alive:
+            table.add_row(
+                sample.name,
+                sample.role,
+                sample.region,
+                Text("stopped", style="red"),
+                fmt_health(False),
+                "",
+                "",
+                "",
+                "",
+            )
+            continue
+        behind = ""
+        lag = ""
+        if sample.role == "pop":
+            if sample.seq is not None and sample.head_seq is not None:
+                behind = str(max(0, sample.head_seq - sample.seq))
+            if sample.lag_s is not None:
+                lag = fmt_ms(sample.lag_s * 1000)
+                if sample.replicating is False:
+                    lag += " (cut off)"
+        table.add_row(
+            sample.name,
+            sample.role,
+            sample.region,
+            str(sample.pid),
+            fmt_health(sample.healthy),
+            "" if sample.seq is None else str(sample.seq),
+            behind,
+            lag,
+            "" if sample.requests_per_s is None else f"{sample.requests_per_s:.1f}",
+            style=style,
+        )
+    return table
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+# -- kv --------------------------------------------------------------------------------
+
+
+def via(target: Target, latency_ms: float) -> str:
+    """Where a KV call went and how long it took, e.g. `tokyo-1 (tokyo) · 8.4 ms`."""
+    where = f"{target.name} ({target.region})"
+    if target.caller_region != target.region:
+        where += f" from {target.caller_region}"
+    return f"{where} · {fmt_ms(latency_ms)}"
+
+
+def kv_list_table(keys: Sequence[kv_pb2.KvListKey]) -> Table:
+    table = Table()
+    table.add_column("key")
+    table.add_column("expiration")
+    table.add_column("metadata")
+    for key in keys:
+        table.add_row(key.name, fmt_expiration(key.expiration), key.metadata_json)
+    return table
