@@ -25,15 +25,17 @@ GET_MANY_KEYS_MAX = 100
 PUT_MANY_ENTRIES_MAX = 10_000
 LIST_LIMIT_MAX = 1000
 REQUEST_ID_BYTES_MAX = 64
+# 9999-12-31T23:59:59Z: any later expiration is a client bug (and would overflow int64).
+EXPIRATION_MAX = 253_402_300_799
 # gRPC message limit: a 25 MiB value plus framing, or a large KvPutMany.
 MESSAGE_BYTES_MAX = 64 * 1024 * 1024
 
-_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
 def check_namespace(namespace: str) -> None:
     size = len(namespace.encode("utf-8"))
-    if size == 0 or size > NAMESPACE_BYTES_MAX or not _NAMESPACE_RE.match(namespace):
+    if size == 0 or size > NAMESPACE_BYTES_MAX or not _NAMESPACE_RE.fullmatch(namespace):
         raise InvalidArgumentError(
             f"namespace must be 1-{NAMESPACE_BYTES_MAX} bytes of [A-Za-z0-9_.-] (got {size} bytes)"
         )
@@ -74,9 +76,14 @@ def check_metadata(metadata_json: str) -> None:
             " (METADATA_BYTES_MAX)"
         )
     try:
-        json.loads(metadata_json)
+        json.loads(metadata_json, parse_constant=_reject_constant)
     except ValueError as error:
         raise MetadataInvalidError(f"metadata must be valid JSON: {error}") from error
+
+
+def _reject_constant(name: str) -> object:
+    # json accepts NaN and Infinity, which RFC 8259 JSON does not.
+    raise ValueError(f"{name} is not JSON")
 
 
 def resolve_expiration(expiration: int, expiration_ttl: int, now: float) -> int:
@@ -88,7 +95,15 @@ def resolve_expiration(expiration: int, expiration_ttl: int, now: float) -> int:
             raise InvalidArgumentError(
                 f"expiration_ttl must be at least {EXPIRATION_TTL_S_MIN} s (EXPIRATION_TTL_S_MIN)"
             )
+        if int(now) + expiration_ttl > EXPIRATION_MAX:
+            raise InvalidArgumentError(
+                f"expiration_ttl reaches past {EXPIRATION_MAX} (EXPIRATION_MAX, year 9999)"
+            )
         return int(now) + expiration_ttl
+    if expiration > EXPIRATION_MAX:
+        raise InvalidArgumentError(
+            f"expiration is past {EXPIRATION_MAX} (EXPIRATION_MAX, year 9999)"
+        )
     if expiration and expiration <= now:
         raise InvalidArgumentError(
             f"expiration {expiration} is not in the future (now is {int(now)})"

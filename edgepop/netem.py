@@ -37,6 +37,7 @@ SENT_AT_HEADER = "x-edge-sent-at"
 SENT_AT_TRUSTED_S_MAX = 0.05
 # Messages a delayed stream may hold in flight before its producer waits.
 DELAY_LINE_MESSAGES_MAX = 10_000
+DELAY_LINE_BYTES_MAX = 64 * 1024 * 1024
 # Mean lateness of an asyncio timer (epoll rounds its timeout up to whole milliseconds).
 TIMER_LATENESS_S = 0.0005
 # A call across a partition without a deadline gives up like a TCP connect would.
@@ -212,19 +213,29 @@ class NetworkEmulator:
 
         A producer task stamps each message with when it was produced; this generator
         yields it when due (never before an earlier message: one stream, one order).
-        A slow link therefore adds latency but keeps the producer's rate.
+        A slow link therefore adds latency but keeps the producer's rate. The line holds
+        at most DELAY_LINE_MESSAGES_MAX messages and about DELAY_LINE_BYTES_MAX bytes;
+        beyond that the producer waits, as a sender does when TCP's window is full.
         """
-        line: asyncio.Queue[tuple[float, T] | None] = asyncio.Queue(DELAY_LINE_MESSAGES_MAX)
+        line: asyncio.Queue[tuple[float, T, int] | None] = asyncio.Queue(DELAY_LINE_MESSAGES_MAX)
+        room = _ByteBudget(DELAY_LINE_BYTES_MAX)
         failure: list[BaseException] = []
 
         async def produce() -> None:
             try:
                 async for message in messages:
-                    await line.put((time.monotonic(), message))
+                    size = _size_of(message)
+                    await room.take(size)
+                    await line.put((time.monotonic(), message, size))
+            except asyncio.CancelledError:
+                raise  # the consumer went away: no end marker, nobody reads it
             except Exception as error:  # re-raised on the consumer side, in order
                 failure.append(error)
             finally:
-                await line.put(None)
+                close = getattr(messages, "aclose", None)
+                if close is not None:
+                    await close()
+            await line.put(None)
 
         producer = asyncio.create_task(produce())
         last_due = 0.0
@@ -233,7 +244,8 @@ class NetworkEmulator:
                 item = await line.get()
                 if item is None:
                     break
-                produced_at, message = item
+                produced_at, message, size = item
+                room.give(size)
                 await self.wait_connected(leg, None, forever=True)
                 delay = self.delay_s(leg)
                 due = max(produced_at + delay, last_due)
@@ -246,3 +258,29 @@ class NetworkEmulator:
                 raise failure[0]
         finally:
             producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+
+
+class _ByteBudget:
+    """Bytes a delay line may hold; `take` waits for room (one message always fits)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._freed = asyncio.Event()
+
+    async def take(self, size: int) -> None:
+        while self.used and self.used + size > self.capacity:
+            self._freed.clear()
+            await self._freed.wait()
+        self.used += size
+
+    def give(self, size: int) -> None:
+        self.used -= size
+        self._freed.set()
+
+
+def _size_of(message: object) -> int:
+    byte_size = getattr(message, "ByteSize", None)
+    return int(byte_size()) if byte_size is not None else 0

@@ -257,7 +257,10 @@ def parse_topology(raw: Any, source: str = "topology") -> Topology:
     emulate = _typed(f"{source}: emulate_delay", raw.get("emulate_delay", True), bool)
 
     overrides = {pair: rtt for pair, rtt in base.rtt_overrides_ms.items() if pair <= names}
-    for index, item in enumerate(raw.get("rtt_ms", []) or []):
+    rtt_items = raw.get("rtt_ms", []) or []
+    if not isinstance(rtt_items, list):
+        raise TopologyError(f"{source}: rtt_ms: must be a list")
+    for index, item in enumerate(rtt_items):
         where = f"{source}: rtt_ms[{index}]"
         if not isinstance(item, dict) or set(item) != {"from", "to", "rtt_ms"}:
             raise TopologyError(f"{where}: must be a mapping with from, to, rtt_ms")
