@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from dataclasses import dataclass
 
 import grpc
 
-from control_plane.registry import NODE_LEASE_S_DEFAULT, NodeEntry, NodeRegistry
+from control_plane import placement as placement_rules
+from control_plane.placement import Placement
+from control_plane.registry import NODE_LEASE_S_DEFAULT, ROLE_POP, NodeEntry, NodeRegistry
 from control_plane.service import ControlPlaneService
 from control_plane.state import ControlPlaneState, entry_to_pb
 from edge.v1 import control_plane_pb2 as pb
@@ -20,10 +23,15 @@ from edgepop.lifecycle import Node
 from edgepop.storage import Storage
 from edgepop.topology import topology_to_pb
 
+log = logging.getLogger(__name__)
+
 # How often lease expiry is checked (a dead node shows unhealthy within lease + this).
 HEALTH_CHECK_INTERVAL_S = 0.2
 # Upper bound between looks at fault expiry times (new faults may expire sooner).
 FAULT_EXPIRY_CHECK_S = 0.5
+# Objects move only this long after their owner's lease lapsed: the owner has stopped by
+# then (its own lease clock started earlier, at the heartbeat's send time).
+OBJECT_FAILOVER_MARGIN_S = 0.5
 
 
 @dataclass
@@ -52,6 +60,10 @@ class ControlPlane(Node):
         self.registry.restore(self.state.load_nodes(), time.time())
         self.faults = FaultTable(self.state.load_faults())
         self.netem.set_faults(self.faults.all())
+        self.placements: dict[tuple[str, str], Placement] = {
+            (p.namespace, p.object_id): p for p in self.state.load_placements()
+        }
+        self.placement_lock = asyncio.Lock()
 
     def add_services(self, server: grpc.aio.Server) -> list[str]:
         pb_grpc.add_ControlPlaneServicer_to_server(ControlPlaneService(self), server)
@@ -101,6 +113,67 @@ class ControlPlane(Node):
             if self.faults.expire(time.time()):
                 await self.faults_changed()
 
+    # -- Durable Object placement ----------------------------------------------------------
+
+    def healthy_pops(self, now: float) -> list[NodeEntry]:
+        return [
+            entry
+            for entry in self.registry.entries()
+            if entry.role == ROLE_POP and self.registry.is_healthy(entry, now)
+        ]
+
+    async def locate(self, namespace: str, object_id: str, region: str) -> Placement | None:
+        """The object's placement, placing it near `region` on first use (durably)."""
+        key = (namespace, object_id)
+        existing = self.placements.get(key)
+        if existing is not None:
+            return existing
+        assert self.state is not None
+        async with self.placement_lock:
+            existing = self.placements.get(key)
+            if existing is not None:
+                return existing
+            placed = placement_rules.place(
+                self.config.topology, self.healthy_pops(time.time()), namespace, object_id, region
+            )
+            if placed is None:
+                return None
+            await self.state.save_placements([placed])
+            self.placements[key] = placed
+            return placed
+
+    async def _repair_placements(self, now: float) -> None:
+        """Move objects off nodes gone for lease + margin; bring back stuck ones."""
+        gone = frozenset(
+            entry.name
+            for entry in self.registry.entries()
+            if entry.role == ROLE_POP
+            and now - entry.last_heartbeat >= self.config.lease_s + OBJECT_FAILOVER_MARGIN_S
+        )
+        healthy = self.healthy_pops(now)
+        changed = []
+        for key, current in self.placements.items():
+            if current.owner in gone and current.standby not in gone and current.standby:
+                repaired = placement_rules.repair(self.config.topology, current, healthy, gone)
+            elif current.owner in gone:
+                repaired = placement_rules.recover(self.config.topology, current, healthy)
+            elif current.standby in gone or not current.standby:
+                repaired = placement_rules.repair(self.config.topology, current, healthy, gone)
+            else:
+                continue
+            if repaired != current:
+                changed.append((key, current, repaired))
+        if not changed:
+            return
+        assert self.state is not None
+        async with self.placement_lock:
+            await self.state.save_placements([repaired for _, _, repaired in changed])
+            for key, current, repaired in changed:
+                self.placements[key] = repaired
+                if repaired.owner != current.owner:
+                    self.metrics.do_failovers.inc()
+        log.info("moved %d placement(s) off %s", len(changed), sorted(gone) or "-")
+
     async def bump_topology(self) -> None:
         async with self.topology_changed:
             self.topology_version += 1
@@ -110,11 +183,13 @@ class ControlPlane(Node):
         """Bump the topology version whenever a lease lapses or comes back."""
         while True:
             await asyncio.sleep(HEALTH_CHECK_INTERVAL_S)
-            healthy = self.registry.healthy_names(time.time())
+            now = time.time()
+            healthy = self.registry.healthy_names(now)
             if healthy != self._healthy:
                 self._healthy = healthy
                 await self.bump_topology()
             self._export_health_metrics(healthy)
+            await self._repair_placements(now)
 
     def _export_health_metrics(self, healthy: frozenset[str]) -> None:
         total = len(self.registry.entries())

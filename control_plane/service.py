@@ -12,9 +12,11 @@ import grpc
 
 from control_plane.registry import ROLE_POP
 from control_plane.routing import nearest_pops, pick
-from control_plane.state import entry_from_pb
+from control_plane.state import entry_from_pb, placement_to_pb
 from edge.v1 import control_plane_pb2 as pb
 from edge.v1 import control_plane_pb2_grpc as pb_grpc
+from edge.v1 import objects_pb2
+from edgepop import objectid
 from edgepop.errors import InvalidArgumentError, UnavailableError
 from edgepop.faults import FaultError, LinkFault, fault_to_pb, validate
 from edgepop.rpc import RpcEnv, rpc
@@ -147,3 +149,36 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
         self.node.faults.clear(request.from_region, request.to_region, request.one_way)
         await self.node.faults_changed()
         return pb.ClearFaultsResponse(faults=[fault_to_pb(f) for f in self.node.faults.all()])
+
+    # -- Durable Object placement ------------------------------------------------------------
+
+    @rpc(internal=True)
+    async def LocateObject(
+        self, request: objects_pb2.LocateObjectRequest, context: grpc.aio.ServicerContext
+    ) -> objects_pb2.LocateObjectResponse:
+        objectid.id_from_string(request.namespace, request.id)
+        topology = self.node.config.topology
+        region = request.location_hint or request.region
+        if not topology.has_region(region):
+            raise InvalidArgumentError(f"unknown region {region!r}")
+        placed = await self.node.locate(request.namespace, request.id, region)
+        if placed is None:
+            raise UnavailableError("no healthy PoP to place the object on")
+        owner = self.node.registry.get(placed.owner)
+        standby = self.node.registry.get(placed.standby) if placed.standby else None
+        return objects_pb2.LocateObjectResponse(
+            node=placed.owner,
+            grpc_address=owner.grpc_address if owner else "",
+            epoch=placed.epoch,
+            standby=placed.standby,
+            standby_address=standby.grpc_address if standby else "",
+            region=owner.region if owner else "",
+        )
+
+    @rpc(internal=True)
+    async def ListPlacements(
+        self, request: objects_pb2.ListPlacementsRequest, context: grpc.aio.ServicerContext
+    ) -> objects_pb2.ListPlacementsResponse:
+        return objects_pb2.ListPlacementsResponse(
+            placements=[placement_to_pb(p) for p in self.node.placements.values()]
+        )

@@ -1,4 +1,4 @@
-"""The control plane's durable state in LMDB: registrations and link faults.
+"""The control plane's durable state in LMDB: registrations, link faults, placements.
 
 Heartbeats are not persisted (they are frequent and a restart grants a lease of grace).
 """
@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from control_plane.placement import Placement
 from control_plane.registry import NodeEntry
 from edge.v1 import control_plane_pb2 as pb
+from edge.v1 import objects_pb2
 from edgepop.faults import LinkFault, fault_from_pb, fault_to_pb
 from edgepop.storage import Storage
 
@@ -53,6 +55,7 @@ class ControlPlaneState:
         self.storage = storage
         self.nodes_db = storage.db("cp_nodes")
         self.faults_db = storage.db("cp_faults")
+        self.placements_db = storage.db("cp_placements")
 
     def load_nodes(self) -> list[NodeEntry]:
         with self.storage.read() as txn:
@@ -89,3 +92,41 @@ class ControlPlaneState:
                 txn.put(key, raw, db=self.faults_db)
 
         await self.storage.write(work)
+
+    def load_placements(self) -> list[Placement]:
+        with self.storage.read() as txn:
+            found = []
+            for _, raw in txn.cursor(db=self.placements_db):
+                message = objects_pb2.Placement.FromString(raw)
+                found.append(
+                    Placement(
+                        message.namespace, message.id, message.owner, message.standby,
+                        message.epoch,
+                    )
+                )  # fmt: skip
+            return found
+
+    async def save_placements(self, placements: list[Placement]) -> None:
+        rows = [
+            (
+                f"{p.namespace}/{p.object_id}".encode(),
+                placement_to_pb(p).SerializeToString(),
+            )
+            for p in placements
+        ]
+
+        def work(txn: Any) -> None:
+            for key, raw in rows:
+                txn.put(key, raw, db=self.placements_db)
+
+        await self.storage.write(work)
+
+
+def placement_to_pb(placement: Placement) -> objects_pb2.Placement:
+    return objects_pb2.Placement(
+        namespace=placement.namespace,
+        id=placement.object_id,
+        owner=placement.owner,
+        standby=placement.standby,
+        epoch=placement.epoch,
+    )

@@ -46,6 +46,10 @@ class StorageFullError(EdgeError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class UnimplementedError(EdgeError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
 class OverloadedError(EdgeError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 

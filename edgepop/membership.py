@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable
 
 import grpc
@@ -16,11 +17,13 @@ import grpc
 from edge.v1 import control_plane_pb2 as pb
 from edge.v1 import control_plane_pb2_grpc as pb_grpc
 from edgepop import retry
+from edgepop.lease import Lease
 from edgepop.rpc import channel, node_metadata
 
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT_S = 2.0
+HEARTBEATS_IN_FLIGHT_MAX = 4
 
 
 class Membership:
@@ -39,14 +42,18 @@ class Membership:
         self.on_topology = on_topology
         self.incarnation = 0
         self.heartbeat_interval_s = 0.5
+        # Renewed by every acknowledged registration or heartbeat (see edgepop.lease).
+        self.lease = Lease()
         self.topology: pb.Topology | None = None
         self.registered = asyncio.Event()
+        self._reregister = asyncio.Event()
         self._channel = channel(control_plane_address)
         self._stub = pb_grpc.ControlPlaneStub(self._channel)
 
     async def register(self) -> None:
         async for attempt in retry.forever(max_s=1.0):
             with attempt:
+                sent_at = time.monotonic()
                 response = await self._stub.RegisterNode(
                     pb.RegisterNodeRequest(node=self.info),
                     metadata=self.metadata,
@@ -54,25 +61,49 @@ class Membership:
                 )
         self.incarnation = response.incarnation
         self.heartbeat_interval_s = response.heartbeat_interval_s
+        self.lease.renewed(sent_at, response.lease_s)
         self.registered.set()
         log.info("registered with the control plane (incarnation %d)", self.incarnation)
 
     async def run_heartbeats(self) -> None:
+        """Heartbeat every interval without waiting for the previous one.
+
+        A slow answer still renews the lease from its send time, so one slow round trip
+        (a busy machine, a long emulated link) does not cost the lease; heartbeats in
+        flight are bounded.
+        """
         await self.register()
+        in_flight: set[asyncio.Task[None]] = set()
         while True:
             await asyncio.sleep(self.heartbeat_interval_s)
-            try:
-                response = await self._stub.Heartbeat(
-                    pb.HeartbeatRequest(name=self.info.name, incarnation=self.incarnation),
-                    metadata=self.metadata,
-                    timeout=max(self.heartbeat_interval_s, 0.5),
-                )
-            except grpc.aio.AioRpcError as error:
-                log.debug("heartbeat failed: %s", error.code().name)
-                continue
-            if not response.known:
-                log.info("control plane does not know this incarnation; registering again")
+            if self._reregister.is_set():
+                self._reregister.clear()
                 await self.register()
+                continue
+            if len(in_flight) >= HEARTBEATS_IN_FLIGHT_MAX:
+                continue
+            task = asyncio.create_task(self._heartbeat(self.incarnation))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+
+    async def _heartbeat(self, incarnation: int) -> None:
+        sent_at = time.monotonic()
+        try:
+            response = await self._stub.Heartbeat(
+                pb.HeartbeatRequest(name=self.info.name, incarnation=incarnation),
+                metadata=self.metadata,
+                timeout=max(self.lease.lease_s, self.heartbeat_interval_s),
+            )
+        except grpc.aio.AioRpcError as error:
+            log.debug("heartbeat failed: %s", error.code().name)
+            return
+        if not response.known:
+            if incarnation == self.incarnation:
+                log.info("control plane does not know this incarnation; registering again")
+                self._reregister.set()
+            return
+        if incarnation == self.incarnation:
+            self.lease.renewed(sent_at, self.lease.lease_s)
 
     async def run_topology_watch(self) -> None:
         """Keep `self.topology` current; on loss, keep the last one and reconnect."""

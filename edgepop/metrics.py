@@ -146,6 +146,52 @@ class NodeMetrics:
         )
         self._delay_children: dict[tuple[str, str], Any] = {}
 
+        # Durable Objects.
+        self.do_calls = Counter(
+            "edge_do_calls_total",
+            "Object calls run on this node (as owner), by class namespace and status code.",
+            (*labels, "namespace", "code"),
+            registry=registry,
+        )
+        self.do_call_duration = Histogram(
+            "edge_do_call_duration_seconds",
+            "Time of an object call at its owner, from arrival to durable reply.",
+            (*labels, "namespace"),
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.do_objects_active = Gauge(
+            "edge_do_objects_active",
+            "Object instances live on this node.",
+            labels,
+            registry=registry,
+        ).labels(node, region)
+        self.do_forwards = Counter(
+            "edge_do_forwards_total",
+            "Object calls this PoP forwarded to the owner on another node.",
+            labels,
+            registry=registry,
+        ).labels(node, region)
+        self.do_queue_depth = Gauge(
+            "edge_do_queue_depth",
+            "Object calls waiting at input gates on this node.",
+            labels,
+            registry=registry,
+        ).labels(node, region)
+        self.do_commit_duration = Histogram(
+            "edge_do_commit_duration_seconds",
+            "Time of one object group commit: local fsync and standby copy.",
+            labels,
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        ).labels(node, region)
+        self.do_failovers = Counter(
+            "edge_do_failovers_total",
+            "Objects moved to their standby after the owner's lease lapsed (control plane).",
+            labels,
+            registry=registry,
+        ).labels(node, region)
+
         # Control plane.
         self.cp_nodes = Gauge(
             "edge_cp_nodes",

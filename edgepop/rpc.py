@@ -92,8 +92,14 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> Non
     await context.abort(code, message)
 
 
-def rpc(*, internal: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Wrap a servicer method (unary coroutine or server-streaming async generator)."""
+def rpc(
+    *, internal: bool = False, bidi: bool = False
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Wrap a servicer method (unary coroutine, or streaming async generator).
+
+    With `bidi`, the request is a stream too: each client message crosses the inbound
+    leg with its own delay, as each server message crosses the outbound one.
+    """
 
     def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
         name = method.__name__
@@ -114,12 +120,17 @@ def rpc(*, internal: bool = False) -> Callable[[Callable[..., Any]], Callable[..
                     if internal:
                         _check_token(env, metadata)
                     caller = caller_from_metadata(metadata)
-                    messages = stream_method(self, request, context)
                     if caller is not None:
                         inbound, outbound = env.netem.legs(caller)
                         sent_at = started_mono - caller.transit_s
                         await env.netem.cross(inbound, sent_at, context.time_remaining())
-                        messages = env.netem.delay_stream(outbound, messages)
+                        if bidi:
+                            request = env.netem.delay_stream(inbound, request)
+                        messages = env.netem.delay_stream(
+                            outbound, stream_method(self, request, context)
+                        )
+                    else:
+                        messages = stream_method(self, request, context)
                     async for message in messages:
                         yield message
                 except EdgeError as error:

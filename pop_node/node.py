@@ -7,13 +7,17 @@ from dataclasses import dataclass
 
 import grpc
 
-from edge.v1 import control_plane_pb2, origin_pb2_grpc, pop_pb2
+from edge.v1 import control_plane_pb2, control_plane_pb2_grpc, origin_pb2_grpc, pop_pb2
 from edge.v1 import pop_pb2_grpc as pb_grpc
 from edgepop.config import NodeConfig
 from edgepop.kvstore import KvStore, Record
+from edgepop.lease import Lease
 from edgepop.lifecycle import Node
 from edgepop.rpc import channel, node_metadata
 from edgepop.storage import Storage
+from pop_node.objects.builtin import BUILTIN_CLASSES
+from pop_node.objects.host import ObjectHost
+from pop_node.objects.router import ObjectRouter
 from pop_node.overlay import Overlay
 from pop_node.replication import STREAM_IDLE_TIMEOUT_S_DEFAULT, ReplicationClient
 from pop_node.service import PopService
@@ -39,6 +43,7 @@ class PopNode(Node):
         self.overlay = Overlay()
         self._origin_channel: grpc.aio.Channel | None = None
         self._origin_channel_address = ""
+        self._control_plane_channel: grpc.aio.Channel | None = None
 
     def open_storage(self) -> None:
         # Replicas skip the meta-page fsync: integrity holds; a lost tail is re-fetched.
@@ -56,19 +61,55 @@ class PopNode(Node):
             idle_timeout_s=self.config.stream_idle_timeout_s,
         )
 
+        # Durable Objects live in their own environment, fsynced on every commit.
+        self.objects_storage = Storage(self.config.data_dir / "objects", self.config.map_size_bytes)
+        internal = node_metadata(self.name, self.region, self.token)
+        self.objects = ObjectHost(
+            node_name=self.name,
+            region=self.region,
+            storage=self.objects_storage,
+            metrics=self.metrics,
+            classes=BUILTIN_CLASSES,
+            env=None,
+            lease=self._lease,
+            control_plane=self._control_plane_stub,
+            internal_metadata=internal,
+        )
+        self.router = ObjectRouter(self.objects, self.name, self.region, self.token)
+
+    def _lease(self) -> Lease | None:
+        if not self.config.control_plane_address:
+            return None
+        if self.membership is None:
+            return Lease()
+        return self.membership.lease
+
+    def _control_plane_stub(self) -> control_plane_pb2_grpc.ControlPlaneStub | None:
+        if not self.config.control_plane_address:
+            return None
+        if self._control_plane_channel is None:
+            self._control_plane_channel = channel(self.config.control_plane_address)
+            self._cp_stub = control_plane_pb2_grpc.ControlPlaneStub(self._control_plane_channel)
+        return self._cp_stub
+
     def add_services(self, server: grpc.aio.Server) -> list[str]:
         pb_grpc.add_PopServicer_to_server(PopService(self), server)
         return [pop_pb2.DESCRIPTOR.services_by_name["Pop"].full_name]
 
     async def on_serving(self) -> None:
         self.spawn(self.replication.run(), "replication")
+        self.spawn(self.objects.run(), "objects")
 
     async def on_drain(self) -> None:
+        await self.objects.close()
         await self.replication.close()
+        if self._control_plane_channel is not None:
+            await self._control_plane_channel.close(grace=None)
         if self._origin_channel is not None:
             await self._origin_channel.close(grace=None)
 
     def close_storage(self) -> None:
+        self.objects_storage.close()
         self.storage.close()
 
     @property

@@ -9,13 +9,15 @@ from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
-from edge.v1 import kv_pb2, pop_pb2
+from edge.v1 import kv_pb2, objects_pb2, pop_pb2
 from edge.v1 import pop_pb2_grpc as pb_grpc
-from edgepop import kvapi, retry
+from edgepop import kvapi, objectid, retry
 from edgepop.errors import DeadlineError, from_upstream
 from edgepop.kvstore import Record
+from edgepop.netem import caller_from_metadata
 from edgepop.rpc import RpcEnv, rpc
 from pop_node import replica
+from pop_node.objects.sessions import serve_session
 from pop_node.overlay import newer
 
 if TYPE_CHECKING:
@@ -259,3 +261,52 @@ class PopService(pb_grpc.PopServicer):
                 yield kv_pb2.DumpChunk(records=[r.to_pb() for r in chunk], seq=applied_seq)
             if not sent:
                 yield kv_pb2.DumpChunk(seq=applied_seq)
+
+    # -- Durable Objects -------------------------------------------------------------------
+
+    @rpc()
+    async def ObjectCall(
+        self, request: objects_pb2.ObjectCallRequest, context: grpc.aio.ServicerContext
+    ) -> objects_pb2.ObjectCallResponse:
+        caller = caller_from_metadata(context.invocation_metadata())
+        return await self.node.router.call(
+            request,
+            caller_region=caller.region if caller is not None else "",
+            time_remaining=context.time_remaining(),
+        )
+
+    @rpc(bidi=True)
+    async def ObjectConnect(
+        self,
+        request_iterator: AsyncIterator[objects_pb2.ObjectClientMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[objects_pb2.ObjectServerMessage]:
+        caller = caller_from_metadata(context.invocation_metadata())
+        async for message in serve_session(
+            self.node.router,
+            self.node.objects,
+            request_iterator,
+            caller.region if caller is not None else "",
+        ):
+            yield message
+
+    @rpc()
+    async def ObjectId(
+        self, request: objects_pb2.ObjectIdRequest, context: grpc.aio.ServicerContext
+    ) -> objects_pb2.ObjectIdResponse:
+        if request.name and request.id:
+            object_id = objectid.resolve(request.namespace, request.name, request.id)
+        elif request.name:
+            object_id = objectid.id_from_name(request.namespace, request.name)
+        elif request.id:
+            object_id = objectid.id_from_string(request.namespace, request.id)
+        else:
+            object_id = objectid.new_unique_id(request.namespace)
+        return objects_pb2.ObjectIdResponse(id=object_id.hex())
+
+    @rpc(internal=True)
+    async def ObjectReplicate(
+        self, request: objects_pb2.ObjectReplicateRequest, context: grpc.aio.ServicerContext
+    ) -> objects_pb2.ObjectReplicateResponse:
+        results = await self.node.objects.apply_replica(list(request.updates))
+        return objects_pb2.ObjectReplicateResponse(results=results)

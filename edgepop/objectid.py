@@ -1,0 +1,69 @@
+"""Durable Object ids: 256 bits, written as 64 hex characters.
+
+The first 28 bytes identify the object (a hash of the name, or random); the last 4 tag
+the class namespace, so an id made for one namespace is refused by another ("foreign"),
+as Cloudflare refuses an id from another namespace binding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+
+from edgepop.errors import InvalidArgumentError
+
+ID_BYTES = 32
+TAG_BYTES = 4
+ID_HEX_CHARS = 2 * ID_BYTES
+CLASS_NAMESPACE_BYTES_MAX = 64
+OBJECT_NAME_BYTES_MAX = 1024
+_HEX_RE = re.compile(r"[0-9a-f]{64}")
+_CLASS_NAMESPACE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_class_namespace(namespace: str) -> None:
+    if len(namespace) > CLASS_NAMESPACE_BYTES_MAX or not _CLASS_NAMESPACE_RE.fullmatch(namespace):
+        raise InvalidArgumentError(
+            f"object namespace must be a class-like name of at most {CLASS_NAMESPACE_BYTES_MAX}"
+            f" characters, got {namespace!r}"
+        )
+
+
+def namespace_tag(namespace: str) -> bytes:
+    return hashlib.sha256(b"edgepop-object-namespace:" + namespace.encode()).digest()[:TAG_BYTES]
+
+
+def id_from_name(namespace: str, name: str) -> bytes:
+    """The same name gives the same id in one namespace, a different one in another."""
+    check_class_namespace(namespace)
+    encoded = name.encode("utf-8")
+    if not encoded or len(encoded) > OBJECT_NAME_BYTES_MAX:
+        raise InvalidArgumentError(
+            f"object name must be 1-{OBJECT_NAME_BYTES_MAX} bytes (OBJECT_NAME_BYTES_MAX)"
+        )
+    digest = hashlib.sha256(namespace.encode() + b"\x00" + encoded).digest()
+    return digest[: ID_BYTES - TAG_BYTES] + namespace_tag(namespace)
+
+
+def new_unique_id(namespace: str) -> bytes:
+    check_class_namespace(namespace)
+    return secrets.token_bytes(ID_BYTES - TAG_BYTES) + namespace_tag(namespace)
+
+
+def id_from_string(namespace: str, text: str) -> bytes:
+    """Parse a hex id; malformed or made for another namespace -> INVALID_ARGUMENT."""
+    check_class_namespace(namespace)
+    if not _HEX_RE.fullmatch(text):
+        raise InvalidArgumentError(f"object id must be {ID_HEX_CHARS} lowercase hex characters")
+    raw = bytes.fromhex(text)
+    if raw[-TAG_BYTES:] != namespace_tag(namespace):
+        raise InvalidArgumentError(f"object id does not belong to namespace {namespace!r}")
+    return raw
+
+
+def resolve(namespace: str, name: str, id_text: str) -> bytes:
+    """The id a request names: exactly one of `name` and `id` must be given."""
+    if bool(name) == bool(id_text):
+        raise InvalidArgumentError("give exactly one of an object name and an object id")
+    return id_from_name(namespace, name) if name else id_from_string(namespace, id_text)

@@ -1,0 +1,1 @@
+"""Durable Objects on a PoP: storage, instances with their gates, commits, routing."""

@@ -1,0 +1,154 @@
+"""The Durable Object classes every cluster has (the seed's use cases).
+
+- Counter: exact counts (`increment(by)`, `get`).
+- RateLimiter: the seed's sliding window, 100 requests per 60 s per key.
+- DocumentSession: the seed's collaborative document: ops appended, persisted, broadcast
+  to every session in one order; a reconnecting client gets what it missed.
+- Lock: a distributed lock with a fencing token that only grows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from edgepop.durable import DurableObject, Session
+
+RATE_LIMIT_DEFAULT = 100
+RATE_WINDOW_S_DEFAULT = 60.0
+DOCUMENT_REPLAY_MAX = 10_000
+LOCK_TTL_S_MAX = 3600.0
+
+
+class Counter(DurableObject):
+    async def increment(self, by: int = 1) -> int:
+        value = int(await self.storage.get("value") or 0) + int(by)
+        await self.storage.put("value", value)
+        return value
+
+    async def get(self) -> int:
+        return int(await self.storage.get("value") or 0)
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class RateLimiter(DurableObject):
+    """Sliding window: at most `limit` allowed checks per `window_s` for each key."""
+
+    async def check(
+        self,
+        key: str = "",
+        limit: int = RATE_LIMIT_DEFAULT,
+        window_s: float = RATE_WINDOW_S_DEFAULT,
+    ) -> dict[str, Any]:
+        now = time.time()
+        storage_key = f"timestamps:{key}"
+        timestamps = [t for t in await self.storage.get(storage_key) or [] if t > now - window_s]
+        if len(timestamps) >= limit:
+            reset_at = timestamps[0] + window_s
+            await self.storage.put(storage_key, timestamps)
+            return {
+                "allowed": False,
+                "limit": limit,
+                "remaining": 0,
+                "retry_after_s": max(1, math.ceil(reset_at - now)),
+                "reset_at": reset_at,
+                "reset_at_iso": _iso(reset_at),
+            }
+        timestamps.append(now)
+        await self.storage.put(storage_key, timestamps)
+        reset_at = timestamps[0] + window_s
+        return {
+            "allowed": True,
+            "limit": limit,
+            "remaining": limit - len(timestamps),
+            "retry_after_s": 0,
+            "reset_at": reset_at,
+            "reset_at_iso": _iso(reset_at),
+        }
+
+
+class DocumentSession(DurableObject):
+    """Ops get consecutive seqs; every session sees every op, in seq order.
+
+    Session protocol (JSON text): the client may send {"type": "hello", "last_seen": N}
+    to receive every op after N, then {"type": "op", "op": ...} to append one. The object
+    sends {"type": "op", "seq": N, "op": ...} to every session (the sender included: its
+    own op coming back with a seq is the acknowledgement), once the op is durable.
+    """
+
+    async def _append(self, op: Any) -> int:
+        seq = int(await self.storage.get("head") or 0) + 1
+        await self.storage.put({"head": seq, f"op:{seq:012d}": op})
+        self.state.broadcast(json.dumps({"type": "op", "seq": seq, "op": op}))
+        return seq
+
+    async def apply(self, op: Any) -> int:
+        """Append an op (from a plain call); returns its seq."""
+        return await self._append(op)
+
+    async def ops(self, since: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        found = await self.storage.list(prefix="op:", start=f"op:{since + 1:012d}", limit=limit)
+        return [{"seq": int(key[3:]), "op": op} for key, op in found.items()]
+
+    async def head(self) -> int:
+        return int(await self.storage.get("head") or 0)
+
+    async def on_message(self, session: Session, data: str) -> None:
+        message = json.loads(data)
+        kind = message.get("type")
+        if kind == "hello":
+            for item in await self.ops(int(message.get("last_seen", 0)), DOCUMENT_REPLAY_MAX):
+                session.send(json.dumps({"type": "op", **item}))
+        elif kind == "op":
+            await self._append(message.get("op"))
+        else:
+            session.send(json.dumps({"type": "error", "error": f"unknown message type {kind!r}"}))
+
+
+class Lock(DurableObject):
+    """A lease-style lock; every grant gets a fencing token larger than all before it."""
+
+    async def acquire(self, holder: str, ttl_s: float = 30.0) -> dict[str, Any]:
+        if not holder:
+            raise ValueError("holder must be a non-empty string")
+        ttl_s = min(max(float(ttl_s), 0.001), LOCK_TTL_S_MAX)
+        now = time.time()
+        current = await self.storage.get("lock")
+        if current and current["expires_at"] > now and current["holder"] != holder:
+            return {
+                "granted": False,
+                "holder": current["holder"],
+                "retry_after_s": current["expires_at"] - now,
+            }
+        token = int(await self.storage.get("fence") or 0) + 1
+        lock = {"holder": holder, "token": token, "expires_at": now + ttl_s}
+        await self.storage.put({"fence": token, "lock": lock})
+        return {"granted": True, "token": token, "expires_at": lock["expires_at"]}
+
+    async def release(self, holder: str, token: int) -> dict[str, Any]:
+        current = await self.storage.get("lock")
+        if not current or current["holder"] != holder or current["token"] != int(token):
+            return {"released": False}
+        await self.storage.delete("lock")
+        return {"released": True}
+
+    async def status(self) -> dict[str, Any]:
+        current = await self.storage.get("lock")
+        fence = int(await self.storage.get("fence") or 0)
+        if current and current["expires_at"] > time.time():
+            return {"held": True, **current, "fence": fence}
+        return {"held": False, "fence": fence}
+
+
+BUILTIN_CLASSES: dict[str, type[DurableObject]] = {
+    "Counter": Counter,
+    "RateLimiter": RateLimiter,
+    "DocumentSession": DocumentSession,
+    "Lock": Lock,
+}

@@ -1,0 +1,154 @@
+"""Routing object calls from any PoP to the owner.
+
+A PoP caches where objects live. A call goes to the cached owner; if that node answers
+"not the owner" (the object moved) or cannot be reached (it may be dead: the control
+plane moves its objects after its lease lapses), the cache entry is dropped, the
+control plane asked again, and the call sent again — until the client's deadline. Every
+forwarded call carries a request id, so a call that did run before its reply was lost
+is answered from the object's memory of it, never run twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+import grpc
+
+from edge.v1 import objects_pb2, pop_pb2_grpc
+from edgepop import objectid
+from edgepop.errors import DeadlineError, EdgeError, UnavailableError, UpstreamError
+from edgepop.limits import check_request_id
+from edgepop.rpc import node_metadata
+from pop_node.objects.host import NotOwnerError, ObjectHost
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger(__name__)
+
+LOCATION_CACHE_MAX = 100_000
+# A call passes at most this many PoPs (entry PoP -> owner); more means a routing loop.
+HOPS_MAX = 2
+RETRY_BACKOFF_S = (0.05, 0.1, 0.2, 0.4)
+CALL_TIMEOUT_S_DEFAULT = 10.0
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+class ObjectRouter:
+    def __init__(self, host: ObjectHost, node_name: str, region: str, token: str) -> None:
+        self.host = host
+        self.node_name = node_name
+        self.region = region
+        self._forward_metadata = node_metadata(node_name, region, token)
+        self._cache: OrderedDict[tuple[str, bytes], objects_pb2.LocateObjectResponse] = (
+            OrderedDict()
+        )
+
+    async def _locate(
+        self, namespace: str, object_id: bytes, region: str, hint: str, fresh: bool
+    ) -> objects_pb2.LocateObjectResponse:
+        key = (namespace, object_id)
+        if not fresh and key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        located = await self.host.locate(namespace, object_id, region, hint)
+        self._cache[key] = located
+        if len(self._cache) > LOCATION_CACHE_MAX:
+            self._cache.popitem(last=False)
+        return located
+
+    def forget(self, namespace: str, object_id: bytes) -> None:
+        self._cache.pop((namespace, object_id), None)
+
+    async def call(
+        self,
+        request: objects_pb2.ObjectCallRequest,
+        *,
+        caller_region: str,
+        time_remaining: float | None,
+    ) -> objects_pb2.ObjectCallResponse:
+        namespace = request.namespace
+        object_id = objectid.resolve(namespace, request.name, request.id)
+        self.host.class_of(namespace)
+        check_request_id(request.request_id)
+        request_id = request.request_id or uuid.uuid4().hex
+        budget = CALL_TIMEOUT_S_DEFAULT if time_remaining is None else time_remaining
+        deadline = time.monotonic() + budget
+        region = caller_region or self.region
+        fresh = False
+        attempt = 0
+        while True:
+            try:
+                located = await self._locate(
+                    namespace, object_id, region, request.location_hint, fresh
+                )
+                if located.node == self.node_name:
+                    result_json, epoch = await self.host.call(
+                        namespace,
+                        object_id,
+                        request.method,
+                        request.args_json,
+                        region=region,
+                        location_hint=request.location_hint,
+                        request_id=request_id,
+                    )
+                    return objects_pb2.ObjectCallResponse(
+                        result_json=result_json, node=self.node_name, epoch=epoch,
+                        id=object_id.hex(),
+                    )  # fmt: skip
+                if request.hops >= HOPS_MAX - 1:
+                    raise UnavailableError(
+                        f"routing loop: {self.node_name} was sent a call for {located.node}"
+                    )
+                return await self._forward(request, object_id, request_id, located, deadline)
+            except NotOwnerError:
+                pass  # our cache (or the caller's) was stale: ask afresh
+            except EdgeError as error:
+                if error.code not in RETRYABLE:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise
+            self.forget(namespace, object_id)
+            fresh = True
+            backoff = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+            attempt += 1
+            if time.monotonic() + backoff >= deadline:
+                raise DeadlineError("deadline exceeded while finding the object's owner")
+            await asyncio.sleep(backoff)
+
+    async def _forward(
+        self,
+        request: objects_pb2.ObjectCallRequest,
+        object_id: bytes,
+        request_id: str,
+        located: objects_pb2.LocateObjectResponse,
+        deadline: float,
+    ) -> objects_pb2.ObjectCallResponse:
+        forwarded = objects_pb2.ObjectCallRequest()
+        forwarded.CopyFrom(request)
+        forwarded.name = ""
+        forwarded.id = object_id.hex()
+        forwarded.request_id = request_id
+        forwarded.hops = request.hops + 1
+        stub = pop_pb2_grpc.PopStub(self.host.channel(located.grpc_address))
+        self.host.metrics.do_forwards.inc()
+        try:
+            response: objects_pb2.ObjectCallResponse = await stub.ObjectCall(
+                forwarded,
+                metadata=self._forward_metadata,
+                timeout=max(0.001, deadline - time.monotonic()),
+            )
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            details = error.details() or ""
+            if code == grpc.StatusCode.FAILED_PRECONDITION and NotOwnerError.marker in details:
+                raise NotOwnerError(located.node, located.epoch) from error
+            if code in RETRYABLE:
+                raise UnavailableError(f"owner {located.node} unreachable: {code.name}") from error
+            raise UpstreamError(code, details) from error
+        return response
