@@ -17,7 +17,10 @@ from control_plane.service import ControlPlaneService
 from control_plane.state import ControlPlaneState, entry_to_pb
 from edge.v1 import control_plane_pb2 as pb
 from edge.v1 import control_plane_pb2_grpc as pb_grpc
+from edge.v1 import workers_pb2
+from edgepop.bundle import bundle_version, check_bundle
 from edgepop.config import HEARTBEAT_INTERVAL_S_DEFAULT, NodeConfig
+from edgepop.errors import FailedPreconditionError
 from edgepop.faults import FaultTable, fault_to_pb
 from edgepop.lifecycle import Node
 from edgepop.storage import Storage
@@ -64,6 +67,10 @@ class ControlPlane(Node):
             (p.namespace, p.object_id): p for p in self.state.load_placements()
         }
         self.placement_lock = asyncio.Lock()
+        self.worker_versions = {(v.name, v.version): v for v in self.state.load_worker_versions()}
+        # name -> versions in the order they were made active; the last one is active.
+        self.worker_history = self.state.load_worker_history()
+        self.deploy_lock = asyncio.Lock()
 
     def add_services(self, server: grpc.aio.Server) -> list[str]:
         pb_grpc.add_ControlPlaneServicer_to_server(ControlPlaneService(self), server)
@@ -217,4 +224,53 @@ class ControlPlane(Node):
         message: pb.Topology = topology_to_pb(self.config.topology, self.topology_version)
         message.nodes.extend(self.node_infos())
         message.faults.extend(fault_to_pb(fault) for fault in self.faults.all())
+        message.workers.extend(
+            workers_pb2.ActiveWorker(name=name, version=history[-1])
+            for name, history in sorted(self.worker_history.items())
+            if history
+        )
         return message
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def active_worker(self, name: str) -> str:
+        history = self.worker_history.get(name)
+        return history[-1] if history else ""
+
+    async def deploy(self, bundle: workers_pb2.WorkerBundle) -> tuple[str, str, bool]:
+        """Store a bundle's version and make it active; (name, version, changed)."""
+        assert self.state is not None
+        config = check_bundle(bundle)
+        version = bundle_version(bundle)
+        async with self.deploy_lock:
+            if self.active_worker(config.name) == version:
+                return config.name, version, False
+            known = self.worker_versions.get((config.name, version))
+            record = known or workers_pb2.WorkerVersion(
+                name=config.name,
+                version=version,
+                deployed_at=time.time(),
+                routes=list(config.route_patterns),
+            )
+            history = [*self.worker_history.get(config.name, []), version]
+            await self.state.save_worker(record, None if known else bundle, history)
+            self.worker_versions[(config.name, version)] = record
+            self.worker_history[config.name] = history
+        await self.bump_topology()
+        log.info("deployed worker %s version %s", config.name, version[:12])
+        return config.name, version, True
+
+    async def rollback(self, name: str) -> str:
+        """Make the previously active version active again; returns it."""
+        assert self.state is not None
+        async with self.deploy_lock:
+            history = self.worker_history.get(name, [])
+            if len(history) < 2:
+                raise FailedPreconditionError(f"worker {name!r} has no earlier version")
+            history = history[:-1]
+            record = self.worker_versions[(name, history[-1])]
+            await self.state.save_worker(record, None, history)
+            self.worker_history[name] = history
+        await self.bump_topology()
+        log.info("rolled worker %s back to %s", name, history[-1][:12])
+        return history[-1]

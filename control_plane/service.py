@@ -15,9 +15,10 @@ from control_plane.routing import nearest_pops, pick
 from control_plane.state import entry_from_pb, placement_to_pb
 from edge.v1 import control_plane_pb2 as pb
 from edge.v1 import control_plane_pb2_grpc as pb_grpc
-from edge.v1 import objects_pb2
+from edge.v1 import objects_pb2, workers_pb2
 from edgepop import objectid
-from edgepop.errors import InvalidArgumentError, UnavailableError
+from edgepop.bundle import BundleError
+from edgepop.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from edgepop.faults import FaultError, LinkFault, fault_to_pb, validate
 from edgepop.rpc import RpcEnv, rpc
 
@@ -182,3 +183,43 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
         return objects_pb2.ListPlacementsResponse(
             placements=[placement_to_pb(p) for p in self.node.placements.values()]
         )
+
+    # -- workers -----------------------------------------------------------------------------
+
+    @rpc(internal=True)
+    async def Deploy(
+        self, request: workers_pb2.DeployRequest, context: grpc.aio.ServicerContext
+    ) -> workers_pb2.DeployResponse:
+        if request.rollback:
+            if not request.name:
+                raise InvalidArgumentError("rollback needs the worker's name")
+            version = await self.node.rollback(request.name)
+            return workers_pb2.DeployResponse(name=request.name, version=version, changed=True)
+        try:
+            name, version, changed = await self.node.deploy(request.bundle)
+        except BundleError as error:
+            raise InvalidArgumentError(str(error)) from error
+        return workers_pb2.DeployResponse(name=name, version=version, changed=changed)
+
+    @rpc()
+    async def ListWorkers(
+        self, request: workers_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext
+    ) -> workers_pb2.ListWorkersResponse:
+        versions = []
+        for (name, version), record in self.node.worker_versions.items():
+            listed = workers_pb2.WorkerVersion()
+            listed.CopyFrom(record)
+            listed.active = self.node.active_worker(name) == version
+            versions.append(listed)
+        versions.sort(key=lambda v: (v.name, -v.deployed_at))
+        return workers_pb2.ListWorkersResponse(versions=versions)
+
+    @rpc(internal=True)
+    async def GetWorkerBundle(
+        self, request: workers_pb2.GetWorkerBundleRequest, context: grpc.aio.ServicerContext
+    ) -> workers_pb2.GetWorkerBundleResponse:
+        assert self.node.state is not None
+        bundle = self.node.state.load_worker_bundle(request.name, request.version)
+        if bundle is None:
+            raise NotFoundError(f"no version {request.version[:12]} of worker {request.name!r}")
+        return workers_pb2.GetWorkerBundleResponse(bundle=bundle)

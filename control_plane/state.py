@@ -1,16 +1,17 @@
-"""The control plane's durable state in LMDB: registrations, link faults, placements.
+"""The control plane's durable state in LMDB: registrations, faults, placements, workers.
 
 Heartbeats are not persisted (they are frequent and a restart grants a lease of grace).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from control_plane.placement import Placement
 from control_plane.registry import NodeEntry
 from edge.v1 import control_plane_pb2 as pb
-from edge.v1 import objects_pb2
+from edge.v1 import objects_pb2, workers_pb2
 from edgepop.faults import LinkFault, fault_from_pb, fault_to_pb
 from edgepop.storage import Storage
 
@@ -56,6 +57,9 @@ class ControlPlaneState:
         self.nodes_db = storage.db("cp_nodes")
         self.faults_db = storage.db("cp_faults")
         self.placements_db = storage.db("cp_placements")
+        self.worker_bundles_db = storage.db("cp_worker_bundles")
+        self.worker_versions_db = storage.db("cp_worker_versions")
+        self.worker_history_db = storage.db("cp_worker_history")
 
     def load_nodes(self) -> list[NodeEntry]:
         with self.storage.read() as txn:
@@ -118,6 +122,46 @@ class ControlPlaneState:
         def work(txn: Any) -> None:
             for key, raw in rows:
                 txn.put(key, raw, db=self.placements_db)
+
+        await self.storage.write(work)
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def load_worker_versions(self) -> list[workers_pb2.WorkerVersion]:
+        with self.storage.read() as txn:
+            return [
+                workers_pb2.WorkerVersion.FromString(raw)
+                for _, raw in txn.cursor(db=self.worker_versions_db)
+            ]
+
+    def load_worker_history(self) -> dict[str, list[str]]:
+        with self.storage.read() as txn:
+            return {
+                key.decode(): json.loads(raw) for key, raw in txn.cursor(db=self.worker_history_db)
+            }
+
+    def load_worker_bundle(self, name: str, version: str) -> workers_pb2.WorkerBundle | None:
+        with self.storage.read() as txn:
+            raw = txn.get(f"{name}/{version}".encode(), db=self.worker_bundles_db)
+        return None if raw is None else workers_pb2.WorkerBundle.FromString(raw)
+
+    async def save_worker(
+        self,
+        version: workers_pb2.WorkerVersion,
+        bundle: workers_pb2.WorkerBundle | None,
+        history: list[str],
+    ) -> None:
+        """Store a version (its bundle once) and the worker's activation history."""
+        key = f"{version.name}/{version.version}".encode()
+        version_raw = version.SerializeToString()
+        bundle_raw = bundle.SerializeToString() if bundle is not None else None
+        history_raw = json.dumps(history).encode()
+
+        def work(txn: Any) -> None:
+            if bundle_raw is not None:
+                txn.put(key, bundle_raw, db=self.worker_bundles_db, overwrite=False)
+            txn.put(key, version_raw, db=self.worker_versions_db)
+            txn.put(version.name.encode(), history_raw, db=self.worker_history_db)
 
         await self.storage.write(work)
 

@@ -46,6 +46,10 @@ class StorageFullError(EdgeError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class FailedPreconditionError(EdgeError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class UnimplementedError(EdgeError):
     code = grpc.StatusCode.UNIMPLEMENTED
 

@@ -192,6 +192,14 @@ class NodeMetrics:
             registry=registry,
         ).labels(node, region)
 
+        # Origin HTTP application.
+        self.origin_http_requests = Counter(
+            "edge_origin_http_requests_total",
+            "HTTP requests the origin application answered, by route and status.",
+            (*labels, "route", "code"),
+            registry=registry,
+        )
+
         # Control plane.
         self.cp_nodes = Gauge(
             "edge_cp_nodes",

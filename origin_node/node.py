@@ -12,9 +12,11 @@ import grpc
 from edge.v1 import control_plane_pb2, kv_pb2, origin_pb2
 from edge.v1 import origin_pb2_grpc as pb_grpc
 from edgepop.config import NodeConfig
+from edgepop.http import start_site
 from edgepop.kvstore import KvStore
 from edgepop.lifecycle import Node
 from edgepop.storage import Storage
+from origin_node.app import SigningKeys, build_app
 from origin_node.committer import Committer
 from origin_node.service import OriginService
 from origin_node.stream import STREAM_HEARTBEAT_INTERVAL_S_DEFAULT, HeadWatch, ReplicationStream
@@ -54,6 +56,21 @@ class OriginNode(Node):
         self.stream = ReplicationStream(
             self.store, self.log, self.head, self.config.stream_heartbeat_interval_s
         )
+
+    async def start_extra_servers(self) -> None:
+        """The origin application (HTTP): what workers call, with the same emulated delay."""
+        app = build_app(
+            netem=self.netem,
+            metrics=self.metrics,
+            keys=SigningKeys(self.config.data_dir / "jwt-keys"),
+            cluster_token=self.token,
+        )
+        self._http_runner, port = await start_site(app, self.config.host, self.config.http_port)
+        self.http_address = f"{self.config.host}:{port}"
+
+    async def stop_extra_servers(self) -> None:
+        if getattr(self, "_http_runner", None) is not None:
+            await self._http_runner.cleanup()
 
     def add_services(self, server: grpc.aio.Server) -> list[str]:
         pb_grpc.add_OriginServicer_to_server(OriginService(self), server)

@@ -15,6 +15,7 @@ from edgepop.lease import Lease
 from edgepop.lifecycle import Node
 from edgepop.rpc import channel, node_metadata
 from edgepop.storage import Storage
+from pop_node.kv import KvFrontend
 from pop_node.objects.builtin import BUILTIN_CLASSES
 from pop_node.objects.host import ObjectHost
 from pop_node.objects.router import ObjectRouter
@@ -76,6 +77,7 @@ class PopNode(Node):
             internal_metadata=internal,
         )
         self.router = ObjectRouter(self.objects, self.name, self.region, self.token)
+        self.kv = KvFrontend(self)
 
     def _lease(self) -> Lease | None:
         if not self.config.control_plane_address:

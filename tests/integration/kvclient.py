@@ -84,3 +84,23 @@ def metric_value(cluster: Cluster, name: str, metric: str) -> float:
             if sample.name == metric:
                 total += sample.value
     return total
+
+
+def log_entries_since(cluster: Cluster, after_seq: int) -> list[kv_pb2.LogEntry]:
+    """Every log entry committed after `after_seq` (read through Subscribe)."""
+    head = origin_head(cluster)
+    entries: list[kv_pb2.LogEntry] = []
+    if head <= after_seq:
+        return entries
+    with origin_stub(cluster) as stub:
+        call = stub.Subscribe(
+            origin_pb2.SubscribeRequest(node="test", from_seq=after_seq + 1),
+            metadata=auth(cluster),
+            timeout=30,
+        )
+        for message in call:
+            entries.extend(message.entries)
+            if entries and entries[-1].seq >= head:
+                call.cancel()
+                break
+    return entries

@@ -1,0 +1,190 @@
+"""Worker bundles: reading a folder, the version hash, and the worker.yaml config.
+
+Shared by `edgectl deploy` (reads and checks a folder), the control plane (checks and
+stores versions) and PoPs (load them). The version is the SHA-256 of the bundle's files,
+so deploying the same folder twice is one version, and a PoP can verify what it loads.
+
+    name: api-router
+    routes: ["api.example.com/*"]          # [host]/path, a trailing * matches any rest
+    kv_namespaces: {AUTH_CACHE: auth-cache} # binding -> KV namespace
+    durable_objects: {LIMITER: RateLimiter} # binding -> class (built in, or in worker.py)
+    vars: {ORDER_SERVICE_URL: "http://origin/api/v1"}
+    secrets: {API_KEY: "..."}               # like vars, but never listed
+    limits: {cpu_ms: 50, subrequests: 50}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edge.v1 import workers_pb2
+
+CONFIG_FILE = "worker.yaml"
+ENTRY_FILE = "worker.py"
+BUNDLE_FILE_BYTES_MAX = 1024 * 1024
+BUNDLE_BYTES_MAX = 10 * 1024 * 1024
+BUNDLE_FILES_MAX = 100
+CPU_MS_DEFAULT = 50.0
+CPU_MS_MAX = 30_000.0
+SUBREQUESTS_DEFAULT = 50
+SUBREQUESTS_MAX = 1000
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_BINDING_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PATH_RE = re.compile(r"[A-Za-z0-9_\-./]+\.(py|yaml|json|html|txt)")
+_CONFIG_FIELDS = {"name", "routes", "kv_namespaces", "durable_objects", "vars", "secrets", "limits"}
+
+
+class BundleError(ValueError):
+    """A bundle or config that cannot be deployed; the message names the problem."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """`host/path*`: host empty = any host; `prefix` True when the path ends in `*`."""
+
+    host: str
+    path: str
+    prefix: bool
+
+    def matches(self, host: str, path: str) -> bool:
+        if self.host and self.host != host:
+            return False
+        return path.startswith(self.path) if self.prefix else path == self.path
+
+    @property
+    def specificity(self) -> tuple[int, int, int]:
+        return (1 if self.host else 0, 0 if self.prefix else 1, len(self.path))
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    name: str
+    routes: tuple[Route, ...]
+    route_patterns: tuple[str, ...]
+    kv_namespaces: dict[str, str] = field(default_factory=dict)
+    durable_objects: dict[str, str] = field(default_factory=dict)
+    vars: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)
+    cpu_ms: float = CPU_MS_DEFAULT
+    subrequests: int = SUBREQUESTS_DEFAULT
+
+
+def parse_route(pattern: str) -> Route:
+    if not isinstance(pattern, str) or not pattern:
+        raise BundleError("routes: each route is a non-empty string")
+    host, slash, path = pattern.partition("/")
+    path = slash + path
+    if not path:
+        raise BundleError(f"routes: {pattern!r} has no path (use 'host/*' or '/path')")
+    prefix = path.endswith("*")
+    if "*" in path[:-1] or "*" in host:
+        raise BundleError(f"routes: {pattern!r}: '*' is allowed only at the end of the path")
+    return Route(host.lower(), path.rstrip("*"), prefix)
+
+
+def _string_map(raw: Any, where: str, key_re: re.Pattern[str] | None = None) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise BundleError(f"{where}: must be a mapping")
+    result = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or (key_re is not None and not key_re.fullmatch(key)):
+            raise BundleError(f"{where}: {key!r} is not a valid name")
+        if not isinstance(value, str | int | float | bool):
+            raise BundleError(f"{where}.{key}: must be a string")
+        result[key] = str(value)
+    return result
+
+
+def parse_config(raw_yaml: bytes) -> WorkerConfig:
+    try:
+        raw = yaml.safe_load(raw_yaml)
+    except yaml.YAMLError as error:
+        raise BundleError(f"{CONFIG_FILE}: not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise BundleError(f"{CONFIG_FILE}: the top level must be a mapping")
+    unknown = set(raw) - _CONFIG_FIELDS
+    if unknown:
+        raise BundleError(f"{CONFIG_FILE}: unknown field(s) {sorted(unknown)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise BundleError(f"{CONFIG_FILE}: name must be 1-63 of [a-z0-9-], got {name!r}")
+    patterns = raw.get("routes") or []
+    if not isinstance(patterns, list):
+        raise BundleError(f"{CONFIG_FILE}: routes must be a list")
+    routes = tuple(parse_route(pattern) for pattern in patterns)
+    limits = raw.get("limits") or {}
+    if not isinstance(limits, dict) or set(limits) - {"cpu_ms", "subrequests"}:
+        raise BundleError(f"{CONFIG_FILE}: limits takes cpu_ms and subrequests")
+    cpu_ms = limits.get("cpu_ms", CPU_MS_DEFAULT)
+    if not isinstance(cpu_ms, int | float) or not 0 < cpu_ms <= CPU_MS_MAX:
+        raise BundleError(f"{CONFIG_FILE}: limits.cpu_ms must be within (0, {CPU_MS_MAX:.0f}]")
+    subrequests = limits.get("subrequests", SUBREQUESTS_DEFAULT)
+    if not isinstance(subrequests, int) or not 0 <= subrequests <= SUBREQUESTS_MAX:
+        raise BundleError(f"{CONFIG_FILE}: limits.subrequests must be within 0..{SUBREQUESTS_MAX}")
+    return WorkerConfig(
+        name=name,
+        routes=routes,
+        route_patterns=tuple(patterns),
+        kv_namespaces=_string_map(raw.get("kv_namespaces"), "kv_namespaces", _BINDING_RE),
+        durable_objects=_string_map(raw.get("durable_objects"), "durable_objects", _BINDING_RE),
+        vars=_string_map(raw.get("vars"), "vars", _BINDING_RE),
+        secrets=_string_map(raw.get("secrets"), "secrets", _BINDING_RE),
+        cpu_ms=float(cpu_ms),
+        subrequests=subrequests,
+    )
+
+
+def check_bundle(bundle: workers_pb2.WorkerBundle) -> WorkerConfig:
+    """Validate a bundle's files and config; returns the config."""
+    paths = [file.path for file in bundle.files]
+    if len(paths) > BUNDLE_FILES_MAX:
+        raise BundleError(f"a bundle holds at most {BUNDLE_FILES_MAX} files")
+    if len(set(paths)) != len(paths):
+        raise BundleError("a bundle must not list a file twice")
+    total = 0
+    for file in bundle.files:
+        if not _PATH_RE.fullmatch(file.path) or ".." in file.path.split("/"):
+            raise BundleError(f"bundle file {file.path!r}: not an allowed path")
+        if len(file.content) > BUNDLE_FILE_BYTES_MAX:
+            raise BundleError(f"bundle file {file.path!r} is over {BUNDLE_FILE_BYTES_MAX} bytes")
+        total += len(file.content)
+    if total > BUNDLE_BYTES_MAX:
+        raise BundleError(f"the bundle is over {BUNDLE_BYTES_MAX} bytes")
+    files = {file.path: file.content for file in bundle.files}
+    if ENTRY_FILE not in files:
+        raise BundleError(f"a bundle needs {ENTRY_FILE}")
+    if CONFIG_FILE not in files:
+        raise BundleError(f"a bundle needs {CONFIG_FILE}")
+    return parse_config(files[CONFIG_FILE])
+
+
+def bundle_version(bundle: workers_pb2.WorkerBundle) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(bundle.files, key=lambda f: f.path):
+        digest.update(file.path.encode() + b"\x00")
+        digest.update(len(file.content).to_bytes(8, "big"))
+        digest.update(file.content)
+    return digest.hexdigest()
+
+
+def read_bundle(folder: Path) -> workers_pb2.WorkerBundle:
+    """The deployable files of a folder (Python, YAML, JSON, HTML, text; no caches)."""
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: not a folder")
+    bundle = workers_pb2.WorkerBundle()
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or "__pycache__" in path.parts:
+            continue
+        relative = path.relative_to(folder).as_posix()
+        if _PATH_RE.fullmatch(relative):
+            bundle.files.append(workers_pb2.WorkerFile(path=relative, content=path.read_bytes()))
+    check_bundle(bundle)
+    return bundle

@@ -1,0 +1,227 @@
+"""The API edge functions (workers) are written against.
+
+    from edgepop.worker_api import Request, Response, fetch
+
+    async def fetch_handler(request: Request, env, ctx) -> Response: ...
+
+A worker module defines `async def fetch(request, env, ctx)`. `env` carries its bindings
+(KV namespaces, Durable Object namespaces, vars, secrets, analytics datasets); `ctx`
+offers `wait_until`. Module-level `fetch(...)` here makes a subrequest (to the origin,
+through this PoP's HTTP cache); `caches.default` is that cache. Both act for the request
+being handled (a context variable), so limits apply per request.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
+from contextvars import ContextVar
+from http.cookies import SimpleCookie
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlsplit
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HeadersInit = Mapping[str, str] | Iterable[tuple[str, str]] | CIMultiDict[str] | None
+
+
+def _headers(init: HeadersInit) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    if init is None:
+        return headers
+    items = init.items() if isinstance(init, Mapping | CIMultiDict | CIMultiDictProxy) else init
+    for key, value in items:
+        headers.add(key, str(value))
+    return headers
+
+
+class Request:
+    """An incoming HTTP request (or one a worker builds for `fetch`)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        method: str = "GET",
+        headers: HeadersInit = None,
+        body: bytes | str | None = None,
+        cf: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.url = url
+        self.method = method.upper()
+        self.headers = _headers(headers)
+        self.body = body.encode() if isinstance(body, str) else (body or b"")
+        self.cf: dict[str, Any] = dict(cf or {})
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.url).path or "/"
+
+    @property
+    def query(self) -> dict[str, str]:
+        return dict(parse_qsl(urlsplit(self.url).query))
+
+    @property
+    def host(self) -> str:
+        return (urlsplit(self.url).hostname or "").lower()
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        parsed: SimpleCookie = SimpleCookie()
+        try:
+            parsed.load(self.headers.get("Cookie", ""))
+        except Exception:  # a malformed Cookie header means no cookies, not an error
+            return {}
+        return {name: morsel.value for name, morsel in parsed.items()}
+
+    async def text(self) -> str:
+        return self.body.decode()
+
+    async def json(self) -> Any:
+        return json.loads(self.body or b"null")
+
+    def with_url(self, url: str) -> Request:
+        """The same request for another URL (a rewrite)."""
+        return Request(url, method=self.method, headers=self.headers, body=self.body, cf=self.cf)
+
+
+class Response:
+    """An HTTP response; `body` may be bytes, text, or an async iterator of bytes (streaming)."""
+
+    def __init__(
+        self,
+        body: bytes | str | AsyncIterator[bytes] | None = None,
+        *,
+        status: int = 200,
+        headers: HeadersInit = None,
+    ) -> None:
+        self.status = status
+        self.headers = _headers(headers)
+        self._stream: AsyncIterator[bytes] | None = None
+        if body is None:
+            self.body = b""
+        elif isinstance(body, bytes | str):
+            self.body = body.encode() if isinstance(body, str) else body
+            if isinstance(body, str) and "Content-Type" not in self.headers:
+                self.headers["Content-Type"] = "text/plain; charset=utf-8"
+        else:
+            self.body = b""
+            self._stream = body
+
+    @classmethod
+    def json(cls, data: Any, *, status: int = 200, headers: HeadersInit = None) -> Response:
+        response = cls(json.dumps(data), status=status, headers=headers)
+        response.headers["Content-Type"] = "application/json"
+        return response
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def streaming(self) -> bool:
+        return self._stream is not None
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        if self._stream is None:
+            raise RuntimeError("not a streaming response")
+        return self._stream
+
+    async def read(self) -> bytes:
+        if self._stream is not None:
+            parts = [chunk async for chunk in self._stream]
+            self.body, self._stream = b"".join(parts), None
+        return self.body
+
+    async def text(self) -> str:
+        return (await self.read()).decode()
+
+    async def json_body(self) -> Any:
+        return json.loads(await self.read())
+
+    def copy(self) -> Response:
+        """A new response with the same status, headers and (read) body."""
+        if self._stream is not None:
+            raise RuntimeError("read a streaming response before copying it")
+        return Response(self.body, status=self.status, headers=self.headers.copy())
+
+
+class KVNamespace(Protocol):
+    async def get(
+        self, key: str, type: str = "text", *, consistency: str = "eventual", min_seq: int = 0
+    ) -> Any: ...
+
+    async def get_with_metadata(
+        self, key: str, type: str = "text", *, consistency: str = "eventual", min_seq: int = 0
+    ) -> dict[str, Any]: ...
+
+    async def put(
+        self,
+        key: str,
+        value: str | bytes,
+        *,
+        expiration: int = 0,
+        expiration_ttl: int = 0,
+        metadata: Any = None,
+    ) -> int: ...
+
+    async def delete(self, key: str) -> int: ...
+
+    async def list(
+        self, *, prefix: str = "", limit: int = 1000, cursor: str = ""
+    ) -> dict[str, Any]: ...
+
+
+class Cache(Protocol):
+    async def match(self, request: Request | str) -> Response | None: ...
+
+    async def put(self, request: Request | str, response: Response) -> None: ...
+
+    async def delete(self, request: Request | str) -> bool: ...
+
+
+class RequestScope(Protocol):
+    """What the runtime provides for the request being handled."""
+
+    async def fetch(self, request: Request) -> Response: ...
+
+    @property
+    def cache(self) -> Cache: ...
+
+
+current: ContextVar[RequestScope] = ContextVar("edgepop_request_scope")
+
+
+async def fetch(
+    resource: Request | str,
+    *,
+    method: str = "GET",
+    headers: HeadersInit = None,
+    body: bytes | str | None = None,
+) -> Response:
+    """A subrequest from the worker (to the origin), counted against its limit."""
+    request = (
+        resource
+        if isinstance(resource, Request)
+        else Request(resource, method=method, headers=headers, body=body)
+    )
+    return await current.get().fetch(request)
+
+
+class _Caches:
+    @property
+    def default(self) -> Cache:
+        return current.get().cache
+
+
+caches = _Caches()
+
+
+class ExecutionContext:
+    """`ctx`: work that may outlive the response."""
+
+    def __init__(self) -> None:
+        self.pending: list[Awaitable[Any]] = []
+
+    def wait_until(self, work: Awaitable[Any]) -> None:
+        self.pending.append(work)

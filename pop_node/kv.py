@@ -1,0 +1,227 @@
+"""The PoP's KV API: local reads (replica + overlay), writes forwarded to the origin.
+
+Transport-free: the gRPC servicer and the workers' KV bindings both call it, so a
+worker's `env.KV.get` behaves exactly like `Pop.KvGet` (consistency modes, limits,
+read-your-writes).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import grpc
+
+from edge.v1 import kv_pb2
+from edgepop import kvapi, retry
+from edgepop.errors import DeadlineError, from_upstream
+from edgepop.kvstore import Record
+from pop_node.overlay import newer
+
+if TYPE_CHECKING:
+    from pop_node.node import PopNode
+
+T = TypeVar("T")
+
+# Budget for a call to the origin when the client set no deadline.
+UPSTREAM_TIMEOUT_S_DEFAULT = 5.0
+# Answer this share of the client's deadline early (within bounds), so the client sees our
+# status (UNAVAILABLE naming the origin) rather than its own timeout.
+DEADLINE_MARGIN_SHARE = 0.1
+DEADLINE_MARGIN_S_MIN = 0.05
+DEADLINE_MARGIN_S_MAX = 0.5
+# A BOOKMARK read waits at most this long for the replica before asking the origin.
+BOOKMARK_WAIT_S_MAX = 2.0
+
+
+def _budget(remaining: float | None) -> float:
+    if remaining is None:
+        return UPSTREAM_TIMEOUT_S_DEFAULT
+    margin = min(
+        DEADLINE_MARGIN_S_MAX, max(DEADLINE_MARGIN_S_MIN, remaining * DEADLINE_MARGIN_SHARE)
+    )
+    return max(0.0, remaining - margin)
+
+
+class KvFrontend:
+    """The PoP's KV API, shared by the gRPC servicer and workers' KV bindings."""
+
+    def __init__(self, node: PopNode) -> None:
+        self.node = node
+        self.store = node.store
+        self.overlay = node.overlay
+
+    # -- upstream --------------------------------------------------------------------------
+
+    async def _upstream(
+        self,
+        time_remaining: float | None,
+        call: Callable[[float], Awaitable[T]],
+    ) -> T:
+        """Call the origin within the client's deadline.
+
+        Every upstream call is safe to repeat (reads, and writes carrying a request id),
+        so UNAVAILABLE is retried until the budget runs out.
+        """
+        budget = _budget(time_remaining)
+        deadline = time.monotonic() + budget
+        try:
+            async for attempt in retry.retry_idempotent(budget):
+                with attempt:
+                    return await call(max(0.001, deadline - time.monotonic()))
+        except grpc.aio.AioRpcError as error:
+            raise from_upstream(error, "origin") from error
+        raise DeadlineError("no time left to reach the origin")
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def _local_get(self, txn: object, namespace: str, key: str, encoded: bytes) -> Record | None:
+        now = time.time()
+        record = newer(
+            self.overlay.get(namespace, key), self.store.get(txn, namespace, encoded, now)
+        )
+        if record is not None and record.expired(now):
+            return None
+        return record
+
+    async def _consistent_enough(
+        self, consistency: int, min_seq: int, time_remaining: float | None
+    ) -> bool:
+        """True when the local replica may answer; False when the origin must."""
+        if consistency == kv_pb2.CONSISTENCY_STRONG:
+            return False
+        if consistency == kv_pb2.CONSISTENCY_BOOKMARK:
+            wait_s = min(BOOKMARK_WAIT_S_MAX, _budget(time_remaining) / 2)
+            return await self.node.replication.wait_applied(min_seq, wait_s)
+        return True
+
+    async def get(
+        self, request: kv_pb2.KvGetRequest, time_remaining: float | None
+    ) -> kv_pb2.KvGetResponse:
+        key = kvapi.validate_get(request)
+        if not await self._consistent_enough(request.consistency, request.min_seq, time_remaining):
+            return await self._upstream(
+                time_remaining,
+                lambda timeout: self.node.origin.KvGet(
+                    request, timeout=timeout, metadata=self.node.node_metadata
+                ),
+            )
+        with self.node.storage.read() as txn:
+            record = self._local_get(txn, request.namespace, request.key, key)
+        return kvapi.get_response(record, self.node.replication.applied_seq)
+
+    async def get_many(
+        self, request: kv_pb2.KvGetManyRequest, time_remaining: float | None
+    ) -> kv_pb2.KvGetManyResponse:
+        keys = kvapi.validate_get_many(request)
+        if not await self._consistent_enough(request.consistency, request.min_seq, time_remaining):
+            return await self._upstream(
+                time_remaining,
+                lambda timeout: self.node.origin.KvGetMany(
+                    request, timeout=timeout, metadata=self.node.node_metadata
+                ),
+            )
+        response = kv_pb2.KvGetManyResponse(applied_seq=self.node.replication.applied_seq)
+        with self.node.storage.read() as txn:
+            for text, key in zip(request.keys, keys, strict=True):
+                record = self._local_get(txn, request.namespace, text, key)
+                response.results.append(kvapi.get_many_result(text, record))
+        return response
+
+    async def list(
+        self, request: kv_pb2.KvListRequest, time_remaining: float | None
+    ) -> kv_pb2.KvListResponse:
+        prefix, start_after, limit = kvapi.validate_list(request)
+        if not await self._consistent_enough(request.consistency, request.min_seq, time_remaining):
+            return await self._upstream(
+                time_remaining,
+                lambda timeout: self.node.origin.KvList(
+                    request, timeout=timeout, metadata=self.node.node_metadata
+                ),
+            )
+        now = time.time()
+        pending = self.overlay.in_range(request.namespace, request.prefix, start_after)
+        tombstones = sum(1 for _, entry in pending if entry.record is None)
+        with self.node.storage.read() as txn:
+            records, more = self.store.list_range(
+                txn, request.namespace, prefix, start_after, limit + tombstones, now
+            )
+        merged: dict[bytes, Record | None] = {record.key.encode(): record for record in records}
+        boundary = records[-1].key.encode() if more and records else None
+        for key, entry in pending:
+            if boundary is not None and key > boundary:
+                break
+            merged[key] = newer(entry, merged.get(key))
+        live = [
+            record
+            for _, record in sorted(merged.items())
+            if record is not None and not record.expired(now)
+        ]
+        if len(live) > limit:
+            return kvapi.list_response(live[:limit], True)
+        return kvapi.list_response(live, more)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def put(
+        self, request: kv_pb2.KvPutRequest, time_remaining: float | None
+    ) -> kv_pb2.KvPutResponse:
+        now = time.time()
+        expiration = kvapi.validate_put(request, now)
+        forwarded = kv_pb2.KvPutRequest()
+        forwarded.CopyFrom(request)
+        forwarded.request_id = request.request_id or uuid.uuid4().hex
+        response: kv_pb2.KvPutResponse = await self._upstream(
+            time_remaining,
+            lambda timeout: self.node.origin.KvPut(
+                forwarded, timeout=timeout, metadata=self.node.node_metadata
+            ),
+        )
+        record = Record(
+            request.namespace, request.key, request.value, request.metadata_json, expiration,
+            response.seq,
+        )  # fmt: skip
+        self.node.remember_write(request.namespace, request.key, response.seq, record)
+        return response
+
+    async def put_many(
+        self, request: kv_pb2.KvPutManyRequest, time_remaining: float | None
+    ) -> kv_pb2.KvPutManyResponse:
+        expirations = kvapi.validate_put_many(request, time.time())
+        forwarded = kv_pb2.KvPutManyRequest()
+        forwarded.CopyFrom(request)
+        forwarded.request_id = request.request_id or uuid.uuid4().hex
+        response: kv_pb2.KvPutManyResponse = await self._upstream(
+            time_remaining,
+            lambda timeout: self.node.origin.KvPutMany(
+                forwarded, timeout=timeout, metadata=self.node.node_metadata
+            ),
+        )
+        first_seq = response.seq - len(request.entries) + 1
+        for offset, (entry, expiration) in enumerate(
+            zip(request.entries, expirations, strict=True)
+        ):
+            seq = first_seq + offset
+            record = Record(
+                request.namespace, entry.key, entry.value, entry.metadata_json, expiration, seq
+            )
+            self.node.remember_write(request.namespace, entry.key, seq, record)
+        return response
+
+    async def delete(
+        self, request: kv_pb2.KvDeleteRequest, time_remaining: float | None
+    ) -> kv_pb2.KvDeleteResponse:
+        kvapi.validate_delete(request)
+        forwarded = kv_pb2.KvDeleteRequest()
+        forwarded.CopyFrom(request)
+        forwarded.request_id = request.request_id or uuid.uuid4().hex
+        response: kv_pb2.KvDeleteResponse = await self._upstream(
+            time_remaining,
+            lambda timeout: self.node.origin.KvDelete(
+                forwarded, timeout=timeout, metadata=self.node.node_metadata
+            ),
+        )
+        self.node.remember_write(request.namespace, request.key, response.seq, None)
+        return response

@@ -1,0 +1,1 @@
+"""Edge functions on a PoP: bundles, the runtime, bindings, cache, HTTP ingress."""

@@ -1,0 +1,128 @@
+"""CPU time per request: measured step by step, and enforced even inside a busy loop.
+
+A worker's `fetch` coroutine is driven by a trampoline that reads the thread's CPU clock
+around every step (each run between two awaits), so waiting on I/O costs nothing and
+the budget counts only the worker's own computation. A step that never yields (a hog)
+cannot be stopped from inside the event loop, so a watchdog thread reads the loop
+thread's CPU clock (`pthread_getcpuclockid`) and, when the step has overrun the budget,
+raises `CpuLimitExceeded` in that thread (`PyThreadState_SetAsyncExc`). The trampoline
+withdraws a raise that has not landed when the step ends, so it never escapes into
+the event loop itself. `CpuLimitExceeded` is a BaseException: `except Exception` in
+worker code does not swallow it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+import types
+from collections.abc import Coroutine, Generator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+WATCHDOG_INTERVAL_S = 0.002
+
+
+class CpuLimitExceeded(BaseException):
+    """The request used more CPU time than its worker's limit."""
+
+
+class CpuBudget:
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self.used_s = 0.0
+        self.exceeded = False
+
+
+def _set_async_exc(thread_id: int, exception: type[BaseException] | None) -> int:
+    return int(
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(thread_id), ctypes.py_object(exception) if exception else None
+        )
+    )
+
+
+class Watchdog:
+    """One per event-loop thread: watches the step being run, if any."""
+
+    def __init__(self) -> None:
+        self.thread_id = threading.get_ident()
+        self.clock = time.pthread_getcpuclockid(self.thread_id)
+        self._lock = threading.Lock()
+        self._budget: CpuBudget | None = None
+        self._step_started = 0.0
+        self._injected = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="cpu-watchdog", daemon=True)
+        self._thread.start()
+
+    def begin(self, budget: CpuBudget) -> float:
+        """A step starts (on the loop thread); returns the thread CPU clock now."""
+        now = time.clock_gettime(self.clock)
+        with self._lock:
+            self._budget = budget
+            self._step_started = now
+            self._injected = False
+        return now
+
+    def end(self) -> bool:
+        """The step ended; withdraw an interrupt that has not landed. True if one was sent."""
+        with self._lock:
+            self._budget = None
+            injected, self._injected = self._injected, False
+            if injected:
+                _set_async_exc(self.thread_id, None)
+        return injected
+
+    def _watch(self) -> None:
+        while not self._stop.wait(WATCHDOG_INTERVAL_S):
+            with self._lock:
+                budget = self._budget
+                if budget is None or self._injected:
+                    continue
+                step_s = time.clock_gettime(self.clock) - self._step_started
+                if budget.used_s + step_s > budget.limit_s:
+                    budget.exceeded = True
+                    self._injected = True
+                    _set_async_exc(self.thread_id, CpuLimitExceeded)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
+
+
+@types.coroutine
+def metered(
+    coroutine: Coroutine[Any, Any, T], budget: CpuBudget, watchdog: Watchdog
+) -> Generator[Any, Any, T]:
+    """Run `coroutine` to completion, charging its CPU time to `budget`."""
+    send_value: Any = None
+    throw: BaseException | None = None
+    try:
+        while True:
+            started = watchdog.begin(budget)
+            try:
+                try:
+                    if throw is not None:
+                        error, throw = throw, None
+                        yielded = coroutine.throw(error)
+                    else:
+                        yielded = coroutine.send(send_value)
+                finally:
+                    watchdog.end()
+                    budget.used_s += time.clock_gettime(watchdog.clock) - started
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            if budget.used_s > budget.limit_s:
+                budget.exceeded = True
+                raise CpuLimitExceeded
+            try:
+                send_value = yield yielded
+            except BaseException as error:  # cancellation and the like: into the worker
+                throw = error
+    except CpuLimitExceeded:
+        budget.exceeded = True
+        coroutine.close()
+        raise
