@@ -1,0 +1,452 @@
+"""Load generators. Each runs in a worker process of its own (see `bench.runner`).
+
+A client that shares a process (and so an event loop and a GIL) with the bench's
+scrapers, or with a server, measures that contention rather than the server. So the
+runner keeps a pool of spawned worker processes and sends them a spec; every function
+here takes one frozen spec, runs its own event loop and returns a plain result.
+
+Clients send pre-serialised request bytes and keep raw response bytes where they can:
+the client's own protobuf work would otherwise be a large share of what is measured,
+and it is the same on both sides of a comparison anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from bench.probe import cpu_seconds
+from bench.resp import RespConnection, encode, info_fields
+from bench.stats import summarize
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+# Latencies kept per run for percentiles; beyond this every n-th is kept.
+LATENCY_SAMPLES_MAX = 200_000
+
+
+def warm() -> int:
+    """A no-op that makes a pool worker import its modules before any measurement."""
+    return 0
+
+
+# -- closed loop: N callers, each with one call in flight ---------------------------------
+
+
+@dataclass(frozen=True)
+class UnaryLoad:
+    address: str
+    # Full method path, e.g. "/edge.v1.Pop/KvGet"; requests and responses stay bytes.
+    method: str
+    payloads: tuple[bytes, ...]
+    concurrency: int
+    duration_s: float
+    # Calls made on the same channel before the clock starts (not counted).
+    warmup_s: float = 0.0
+    # The server's pid: its CPU time over the measured window is reported per call.
+    server_pid: int = 0
+    timeout_s: float = 10.0
+
+
+@dataclass
+class UnaryResult:
+    calls: int
+    errors: int
+    elapsed_s: float
+    rate_per_s: float
+    latency_s: dict[str, float]
+    server_cpu_s: float
+    client_cpu_s: float
+
+    @property
+    def server_cpu_per_call_us(self) -> float:
+        return 1e6 * self.server_cpu_s / self.calls if self.calls else math.nan
+
+
+def closed_loop(spec: UnaryLoad) -> UnaryResult:
+    return asyncio.run(_closed_loop(spec))
+
+
+async def _closed_loop(spec: UnaryLoad) -> UnaryResult:
+    async with grpc.aio.insecure_channel(spec.address, options=CHANNEL_OPTIONS) as channel:
+        call = channel.unary_unary(spec.method)
+        await asyncio.wait_for(channel.channel_ready(), spec.timeout_s)
+        await call(spec.payloads[0], timeout=spec.timeout_s)
+        if spec.warmup_s > 0:
+            await _drive(call, spec, spec.warmup_s)
+        return await _drive(call, spec, spec.duration_s, measure=True)
+
+
+async def _drive(
+    call: Any, spec: UnaryLoad, duration_s: float, measure: bool = False
+) -> UnaryResult:
+    latencies: list[float] = []
+    errors = 0
+    payloads = spec.payloads
+    stop_at = time.perf_counter() + duration_s
+
+    async def caller(offset: int) -> None:
+        nonlocal errors
+        index = offset
+        clock = time.perf_counter
+        while True:
+            started = clock()
+            if started >= stop_at:
+                return
+            try:
+                await call(payloads[index % len(payloads)], timeout=spec.timeout_s)
+            except grpc.aio.AioRpcError:
+                errors += 1
+                continue
+            latencies.append(clock() - started)
+            index += 1
+
+    server_cpu = cpu_seconds(spec.server_pid) if measure and spec.server_pid else 0.0
+    client_cpu = time.process_time()
+    started = time.perf_counter()
+    await asyncio.gather(*(caller(offset) for offset in range(spec.concurrency)))
+    elapsed = time.perf_counter() - started
+    client_cpu = time.process_time() - client_cpu
+    if measure and spec.server_pid:
+        server_cpu = cpu_seconds(spec.server_pid) - server_cpu
+    return UnaryResult(
+        calls=len(latencies),
+        errors=errors,
+        elapsed_s=elapsed,
+        rate_per_s=len(latencies) / elapsed if elapsed > 0 else 0.0,
+        latency_s=summarize(latencies[:: max(1, len(latencies) // LATENCY_SAMPLES_MAX)]),
+        server_cpu_s=server_cpu,
+        client_cpu_s=client_cpu,
+    )
+
+
+# -- open loop: writes paced at a fixed rate ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class PacedWrites:
+    """KvPut to the origin at `rate_per_s`, whatever the replies do (open loop)."""
+
+    address: str
+    rate_per_s: float
+    duration_s: float
+    namespace: str = "bench"
+    key_prefix: str = "prop"
+    value_bytes: int = 100
+    timeout_s: float = 10.0
+
+
+@dataclass
+class PacedResult:
+    sent: int
+    acked: int
+    errors: int
+    unfinished: int
+    elapsed_s: float
+    last_seq: int
+    # How far behind its schedule the sender was at each send (open-loop fidelity).
+    send_lateness_s: dict[str, float]
+    ack_latency_s: dict[str, float]
+    first_error: str = ""
+
+
+async def _paced(
+    rate_per_s: float, duration_s: float, send: Any, on_tick: Any = None
+) -> tuple[int, float, list[float]]:
+    """Call `send(i)` on schedule i / rate; several at once when the loop woke late."""
+    total = max(1, round(rate_per_s * duration_s))
+    lateness: list[float] = []
+    started = time.perf_counter()
+    for index in range(total):
+        due = started + index / rate_per_s
+        now = time.perf_counter()
+        if due > now:
+            await asyncio.sleep(due - now)
+            now = time.perf_counter()
+        lateness.append(now - due)
+        send(index)
+    return total, time.perf_counter() - started, lateness
+
+
+def paced_puts(spec: PacedWrites) -> PacedResult:
+    return asyncio.run(_paced_puts(spec))
+
+
+async def _paced_puts(spec: PacedWrites) -> PacedResult:
+    from edge.v1 import kv_pb2
+
+    value = b"v" * spec.value_bytes
+    acks: list[float] = []
+    errors: list[str] = []
+    last_seq = 0
+    tasks: set[asyncio.Task[None]] = set()
+    async with grpc.aio.insecure_channel(spec.address, options=CHANNEL_OPTIONS) as channel:
+        put = channel.unary_unary(
+            "/edge.v1.Origin/KvPut",
+            request_serializer=kv_pb2.KvPutRequest.SerializeToString,
+            response_deserializer=kv_pb2.KvPutResponse.FromString,
+        )
+        await asyncio.wait_for(channel.channel_ready(), spec.timeout_s)
+
+        async def one(index: int) -> None:
+            nonlocal last_seq
+            request = kv_pb2.KvPutRequest(
+                namespace=spec.namespace, key=f"{spec.key_prefix}-{index}", value=value
+            )
+            started = time.perf_counter()
+            try:
+                response = await put(request, timeout=spec.timeout_s)
+            except grpc.aio.AioRpcError as error:
+                errors.append(f"{error.code().name}: {error.details()} (write {index})")
+                return
+            acks.append(time.perf_counter() - started)
+            last_seq = max(last_seq, response.seq)
+
+        def send(index: int) -> None:
+            task = asyncio.create_task(one(index))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        sent, elapsed, lateness = await _paced(spec.rate_per_s, spec.duration_s, send)
+        if tasks:
+            await asyncio.wait(list(tasks), timeout=spec.timeout_s)
+        # Writes still unanswered after the timeout are counted, not reported as errors.
+        unfinished = len(tasks)
+        for task in list(tasks):
+            task.cancel()
+    return PacedResult(
+        sent=sent,
+        acked=len(acks),
+        errors=len(errors),
+        unfinished=unfinished,
+        elapsed_s=elapsed,
+        last_seq=last_seq,
+        send_lateness_s=summarize(lateness),
+        ack_latency_s=summarize(acks),
+        first_error=errors[0] if errors else "",
+    )
+
+
+# -- sustained bulk writes ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PutManyLoad:
+    """KvPutMany batches to the origin, `concurrency` in flight, for `duration_s`."""
+
+    address: str
+    duration_s: float
+    batch_entries: int = 500
+    value_bytes: int = 100
+    concurrency: int = 2
+    # Distinct batches (distinct keys) cycled through; later ones overwrite earlier keys.
+    distinct_batches: int = 20
+    namespace: str = "bench"
+    timeout_s: float = 30.0
+
+
+@dataclass
+class PutManyResult:
+    batches: int
+    entries: int
+    errors: int
+    started_at: float  # wall clock, for lining up with the scrapes
+    elapsed_s: float
+    first_seq: int
+    last_seq: int
+    ack_latency_s: dict[str, float]
+    # (wall time, acked seq) after each reply: the origin's side of the timeline.
+    acked: list[tuple[float, int]] = field(default_factory=list)
+    first_error: str = ""
+
+
+def put_many(spec: PutManyLoad) -> PutManyResult:
+    return asyncio.run(_put_many(spec))
+
+
+async def _put_many(spec: PutManyLoad) -> PutManyResult:
+    from edge.v1 import kv_pb2
+
+    value = b"p" * spec.value_bytes
+    payloads = [
+        kv_pb2.KvPutManyRequest(
+            namespace=spec.namespace,
+            entries=[
+                kv_pb2.KvPutEntry(key=f"bulk-{batch}-{index}", value=value)
+                for index in range(spec.batch_entries)
+            ],
+        ).SerializeToString()
+        for batch in range(spec.distinct_batches)
+    ]
+    acks: list[float] = []
+    acked: list[tuple[float, int]] = []
+    errors: list[str] = []
+    async with grpc.aio.insecure_channel(spec.address, options=CHANNEL_OPTIONS) as channel:
+        call = channel.unary_unary(
+            "/edge.v1.Origin/KvPutMany",
+            response_deserializer=kv_pb2.KvPutManyResponse.FromString,
+        )
+        await asyncio.wait_for(channel.channel_ready(), spec.timeout_s)
+        counter = iter(range(1 << 62))
+        started_at = time.time()
+        started = time.perf_counter()
+        stop_at = started + spec.duration_s
+
+        async def writer() -> None:
+            while time.perf_counter() < stop_at:
+                payload = payloads[next(counter) % len(payloads)]
+                sent = time.perf_counter()
+                try:
+                    response = await call(payload, timeout=spec.timeout_s)
+                except grpc.aio.AioRpcError as error:
+                    errors.append(f"{error.code().name}: {error.details()}")
+                    continue
+                acks.append(time.perf_counter() - sent)
+                acked.append((time.time(), response.seq))
+
+        await asyncio.gather(*(writer() for _ in range(spec.concurrency)))
+        elapsed = time.perf_counter() - started
+    seqs = [seq for _, seq in acked]
+    return PutManyResult(
+        batches=len(acks),
+        entries=len(acks) * spec.batch_entries,
+        errors=len(errors),
+        started_at=started_at,
+        elapsed_s=elapsed,
+        first_seq=(min(seqs) - spec.batch_entries + 1) if seqs else 0,
+        last_seq=max(seqs) if seqs else 0,
+        ack_latency_s=summarize(acks),
+        acked=acked,
+        first_error=errors[0] if errors else "",
+    )
+
+
+# -- Redis: paced SETs to the primary, keyevent subscribers on the replicas ---------------
+
+REDIS_KEY_PREFIX = "b:"
+# Keyspace notifications of SET commands on db 0 (needs notify-keyspace-events E$).
+REDIS_SET_CHANNEL = "__keyevent@0__:set"
+
+
+@dataclass(frozen=True)
+class RedisWrites:
+    """SET b:<index>:<send time ns> on the primary at `rate_per_s`, pipelined (open loop)."""
+
+    port: int
+    rate_per_s: float
+    duration_s: float
+    # Wall clock at which to start (so that subscribers in another process are ready).
+    start_at: float
+    value_bytes: int = 100
+
+
+@dataclass
+class RedisWriteResult:
+    sent: int
+    acked: int
+    elapsed_s: float
+    send_lateness_s: dict[str, float]
+
+
+def redis_writes(spec: RedisWrites) -> RedisWriteResult:
+    return asyncio.run(_redis_writes(spec))
+
+
+async def _redis_writes(spec: RedisWrites) -> RedisWriteResult:
+    connection = await RespConnection.open("127.0.0.1", spec.port)
+    value = b"v" * spec.value_bytes
+    acked = 0
+    all_acked = asyncio.Event()
+    sent = -1
+
+    async def drain_replies() -> None:
+        nonlocal acked
+        while True:
+            acked += len(await connection.read_values())
+            if acked == sent:
+                all_acked.set()
+
+    reader = asyncio.create_task(drain_replies())
+    await asyncio.sleep(max(0.0, spec.start_at - time.time()))
+
+    def send(index: int) -> None:
+        key = f"{REDIS_KEY_PREFIX}{index}:{time.time_ns()}"
+        connection.send(encode(b"SET", key, value))
+
+    sent, elapsed, lateness = await _paced(spec.rate_per_s, spec.duration_s, send)
+    if acked < sent:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_acked.wait(), 5.0)
+    reader.cancel()
+    await connection.close()
+    return RedisWriteResult(sent, acked, elapsed, summarize(lateness))
+
+
+@dataclass(frozen=True)
+class RedisWatch:
+    """Subscribe to SET events on every replica until `stop_at` (wall clock)."""
+
+    ports: tuple[int, ...]
+    stop_at: float
+    # Keys sent before this wall time (warm-up) are not counted.
+    count_from: float
+
+
+@dataclass
+class RedisWatchResult:
+    # Per replica: propagation delays in seconds (receive time - send time).
+    delays_s: list[list[float]]
+    subscribed_at: float
+
+
+def redis_watch(spec: RedisWatch) -> RedisWatchResult:
+    return asyncio.run(_redis_watch(spec))
+
+
+async def _redis_watch(spec: RedisWatch) -> RedisWatchResult:
+    connections = [await RespConnection.open("127.0.0.1", port) for port in spec.ports]
+    for connection in connections:
+        await connection.command("SUBSCRIBE", REDIS_SET_CHANNEL)
+    subscribed_at = time.time()
+    count_from_ns = int(spec.count_from * 1e9)
+    delays: list[list[float]] = [[] for _ in connections]
+
+    async def watch(connection: RespConnection, sink: list[float]) -> None:
+        while True:
+            values = await connection.read_values()
+            # One clock reading per read: every message in it arrived by then.
+            received_ns = time.time_ns()
+            for value in values:
+                if not (isinstance(value, list) and len(value) == 3 and value[0] == b"message"):
+                    continue
+                sent_ns = int(value[2].rsplit(b":", 1)[1])
+                if sent_ns >= count_from_ns:
+                    sink.append((received_ns - sent_ns) / 1e9)
+
+    tasks = [
+        asyncio.create_task(watch(connection, sink))
+        for connection, sink in zip(connections, delays, strict=True)
+    ]
+    await asyncio.sleep(max(0.0, spec.stop_at - time.time()))
+    for task in tasks:
+        task.cancel()
+    for connection in connections:
+        await connection.close()
+    return RedisWatchResult(delays, subscribed_at)
+
+
+async def redis_info(port: int, section: str = "replication") -> dict[str, str]:
+    """INFO `section` of one Redis server."""
+    connection = await RespConnection.open("127.0.0.1", port, timeout=1.0)
+    try:
+        return info_fields(await connection.command("INFO", section, timeout=1.0))
+    finally:
+        await connection.close()

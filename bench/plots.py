@@ -1,0 +1,186 @@
+"""PNG plots for the report (matplotlib, Agg backend: no display needed).
+
+Each function takes plain numbers and a path, draws one figure and closes it, so a
+failing plot never takes the measurement down with it (the caller logs and goes on).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ParamSpec
+
+import matplotlib
+
+# Chosen before pyplot is imported; pyplot itself is imported on first use, so that
+# processes that only import this module (the spawned load generators) stay light.
+matplotlib.use("Agg")
+
+
+P = ParamSpec("P")
+
+
+def _guarded(draw: Callable[P, Path]) -> Callable[P, Path | None]:
+    """A plot that fails is reported and skipped (None), never a lost measurement."""
+
+    @functools.wraps(draw)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> Path | None:
+        try:
+            return draw(*args, **kwargs)
+        except Exception as error:
+            print(f"plot {draw.__name__} failed: {error!r}", file=sys.stderr)
+            _plt().close("all")
+            return None
+
+    return guarded
+
+
+def _plt() -> Any:
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+EDGEPOP_COLOR = "#1f77b4"
+BASELINE_COLOR = "#ff7f0e"
+GOAL_COLOR = "#d62728"
+
+
+def _save(figure: Any, path: Path) -> Path:
+    plt = _plt()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+@_guarded
+def grouped_bars(
+    path: Path,
+    title: str,
+    groups: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    ylabel: str,
+    annotations: Sequence[str] = (),
+) -> Path:
+    """Side-by-side bars: one group per x label, one bar per series (e.g. PoP vs echo)."""
+    plt = _plt()
+    figure, axes = plt.subplots(figsize=(7, 4))
+    width = 0.8 / max(1, len(series))
+    colors = [BASELINE_COLOR, EDGEPOP_COLOR, "#2ca02c", "#9467bd"]
+    for offset, (name, values) in enumerate(series.items()):
+        positions = [
+            index + (offset - (len(series) - 1) / 2) * width for index in range(len(groups))
+        ]
+        bars = axes.bar(positions, values, width, label=name, color=colors[offset % len(colors)])
+        axes.bar_label(bars, labels=[f"{value:,.0f}" for value in values], fontsize=8)
+    axes.set_xticks(range(len(groups)), groups)
+    for index, text in enumerate(annotations):
+        axes.annotate(
+            text, (index, 0), xytext=(0, -28), textcoords="offset points", ha="center",
+            fontsize=9, color="dimgray",
+        )  # fmt: skip
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.legend()
+    axes.grid(axis="y", alpha=0.3)
+    return _save(figure, path)
+
+
+@_guarded
+def bars_with_goal(
+    path: Path,
+    title: str,
+    labels: Sequence[str],
+    values: Sequence[float],
+    ylabel: str,
+    goal: float | None = None,
+    goal_label: str = "goal",
+) -> Path:
+    plt = _plt()
+    figure, axes = plt.subplots(figsize=(max(5.0, 0.55 * len(labels) + 2), 4))
+    bars = axes.bar(range(len(labels)), values, color=EDGEPOP_COLOR)
+    axes.bar_label(bars, labels=[f"{value:,.3g}" for value in values], fontsize=8)
+    axes.set_xticks(
+        range(len(labels)),
+        labels,
+        rotation=30 if len(labels) > 4 else 0,
+        ha="right" if len(labels) > 4 else "center",
+    )
+    if goal is not None:
+        axes.axhline(goal, color=GOAL_COLOR, linestyle="--", label=goal_label)
+        axes.legend()
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(axis="y", alpha=0.3)
+    return _save(figure, path)
+
+
+@_guarded
+def latency_cdf(
+    path: Path,
+    title: str,
+    step_cdfs: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    sample_cdfs: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    goals_ms: Mapping[str, float] = {},
+) -> Path:
+    """CDFs in milliseconds on a log axis: histogram buckets as steps, raw samples as lines."""
+    plt = _plt()
+    figure, axes = plt.subplots(figsize=(7, 5))
+    styles = ["-", ":"]
+    for index, (name, (xs, fractions)) in enumerate(step_cdfs.items()):
+        # Buckets above the first one that holds everything add nothing but axis range.
+        done = next((i for i, fraction in enumerate(fractions) if fraction >= 1.0), None)
+        if done is not None:
+            xs, fractions = xs[: done + 1], fractions[: done + 1]
+        if xs:
+            axes.step([x * 1e3 for x in xs], fractions, where="post", label=name,
+                      color=EDGEPOP_COLOR, marker="o", markersize=3,
+                      linestyle=styles[index % len(styles)])  # fmt: skip
+    for name, (xs, fractions) in sample_cdfs.items():
+        if xs:
+            axes.plot([x * 1e3 for x in xs], fractions, label=name, color=BASELINE_COLOR)
+    for label, value in goals_ms.items():
+        axes.axvline(value, color=GOAL_COLOR, linestyle="--", alpha=0.6)
+        axes.annotate(label, (value, 0.02), rotation=90, fontsize=8, color=GOAL_COLOR,
+                      xytext=(3, 0), textcoords="offset points")  # fmt: skip
+    axes.set_xscale("log")
+    axes.set_xlabel("propagation delay (ms, log scale)")
+    axes.set_ylabel("fraction of writes")
+    axes.set_ylim(0, 1.02)
+    axes.set_title(title)
+    axes.grid(alpha=0.3, which="both")
+    # Below the axes: inside, it would hide a curve or a goal line.
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=8)
+    return _save(figure, path)
+
+
+@_guarded
+def timelines(
+    path: Path,
+    title: str,
+    panels: Sequence[tuple[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]]],
+    xlabel: str = "seconds since the first write",
+    hlines: Mapping[int, tuple[float, str]] = {},
+) -> Path:
+    """Stacked panels of lines over time: (y label, {series name: (t, y)})."""
+    plt = _plt()
+    figure, axes_list = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), sharex=True)
+    if len(panels) == 1:
+        axes_list = [axes_list]
+    for index, (axes, (ylabel, series)) in enumerate(zip(axes_list, panels, strict=True)):
+        for name, (ts, ys) in series.items():
+            axes.plot(ts, ys, label=name, linewidth=1)
+        if index in hlines:
+            value, label = hlines[index]
+            axes.axhline(value, color=GOAL_COLOR, linestyle="--", label=label)
+        axes.set_ylabel(ylabel)
+        axes.grid(alpha=0.3)
+        if len(series) <= 14:
+            axes.legend(fontsize=7, ncol=4)
+    axes_list[0].set_title(title)
+    axes_list[-1].set_xlabel(xlabel)
+    return _save(figure, path)

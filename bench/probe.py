@@ -1,0 +1,103 @@
+"""Looking at running processes from outside: CPU time, RSS, and /metrics over HTTP.
+
+All cheap and dependency-free, because they run next to the measurement: /proc reads
+for CPU and memory, and a bare HTTP/1.0 GET on asyncio streams for Prometheus pages
+(one PoP is scraped ten times a second during the replication benchmark).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from bench.stats import MetricSample, parse_prometheus
+
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far; 0 when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    # Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all cores spent busy since boot (/proc/stat: everything but idle, iowait)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLOCK_TICKS_PER_S
+
+
+def tree_cpu_seconds(root_pid: int) -> float:
+    """CPU time of a process and all its descendants, reaped ones included.
+
+    A child's time moves into its parent's cutime/cstime when the parent reaps it, so
+    summing utime+stime+cutime+cstime over the live tree counts every process once.
+    """
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited while we looked
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        times[pid] = sum(int(value) for value in fields[11:15]) / CLOCK_TICKS_PER_S
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    total, pending = 0.0, [root_pid]
+    while pending:
+        pid = pending.pop()
+        total += times.get(pid, 0.0)
+        pending.extend(children.get(pid, ()))
+    return total
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size (VmRSS) of a process; 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+async def fetch_text(address: str, path: str = "/metrics", timeout: float = 5.0) -> str:
+    """GET http://address/path and return the body (HTTP/1.0: the server closes)."""
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0]
+    if b" 200 " not in status + b" ":
+        raise ConnectionError(f"GET {address}{path}: {status.decode(errors='replace')}")
+    return body.decode()
+
+
+async def scrape(address: str, names: tuple[str, ...] | None = None) -> list[MetricSample]:
+    """The samples of one node's /metrics (only metrics starting with one of `names`)."""
+    return parse_prometheus(await fetch_text(address), names)
+
+
+async def scrape_many(
+    addresses: dict[str, str], names: tuple[str, ...] | None = None
+) -> dict[str, list[MetricSample]]:
+    """Scrape several nodes at once: {node name: samples}."""
+    pages = await asyncio.gather(*(scrape(address, names) for address in addresses.values()))
+    return dict(zip(addresses, pages, strict=True))

@@ -1,0 +1,544 @@
+"""Replication: propagation delay at 1,000 writes/s (vs Redis), and sustained KvPutMany.
+
+Both use the default topology (origin + 12 PoPs in 6 regions) with delay emulation off,
+so what is measured is the platform's own delay and throughput, not the emulated WAN.
+Propagation comes from the PoPs' own `edge_kv_propagation_seconds` histograms (apply
+time - origin commit time, observed for every entry), scraped before and after the
+measured window; quantiles are interpolated inside buckets as Prometheus does, so they
+are only as fine as the buckets (0.5, 1, 2, 5, 10, 20 ms ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Any
+
+from bench import plots
+from bench.loadgen import (
+    PacedResult,
+    PacedWrites,
+    PutManyLoad,
+    PutManyResult,
+    RedisWatch,
+    RedisWrites,
+    paced_puts,
+    put_many,
+    redis_watch,
+    redis_writes,
+)
+from bench.probe import scrape_many
+from bench.redis_baseline import RedisReplicaSet, find_or_install_redis
+from bench.runner import BenchResult, Context
+from bench.stats import (
+    Buckets,
+    Goal,
+    MetricSample,
+    Row,
+    bucket_delta,
+    ecdf,
+    histogram_buckets,
+    histogram_cdf,
+    histogram_count,
+    histogram_quantile,
+    merge_buckets,
+    metric_value,
+    percentile,
+    summarize,
+)
+from edgectl.launcher import Cluster
+
+DEFAULT_NODELAY_KEY = "default-nodelay"
+DEFAULT_NODELAY_TOPOLOGY: dict[str, Any] = {"emulate_delay": False}
+WRITE_RATE_PER_S = 1000.0
+LIGHT_RATE_PER_S = 100.0
+PROPAGATION_P50_GOAL_MS = 2.0
+PROPAGATION_P99_GOAL_MS = 10.0
+PUTMANY_ENTRIES_PER_S_GOAL = 20_000.0
+LAG_P99_GOAL_S = 1.0
+SAMPLE_INTERVAL_S = 0.1
+CATCH_UP_TIMEOUT_S = 60.0
+
+APPLIED = "edge_kv_replica_applied_seq"
+LAG = "edge_kv_replication_lag_seconds"
+PROPAGATION = "edge_kv_propagation_seconds"
+
+
+async def default_nodelay(context: Context) -> Cluster:
+    return await context.cluster(DEFAULT_NODELAY_KEY, DEFAULT_NODELAY_TOPOLOGY)
+
+
+def _pop_metrics(cluster: Cluster) -> dict[str, str]:
+    return {pop.name: pop.metrics_address for pop in cluster.pops}
+
+
+async def wait_caught_up(cluster: Cluster, seq: int, timeout: float = CATCH_UP_TIMEOUT_S) -> None:
+    """Until every PoP has applied `seq` (read from their /metrics)."""
+    deadline = time.monotonic() + timeout
+    addresses = _pop_metrics(cluster)
+    while True:
+        pages = await scrape_many(addresses, (APPLIED,))
+        behind = {
+            name: metric_value(samples, APPLIED) or 0
+            for name, samples in pages.items()
+            if (metric_value(samples, APPLIED) or 0) < seq
+        }
+        if not behind:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"PoPs still behind seq {seq} after {timeout:.0f} s: {behind}")
+        await asyncio.sleep(0.05)
+
+
+# -- propagation ---------------------------------------------------------------------------
+
+
+async def run_propagation(context: Context) -> BenchResult:
+    cluster = await default_nodelay(context)
+    duration = context.pick(15.0, 3.0)
+    warmup = context.pick(2.0, 1.0)
+    # A light load first: the platform's latency floor, apart from any queueing.
+    light = await _edgepop_propagation(
+        context, cluster, LIGHT_RATE_PER_S, context.pick(6.0, 2.0), warmup
+    )
+    edge = await _edgepop_propagation(context, cluster, WRITE_RATE_PER_S, duration, warmup)
+    # The cluster's idle work (heartbeats, streams) would tax Redis' run: stop it first.
+    await context.release(DEFAULT_NODELAY_KEY)
+    try:
+        redis = await _redis_propagation(context, len(cluster.pops), duration, warmup)
+    except Exception as error:
+        # The baseline failing must not throw away edgepop's own measurement.
+        context.ui.log(f"[yellow]redis baseline failed:[/yellow] {error!r}")
+        redis = {"skipped": f"failed: {error}"}
+
+    merged: Buckets = edge["merged"]
+    p50 = histogram_quantile(0.5, merged) * 1e3
+    p99 = histogram_quantile(0.99, merged) * 1e3
+    redis_p50 = redis_p99 = None
+    if redis.get("delays_s"):
+        redis_p50 = percentile(redis["delays_s"], 0.5) * 1e3
+        redis_p99 = percentile(redis["delays_s"], 0.99) * 1e3
+    redis_note = "" if redis_p50 is not None else f"redis skipped: {redis.get('skipped', '?')}"
+    rows = [
+        Row(
+            "propagation",
+            f"propagation p50, {WRITE_RATE_PER_S:,.0f} writes/s, {len(cluster.pops)} PoPs",
+            "ms",
+            value=p50,
+            baseline=redis_p50,
+            baseline_name="redis",
+            goal=Goal("<=", PROPAGATION_P50_GOAL_MS),
+            note=redis_note,
+        ),
+        Row(
+            "propagation",
+            f"propagation p99, {WRITE_RATE_PER_S:,.0f} writes/s, {len(cluster.pops)} PoPs",
+            "ms",
+            value=p99,
+            baseline=redis_p99,
+            baseline_name="redis",
+            goal=Goal("<=", PROPAGATION_P99_GOAL_MS),
+            note=redis_note,
+        ),
+        Row(
+            "propagation",
+            f"propagation p50 at {LIGHT_RATE_PER_S:,.0f} writes/s (floor)",
+            "ms",
+            value=histogram_quantile(0.5, light["merged"]) * 1e3,
+            note=f"p99 {histogram_quantile(0.99, light['merged']) * 1e3:.1f} ms",
+        ),
+        Row(
+            "propagation",
+            "writes/s acked by the origin",
+            "writes/s",
+            value=edge["writes"].acked / edge["writes"].elapsed_s,
+            note=_write_problems(edge["writes"]),
+        ),
+    ]
+    plot = plots.latency_cdf(
+        context.settings.out_dir / "propagation_cdf.png",
+        f"Propagation delay at {WRITE_RATE_PER_S:,.0f} writes/s to {len(cluster.pops)} replicas",
+        {
+            f"edgepop at {WRITE_RATE_PER_S:,.0f}/s (histogram buckets, all PoPs)": histogram_cdf(
+                merged
+            ),
+            f"edgepop at {LIGHT_RATE_PER_S:,.0f}/s": histogram_cdf(light["merged"]),
+        },
+        {"redis replicaof (every write, all replicas)": ecdf(redis.get("delays_s", []))},
+        {"p50 goal 2 ms": PROPAGATION_P50_GOAL_MS, "p99 goal 10 ms": PROPAGATION_P99_GOAL_MS},
+    )
+    notes = [
+        "| PoP | entries observed | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, buckets in edge["per_pop"].items():
+        notes.append(
+            f"| {name} | {histogram_count(buckets):,.0f} | "
+            f"{histogram_quantile(0.5, buckets) * 1e3:.2f} | "
+            f"{histogram_quantile(0.99, buckets) * 1e3:.2f} |"
+        )
+    if redis.get("per_replica"):
+        notes += [
+            "",
+            "| redis replica | writes observed | p50 ms | p99 ms |",
+            "|---|---:|---:|---:|",
+        ]
+        for index, summary in enumerate(redis["per_replica"]):
+            notes.append(
+                f"| replica-{index + 1} | {summary['count']:,} | {summary['p50'] * 1e3:.2f} | "
+                f"{summary['p99'] * 1e3:.2f} |"
+            )
+    commit = edge["origin_commit"]
+    notes += [
+        "",
+        f"Origin during the window: {commit['commits']:,.0f} commits, "
+        f"{commit['entries_per_commit']:.2f} entries per commit, commit (write + fsync) p50 "
+        f"{commit['duration_p50_s'] * 1e3:.2f} ms / p99 {commit['duration_p99_s'] * 1e3:.2f} ms "
+        "(from `edge_kv_commit_*`). The writer's send lateness (open-loop fidelity): p99 "
+        f"{edge['writes'].send_lateness_s['p99'] * 1e3:.2f} ms; origin ack p50 "
+        f"{edge['writes'].ack_latency_s['p50'] * 1e3:.2f} ms / p99 "
+        f"{edge['writes'].ack_latency_s['p99'] * 1e3:.2f} ms.",
+    ]
+    return BenchResult(
+        rows=rows,
+        details={
+            "duration_s": duration,
+            "warmup_s": warmup,
+            "rate_per_s": WRITE_RATE_PER_S,
+            "edgepop_light": {
+                "rate_per_s": LIGHT_RATE_PER_S,
+                "merged_buckets": light["merged"],
+                "writes": light["writes"].__dict__,
+                "origin_commit": light["origin_commit"],
+            },
+            "edgepop": {
+                "merged_buckets": merged,
+                "per_pop_buckets": edge["per_pop"],
+                "writes": edge["writes"].__dict__,
+                "origin_commit": commit,
+            },
+            "redis": {key: value for key, value in redis.items() if key != "delays_s"},
+        },
+        plots=[plot],
+        method=(
+            f"Open-loop `Origin.KvPut` of {100}-byte values at {WRITE_RATE_PER_S:,.0f}/s "
+            f"(each write scheduled at i/rate, sent whatever earlier replies do) from a client "
+            f"process, for {duration:g} s after {warmup:g} s warm-up, to the default topology "
+            f"with `emulate_delay: false` ({len(cluster.pops)} PoPs). Each PoP's "
+            f"`{PROPAGATION}` histogram (apply time - origin commit time, every entry) is "
+            "scraped before and after; bucket deltas of all PoPs are summed and p50/p99 "
+            "interpolated inside buckets. The same is done first at "
+            f"{LIGHT_RATE_PER_S:,.0f} writes/s: the latency floor without queueing for CPU. "
+            "Baseline, in the same run after the cluster is "
+            f"stopped: a Redis primary with {len(cluster.pops)} `replicaof` replicas on "
+            "loopback (no persistence), SETs of 100-byte values at the same rate for the same "
+            "time, key = send time; a subscriber process hears each replica's keyspace event "
+            "and records receive - send time for every write on every replica. Redis' number "
+            "includes the hop to its subscriber; edgepop's is measured inside the PoP."
+        ),
+        notes=notes,
+    )
+
+
+async def _edgepop_propagation(
+    context: Context, cluster: Cluster, rate_per_s: float, duration: float, warmup: float
+) -> dict[str, Any]:
+    pops = _pop_metrics(cluster)
+    origin = cluster.origin.grpc_address
+    if warmup > 0:
+        warm = await context.ui.timed(
+            f"edgepop: warm-up writes at {rate_per_s:,.0f}/s",
+            warmup,
+            context.in_worker(
+                paced_puts, PacedWrites(origin, rate_per_s, warmup, key_prefix="warm")
+            ),
+        )
+        await context.ui.step("waiting for every PoP", wait_caught_up(cluster, warm.last_seq))
+    names = (PROPAGATION, APPLIED)
+    origin_names = ("edge_kv_commit",)
+    before = await scrape_many(pops, names)
+    origin_before = (await scrape_many({"origin": cluster.origin.metrics_address}, origin_names))[
+        "origin"
+    ]
+    writes = await context.ui.timed(
+        f"edgepop: {rate_per_s:,.0f} writes/s to {len(pops)} PoPs",
+        duration,
+        context.in_worker(
+            paced_puts, PacedWrites(origin, rate_per_s, duration, key_prefix=f"r{rate_per_s:g}")
+        ),
+    )
+    if writes.acked == 0:
+        raise RuntimeError(f"no write was acknowledged: {writes.first_error}")
+    await context.ui.step("waiting for every PoP", wait_caught_up(cluster, writes.last_seq))
+    after = await scrape_many(pops, names)
+    origin_after = (await scrape_many({"origin": cluster.origin.metrics_address}, origin_names))[
+        "origin"
+    ]
+    per_pop = {
+        name: bucket_delta(
+            histogram_buckets(after[name], PROPAGATION),
+            histogram_buckets(before[name], PROPAGATION),
+        )
+        for name in pops
+    }
+    return {
+        "writes": writes,
+        "per_pop": per_pop,
+        "merged": merge_buckets(per_pop.values()),
+        "origin_commit": _commit_stats(origin_before, origin_after),
+    }
+
+
+def _write_problems(writes: PacedResult) -> str:
+    problems = []
+    if writes.errors:
+        problems.append(f"{writes.errors} errors ({writes.first_error})")
+        if writes.first_error.startswith("CANCELLED"):
+            # gRPC core sheds calls that wait too long unrequested at a busy server.
+            problems[-1] += ": shed by an overloaded origin"
+    if writes.unfinished:
+        problems.append(f"{writes.unfinished} unanswered")
+    return "; ".join(problems)
+
+
+def _commit_stats(before: list[MetricSample], after: list[MetricSample]) -> dict[str, float]:
+    def delta(name: str) -> float:
+        return (metric_value(after, name) or 0.0) - (metric_value(before, name) or 0.0)
+
+    commits = delta("edge_kv_commits_total")
+    durations = bucket_delta(
+        histogram_buckets(after, "edge_kv_commit_duration_seconds"),
+        histogram_buckets(before, "edge_kv_commit_duration_seconds"),
+    )
+    return {
+        "commits": commits,
+        "entries_per_commit": delta("edge_kv_commit_entries_sum") / commits
+        if commits
+        else math.nan,
+        "duration_p50_s": histogram_quantile(0.5, durations),
+        "duration_p99_s": histogram_quantile(0.99, durations),
+    }
+
+
+async def _redis_propagation(
+    context: Context, replicas: int, duration: float, warmup: float
+) -> dict[str, Any]:
+    binary, reason = await context.ui.step(
+        "finding redis-server", asyncio.to_thread(find_or_install_redis)
+    )
+    if binary is None:
+        context.ui.log(f"[yellow]redis baseline skipped:[/yellow] {reason}")
+        return {"skipped": reason}
+    replica_set = RedisReplicaSet(binary, context.new_dir("redis"), replicas)
+    try:
+        await context.ui.step(f"starting redis primary + {replicas} replicas", replica_set.start())
+        # Both worker processes are warm; 1.5 s is ample for the subscriber to subscribe.
+        start_at = time.time() + 1.5
+        count_from = start_at + warmup
+        stop_at = count_from + duration + 1.0
+        watch = context.in_worker(
+            redis_watch, RedisWatch(tuple(replica_set.replica_ports), stop_at, count_from)
+        )
+        write = context.in_worker(
+            redis_writes,
+            RedisWrites(replica_set.primary_port, WRITE_RATE_PER_S, warmup + duration, start_at),
+        )
+        watched, written = await context.ui.timed(
+            f"redis: {WRITE_RATE_PER_S:,.0f} SETs/s to {replicas} replicas",
+            stop_at - time.time(),
+            asyncio.gather(watch, write),
+        )
+    finally:
+        await asyncio.to_thread(replica_set.stop)
+    if watched.subscribed_at > start_at:
+        raise RuntimeError("the redis subscriber was not ready before the first write")
+    delays = [delay for per_replica in watched.delays_s for delay in per_replica]
+    return {
+        "delays_s": delays,
+        "per_replica": [summarize(per_replica) for per_replica in watched.delays_s],
+        "writes_sent": written.sent,
+        "writes_acked": written.acked,
+        "send_lateness_s": written.send_lateness_s,
+        "redis_server": binary,
+    }
+
+
+# -- sustained KvPutMany --------------------------------------------------------------------
+
+
+async def run_putmany(context: Context) -> BenchResult:
+    cluster = await default_nodelay(context)
+    origin = cluster.origin.grpc_address
+    duration = context.pick(10.0, 3.0)
+    spec = PutManyLoad(origin, duration)
+    warm = await context.ui.timed(
+        "warm-up batches",
+        1.0,
+        context.in_worker(put_many, PutManyLoad(origin, context.pick(1.0, 0.5))),
+    )
+    await context.ui.step("waiting for every PoP", wait_caught_up(cluster, warm.last_seq))
+
+    samples: list[tuple[float, str, float, float]] = []  # (wall time, PoP, applied, lag)
+    writing = asyncio.ensure_future(context.in_worker(put_many, spec))
+    sampler = asyncio.ensure_future(_sample(cluster, samples, writing))
+    result: PutManyResult = await context.ui.timed(
+        f"KvPutMany x{spec.batch_entries}, {spec.concurrency} in flight", duration, writing
+    )
+    if result.batches == 0:
+        sampler.cancel()
+        raise RuntimeError(f"no KvPutMany was acknowledged: {result.first_error}")
+    await context.ui.step("waiting for every PoP to catch up", sampler)
+    return _putmany_result(context, cluster, spec, warm.last_seq, result, samples)
+
+
+async def _sample(
+    cluster: Cluster,
+    samples: list[tuple[float, str, float, float]],
+    writing: asyncio.Future[PutManyResult],
+) -> None:
+    """Scrape every PoP each 100 ms until the writer is done and every PoP has its last seq."""
+    addresses = _pop_metrics(cluster)
+    deadline: float | None = None
+    next_at = time.monotonic()
+    while True:
+        stamp = time.time()
+        pages = await scrape_many(addresses, (APPLIED, LAG))
+        latest = {}
+        for name, page in pages.items():
+            applied = metric_value(page, APPLIED) or 0.0
+            samples.append((stamp, name, applied, metric_value(page, LAG) or 0.0))
+            latest[name] = applied
+        if writing.done():
+            last_seq = writing.result().last_seq
+            if all(applied >= last_seq for applied in latest.values()):
+                return
+            deadline = deadline or time.monotonic() + CATCH_UP_TIMEOUT_S
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"PoPs still behind seq {last_seq}: {latest}")
+        next_at += SAMPLE_INTERVAL_S
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+
+def _putmany_result(
+    context: Context,
+    cluster: Cluster,
+    spec: PutManyLoad,
+    start_seq: int,
+    result: PutManyResult,
+    samples: list[tuple[float, str, float, float]],
+) -> BenchResult:
+    t0 = result.started_at
+    write_end = t0 + result.elapsed_s
+    entries = result.last_seq - start_seq
+    pops = [pop.name for pop in cluster.pops]
+    per_pop: dict[str, dict[str, float]] = {}
+    for name in pops:
+        mine = [(t, applied, lag) for t, pop, applied, lag in samples if pop == name]
+        caught_up = next((t for t, applied, _ in mine if applied >= result.last_seq), math.nan)
+        in_window = [applied for t, applied, _ in mine if t0 <= t <= write_end]
+        per_pop[name] = {
+            "caught_up_after_s": caught_up - t0,
+            # Entries of the run over the time until this PoP held all of them.
+            "delivered_per_s": entries / (caught_up - t0) if caught_up > t0 else math.nan,
+            # How fast it applied while the writer ran (a PoP behind the writer shows here).
+            "apply_per_s_while_writing": (
+                (in_window[-1] - in_window[0]) / (result.elapsed_s) if len(in_window) > 1 else 0
+            ),
+            "lag_max_s": max((lag for t, _, lag in mine if t >= t0), default=math.nan),
+        }
+    lags = [lag for t, _, _, lag in samples if t >= t0]
+    lag = summarize(lags)
+    delivered = min(per_pop.values(), key=lambda p: p["delivered_per_s"])["delivered_per_s"]
+    slowest = min(per_pop, key=lambda name: per_pop[name]["delivered_per_s"])
+    origin_rate = result.entries / result.elapsed_s
+    rows = [
+        Row(
+            "putmany",
+            f"KvPutMany entries/s at every PoP (slowest of {len(pops)})",
+            "entries/s",
+            value=delivered,
+            goal=Goal(">=", PUTMANY_ENTRIES_PER_S_GOAL),
+            note=f"slowest {slowest}",
+        ),
+        Row(
+            "putmany",
+            f"replication lag p99 ({len(pops)} PoPs, 100 ms samples)",
+            "s",
+            value=lag["p99"],
+            goal=Goal("<", LAG_P99_GOAL_S),
+            note=f"max {lag['max']:.2f} s",
+        ),
+        Row("putmany", "entries/s acked by the origin", "entries/s", value=origin_rate),
+    ]
+    plot = plots.timelines(
+        context.settings.out_dir / "putmany_lag.png",
+        f"KvPutMany ({spec.batch_entries} x {spec.value_bytes} B, {spec.concurrency} in flight)"
+        f" to {len(pops)} PoPs",
+        [
+            (
+                "replication lag (s)",
+                {
+                    name: (
+                        [t - t0 for t, pop, _, _ in samples if pop == name],
+                        [lag for _, pop, _, lag in samples if pop == name],
+                    )
+                    for name in pops
+                },
+            ),
+            (
+                "entries applied",
+                {
+                    "origin (acked)": (
+                        [t - t0 for t, _ in result.acked],
+                        [seq - start_seq for _, seq in result.acked],
+                    ),
+                    **{
+                        name: (
+                            [t - t0 for t, pop, _, _ in samples if pop == name],
+                            [applied - start_seq for _, pop, applied, _ in samples if pop == name],
+                        )
+                        for name in pops
+                    },
+                },
+            ),
+        ],
+        hlines={0: (LAG_P99_GOAL_S, "lag goal (p99 < 1 s)")},
+    )
+    notes = [
+        "| PoP | all entries held after (s) | delivered entries/s | applied/s while writing"
+        " | max lag (s) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, stats in per_pop.items():
+        notes.append(
+            f"| {name} | {stats['caught_up_after_s']:.2f} | {stats['delivered_per_s']:,.0f} | "
+            f"{stats['apply_per_s_while_writing']:,.0f} | {stats['lag_max_s']:.2f} |"
+        )
+    notes.append(
+        f"\nWriter: {result.batches:,} batches ({result.entries:,} entries) in "
+        f"{result.elapsed_s:.1f} s, ack p50 {result.ack_latency_s['p50'] * 1e3:.0f} ms / p99 "
+        f"{result.ack_latency_s['p99'] * 1e3:.0f} ms, {result.errors} errors."
+    )
+    return BenchResult(
+        rows=rows,
+        details={
+            "spec": spec.__dict__,
+            "entries": entries,
+            "writer": {key: value for key, value in result.__dict__.items() if key != "acked"},
+            "per_pop": per_pop,
+            "lag_s": lag,
+        },
+        plots=[plot],
+        method=(
+            f"`Origin.KvPutMany` batches of {spec.batch_entries} entries ({spec.value_bytes}-byte "
+            f"values), {spec.concurrency} batches in flight, closed loop for {spec.duration_s:g} s "
+            f"from a client process, on the default topology with `emulate_delay: false` "
+            f"({len(pops)} PoPs). Every {SAMPLE_INTERVAL_S * 1e3:.0f} ms the bench scrapes each "
+            f"PoP's `{APPLIED}` and `{LAG}` until every PoP holds the last seq. Delivered rate "
+            "per PoP = entries written / time from the first write until that PoP held all of "
+            "them; the row is the slowest PoP. Lag percentiles pool every sample of every PoP "
+            "from the first write until the last PoP caught up."
+        ),
+        notes=notes,
+    )
