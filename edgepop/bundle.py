@@ -10,6 +10,7 @@ so deploying the same folder twice is one version, and a PoP can verify what it 
     durable_objects: {LIMITER: RateLimiter} # binding -> class (built in, or in worker.py)
     vars: {ORDER_SERVICE_URL: "http://origin/api/v1"}
     secrets: {API_KEY: "..."}               # like vars, but never listed
+    analytics: {ANALYTICS: checkout}        # binding -> dataset (write_data_point)
     limits: {cpu_ms: 50, subrequests: 50}
 """
 
@@ -37,7 +38,16 @@ SUBREQUESTS_MAX = 1000
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _BINDING_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PATH_RE = re.compile(r"[A-Za-z0-9_\-./]+\.(py|yaml|json|html|txt)")
-_CONFIG_FIELDS = {"name", "routes", "kv_namespaces", "durable_objects", "vars", "secrets", "limits"}
+_CONFIG_FIELDS = {
+    "name",
+    "routes",
+    "kv_namespaces",
+    "durable_objects",
+    "vars",
+    "secrets",
+    "analytics",
+    "limits",
+}
 
 
 class BundleError(ValueError):
@@ -71,6 +81,7 @@ class WorkerConfig:
     durable_objects: dict[str, str] = field(default_factory=dict)
     vars: dict[str, str] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)
+    analytics: dict[str, str] = field(default_factory=dict)
     cpu_ms: float = CPU_MS_DEFAULT
     subrequests: int = SUBREQUESTS_DEFAULT
 
@@ -137,6 +148,7 @@ def parse_config(raw_yaml: bytes) -> WorkerConfig:
         durable_objects=_string_map(raw.get("durable_objects"), "durable_objects", _BINDING_RE),
         vars=_string_map(raw.get("vars"), "vars", _BINDING_RE),
         secrets=_string_map(raw.get("secrets"), "secrets", _BINDING_RE),
+        analytics=_string_map(raw.get("analytics"), "analytics", _BINDING_RE),
         cpu_ms=float(cpu_ms),
         subrequests=subrequests,
     )

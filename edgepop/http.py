@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -21,9 +22,9 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def netem_middleware(
-    netem: NetworkEmulator,
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def netem_middleware(netem: NetworkEmulator) -> Any:
+    """An aiohttp middleware (typed Any: aiohttp's Middleware protocol rejects closures)."""
+
     @web.middleware
     async def emulate(request: web.Request, handler: Handler) -> web.StreamResponse:
         caller = caller_from_metadata(

@@ -192,6 +192,52 @@ class NodeMetrics:
             registry=registry,
         ).labels(node, region)
 
+        # Edge functions (workers) and the PoP's HTTP cache.
+        self.worker_requests = Counter(
+            "edge_worker_requests_total",
+            "HTTP requests answered by a worker at this PoP, by worker and status.",
+            (*labels, "worker", "status"),
+            registry=registry,
+        )
+        self.worker_cpu = Histogram(
+            "edge_worker_cpu_seconds",
+            "CPU time a worker's fetch used per request (its own steps, not waiting).",
+            (*labels, "worker"),
+            buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0),
+            registry=registry,
+        )
+        self.worker_cold_start = Histogram(
+            "edge_worker_cold_start_seconds",
+            "Time to load a worker version at this PoP (compile, import, bind).",
+            (*labels, "worker"),
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+            registry=registry,
+        )
+        self.worker_subrequests = Counter(
+            "edge_worker_subrequests_total",
+            "fetch() subrequests made by workers, by worker and cache result.",
+            (*labels, "worker", "cache"),
+            registry=registry,
+        )
+        self.cache_requests = Counter(
+            "edge_cache_requests_total",
+            "Lookups in this PoP's HTTP cache, by result (hit, miss).",
+            (*labels, "result"),
+            registry=registry,
+        )
+        self.analytics_points = Counter(
+            "edge_analytics_data_points_total",
+            "Analytics data points written by workers (write_data_point).",
+            (*labels, "worker", "dataset", "index", "blob"),
+            registry=registry,
+        )
+        self.analytics_value = Counter(
+            "edge_analytics_value_total",
+            "Sum of the first double of analytics data points.",
+            (*labels, "worker", "dataset", "index", "blob"),
+            registry=registry,
+        )
+
         # Origin HTTP application.
         self.origin_http_requests = Counter(
             "edge_origin_http_requests_total",

@@ -10,6 +10,7 @@ import grpc
 from edge.v1 import control_plane_pb2, control_plane_pb2_grpc, origin_pb2_grpc, pop_pb2
 from edge.v1 import pop_pb2_grpc as pb_grpc
 from edgepop.config import NodeConfig
+from edgepop.http import start_site
 from edgepop.kvstore import KvStore, Record
 from edgepop.lease import Lease
 from edgepop.lifecycle import Node
@@ -22,6 +23,8 @@ from pop_node.objects.router import ObjectRouter
 from pop_node.overlay import Overlay
 from pop_node.replication import STREAM_IDLE_TIMEOUT_S_DEFAULT, ReplicationClient
 from pop_node.service import PopService
+from pop_node.workers.ingress import build_app as build_ingress
+from pop_node.workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +76,14 @@ class PopNode(Node):
             classes=BUILTIN_CLASSES,
             env=None,
             lease=self._lease,
-            control_plane=self._control_plane_stub,
+            control_plane=self.control_plane_stub,
             internal_metadata=internal,
         )
         self.router = ObjectRouter(self.objects, self.name, self.region, self.token)
         self.kv = KvFrontend(self)
+        self.internal_metadata = internal
+        self.origin_http_address = ""
+        self.workers = WorkerRuntime(self)
 
     def _lease(self) -> Lease | None:
         if not self.config.control_plane_address:
@@ -86,13 +92,24 @@ class PopNode(Node):
             return Lease()
         return self.membership.lease
 
-    def _control_plane_stub(self) -> control_plane_pb2_grpc.ControlPlaneStub | None:
+    def control_plane_stub(self) -> control_plane_pb2_grpc.ControlPlaneStub | None:
         if not self.config.control_plane_address:
             return None
         if self._control_plane_channel is None:
             self._control_plane_channel = channel(self.config.control_plane_address)
             self._cp_stub = control_plane_pb2_grpc.ControlPlaneStub(self._control_plane_channel)
         return self._cp_stub
+
+    async def start_extra_servers(self) -> None:
+        """HTTP ingress: requests for the workers, with the same emulated delay as gRPC."""
+        self._http_runner, port = await start_site(
+            build_ingress(self), self.config.host, self.config.http_port
+        )
+        self.http_address = f"{self.config.host}:{port}"
+
+    async def stop_extra_servers(self) -> None:
+        if getattr(self, "_http_runner", None) is not None:
+            await self._http_runner.cleanup()
 
     def add_services(self, server: grpc.aio.Server) -> list[str]:
         pb_grpc.add_PopServicer_to_server(PopService(self), server)
@@ -101,8 +118,10 @@ class PopNode(Node):
     async def on_serving(self) -> None:
         self.spawn(self.replication.run(), "replication")
         self.spawn(self.objects.run(), "objects")
+        self.spawn(self.workers.run(), "workers")
 
     async def on_drain(self) -> None:
+        await self.workers.close()
         await self.objects.close()
         await self.replication.close()
         if self._control_plane_channel is not None:
@@ -137,3 +156,6 @@ class PopNode(Node):
             if is_origin and info.grpc_address != self.origin_address:
                 log.info("origin address is now %s", info.grpc_address)
                 self.origin_address = info.grpc_address
+            if is_origin and info.http_address:
+                self.origin_http_address = info.http_address
+        self.workers.on_topology(topology)

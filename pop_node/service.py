@@ -79,6 +79,8 @@ class PopService(pb_grpc.PopServicer):
             lag_seconds=replication.lag_seconds(),
             replicating=replication.connected,
             overlay_entries=len(self.node.overlay),
+            workers=self.node.workers.loaded(),
+            http_address=self.node.http_address,
         )
 
     @rpc(internal=True)

@@ -1,0 +1,234 @@
+"""What a worker's `env` holds: KV namespaces, Durable Object namespaces, vars, secrets,
+analytics datasets. Bindings call the PoP's own frontends (the same code as the gRPC API),
+so a worker's KV read is a local replica read and its object calls are routed like any.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from edge.v1 import kv_pb2, objects_pb2
+from edgepop import objectid
+from edgepop.bundle import WorkerConfig
+from edgepop.errors import EdgeError
+from edgepop.metrics import NodeMetrics
+
+if TYPE_CHECKING:
+    from pop_node.kv import KvFrontend
+    from pop_node.objects.router import ObjectRouter
+
+CONSISTENCY = {
+    "eventual": kv_pb2.CONSISTENCY_EVENTUAL,
+    "bookmark": kv_pb2.CONSISTENCY_BOOKMARK,
+    "strong": kv_pb2.CONSISTENCY_STRONG,
+}
+# Distinct analytics label values kept per process before the rest become "other".
+ANALYTICS_LABEL_VALUES_MAX = 100
+BINDING_CALL_TIMEOUT_S = 10.0
+
+
+def _decode(value: bytes, kind: str) -> Any:
+    if kind == "text":
+        return value.decode()
+    if kind == "json":
+        return json.loads(value)
+    if kind in ("bytes", "arrayBuffer", "arraybuffer"):
+        return value
+    raise ValueError(f"unknown type {kind!r} (text, json or bytes)")
+
+
+class KvBinding:
+    """`env.MY_KV`: Workers KV on this PoP (reads local, writes through the origin)."""
+
+    def __init__(self, frontend: KvFrontend, namespace: str) -> None:
+        self._kv = frontend
+        self.namespace = namespace
+
+    async def get(
+        self, key: str, type: str = "text", *, consistency: str = "eventual", min_seq: int = 0
+    ) -> Any:
+        found = await self.get_with_metadata(key, type, consistency=consistency, min_seq=min_seq)
+        return found["value"]
+
+    async def get_with_metadata(
+        self, key: str, type: str = "text", *, consistency: str = "eventual", min_seq: int = 0
+    ) -> dict[str, Any]:
+        response = await self._kv.get(
+            kv_pb2.KvGetRequest(
+                namespace=self.namespace,
+                key=key,
+                consistency=CONSISTENCY[consistency],
+                min_seq=min_seq,
+            ),
+            BINDING_CALL_TIMEOUT_S,
+        )
+        if not response.found:
+            return {"value": None, "metadata": None}
+        metadata = json.loads(response.metadata_json) if response.metadata_json else None
+        return {"value": _decode(response.value, type), "metadata": metadata}
+
+    async def put(
+        self,
+        key: str,
+        value: str | bytes,
+        *,
+        expiration: int = 0,
+        expiration_ttl: int = 0,
+        metadata: Any = None,
+    ) -> int:
+        response = await self._kv.put(
+            kv_pb2.KvPutRequest(
+                namespace=self.namespace,
+                key=key,
+                value=value.encode() if isinstance(value, str) else value,
+                metadata_json=json.dumps(metadata) if metadata is not None else "",
+                expiration=expiration,
+                expiration_ttl=expiration_ttl,
+            ),
+            BINDING_CALL_TIMEOUT_S,
+        )
+        return int(response.seq)
+
+    async def delete(self, key: str) -> int:
+        response = await self._kv.delete(
+            kv_pb2.KvDeleteRequest(namespace=self.namespace, key=key), BINDING_CALL_TIMEOUT_S
+        )
+        return int(response.seq)
+
+    async def list(
+        self, *, prefix: str = "", limit: int = 1000, cursor: str = ""
+    ) -> dict[str, Any]:
+        response = await self._kv.list(
+            kv_pb2.KvListRequest(
+                namespace=self.namespace, prefix=prefix, limit=limit, cursor=cursor
+            ),
+            BINDING_CALL_TIMEOUT_S,
+        )
+        return {
+            "keys": [
+                {
+                    "name": key.name,
+                    "expiration": key.expiration or None,
+                    "metadata": json.loads(key.metadata_json) if key.metadata_json else None,
+                }
+                for key in response.keys
+            ],
+            "list_complete": response.list_complete,
+            "cursor": response.cursor,
+        }
+
+
+class ObjectStub:
+    """A handle on one object: `await stub.call("increment", by=2)`, or `stub.increment(by=2)`."""
+
+    def __init__(self, binding: ObjectNamespaceBinding, object_id: str) -> None:
+        self._binding = binding
+        self.id = object_id
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if args and kwargs:
+            raise ValueError("pass positional or keyword arguments, not both")
+        payload = json.dumps(list(args) if args else kwargs)
+        router = self._binding.router
+        response = await router.call(
+            objects_pb2.ObjectCallRequest(
+                namespace=self._binding.namespace, id=self.id, method=method, args_json=payload
+            ),
+            caller_region=router.region,
+            time_remaining=BINDING_CALL_TIMEOUT_S,
+        )
+        return json.loads(response.result_json)
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        async def invoke(*args: Any, **kwargs: Any) -> Any:
+            return await self.call(method, *args, **kwargs)
+
+        return invoke
+
+
+class ObjectNamespaceBinding:
+    """`env.MY_OBJECTS`: ids and stubs for one Durable Object class namespace."""
+
+    def __init__(self, router: ObjectRouter, namespace: str) -> None:
+        self.router = router
+        self.namespace = namespace
+
+    def id_from_name(self, name: str) -> str:
+        return objectid.id_from_name(self.namespace, name).hex()
+
+    def new_unique_id(self) -> str:
+        return objectid.new_unique_id(self.namespace).hex()
+
+    def id_from_string(self, text: str) -> str:
+        return objectid.id_from_string(self.namespace, text).hex()
+
+    def get(self, object_id: str) -> ObjectStub:
+        return ObjectStub(self, object_id)
+
+
+class AnalyticsBinding:
+    """`env.ANALYTICS.write_data_point(blobs=[...], doubles=[...], indexes=[...])`.
+
+    Exported as metrics: a counter per (dataset, first index, first blob) and the sum of
+    the first double. Label values are capped so a worker cannot explode cardinality.
+    """
+
+    def __init__(self, metrics: NodeMetrics, worker: str, dataset: str) -> None:
+        self._metrics = metrics
+        self.worker = worker
+        self.dataset = dataset
+        self._seen: set[tuple[str, str]] = set()
+
+    def write_data_point(
+        self,
+        blobs: list[str] | None = None,
+        doubles: list[float] | None = None,
+        indexes: list[str] | None = None,
+    ) -> None:
+        index = str(indexes[0]) if indexes else ""
+        blob = str(blobs[0]) if blobs else ""
+        if (index, blob) not in self._seen:
+            if len(self._seen) >= ANALYTICS_LABEL_VALUES_MAX:
+                index, blob = "other", "other"
+            else:
+                self._seen.add((index, blob))
+        labels = (self._metrics.node, self._metrics.region, self.worker, self.dataset, index, blob)
+        self._metrics.analytics_points.labels(*labels).inc()
+        if doubles:
+            self._metrics.analytics_value.labels(*labels).inc(float(doubles[0]))
+
+
+class Env:
+    """Attribute access to bindings, like `env.AUTH_CACHE` in a Cloudflare worker."""
+
+    def __init__(self, bindings: dict[str, Any]) -> None:
+        self.__dict__.update(bindings)
+
+    def __repr__(self) -> str:
+        return f"Env({sorted(self.__dict__)})"
+
+
+def build_env(
+    config: WorkerConfig,
+    *,
+    kv: KvFrontend,
+    router: ObjectRouter,
+    metrics: NodeMetrics,
+    known_classes: set[str],
+) -> Env:
+    bindings: dict[str, Any] = {}
+    bindings.update(config.vars)
+    bindings.update(config.secrets)
+    for binding, namespace in config.kv_namespaces.items():
+        bindings[binding] = KvBinding(kv, namespace)
+    for binding, class_name in config.durable_objects.items():
+        if class_name not in known_classes:
+            raise EdgeError(f"durable_objects.{binding}: no class {class_name!r}")
+        bindings[binding] = ObjectNamespaceBinding(router, class_name)
+    for binding, dataset in config.analytics.items():
+        bindings[binding] = AnalyticsBinding(metrics, config.name, dataset)
+    return Env(bindings)

@@ -1,0 +1,111 @@
+"""Load a worker bundle into this process, from memory, under its own package name.
+
+Each version gets a package `_edgepop_worker_<name>_<version[:12]>`: two versions of one
+worker live side by side (requests in flight finish on the old one), and the bundle's
+own modules import each other relatively (`from . import helpers`).
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import inspect
+import sys
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgepop.durable import DurableObject
+
+
+class WorkerLoadError(Exception):
+    """A bundle that cannot be loaded (syntax error, no fetch, import failure)."""
+
+
+class _BundleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def __init__(self, package: str, files: dict[str, bytes], label: str) -> None:
+        self.package = package
+        self.files = files
+        self.label = label
+
+    def _path_of(self, fullname: str) -> tuple[str, bool] | None:
+        if fullname == self.package:
+            return "__init__.py", True
+        if not fullname.startswith(self.package + "."):
+            return None
+        relative = fullname[len(self.package) + 1 :].replace(".", "/")
+        if f"{relative}.py" in self.files:
+            return f"{relative}.py", False
+        if f"{relative}/__init__.py" in self.files:
+            return f"{relative}/__init__.py", True
+        return None
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        found = self._path_of(fullname)
+        if found is None:
+            return None
+        file_path, is_package = found
+        spec = importlib.machinery.ModuleSpec(fullname, self, is_package=is_package)
+        spec.origin = f"<worker {self.label}>/{file_path}"
+        return spec
+
+    def create_module(self, spec: Any) -> None:
+        return None
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        found = self._path_of(module.__name__)
+        assert found is not None
+        file_path, is_package = found
+        if is_package:
+            module.__path__ = []
+        source = self.files.get(file_path, b"")
+        code = compile(source, f"<worker {self.label}>/{file_path}", "exec")
+        exec(code, module.__dict__)
+
+
+@dataclass
+class LoadedModule:
+    package: str
+    fetch: Callable[..., Any]
+    classes: dict[str, type[DurableObject]] = field(default_factory=dict)
+    finder: _BundleFinder | None = None
+
+    def unload(self) -> None:
+        if self.finder is not None and self.finder in sys.meta_path:
+            sys.meta_path.remove(self.finder)
+        for name in [
+            n for n in sys.modules if n == self.package or n.startswith(self.package + ".")
+        ]:
+            del sys.modules[name]
+
+
+def load_bundle(name: str, version: str, files: dict[str, bytes]) -> LoadedModule:
+    package = f"_edgepop_worker_{name.replace('-', '_')}_{version[:12]}"
+    finder = _BundleFinder(package, files, f"{name}@{version[:12]}")
+    sys.meta_path.insert(0, finder)
+    loaded = LoadedModule(package=package, fetch=lambda *a: None, finder=finder)
+    try:
+        import importlib
+
+        importlib.import_module(package)
+        module = importlib.import_module(f"{package}.worker")
+    except Exception as error:
+        loaded.unload()
+        raise WorkerLoadError(f"worker {name}: {type(error).__name__}: {error}") from error
+    fetch = getattr(module, "fetch", None)
+    if fetch is None or not inspect.iscoroutinefunction(fetch):
+        loaded.unload()
+        raise WorkerLoadError(
+            f"worker {name}: worker.py needs `async def fetch(request, env, ctx)`"
+        )
+    loaded.fetch = fetch
+    loaded.classes = {
+        member_name: member
+        for member_name, member in vars(module).items()
+        if inspect.isclass(member)
+        and issubclass(member, DurableObject)
+        and member is not DurableObject
+        and member.__module__ == module.__name__
+    }
+    return loaded

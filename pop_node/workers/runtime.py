@@ -1,0 +1,381 @@
+"""Workers at one PoP: load the active versions, route requests to them, run them metered.
+
+The control plane's topology push names each worker's active version. The runtime
+fetches a version it lacks (GetWorkerBundle), checks its hash, loads it under its own
+package name, binds its `env`, and then swaps it in: a request takes its version when
+it starts, so requests in flight finish on the old one. The time from fetch to swap
+without the network (compile, import, bind) is the cold start, measured per version.
+
+Each request runs under a CPU budget (`cpu.metered`) and a request scope (`worker_api.
+current`) that counts subrequests and gives `fetch` and `caches.default` to the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import grpc
+from multidict import CIMultiDict
+
+from edge.v1 import control_plane_pb2, control_plane_pb2_grpc, workers_pb2
+from edgepop.bundle import BundleError, Route, WorkerConfig, bundle_version, check_bundle
+from edgepop.netem import NODE_HEADER, REGION_HEADER, sent_at_metadata
+from edgepop.worker_api import ExecutionContext, Request, Response, current
+from pop_node.workers.bindings import Env, build_env
+from pop_node.workers.cache import HttpCache
+from pop_node.workers.cpu import CpuBudget, CpuLimitExceeded, Watchdog, metered
+from pop_node.workers.loader import LoadedModule, WorkerLoadError, load_bundle
+
+if TYPE_CHECKING:
+    from pop_node.node import PopNode
+
+log = logging.getLogger(__name__)
+
+# Hosts a worker's fetch() may reach: the origin application (the network is closed).
+ORIGIN_HOSTS = frozenset({"origin", "origin.internal", "api.origin"})
+SUBREQUEST_TIMEOUT_S = 30.0
+SUBREQUEST_BODY_BYTES_MAX = 25 * 1024 * 1024
+WAIT_UNTIL_TIMEOUT_S = 30.0
+BUNDLE_FETCH_TIMEOUT_S = 10.0
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host", "content-length"}
+)
+
+
+class WorkerError(Exception):
+    """A fault a worker caused (its subrequest limit, an unreachable host): a 1101."""
+
+
+@dataclass
+class WorkerVersion:
+    name: str
+    version: str
+    config: WorkerConfig
+    module: LoadedModule
+    env: Env
+    loaded_at: float
+    cold_start_s: float
+    in_flight: int = 0
+    retired: bool = False
+
+    def to_pb(self) -> workers_pb2.LoadedWorker:
+        return workers_pb2.LoadedWorker(
+            name=self.name,
+            version=self.version,
+            cold_start_ms=self.cold_start_s * 1000,
+            loaded_at=self.loaded_at,
+        )
+
+
+@dataclass
+class _Scope:
+    """The request scope behind `worker_api.fetch` and `caches.default`."""
+
+    runtime: WorkerRuntime
+    version: WorkerVersion
+    subrequests_left: int
+    waiting: list[Any] = field(default_factory=list)
+
+    async def fetch(self, request: Request) -> Response:
+        if self.subrequests_left <= 0:
+            raise WorkerError(
+                f"too many subrequests (limit {self.version.config.subrequests} per request)"
+            )
+        self.subrequests_left -= 1
+        return await self.runtime.subrequest(self.version.name, request)
+
+    @property
+    def cache(self) -> _CacheFacade:
+        return _CacheFacade(self.runtime)
+
+
+class _CacheFacade:
+    """`caches.default`: this PoP's HTTP cache, keyed by URL (and Vary)."""
+
+    def __init__(self, runtime: WorkerRuntime) -> None:
+        self._runtime = runtime
+
+    @staticmethod
+    def _request(request: Request | str) -> Request:
+        return request if isinstance(request, Request) else Request(request)
+
+    async def match(self, request: Request | str) -> Response | None:
+        return self._runtime.cache_lookup(self._request(request))
+
+    async def put(self, request: Request | str, response: Response) -> None:
+        body = await response.read()
+        self._runtime.cache_store(self._request(request), response.status, response.headers, body)
+
+    async def delete(self, request: Request | str) -> bool:
+        return self._runtime.cache.delete(self._request(request).url)
+
+
+class WorkerRuntime:
+    def __init__(self, node: PopNode) -> None:
+        self.node = node
+        self.metrics = node.metrics
+        self.versions: dict[str, WorkerVersion] = {}
+        self.routes: list[tuple[Route, str]] = []
+        self.cache = HttpCache()
+        self._desired: dict[str, str] = {}
+        self._reconcile_wanted = asyncio.Event()
+        self._watchdog: Watchdog | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._failed: dict[tuple[str, str], str] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._watchdog = Watchdog()
+        while True:
+            await self._reconcile_wanted.wait()
+            self._reconcile_wanted.clear()
+            await self._reconcile()
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        if self._session is not None:
+            await self._session.close()
+        if self._watchdog is not None:
+            self._watchdog.close()
+
+    def on_topology(self, topology: control_plane_pb2.Topology) -> None:
+        desired = {worker.name: worker.version for worker in topology.workers}
+        if desired != self._desired:
+            self._desired = desired
+            self._reconcile_wanted.set()
+
+    # -- loading ---------------------------------------------------------------------------
+
+    async def _reconcile(self) -> None:
+        for name, version in list(self._desired.items()):
+            current_version = self.versions.get(name)
+            if current_version is not None and current_version.version == version:
+                continue
+            if (name, version) in self._failed:
+                continue
+            try:
+                loaded = await self._load(name, version)
+            except (BundleError, WorkerLoadError, grpc.aio.AioRpcError) as error:
+                reason = error.details() if isinstance(error, grpc.aio.AioRpcError) else str(error)
+                self._failed[(name, version)] = str(reason)
+                log.error("cannot load worker %s %s: %s", name, version[:12], reason)
+                continue
+            self._swap(loaded)
+        for name in [n for n in self.versions if n not in self._desired]:
+            self._retire(self.versions.pop(name))
+        self._rebuild_routes()
+
+    async def _load(self, name: str, version: str) -> WorkerVersion:
+        stub = self.node.control_plane_stub()
+        if stub is None:
+            raise WorkerLoadError("no control plane to fetch the bundle from")
+        response = await stub.GetWorkerBundle(
+            workers_pb2.GetWorkerBundleRequest(name=name, version=version),
+            metadata=self.node.internal_metadata,
+            timeout=BUNDLE_FETCH_TIMEOUT_S,
+        )
+        started = time.perf_counter()
+        if bundle_version(response.bundle) != version:
+            raise WorkerLoadError(f"bundle of {name} does not hash to {version[:12]}")
+        config = check_bundle(response.bundle)
+        files = {file.path: bytes(file.content) for file in response.bundle.files}
+        module = await asyncio.to_thread(load_bundle, name, version, files)
+        for class_name, cls in module.classes.items():
+            self.node.objects.classes[class_name] = cls
+        env = build_env(
+            config,
+            kv=self.node.kv,
+            router=self.node.router,
+            metrics=self.metrics,
+            known_classes=set(self.node.objects.classes),
+        )
+        cold_start_s = time.perf_counter() - started
+        self.metrics.worker_cold_start.labels(self.metrics.node, self.metrics.region, name).observe(
+            cold_start_s
+        )
+        log.info("loaded worker %s %s in %.1f ms", name, version[:12], cold_start_s * 1000)
+        return WorkerVersion(name, version, config, module, env, time.time(), cold_start_s)
+
+    def _swap(self, loaded: WorkerVersion) -> None:
+        previous = self.versions.get(loaded.name)
+        self.versions[loaded.name] = loaded
+        if previous is not None:
+            self._retire(previous)
+
+    def _retire(self, version: WorkerVersion) -> None:
+        """Unload a version once its last request finished."""
+        version.retired = True
+        if version.in_flight == 0:
+            version.module.unload()
+
+    def _rebuild_routes(self) -> None:
+        routes = [
+            (route, name)
+            for name, version in self.versions.items()
+            for route in version.config.routes
+        ]
+        routes.sort(key=lambda item: item[0].specificity, reverse=True)
+        self.routes = routes
+
+    def match(self, host: str, path: str) -> WorkerVersion | None:
+        for route, name in self.routes:
+            if route.matches(host, path):
+                return self.versions.get(name)
+        # `<name>.workers.dev` reaches a worker without a route, as on Cloudflare.
+        if host.endswith(".workers.dev"):
+            return self.versions.get(host[: -len(".workers.dev")])
+        return None
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def handle(self, version: WorkerVersion, request: Request) -> tuple[Response, str]:
+        """Run the worker; returns its response and an error code ("" when none)."""
+        assert self._watchdog is not None
+        version.in_flight += 1
+        budget = CpuBudget(version.config.cpu_ms / 1000.0)
+        scope = _Scope(self, version, version.config.subrequests)
+        context = ExecutionContext()
+        token = current.set(scope)
+        error_code = ""
+        try:
+            response = await metered(
+                version.module.fetch(request, version.env, context), budget, self._watchdog
+            )
+            if not isinstance(response, Response):
+                raise WorkerError(f"fetch returned {type(response).__name__}, not a Response")
+        except CpuLimitExceeded:
+            error_code = "1102"
+            response = Response(
+                "error code: 1102\nWorker exceeded resource limits\n",
+                status=503,
+                headers={"cf-error-code": "1102"},
+            )
+        except Exception:
+            log.exception("worker %s raised", version.name)
+            error_code = "1101"
+            response = Response(
+                "error code: 1101\nWorker threw exception\n",
+                status=500,
+                headers={"cf-error-code": "1101"},
+            )
+        finally:
+            current.reset(token)
+            version.in_flight -= 1
+            if version.retired and version.in_flight == 0:
+                version.module.unload()
+            self.metrics.worker_cpu.labels(
+                self.metrics.node, self.metrics.region, version.name
+            ).observe(budget.used_s)
+        for work in context.pending:
+            self._spawn_background(work, scope)
+        return response, error_code
+
+    def _spawn_background(self, work: Any, scope: _Scope) -> None:
+        async def run() -> None:
+            token = current.set(scope)
+            try:
+                await asyncio.wait_for(work, WAIT_UNTIL_TIMEOUT_S)
+            except Exception:
+                log.exception("wait_until work of %s failed", scope.version.name)
+            finally:
+                current.reset(token)
+
+        task = asyncio.ensure_future(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- subrequests and the cache --------------------------------------------------------
+
+    def cache_lookup(self, request: Request) -> Response | None:
+        entry = self.cache.match(request.url, request.headers, time.time())
+        result = "hit" if entry is not None else "miss"
+        self.metrics.cache_requests.labels(self.metrics.node, self.metrics.region, result).inc()
+        if entry is None:
+            return None
+        response = Response(entry.body, status=entry.status, headers=list(entry.headers))
+        response.headers["cf-cache-status"] = "HIT"
+        response.headers["Age"] = str(int(time.time() - entry.stored_at))
+        return response
+
+    def cache_store(
+        self, request: Request, status: int, headers: CIMultiDict[str], body: bytes
+    ) -> bool:
+        return self.cache.put(
+            request.url, request.headers, status, list(headers.items()), body, time.time()
+        )
+
+    def _origin_url(self, request: Request) -> str:
+        host = request.host
+        if host not in ORIGIN_HOSTS:
+            raise WorkerError(
+                f"subrequests reach only the origin (http://origin/...), not {host!r}"
+            )
+        address = self.node.origin_http_address
+        if not address:
+            raise WorkerError("the origin's HTTP address is not known yet")
+        query = request.url.split("?", 1)[1] if "?" in request.url else ""
+        return f"http://{address}{request.path}" + (f"?{query}" if query else "")
+
+    async def subrequest(self, worker: str, request: Request) -> Response:
+        """A worker's fetch(): through this PoP's cache for GET, else to the origin."""
+        cacheable = request.method in ("GET", "HEAD")
+        if cacheable:
+            cached = self.cache_lookup(request)
+            if cached is not None:
+                self._count_subrequest(worker, "hit")
+                return cached
+        url = self._origin_url(request)
+        headers = CIMultiDict(
+            (key, value) for key, value in request.headers.items() if key.lower() not in HOP_BY_HOP
+        )
+        headers[REGION_HEADER] = self.node.region
+        headers[NODE_HEADER] = self.node.name
+        name, value = sent_at_metadata()
+        headers[name] = value
+        session = self._client()
+        async with session.request(
+            request.method,
+            url,
+            headers=headers,
+            data=request.body or None,
+            timeout=aiohttp.ClientTimeout(total=SUBREQUEST_TIMEOUT_S),
+            allow_redirects=False,
+        ) as upstream:
+            body = await upstream.content.read(SUBREQUEST_BODY_BYTES_MAX + 1)
+            if len(body) > SUBREQUEST_BODY_BYTES_MAX:
+                raise WorkerError("subrequest response is over 25 MiB")
+            response_headers = CIMultiDict(
+                (k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP
+            )
+            response = Response(body, status=upstream.status, headers=response_headers)
+        stored = cacheable and self.cache_store(request, response.status, response.headers, body)
+        response.headers["cf-cache-status"] = "MISS" if stored else "DYNAMIC"
+        self._count_subrequest(worker, "miss" if cacheable else "bypass")
+        return response
+
+    def _count_subrequest(self, worker: str, cache: str) -> None:
+        self.metrics.worker_subrequests.labels(
+            self.metrics.node, self.metrics.region, worker, cache
+        ).inc()
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256, enable_cleanup_closed=True)
+            )
+        return self._session
+
+    def loaded(self) -> list[workers_pb2.LoadedWorker]:
+        return [version.to_pb() for version in self.versions.values()]
+
+
+StubGetter = Callable[[], control_plane_pb2_grpc.ControlPlaneStub | None]

@@ -1,0 +1,22 @@
+"""The seed's rate limiter: exact counts, because one object owns each client's window."""
+
+from edgepop import worker_api as edge
+
+
+def client_key(request: edge.Request) -> str:
+    return request.headers.get("X-Client-Id") or request.headers.get("CF-Connecting-IP", "anon")
+
+
+async def fetch(request: edge.Request, env, ctx) -> edge.Response:
+    key = client_key(request)
+    limiter = env.LIMITER.get(env.LIMITER.id_from_name(key))
+    verdict = await limiter.check(key=key, limit=int(env.LIMIT), window_s=float(env.WINDOW_S))
+    headers = {
+        "X-RateLimit-Limit": str(verdict["limit"]),
+        "X-RateLimit-Remaining": str(verdict["remaining"]),
+        "X-RateLimit-Reset": verdict["reset_at_iso"],
+    }
+    if not verdict["allowed"]:
+        headers["Retry-After"] = str(verdict["retry_after_s"])
+        return edge.Response("Rate limit exceeded", status=429, headers=headers)
+    return edge.Response("OK", headers=headers)
