@@ -209,6 +209,30 @@ class NetworkEmulator:
         await sleep_until(sent_at + delay)
 
     async def delay_stream(self, leg: Leg, messages: AsyncIterator[T]) -> AsyncIterator[T]:
+        """Deliver each message over `leg` at its own due time (see `_delay_line`).
+
+        A link with no delay and no fault passes messages straight through (no task, no
+        queue): the common case costs nothing. If a fault appears mid-stream, a partition
+        holds the stream, and a delay switches the rest of it onto the delay line.
+        """
+        if leg.base_s > 0:
+            async for message in self._delay_line(leg, messages):
+                yield message
+            return
+        iterator = aiter(messages)
+        async for message in iterator:
+            fault = self.fault(leg)
+            if fault is not None:
+                if fault.partitioned:
+                    await self.wait_connected(leg, None, forever=True)
+                    fault = self.fault(leg)
+                if fault is not None and (fault.delay_ms or fault.jitter_ms or fault.loss):
+                    async for delayed in self._delay_line(leg, _prepend(message, iterator)):
+                        yield delayed
+                    return
+            yield message
+
+    async def _delay_line(self, leg: Leg, messages: AsyncIterator[T]) -> AsyncIterator[T]:
         """Deliver each message over `leg` at its own due time, without serialising waits.
 
         A producer task stamps each message with when it was produced; this generator
@@ -262,6 +286,12 @@ class NetworkEmulator:
                 await producer
 
 
+async def _prepend(first: T, rest: AsyncIterator[T]) -> AsyncIterator[T]:
+    yield first
+    async for item in rest:
+        yield item
+
+
 class _ByteBudget:
     """Bytes a delay line may hold; `take` waits for room (one message always fits)."""
 
@@ -282,5 +312,7 @@ class _ByteBudget:
 
 
 def _size_of(message: object) -> int:
+    if isinstance(message, bytes):
+        return len(message)
     byte_size = getattr(message, "ByteSize", None)
     return int(byte_size()) if byte_size is not None else 0

@@ -231,3 +231,37 @@ def client_metadata(
     if token:
         metadata.append((AUTHORIZATION_HEADER, f"Bearer {token}"))
     return tuple(metadata)
+
+
+def _serialize_or_pass(message: Any) -> bytes:
+    return message if isinstance(message, bytes) else bytes(message.SerializeToString())
+
+
+class PreEncodedStreams:
+    """Register a servicer so that some streaming methods may yield pre-encoded bytes.
+
+    Use as the `server` argument of a generated `add_XServicer_to_server`: for the named
+    methods the response serializer passes `bytes` through unchanged (and serializes
+    messages as usual). The origin encodes each range of its log once and sends the same
+    bytes to every subscriber, instead of decoding and encoding it per subscriber.
+    """
+
+    def __init__(self, server: grpc.aio.Server, methods: frozenset[str]) -> None:
+        self._server = server
+        self._methods = methods
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        # Registered handlers take precedence over generic ones for the same method.
+        patched = {}
+        for name, handler in handlers.items():
+            if name in self._methods:
+                handler = grpc.unary_stream_rpc_method_handler(
+                    handler.unary_stream,
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=_serialize_or_pass,
+                )
+            patched[name] = handler
+        self._server.add_registered_method_handlers(service, patched)

@@ -15,6 +15,7 @@ from edgepop.config import NodeConfig
 from edgepop.http import start_site
 from edgepop.kvstore import KvStore
 from edgepop.lifecycle import Node
+from edgepop.rpc import PreEncodedStreams
 from edgepop.storage import Storage
 from origin_node.app import SigningKeys, build_app
 from origin_node.committer import Committer
@@ -73,7 +74,10 @@ class OriginNode(Node):
             await self._http_runner.cleanup()
 
     def add_services(self, server: grpc.aio.Server) -> list[str]:
-        pb_grpc.add_OriginServicer_to_server(OriginService(self), server)
+        pb_grpc.add_OriginServicer_to_server(
+            OriginService(self),
+            PreEncodedStreams(server, frozenset({"Subscribe"})),
+        )
         return [origin_pb2.DESCRIPTOR.services_by_name["Origin"].full_name]
 
     async def on_serving(self) -> None:

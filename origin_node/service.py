@@ -108,12 +108,12 @@ class OriginService(pb_grpc.OriginServicer):
     @rpc(internal=True)
     async def Subscribe(
         self, request: origin_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[origin_pb2.SubscribeResponse]:
+    ) -> AsyncIterator[origin_pb2.SubscribeResponse | bytes]:
         self.node.subscribers += 1
         self.node.metrics.kv_subscribers.set(self.node.subscribers)
         try:
             async for message in self.node.stream.messages(request.from_seq):
-                if message.HasField("snapshot") and message.snapshot.last:
+                if not isinstance(message, bytes) and message.snapshot.last:
                     self.node.metrics.kv_snapshots.inc()
                 yield message
         finally:

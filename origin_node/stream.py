@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 from edge.v1 import origin_pb2
@@ -21,6 +23,31 @@ from origin_node.writelog import WriteLog
 BATCH_ENTRIES_MAX = 2000
 BATCH_BYTES_MAX = 4 * 1024 * 1024
 STREAM_HEARTBEAT_INTERVAL_S_DEFAULT = 0.1
+# Encoded log ranges kept for subscribers at the same position (they usually are).
+ENCODED_RANGES_MAX = 256
+_ENTRY_TAG = b"\x0a"  # SubscribeResponse.entries: field 1, length-delimited
+_HEAD_TAG = b"\x10"  # head_seq: field 2, varint
+_TIME_TAG = b"\x19"  # origin_time: field 3, 64-bit
+_DOUBLE = struct.Struct("<d")
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_entries(raw_entries: list[bytes]) -> bytes:
+    """The `entries` field of a SubscribeResponse, from stored (serialized) LogEntries."""
+    return b"".join(_ENTRY_TAG + _varint(len(raw)) + raw for raw in raw_entries)
+
+
+def encode_position(head_seq: int, origin_time: float) -> bytes:
+    """The `head_seq` and `origin_time` fields of a SubscribeResponse."""
+    return _HEAD_TAG + _varint(head_seq) + _TIME_TAG + _DOUBLE.pack(origin_time)
 
 
 class HeadWatch:
@@ -56,8 +83,25 @@ class ReplicationStream:
         self.log = log
         self.head = head
         self.heartbeat_interval_s = heartbeat_interval_s
+        # from_seq -> (last seq, encoded entries): shared by every subscriber at from_seq.
+        self._ranges: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
 
-    async def messages(self, from_seq: int) -> AsyncIterator[origin_pb2.SubscribeResponse]:
+    def _encoded_range(self, txn: object, from_seq: int) -> tuple[int, bytes] | None:
+        cached = self._ranges.get(from_seq)
+        if cached is not None:
+            self._ranges.move_to_end(from_seq)
+            return cached
+        raw = self.log.read_raw(txn, from_seq, BATCH_ENTRIES_MAX, BATCH_BYTES_MAX)
+        if not raw:
+            return None
+        encoded = (from_seq + len(raw) - 1, encode_entries(raw))
+        self._ranges[from_seq] = encoded
+        if len(self._ranges) > ENCODED_RANGES_MAX:
+            self._ranges.popitem(last=False)
+        return encoded
+
+    async def messages(self, from_seq: int) -> AsyncIterator[origin_pb2.SubscribeResponse | bytes]:
+        """Stream messages; batches of entries come pre-encoded (bytes), the rest as messages."""
         next_seq = max(from_seq, 1)
         with self.store.storage.read() as txn:
             head, first = self.log.positions(txn)
@@ -71,22 +115,18 @@ class ReplicationStream:
             origin_time = time.time()
             with self.store.storage.read() as txn:
                 head, first = self.log.positions(txn)
-                if next_seq < first:
-                    # Fell behind the truncation point while connected: start over.
-                    entries = []
-                else:
-                    entries = self.log.read(txn, next_seq, BATCH_ENTRIES_MAX, BATCH_BYTES_MAX)
+                batch = None if next_seq < first else self._encoded_range(txn, next_seq)
             if next_seq < first:
+                # Fell behind the truncation point while connected: start over.
                 async for message in self.snapshot():
                     yield message
                     if message.snapshot.last:
                         next_seq = message.snapshot.snapshot_seq + 1
                 continue
-            if entries:
-                next_seq = entries[-1].seq + 1
-                yield origin_pb2.SubscribeResponse(
-                    entries=entries, head_seq=head, origin_time=origin_time
-                )
+            if batch is not None:
+                last_seq, encoded = batch
+                next_seq = last_seq + 1
+                yield encoded + encode_position(head, origin_time)
                 if next_seq <= head:
                     continue  # more is pending: keep sending
             else:

@@ -113,12 +113,19 @@ class WriteLog:
         self, txn: Any, from_seq: int, entries_max: int, bytes_max: int
     ) -> list[kv_pb2.LogEntry]:
         """Consecutive entries from `from_seq`, bounded by count and bytes (at least one)."""
-        entries: list[kv_pb2.LogEntry] = []
+        return [
+            kv_pb2.LogEntry.FromString(raw)
+            for raw in self.read_raw(txn, from_seq, entries_max, bytes_max)
+        ]
+
+    def read_raw(self, txn: Any, from_seq: int, entries_max: int, bytes_max: int) -> list[bytes]:
+        """The same as `read`, as the stored (serialized) entries."""
+        entries: list[bytes] = []
         size = 0
         for raw in self._raw_from(txn, from_seq):
             if entries and (len(entries) >= entries_max or size + len(raw) > bytes_max):
                 break
-            entries.append(kv_pb2.LogEntry.FromString(raw))
+            entries.append(raw)
             size += len(raw)
         return entries
 
