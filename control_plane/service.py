@@ -147,6 +147,10 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
     ) -> pb.ClearFaultsResponse:
         if bool(request.from_region) != bool(request.to_region):
             raise InvalidArgumentError("give both regions of the pair, or neither to clear all")
+        topology = self.node.config.topology
+        for region in (request.from_region, request.to_region):
+            if region and not topology.has_region(region):
+                raise InvalidArgumentError(f"unknown region {region!r}")
         self.node.faults.clear(request.from_region, request.to_region, request.one_way)
         await self.node.faults_changed()
         return pb.ClearFaultsResponse(faults=[fault_to_pb(f) for f in self.node.faults.all()])

@@ -2,10 +2,12 @@
 
 A command never guesses addresses: the control plane's address comes from the data
 dir's `cluster.json` (or `--control-plane`), every other node's from
-`ControlPlane.ListNodes` / `Route`. KV calls say where the caller is with
-`x-edge-region`, so the receiving node applies the emulated round trip, and each call is
-timed on its own (after the channel is connected) so the latency a user sees is the
-one the platform produces, not TCP setup or Python start-up.
+`ControlPlane.ListNodes` / `Route`. KV and status calls say where the caller is with
+`x-edge-region`, so the receiving node applies the emulated round trip, and stamp
+`x-edge-sent-at` per call so the node counts the loopback transport against that round
+trip. Each call is timed on its own (after the channel is connected) so the latency a
+user sees is the one the platform produces, not TCP setup or Python start-up. Admin
+calls (link faults) carry the cluster token read from the data dir.
 
 `ClusterMonitor` gathers what the foreground `cluster up` shows each second. Each
 node is probed in a thread pool with a short deadline, so one slow or dead node leaves
@@ -33,6 +35,7 @@ from edge.v1 import control_plane_pb2_grpc as cp_grpc
 from edge.v1 import kv_pb2, origin_pb2, origin_pb2_grpc, pop_pb2, pop_pb2_grpc
 from edgectl.launcher import Cluster, NodeState, pid_alive
 from edgepop.auth import TOKEN_FILE_NAME
+from edgepop.netem import sent_at_metadata
 from edgepop.rpc import CHANNEL_OPTIONS, client_metadata
 
 RPC_TIMEOUT_S_DEFAULT = 10.0
@@ -53,6 +56,7 @@ ROLE_NAMES = {
 
 T = TypeVar("T")
 KvStub = pop_pb2_grpc.PopStub | origin_pb2_grpc.OriginStub
+StatusResponse = pop_pb2.PopStatusResponse | origin_pb2.OriginStatusResponse
 
 
 class CliError(Exception):
@@ -103,10 +107,13 @@ class EdgeClient:
         *,
         token: str | None = None,
         timeout_s: float = RPC_TIMEOUT_S_DEFAULT,
+        token_file: Path | None = None,
     ) -> None:
         self.control_plane_address = control_plane_address
         self.token = token
         self.timeout_s = timeout_s
+        # Where the token was looked for: named in the error when an admin call lacks it.
+        self.token_file = token_file
         self._channels: dict[str, grpc.Channel] = {}
 
     @classmethod
@@ -124,7 +131,7 @@ class EdgeClient:
         if control_plane is None:
             node = Cluster.open(data_dir).control_plane
             control_plane = node.grpc_address or f"127.0.0.1:{node.grpc_port}"
-        return cls(control_plane, token=token, timeout_s=timeout_s)
+        return cls(control_plane, token=token, timeout_s=timeout_s, token_file=token_file)
 
     def __enter__(self) -> EdgeClient:
         return self
@@ -178,6 +185,31 @@ class EdgeClient:
             self._control_plane().Route, cp_pb2.RouteRequest(region=region), "control plane"
         )
         return route
+
+    def _admin_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The bearer token for admin calls; a clear error instead of UNAUTHENTICATED."""
+        if not self.token:
+            where = f" at {self.token_file}" if self.token_file else ""
+            raise CliError(
+                "UNAUTHENTICATED",
+                f"no cluster token{where}: this command needs the token a cluster makes in "
+                "its data dir at first start (give that cluster's --data-dir)",
+            )
+        return client_metadata(token=self.token)
+
+    def set_link_fault(self, request: cp_pb2.SetLinkFaultRequest) -> list[cp_pb2.LinkFault]:
+        """Merge a fault into a region pair; every fault in force afterwards."""
+        response: cp_pb2.SetLinkFaultResponse = self._call(
+            self._control_plane().SetLinkFault, request, "control plane", self._admin_metadata()
+        )
+        return list(response.faults)
+
+    def clear_faults(self, request: cp_pb2.ClearFaultsRequest) -> list[cp_pb2.LinkFault]:
+        """Heal one pair (or all); every fault still in force afterwards."""
+        response: cp_pb2.ClearFaultsResponse = self._call(
+            self._control_plane().ClearFaults, request, "control plane", self._admin_metadata()
+        )
+        return list(response.faults)
 
     def node_info(self, name: str) -> cp_pb2.NodeInfo:
         for info in self.list_nodes():
@@ -246,10 +278,27 @@ class EdgeClient:
         self, target: Target, pick: Callable[[KvStub], Callable[..., T]], request: object
     ) -> Timed[T]:
         method = pick(self._kv_stub(target))  # connects first: not part of the latency
-        metadata = client_metadata(target.caller_region)
+        region = client_metadata(target.caller_region)
+        # Stamped per call, last thing before sending: the node counts the time the
+        # request spent on loopback against the emulated delay, so that the latency
+        # measured here is the emulated RTT rather than RTT + transport.
+        metadata = (*region, sent_at_metadata()) if region else region
         started = time.perf_counter()
         response = self._call(method, request, target.name, metadata)
         return Timed(response, (time.perf_counter() - started) * 1000.0)
+
+    def status(self, target: Target) -> Timed[StatusResponse]:
+        """Pop.Status or Origin.Status from the target's caller region, timed.
+
+        The cheapest call a node answers: what `probe` times to measure the emulated
+        round trip rather than the cost of a handler.
+        """
+        if target.role == "origin":
+            request: object = origin_pb2.OriginStatusRequest()
+        else:
+            request = pop_pb2.PopStatusRequest()
+        timed: Timed[StatusResponse] = self._timed_kv(target, lambda stub: stub.Status, request)
+        return timed
 
     def kv_get(self, target: Target, request: kv_pb2.KvGetRequest) -> Timed[kv_pb2.KvGetResponse]:
         return self._timed_kv(target, lambda stub: stub.KvGet, request)

@@ -221,7 +221,9 @@ class Cluster:
             if self.base_port is not None:
                 node.grpc_port = self.base_port + 3 * index
                 node.metrics_port = self.base_port + 3 * index + 1
-                node.http_port = self.base_port + 3 * index + 2 if spec.role == "pop" else 0
+                node.http_port = (
+                    self.base_port + 3 * index + 2 if spec.role != "control_plane" else 0
+                )
             elif spec.role in ("control_plane", "origin"):
                 # Others are told these addresses up front, so all start at once.
                 node.grpc_port = free_port(self.host)

@@ -29,6 +29,7 @@ from rich.text import Text
 
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import kv_pb2
+from edgectl import net, probe
 from edgectl.client import NodeSample, Target, role_name
 
 # Piped output is not cut to 80 columns: a table of addresses must stay whole in a log.
@@ -234,4 +235,136 @@ def kv_list_table(keys: Sequence[kv_pb2.KvListKey]) -> Table:
     table.add_column("metadata")
     for key in keys:
         table.add_row(key.name, fmt_expiration(key.expiration), key.metadata_json)
+    return table
+
+
+# -- net -------------------------------------------------------------------------------
+
+
+def _heals_in(seconds: float | None) -> str:
+    return "until healed" if seconds is None else f"in {seconds:.1f} s"
+
+
+def faults_table(faults: Sequence[cp_pb2.LinkFault], now: float) -> Table:
+    """`net show`: the faults in force; a pair faulted alike both ways is one row."""
+    table = Table(
+        title="link faults in force",
+        title_justify="left",
+        caption="delay: extra one-way delay per message · jitter: std-dev per message · "
+        "loss: chance a message is lost (each loss +200 ms, doubling)",
+        caption_justify="left",
+    )
+    table.add_column("pair")
+    table.add_column("delay", justify="right")
+    table.add_column("jitter", justify="right")
+    table.add_column("loss", justify="right")
+    table.add_column("partitioned")
+    table.add_column("heals")
+    for row in net.fault_rows(faults):
+        fault = row.fault
+        table.add_row(
+            row.pair,
+            f"+{fault.delay_ms:g} ms" if fault.delay_ms else "",
+            f"{fault.jitter_ms:g} ms" if fault.jitter_ms else "",
+            f"{fault.loss * 100:.4g}%" if fault.loss else "",
+            Text("partitioned", style="red") if fault.partitioned else "",
+            _heals_in(net.heals_in_s(fault, now)),
+        )
+    return table
+
+
+def rtt_matrix_table(matrix: net.RttMatrix, faulted: set[frozenset[str]]) -> Table:
+    """`net show --matrix`: base RTT (ms) from a caller's region (row) to a server's."""
+    table = Table(
+        title="base round-trip time (ms), caller region -> server region",
+        title_justify="left",
+        caption=f"diagonal: a client to its own region's PoP (node to node within a site: "
+        f"{matrix.intra_site_rtt_ms:g} ms) · origin: {matrix.origin_region} · "
+        "* a fault adds to this pair now (net show)",
+        caption_justify="left",
+    )
+    table.add_column("from \\ to")
+    for region in matrix.regions:
+        table.add_column(region, justify="right")
+    for a in matrix.regions:
+        cells: list[RenderableType] = []
+        for b in matrix.regions:
+            rtt = matrix.rtt_ms.get((a, b))
+            text = "" if rtt is None else f"{rtt:.0f}" if rtt >= 10 else f"{rtt:.1f}"
+            if a == b:
+                cells.append(Text(text, style="dim"))
+            elif frozenset((a, b)) in faulted:
+                cells.append(Text(f"{text}*", style="yellow"))
+            else:
+                cells.append(text)
+        table.add_row(a, *cells)
+    return table
+
+
+# -- probe -----------------------------------------------------------------------------
+
+
+def probe_progress() -> Progress:
+    """`probe` progress: one bar per region (on stderr, gone once the table prints)."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("calls"),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=True,
+        disable=not stderr.is_terminal,
+    )
+
+
+def _deviation(measurement: probe.Measurement) -> Text:
+    pct = measurement.deviation_pct
+    text = f"{measurement.deviation_ms:+.1f}"
+    if pct is not None:
+        text += f" ({pct:+.1f}%)"
+    return Text(text, style="green" if measurement.within_tolerance else "red")
+
+
+def probe_table(results: Sequence[probe.RegionResult]) -> Table:
+    """The seed's table, measured: medians against the topology's targets."""
+    origin_region = results[0].origin_region if results else ""
+    calls = len(results[0].edge.samples_ms) if results else 0
+    table = Table(
+        title=f"round-trip latency by region: median of {calls} calls (ms)",
+        title_justify="left",
+        caption="dev: median - target · ok: within max(1 ms, 5%) of the target · "
+        f"{probe.SEQUENTIAL_CALLS} calls: saving of {probe.SEQUENTIAL_CALLS} sequential calls",
+        caption_justify="left",
+    )
+    table.add_column("user in")
+    table.add_column("PoP")
+    table.add_column(f"origin: {origin_region}", justify="right")
+    table.add_column("target", justify="right")
+    table.add_column("dev", justify="right")
+    table.add_column("edge PoP", justify="right")
+    table.add_column("target", justify="right")
+    table.add_column("dev", justify="right")
+    table.add_column("saving", justify="right")
+    table.add_column(f"{probe.SEQUENTIAL_CALLS} calls", justify="right")
+    table.add_column("ok")
+    for result in results:
+        pop = result.pop
+        if result.pop_region != result.region:
+            # Routed out of the user's region: that region's PoPs are down.
+            pop += f" ({result.pop_region})"
+        table.add_row(
+            result.city or result.region,
+            pop,
+            f"{result.to_origin.median_ms:.1f}",
+            f"{result.to_origin.target_ms:g}",
+            _deviation(result.to_origin),
+            f"{result.edge.median_ms:.1f}",
+            f"{result.edge.target_ms:g}",
+            _deviation(result.edge),
+            f"{result.saving_ms:.1f}",
+            f"{result.sequential_saving_ms:.0f}",
+            Text("yes", style="green") if result.within_tolerance else Text("NO", style="red"),
+        )
     return table

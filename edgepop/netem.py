@@ -100,17 +100,26 @@ class Leg:
 
 
 class _TimerLateness:
-    """How late this process's timers fire, smoothed (an EWMA of observed lateness)."""
+    """How late this process's timers fire, smoothed (an EWMA of observed lateness).
+
+    Bounded by what a timer's resolution explains (epoll rounds up to 1 ms): a busy
+    moment must not teach every later hold to end early. And it decays when a hold is
+    too short to sleep at all, so a high estimate cannot stick where nothing corrects it.
+    """
 
     alpha = 0.05
+    estimate_max_s = 0.0015
 
     def __init__(self) -> None:
         self.estimate_s = TIMER_LATENESS_S
 
     def observe(self, lateness_s: float) -> None:
-        # Clamp: one descheduled moment must not make every later hold early.
-        lateness_s = min(max(lateness_s, -0.001), 0.005)
-        self.estimate_s += self.alpha * (lateness_s - self.estimate_s)
+        lateness_s = min(max(lateness_s, -0.0005), 0.002)
+        estimate = self.estimate_s + self.alpha * (lateness_s - self.estimate_s)
+        self.estimate_s = min(max(estimate, 0.0), self.estimate_max_s)
+
+    def skipped(self) -> None:
+        self.estimate_s *= 1 - self.alpha
 
 
 _timer_lateness = _TimerLateness()
@@ -123,6 +132,8 @@ async def sleep_until(due: float) -> None:
     if wait > 0:
         await asyncio.sleep(wait)
         _timer_lateness.observe(time.monotonic() - aim)
+    elif due > time.monotonic():
+        _timer_lateness.skipped()
 
 
 class NetworkEmulator:

@@ -171,7 +171,9 @@ def rpc(
                     return await unary_method(self, request, context)
                 finally:
                     if caller is not None:
-                        await env.netem.cross(outbound, time.monotonic(), context.time_remaining())
+                        await env.netem.cross(
+                            outbound, time.monotonic() - caller.transit_s, context.time_remaining()
+                        )
             except EdgeError as error:
                 code = error.code.name
                 await _abort(context, error)

@@ -352,7 +352,10 @@ class ObjectHost:
                     self.store.replace(
                         txn, update.namespace, object_key, update.epoch, update.seq, items
                     )
-                elif meta.seq != update.base_seq:
+                elif meta.seq != update.base_seq or (meta.epoch != update.epoch and meta.seq != 0):
+                    # Same seq under another epoch may be another history (a deposed owner's
+                    # unacknowledged commits): only a copy of this owner's lineage, or an
+                    # empty one, is in sync.
                     results.append(objects_pb2.REPLICA_RESULT_NEED_FULL)
                     continue
                 else:
