@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 WATCHDOG_INTERVAL_S = 0.002
+# Polls with no step running before the watchdog goes back to sleep.
+WATCHDOG_IDLE_ROUNDS = 50
 
 
 class CpuLimitExceeded(BaseException):
@@ -55,6 +57,9 @@ class Watchdog:
         self._step_started = 0.0
         self._injected = False
         self._stop = threading.Event()
+        # Set while steps are being run: the watchdog sleeps on it instead of polling, so
+        # a PoP whose workers are idle pays nothing (no wakeups contending for the GIL).
+        self._busy = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="cpu-watchdog", daemon=True)
         self._thread.start()
 
@@ -65,6 +70,8 @@ class Watchdog:
             self._budget = budget
             self._step_started = now
             self._injected = False
+        if not self._busy.is_set():
+            self._busy.set()
         return now
 
     def end(self) -> bool:
@@ -77,10 +84,21 @@ class Watchdog:
         return injected
 
     def _watch(self) -> None:
-        while not self._stop.wait(WATCHDOG_INTERVAL_S):
+        idle_rounds = 0
+        while not self._stop.is_set():
+            self._busy.wait()
+            if self._stop.wait(WATCHDOG_INTERVAL_S):
+                return
             with self._lock:
                 budget = self._budget
-                if budget is None or self._injected:
+                if budget is None:
+                    idle_rounds += 1
+                    if idle_rounds >= WATCHDOG_IDLE_ROUNDS:
+                        self._busy.clear()  # the next begin() wakes us again
+                        idle_rounds = 0
+                    continue
+                idle_rounds = 0
+                if self._injected:
                     continue
                 step_s = time.clock_gettime(self.clock) - self._step_started
                 if budget.used_s + step_s > budget.limit_s:
@@ -90,6 +108,7 @@ class Watchdog:
 
     def close(self) -> None:
         self._stop.set()
+        self._busy.set()
         self._thread.join(timeout=1)
 
 
