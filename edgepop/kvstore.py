@@ -220,6 +220,20 @@ class KvStore:
             return None
         return record
 
+    def get_fields(
+        self, txn: Any, namespace: str, key: bytes, now: float
+    ) -> tuple[bytes, str, int, int] | None:
+        """(value, metadata, expiration, seq) of a live key: `get` without the Record (hot path)."""
+        raw = txn.get(record_id(namespace_hash(namespace), key), db=self.records)
+        if raw is None:
+            return None
+        seq, expiration, key_len, metadata_len = _RECORD_HEADER.unpack_from(raw)
+        if expiration and expiration <= now:
+            return None
+        start = _RECORD_HEADER.size + key_len
+        metadata = raw[start : start + metadata_len].decode() if metadata_len else ""
+        return raw[start + metadata_len :], metadata, expiration, seq
+
     def list_range(
         self,
         txn: Any,

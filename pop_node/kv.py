@@ -77,13 +77,14 @@ class KvFrontend:
 
     # -- reads -----------------------------------------------------------------------------
 
-    def _local_get(self, txn: object, namespace: str, key: str, encoded: bytes) -> Record | None:
-        now = time.time()
-        record = newer(
-            self.overlay.get(namespace, key), self.store.get(txn, namespace, encoded, now)
-        )
-        if record is not None and record.expired(now):
-            return None
+    def _local_get(
+        self, txn: object, namespace: str, key: str, encoded: bytes, now: float
+    ) -> Record | None:
+        record = self.store.get(txn, namespace, encoded, now)
+        if self.overlay:  # own writes not yet back from the stream (usually none)
+            record = newer(self.overlay.get(namespace, key), record)
+            if record is not None and record.expired(now):
+                return None
         return record
 
     async def _consistent_enough(
@@ -109,7 +110,7 @@ class KvFrontend:
                 ),
             )
         with self.node.storage.read() as txn:
-            record = self._local_get(txn, request.namespace, request.key, key)
+            record = self._local_get(txn, request.namespace, request.key, key, time.time())
         return kvapi.get_response(record, self.node.replication.applied_seq)
 
     async def get_many(
@@ -124,10 +125,39 @@ class KvFrontend:
                 ),
             )
         response = kv_pb2.KvGetManyResponse(applied_seq=self.node.replication.applied_seq)
+        results = response.results
+        now = time.time()
+        namespace = request.namespace
         with self.node.storage.read() as txn:
+            if self.overlay:  # own writes pending: the general path
+                for text, key in zip(request.keys, keys, strict=True):
+                    record = self._local_get(txn, namespace, text, key, now)
+                    if record is None:
+                        results.add(key=text, found=False)
+                    else:
+                        results.add(
+                            key=text,
+                            found=True,
+                            value=record.value,
+                            metadata_json=record.metadata_json,
+                            expiration=record.expiration,
+                        )
+                return response
+            get_fields = self.store.get_fields
             for text, key in zip(request.keys, keys, strict=True):
-                record = self._local_get(txn, request.namespace, text, key)
-                response.results.append(kvapi.get_many_result(text, record))
+                fields = get_fields(txn, namespace, key, now)
+                # add() builds the result in place (append() would copy it).
+                if fields is None:
+                    results.add(key=text, found=False)
+                else:
+                    value, metadata_json, expiration, _ = fields
+                    results.add(
+                        key=text,
+                        found=True,
+                        value=value,
+                        metadata_json=metadata_json,
+                        expiration=expiration,
+                    )
         return response
 
     async def list(

@@ -40,6 +40,9 @@ class Overlay:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
     def add(
         self, namespace: str, key: str, seq: int, record: Record | None, applied_seq: int
     ) -> None:
