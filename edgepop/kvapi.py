@@ -128,3 +128,13 @@ def chunked(records: Iterable[Record]) -> Iterator[list[Record]]:
         size += record_size
     if chunk:
         yield chunk
+
+
+def dump_chunks(records: Iterable[Record], seq: int) -> Iterator[kv_pb2.DumpChunk]:
+    """A whole store as DumpChunks (at least one, so the seq always arrives)."""
+    sent = False
+    for chunk in chunked(records):
+        sent = True
+        yield kv_pb2.DumpChunk(records=[record.to_pb() for record in chunk], seq=seq)
+    if not sent:
+        yield kv_pb2.DumpChunk(seq=seq)

@@ -126,12 +126,8 @@ class OriginService(pb_grpc.OriginServicer):
     ) -> AsyncIterator[kv_pb2.DumpChunk]:
         with self.node.storage.read() as txn:
             head, _ = self.node.log.positions(txn)
-            sent = False
-            for chunk in kvapi.chunked(self.store.iter_records(txn)):
-                sent = True
-                yield kv_pb2.DumpChunk(records=[record.to_pb() for record in chunk], seq=head)
-            if not sent:
-                yield kv_pb2.DumpChunk(seq=head)
+            for chunk in kvapi.dump_chunks(self.store.iter_records(txn), head):
+                yield chunk
 
     @rpc()
     async def Status(

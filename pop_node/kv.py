@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -75,6 +75,15 @@ class KvFrontend:
             raise from_upstream(error, "origin") from error
         raise DeadlineError("no time left to reach the origin")
 
+    async def _at_origin(
+        self, method: Callable[..., Awaitable[T]], request: Any, time_remaining: float | None
+    ) -> T:
+        """Answer a read at the origin (STRONG, or a bookmark the replica did not reach)."""
+        return await self._upstream(
+            time_remaining,
+            lambda timeout: method(request, timeout=timeout, metadata=self.node.node_metadata),
+        )
+
     # -- reads -----------------------------------------------------------------------------
 
     def _local_get(
@@ -103,12 +112,7 @@ class KvFrontend:
     ) -> kv_pb2.KvGetResponse:
         key = kvapi.validate_get(request)
         if not await self._consistent_enough(request.consistency, request.min_seq, time_remaining):
-            return await self._upstream(
-                time_remaining,
-                lambda timeout: self.node.origin.KvGet(
-                    request, timeout=timeout, metadata=self.node.node_metadata
-                ),
-            )
+            return await self._at_origin(self.node.origin.KvGet, request, time_remaining)
         with self.node.storage.read() as txn:
             record = self._local_get(txn, request.namespace, request.key, key, time.time())
         return kvapi.get_response(record, self.node.replication.applied_seq)
@@ -118,12 +122,7 @@ class KvFrontend:
     ) -> kv_pb2.KvGetManyResponse:
         keys = kvapi.validate_get_many(request)
         if not await self._consistent_enough(request.consistency, request.min_seq, time_remaining):
-            return await self._upstream(
-                time_remaining,
-                lambda timeout: self.node.origin.KvGetMany(
-                    request, timeout=timeout, metadata=self.node.node_metadata
-                ),
-            )
+            return await self._at_origin(self.node.origin.KvGetMany, request, time_remaining)
         response = kv_pb2.KvGetManyResponse(applied_seq=self.node.replication.applied_seq)
         results = response.results
         now = time.time()
@@ -165,12 +164,7 @@ class KvFrontend:
     ) -> kv_pb2.KvListResponse:
         prefix, start_after, limit = kvapi.validate_list(request)
         if not await self._consistent_enough(request.consistency, request.min_seq, time_remaining):
-            return await self._upstream(
-                time_remaining,
-                lambda timeout: self.node.origin.KvList(
-                    request, timeout=timeout, metadata=self.node.node_metadata
-                ),
-            )
+            return await self._at_origin(self.node.origin.KvList, request, time_remaining)
         now = time.time()
         pending = self.overlay.in_range(request.namespace, request.prefix, start_after)
         tombstones = sum(1 for _, entry in pending if entry.record is None)

@@ -89,12 +89,8 @@ class PopService(pb_grpc.PopServicer):
     ) -> AsyncIterator[kv_pb2.DumpChunk]:
         with self.node.storage.read() as txn:
             applied_seq, _ = replica.read_position(self.store, txn)
-            sent = False
-            for chunk in kvapi.chunked(self.store.iter_records(txn)):
-                sent = True
-                yield kv_pb2.DumpChunk(records=[r.to_pb() for r in chunk], seq=applied_seq)
-            if not sent:
-                yield kv_pb2.DumpChunk(seq=applied_seq)
+            for chunk in kvapi.dump_chunks(self.store.iter_records(txn), applied_seq):
+                yield chunk
 
     # -- Durable Objects -------------------------------------------------------------------
 
