@@ -39,7 +39,7 @@ lint: install
 	$(VENV)/bin/mypy
 
 cluster: install
-	$(VENV)/bin/edgectl cluster up --data-dir $(DATA_DIR)
+	$(VENV)/bin/edgectl cluster up --data-dir $(DATA_DIR) --workers workers $(CLUSTER_ARGS)
 
 bench: install
 	$(PY) -m bench

@@ -1,10 +1,11 @@
 """edgectl's command line: argument parsing and one small handler per command.
 
 Commands are registered group by group (`COMMAND_GROUPS`); a handler takes the parsed
-arguments and returns the exit code. Adding a command (net, probe, deploy, workers,
-token, do call) is one `register_*` function that declares its arguments and points at
-its handler. Every failure a user can cause or meet ends as `error: CODE: details` on
-stderr with exit status 1, never a traceback.
+arguments and returns the exit code. Adding a command is one `register_*` function that
+declares its arguments and points at its handler; the logic of a group lives beside it
+(`net`, `probe`, `objects` for `do`, `workers` for deploy/workers/token). Every failure
+a user can cause or meet ends as `error: CODE: details` on stderr with exit status 1,
+never a traceback.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ import grpc
 from rich.live import Live
 
 from edge.v1 import control_plane_pb2 as cp_pb2
-from edge.v1 import kv_pb2
+from edge.v1 import kv_pb2, objects_pb2, workers_pb2
 from edgectl import net, probe, views
+from edgectl import objects as do
+from edgectl import workers as deploys
 from edgectl.client import (
     RPC_TIMEOUT_S_DEFAULT,
     CliError,
@@ -141,6 +144,19 @@ def register_cluster(commands: CommandSet) -> None:
         metavar="SECONDS",
         default=START_TIMEOUT_S_DEFAULT,
         help=f"give up starting after this long (default: {START_TIMEOUT_S_DEFAULT:g})",
+    )
+    up.add_argument(
+        "--workers",
+        dest="worker_dirs",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="deploy these workers once every node is SERVING (repeatable): a bundle folder "
+        "or a folder of bundle folders (`make cluster` passes --workers workers)",
+    )
+    up.add_argument(
+        "--no-workers", action="store_true", help="deploy no workers, even with --workers"
     )
     cluster.add("down", cmd_cluster_down, "stop every node (PoPs, origin, control plane)")
     cluster.add(
@@ -371,6 +387,178 @@ def register_probe(commands: CommandSet) -> None:
     )
 
 
+def _object_options() -> argparse.ArgumentParser:
+    """Where a `do` command enters the cluster and as whom (as for kv, without --origin)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--from",
+        dest="from_region",
+        metavar="REGION",
+        help="the caller's region: enters at its nearest healthy PoP and pays that RTT",
+    )
+    parser.add_argument("--pop", metavar="NODE", help="enter at this PoP")
+    return parser
+
+
+def _placement_options() -> argparse.ArgumentParser:
+    """Which object (`--id` instead of NAME) and where to place it on first use."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--id", dest="object_id", metavar="HEX", help="the object's id (64 hex) instead of NAME"
+    )
+    parser.add_argument(
+        "--location-hint",
+        default="",
+        metavar="REGION",
+        help="on first use, place the object in this region (default: nearest the caller)",
+    )
+    return parser
+
+
+def register_do(commands: CommandSet) -> None:
+    group = commands.group(
+        "do",
+        "Durable Objects: call a method, make an id, list placements, open a session",
+    )
+    where = _object_options()
+    placement = _placement_options()
+
+    call = group.add(
+        "call",
+        cmd_do_call,
+        "call METHOD on the object NAME of class CLASS (placed on first use, then always "
+        "run by its one owner); the result JSON on stdout, owner, epoch and latency on stderr",
+        json_output=True,
+        parents=(where, placement),
+    )
+    call.usage = "edgectl do call CLASS (NAME | --id HEX) METHOD [JSON] [options]"
+    call.add_argument("namespace", metavar="CLASS", help="Counter, RateLimiter, Lock, ...")
+    call.add_argument(
+        "words",
+        nargs="+",
+        metavar="NAME METHOD [JSON]",
+        help="JSON arguments: an array for positional, an object for keyword arguments, "
+        "a bare value for one positional argument",
+    )
+
+    ident = group.add(
+        "id",
+        cmd_do_id,
+        "an object id: from NAME (the same name gives the same id), from --string (checked "
+        "against CLASS), or --unique (random)",
+        json_output=True,
+        parents=(where,),
+    )
+    ident.add_argument("namespace", metavar="CLASS")
+    ident.add_argument("name", nargs="?", metavar="NAME")
+    ident.add_argument("--string", metavar="HEX", help="check and normalise this id")
+    ident.add_argument("--unique", action="store_true", help="a new random id")
+
+    placements = group.add(
+        "placements",
+        cmd_do_placements,
+        "every placed object: owner, standby and epoch (needs the cluster token)",
+        json_output=True,
+    )
+    placements.add_argument("--namespace", metavar="CLASS", help="only objects of this class")
+
+    connect = group.add(
+        "connect",
+        cmd_do_connect,
+        "a session with one object (ObjectConnect): each line of stdin is sent as a message, "
+        "each message from the object is printed as a line",
+        json_output=True,
+        parents=(where, placement),
+    )
+    connect.add_argument("namespace", metavar="CLASS", help="e.g. DocumentSession")
+    connect.add_argument("name", nargs="?", metavar="NAME")
+    connect.add_argument(
+        "--send",
+        dest="sends",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="send TEXT instead of reading stdin (repeatable, in order)",
+    )
+    connect.add_argument(
+        "--count",
+        type=int,
+        metavar="N",
+        help="exit after N data messages from the object (failing after --timeout)",
+    )
+
+
+def register_deploy(commands: CommandSet) -> None:
+    deploy = commands.add(
+        "deploy",
+        cmd_deploy,
+        "deploy the worker bundle in DIR (worker.py + worker.yaml) to every PoP, or roll a "
+        "worker back to its previous version; waits until every healthy PoP serves it",
+        json_output=True,
+    )
+    deploy.usage = "edgectl deploy (DIR | --rollback NAME) [options]"
+    deploy.add_argument("folder", nargs="?", type=Path, metavar="DIR", help="a bundle folder")
+    deploy.add_argument(
+        "--rollback", metavar="NAME", help="make the version before the active one active again"
+    )
+    deploy.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=deploys.ROLLOUT_TIMEOUT_S_DEFAULT,
+        metavar="SECONDS",
+        help="fail when a PoP does not serve the version after this long "
+        f"(default: {deploys.ROLLOUT_TIMEOUT_S_DEFAULT:g})",
+    )
+    deploy.add_argument(
+        "--no-wait", action="store_true", help="return once the control plane stored it"
+    )
+
+
+def register_workers(commands: CommandSet) -> None:
+    commands.add(
+        "workers",
+        cmd_workers,
+        "every deployed worker: its versions, the active one, and the PoPs serving each now "
+        "with their cold starts",
+        json_output=True,
+    )
+
+
+def register_token(commands: CommandSet) -> None:
+    token = commands.group("token", "JWTs from the origin's auth server")
+    issue = token.add(
+        "issue",
+        cmd_token_issue,
+        "print a JWT signed by the origin (accepted by the jwt-auth and api-router workers)",
+        json_output=True,
+    )
+    issue.add_argument("--sub", required=True, metavar="NAME", help="the token's subject")
+    issue.add_argument(
+        "--alg", choices=deploys.TOKEN_ALGORITHMS, default="RS256", help="default: RS256"
+    )
+    issue.add_argument(
+        "--ttl",
+        type=int,
+        default=deploys.TOKEN_TTL_S_DEFAULT,
+        metavar="SECONDS",
+        help=f"valid this long (default: {deploys.TOKEN_TTL_S_DEFAULT})",
+    )
+
+
+def register_http_address(commands: CommandSet) -> None:
+    parser = commands.add(
+        "http-address",
+        cmd_http_address,
+        "host:port of a node's HTTP ingress (the origin's: its application), or of the PoP "
+        "nearest --from REGION: for curl",
+        json_output=True,
+    )
+    parser.add_argument("name", nargs="?", metavar="NODE")
+    parser.add_argument(
+        "--from", dest="from_region", metavar="REGION", help="the PoP a user there reaches"
+    )
+
+
 COMMAND_GROUPS: tuple[Callable[[CommandSet], None], ...] = (
     register_cluster,
     register_node,
@@ -378,6 +566,11 @@ COMMAND_GROUPS: tuple[Callable[[CommandSet], None], ...] = (
     register_kv,
     register_net,
     register_probe,
+    register_do,
+    register_deploy,
+    register_workers,
+    register_token,
+    register_http_address,
 )
 
 
@@ -416,11 +609,47 @@ def _start(cluster: Cluster, timeout_s: float) -> None:
         )
 
 
+def _startup_bundles(args: argparse.Namespace) -> list[tuple[Path, workers_pb2.WorkerBundle]]:
+    """The bundles `cluster up` deploys, read and checked before any node starts."""
+    if args.no_workers:
+        return []
+    return [(folder, deploys.read(folder)) for folder in deploys.bundle_dirs(args.worker_dirs)]
+
+
+def _deploy_startup_bundles(
+    cluster: Cluster, bundles: list[tuple[Path, workers_pb2.WorkerBundle]], timeout_s: float
+) -> None:
+    """Deploy every bundle, then wait for all at every PoP; one line per deploy on stderr."""
+    if not bundles:
+        return
+    with EdgeClient.for_data_dir(cluster.data_dir) as client:
+        requests = [workers_pb2.DeployRequest(bundle=bundle) for _, bundle in bundles]
+        deployed = _deploy_and_wait(client, requests, timeout_s)
+    for (folder, _), (response, seen, elapsed) in zip(bundles, deployed, strict=True):
+        assert seen is not None
+        views.stderr.print(
+            f"deployed {response.name} {deploys.short(response.version)} from {folder}"
+            f"{'' if response.changed else ' (unchanged)'} · {_rollout_summary(seen, elapsed)}",
+            markup=False,
+            highlight=False,
+        )
+    for response, seen, _ in deployed:
+        assert seen is not None
+        _fail_if_lagging(response, seen, timeout_s)
+
+
 def cmd_cluster_up(args: argparse.Namespace) -> int:
     cluster = Cluster(args.data_dir, topology_file=args.topology, base_port=args.base_port)
+    bundles = _startup_bundles(args)
     if not args.detach:
-        return _run_foreground(cluster, args)
+        return _run_foreground(cluster, args, bundles)
     _start(cluster, args.start_timeout)
+    try:
+        _deploy_startup_bundles(cluster, bundles, deploys.ROLLOUT_TIMEOUT_S_DEFAULT)
+    except BaseException:
+        # As when a node fails to start: nothing is left running half set up.
+        cluster.down()
+        raise
     rows = cluster.status()
     if args.json:
         views.print_json(rows)
@@ -443,8 +672,12 @@ def _signals_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_foreground(cluster: Cluster, args: argparse.Namespace) -> int:
-    """`cluster up` without --detach: live view until Ctrl-C/SIGTERM, then stop all."""
+def _run_foreground(
+    cluster: Cluster,
+    args: argparse.Namespace,
+    bundles: list[tuple[Path, workers_pb2.WorkerBundle]],
+) -> int:
+    """`cluster up` without --detach: deploy, live view until Ctrl-C/SIGTERM, stop all."""
     with _signals_interrupt():
         try:
             # Cluster.up stops whatever it started when it fails or is interrupted.
@@ -453,6 +686,7 @@ def _run_foreground(cluster: Cluster, args: argparse.Namespace) -> int:
             views.stderr.print("interrupted while starting: every node was stopped")
             return 0
         try:
+            _deploy_startup_bundles(cluster, bundles, deploys.ROLLOUT_TIMEOUT_S_DEFAULT)
             views.stderr.print("Ctrl-C or SIGTERM stops every node")
             if args.json:
                 views.print_json(cluster.status())
@@ -863,6 +1097,294 @@ def cmd_probe(args: argparse.Namespace) -> int:
             f"in {time.monotonic() - started:.1f} s",
             markup=False,
         )
+    return 0
+
+
+# -- Durable Objects -------------------------------------------------------------------
+
+
+def _object_target(client: EdgeClient, args: argparse.Namespace) -> Target:
+    return client.resolve(from_region=args.from_region, pop=args.pop, origin_hint=False)
+
+
+def cmd_do_call(args: argparse.Namespace) -> int:
+    words = do.parse_call(args.namespace, args.words, args.object_id)
+    request = objects_pb2.ObjectCallRequest(
+        namespace=words.ref.namespace,
+        name=words.ref.name,
+        id=words.ref.id,
+        method=words.method,
+        args_json=words.args_json,
+        location_hint=args.location_hint,
+    )
+    with _client(args) as client:
+        target = _object_target(client, args)
+        timed = client.object_call(target, request)
+    reply = timed.response
+    if args.json:
+        views.print_json(
+            {
+                "result": views.metadata_value(reply.result_json),
+                "node": reply.node,
+                "epoch": reply.epoch,
+                "id": reply.id,
+                "latency_ms": round(timed.latency_ms, 3),
+                "entry": target.name,
+                "from_region": target.caller_region,
+            }
+        )
+        return 0
+    sys.stdout.write(reply.result_json + "\n")
+    sys.stdout.flush()
+    views.stderr.print(views.object_via(reply, target, timed.latency_ms), style="dim", markup=False)
+    return 0
+
+
+def cmd_do_id(args: argparse.Namespace) -> int:
+    given = [args.name is not None, args.string is not None, args.unique]
+    if sum(given) != 1:
+        raise CliError("INVALID_ARGUMENT", "give one of NAME, --string HEX or --unique")
+    request = objects_pb2.ObjectIdRequest(
+        namespace=args.namespace, name=args.name or "", id=args.string or ""
+    )
+    with _client(args) as client:
+        timed = client.object_id(_object_target(client, args), request)
+    kind = "name" if args.name is not None else "string" if args.string is not None else "unique"
+    if args.json:
+        views.print_json({"namespace": args.namespace, "id": timed.response.id, "from": kind})
+    else:
+        views.stdout.print(timed.response.id, markup=False)
+    return 0
+
+
+def cmd_do_placements(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        placements = client.list_placements()
+    if args.namespace:
+        placements = [p for p in placements if p.namespace == args.namespace]
+    placements.sort(key=lambda p: (p.namespace, p.owner, p.id))
+    if args.json:
+        views.print_json([do.placement_json(p) for p in placements])
+        return 0
+    if placements:
+        views.stdout.print(views.placements_table(placements))
+    count = len(placements)
+    views.stderr.print(
+        f"{count} object{'' if count == 1 else 's'} placed", style="dim", markup=False
+    )
+    return 0
+
+
+def cmd_do_connect(args: argparse.Namespace) -> int:
+    ref = do.object_ref(args.namespace, args.name, args.object_id)
+    if args.count is not None and args.count < 1:
+        raise CliError("INVALID_ARGUMENT", "--count must be at least 1")
+
+    def show(message: objects_pb2.ObjectServerMessage, seen: do.SessionResult) -> None:
+        if args.json:
+            sys.stdout.write(json.dumps(do.message_json(message), ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+            return
+        kind = message.WhichOneof("kind")
+        if kind == "data":
+            sys.stdout.write(message.data + "\n")
+            sys.stdout.flush()
+        elif kind == "opened":
+            opened = message.opened
+            where = [f"connected to {ref.label} on {opened.node}", f"epoch {opened.epoch}"]
+            if target.name != opened.node:
+                where.append(f"via {target.name} ({target.region})")
+            if target.caller_region != target.region:
+                where.append(f"from {target.caller_region}")
+            where.append(f"session {opened.session_id}")
+            if seen.open_ms is not None:
+                where.append(views.fmt_ms(seen.open_ms))
+            views.stderr.print(" · ".join(where), style="dim", markup=False)
+        elif kind == "closed":
+            views.stderr.print(f"closed: {message.closed.reason}", style="dim", markup=False)
+
+    with _client(args) as client:
+        target = _object_target(client, args)
+        do.run_session(
+            client,
+            target,
+            ref,
+            location_hint=args.location_hint,
+            sends=args.sends,
+            count=args.count,
+            timeout_s=args.timeout,
+            on_message=show,
+        )
+    return 0
+
+
+# -- workers ---------------------------------------------------------------------------
+
+
+Deployed = tuple[workers_pb2.DeployResponse, deploys.Rollout | None, float]
+
+
+def _deploy_and_wait(
+    client: EdgeClient,
+    requests: list[workers_pb2.DeployRequest],
+    timeout_s: float,
+    wait: bool = True,
+) -> list[Deployed]:
+    """Deploy each request, then poll the PoPs healthy at deploy time until all serve them.
+
+    Each result is (response, rollout or None without `wait`, seconds to roll out).
+    """
+    pops = deploys.healthy_pops(client)
+    responses = [client.deploy(request) for request in requests]
+    if not wait:
+        return [(response, None, 0.0) for response in responses]
+    wanted = [(response.name, response.version) for response in responses]
+    if len(wanted) == 1:
+        description = f"{wanted[0][0]} {deploys.short(wanted[0][1])}"
+    else:
+        description = f"{len(wanted)} workers"
+    with views.rollout_progress() as progress:
+        task = progress.add_task(description, total=len(pops) * len(wanted))
+
+        def advance(current: list[deploys.Rollout]) -> None:
+            progress.update(
+                task,
+                completed=sum(len(seen.ready) for seen in current),
+                total=sum(seen.total for seen in current),
+            )
+
+        rollouts = deploys.wait_rollouts(client, wanted, pops, timeout_s, advance)
+    return [
+        (response, seen, elapsed)
+        for response, (seen, elapsed) in zip(responses, rollouts, strict=True)
+    ]
+
+
+def _rollout_summary(seen: deploys.Rollout, elapsed_s: float) -> str:
+    if not seen.total:
+        return "no healthy PoP to serve it"
+    text = f"{seen.coverage} after {elapsed_s:.2f} s"
+    stats = deploys.cold_start_json(seen.cold_start_ms)
+    if stats is not None:
+        text += f" · cold start max {stats['max']:.1f} ms (median {stats['median']:.1f} ms)"
+    if not seen.done:
+        text += f" · lagging: {seen.lag_text()}"
+    return text
+
+
+def _fail_if_lagging(
+    response: workers_pb2.DeployResponse, seen: deploys.Rollout, timeout_s: float
+) -> None:
+    if not seen.done:
+        raise CliError(
+            "DEADLINE_EXCEEDED",
+            f"{response.name} {deploys.short(response.version)}: {seen.coverage} serve it "
+            f"after {timeout_s:g} s; lagging: {seen.lag_text()}",
+        )
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    if (args.folder is None) == (args.rollback is None):
+        raise CliError("INVALID_ARGUMENT", "give a bundle folder DIR or --rollback NAME")
+    if args.wait_timeout <= 0:
+        raise CliError("INVALID_ARGUMENT", "--wait-timeout must be positive")
+    if args.rollback is not None:
+        request = workers_pb2.DeployRequest(rollback=True, name=args.rollback)
+    else:
+        request = workers_pb2.DeployRequest(bundle=deploys.read(args.folder))
+    with _client(args) as client:
+        [(response, seen, elapsed)] = _deploy_and_wait(
+            client, [request], args.wait_timeout, wait=not args.no_wait
+        )
+    short = deploys.short(response.version)
+    if args.json:
+        data: dict[str, Any] = {
+            "name": response.name,
+            "version": response.version,
+            "changed": response.changed,
+            "rollback": request.rollback,
+        }
+        if seen is not None:
+            data.update(seen.to_json(), rollout_s=round(elapsed, 3))
+        views.print_json(data)
+    else:
+        if request.rollback:
+            done = f"rolled {response.name} back to {short}"
+        elif response.changed:
+            done = f"deployed {response.name} {short}"
+        else:
+            done = f"{response.name} {short} unchanged (already the active version)"
+        views.stdout.print(done, markup=False, highlight=False)
+        if seen is not None:
+            views.stdout.print(_rollout_summary(seen, elapsed), markup=False, highlight=False)
+    if seen is not None:
+        _fail_if_lagging(response, seen, args.wait_timeout)
+    return 0
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        versions = client.list_workers()
+        pops = deploys.poll_pops(client, deploys.healthy_pops(client))
+    summaries = deploys.summarize(versions, pops)
+    if args.json:
+        views.print_json([summary.to_json() for summary in summaries])
+        return 0
+    if not summaries:
+        views.stderr.print("no workers deployed (edgectl deploy DIR)", markup=False)
+        return 0
+    views.stdout.print(views.workers_table(summaries))
+    return 0
+
+
+def cmd_token_issue(args: argparse.Namespace) -> int:
+    if args.ttl < 1:
+        raise CliError("INVALID_ARGUMENT", "--ttl must be at least 1 second")
+    if not args.sub:
+        raise CliError("INVALID_ARGUMENT", "--sub must not be empty")
+    with _client(args) as client:
+        token = client.issue_token(args.sub, args.alg, args.ttl)
+    claims = deploys.token_claims(token)
+    if args.json:
+        views.print_json(
+            {
+                "token": token,
+                "sub": claims.get("sub"),
+                "alg": args.alg,
+                "expires_at": claims.get("exp"),
+            }
+        )
+        return 0
+    sys.stdout.write(token + "\n")
+    sys.stdout.flush()
+    if views.stdout.is_terminal:
+        # Only for a person reading the token; `$(edgectl token issue …)` stays quiet.
+        expires = claims.get("exp")
+        views.stderr.print(
+            f"{claims.get('sub')} · {args.alg} · expires "
+            f"{views.fmt_unix(expires) if isinstance(expires, int | float) else '?'}",
+            style="dim",
+            markup=False,
+        )
+    return 0
+
+
+def cmd_http_address(args: argparse.Namespace) -> int:
+    if (args.name is None) == (args.from_region is None):
+        raise CliError("INVALID_ARGUMENT", "give a NODE or --from REGION")
+    with _client(args) as client:
+        if args.name is not None:
+            info = client.node_info(args.name)
+            name, region, address = info.name, info.region, info.http_address
+        else:
+            route = client.route(args.from_region)
+            name, region, address = route.name, route.region, route.http_address
+    if not address:
+        raise CliError("NOT_FOUND", f"{name} has no HTTP address")
+    if args.json:
+        views.print_json({"name": name, "region": region, "http_address": address})
+    else:
+        views.stdout.print(address, markup=False, highlight=False)
     return 0
 
 

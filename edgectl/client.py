@@ -7,7 +7,8 @@ dir's `cluster.json` (or `--control-plane`), every other node's from
 `x-edge-sent-at` per call so the node counts the loopback transport against that round
 trip. Each call is timed on its own (after the channel is connected) so the latency a
 user sees is the one the platform produces, not TCP setup or Python start-up. Admin
-calls (link faults) carry the cluster token read from the data dir.
+calls (link faults, placements, deploys) carry the cluster token read from the data dir;
+so does the one HTTP call, the origin's token issuer (`/auth/token`).
 
 `ClusterMonitor` gathers what the foreground `cluster up` shows each second. Each
 node is probed in a thread pool with a short deadline, so one slow or dead node leaves
@@ -18,10 +19,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import time
+import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +35,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import control_plane_pb2_grpc as cp_grpc
-from edge.v1 import kv_pb2, origin_pb2, origin_pb2_grpc, pop_pb2, pop_pb2_grpc
+from edge.v1 import (
+    kv_pb2,
+    objects_pb2,
+    origin_pb2,
+    origin_pb2_grpc,
+    pop_pb2,
+    pop_pb2_grpc,
+    workers_pb2,
+)
 from edgectl.launcher import Cluster, NodeState, pid_alive
 from edgepop.auth import TOKEN_FILE_NAME
 from edgepop.netem import sent_at_metadata
@@ -42,6 +53,16 @@ RPC_TIMEOUT_S_DEFAULT = 10.0
 CONNECT_TIMEOUT_S = 5.0
 # The live view refreshes about once a second; a probe must fit well inside that.
 PROBE_TIMEOUT_S = 0.8
+# HTTP statuses of the origin's token issuer, as the gRPC codes every error is shown in.
+HTTP_STATUS_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
 REQUEST_COUNT_SAMPLE = "edge_request_duration_seconds_count"
 # The live view's own polls: left out of requests/s, so an idle cluster shows ~0.
 MONITOR_METHODS = frozenset(
@@ -144,11 +165,19 @@ class EdgeClient:
             channel.close()
         self._channels.clear()
 
-    def channel(self, address: str, *, name: str = "") -> grpc.Channel:
-        """A connected channel to `address`; UNAVAILABLE when it cannot connect in time."""
+    def channel(self, address: str, *, name: str = "", connect: bool = True) -> grpc.Channel:
+        """A connected channel to `address`; UNAVAILABLE when it cannot connect in time.
+
+        With `connect=False` the channel is returned at once and connects on first use:
+        for polls that give each node its own short deadline, so one dead node costs its
+        call's deadline rather than the connect timeout.
+        """
         channel = self._channels.get(address)
         if channel is None:
             channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+            if not connect:
+                self._channels[address] = channel
+                return channel
             try:
                 connect_s = min(CONNECT_TIMEOUT_S, self.timeout_s)
                 grpc.channel_ready_future(channel).result(timeout=connect_s)
@@ -188,6 +217,10 @@ class EdgeClient:
 
     def _admin_metadata(self) -> tuple[tuple[str, str], ...]:
         """The bearer token for admin calls; a clear error instead of UNAUTHENTICATED."""
+        return client_metadata(token=self.cluster_token())
+
+    def cluster_token(self) -> str:
+        """The cluster token, or UNAUTHENTICATED naming where it was looked for."""
         if not self.token:
             where = f" at {self.token_file}" if self.token_file else ""
             raise CliError(
@@ -195,7 +228,7 @@ class EdgeClient:
                 f"no cluster token{where}: this command needs the token a cluster makes in "
                 "its data dir at first start (give that cluster's --data-dir)",
             )
-        return client_metadata(token=self.token)
+        return self.token
 
     def set_link_fault(self, request: cp_pb2.SetLinkFaultRequest) -> list[cp_pb2.LinkFault]:
         """Merge a fault into a region pair; every fault in force afterwards."""
@@ -211,6 +244,88 @@ class EdgeClient:
         )
         return list(response.faults)
 
+    def list_placements(self) -> list[objects_pb2.Placement]:
+        """Every Durable Object placement (owner, standby, epoch) the control plane holds."""
+        response: objects_pb2.ListPlacementsResponse = self._call(
+            self._control_plane().ListPlacements,
+            objects_pb2.ListPlacementsRequest(),
+            "control plane",
+            self._admin_metadata(),
+        )
+        return list(response.placements)
+
+    def deploy(self, request: workers_pb2.DeployRequest) -> workers_pb2.DeployResponse:
+        """Store a worker version and make it active (or roll back); PoPs load it on their own."""
+        response: workers_pb2.DeployResponse = self._call(
+            self._control_plane().Deploy, request, "control plane", self._admin_metadata()
+        )
+        return response
+
+    def list_workers(self) -> list[workers_pb2.WorkerVersion]:
+        """Every stored worker version (newest first per worker) and which one is active."""
+        response: workers_pb2.ListWorkersResponse = self._call(
+            self._control_plane().ListWorkers, workers_pb2.ListWorkersRequest(), "control plane"
+        )
+        return list(response.versions)
+
+    def pop_statuses(
+        self, infos: Iterable[cp_pb2.NodeInfo], timeout_s: float
+    ) -> dict[str, pop_pb2.PopStatusResponse | CliError]:
+        """Pop.Status of each node at once, each with its own deadline.
+
+        No caller region is sent: this is an operator's look at every node, not a user's
+        request, so it pays no emulated delay. A node that does not answer maps to the
+        error it gave.
+        """
+        pending = {
+            info.name: pop_pb2_grpc.PopStub(
+                self.channel(info.grpc_address, name=info.name, connect=False)
+            ).Status.future(pop_pb2.PopStatusRequest(), timeout=timeout_s)
+            for info in infos
+        }
+        results: dict[str, pop_pb2.PopStatusResponse | CliError] = {}
+        for name, future in pending.items():
+            try:
+                results[name] = future.result()
+            except grpc.RpcError as error:
+                results[name] = CliError.from_rpc(error, name)
+        return results
+
+    def origin_http_address(self) -> str:
+        """host:port of the origin's HTTP application (auth server, API, pages)."""
+        for info in self.list_nodes():
+            if info.role == cp_pb2.ROLE_ORIGIN and info.http_address:
+                return info.http_address
+        raise CliError("UNAVAILABLE", "the control plane knows no origin with an HTTP address")
+
+    def issue_token(self, subject: str, algorithm: str, ttl_s: int) -> str:
+        """A JWT signed by the origin's auth server (POST /auth/token with the cluster token)."""
+        address = self.origin_http_address()
+        token = self.cluster_token()
+        body = json.dumps({"sub": subject, "alg": algorithm, "ttl_s": ttl_s}).encode()
+        request = urllib.request.Request(
+            f"http://{address}/auth/token",
+            data=body,
+            method="POST",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        where = f"origin at {address}"
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:
+                answer = json.loads(reply.read())
+        except urllib.error.HTTPError as error:
+            code = HTTP_STATUS_CODES.get(error.code, "UNKNOWN" if error.code < 500 else "INTERNAL")
+            text = _http_error_text(error)
+            raise CliError(code, f"HTTP {error.code}: {text} ({where})") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+            reason = getattr(error, "reason", error)
+            raise CliError("UNAVAILABLE", f"cannot reach the {where}: {reason}") from None
+        except json.JSONDecodeError:
+            raise CliError("INTERNAL", f"the {where} answered no JSON") from None
+        if not isinstance(answer, dict) or not isinstance(answer.get("token"), str):
+            raise CliError("INTERNAL", f"the {where} answered no token")
+        return str(answer["token"])
+
     def node_info(self, name: str) -> cp_pb2.NodeInfo:
         for info in self.list_nodes():
             if info.name == name:
@@ -218,12 +333,18 @@ class EdgeClient:
         raise CliError("NOT_FOUND", f"no node named {name!r} (see `edgectl nodes`)")
 
     def resolve(
-        self, *, from_region: str | None = None, pop: str | None = None, origin: bool = False
+        self,
+        *,
+        from_region: str | None = None,
+        pop: str | None = None,
+        origin: bool = False,
+        origin_hint: bool = True,
     ) -> Target:
-        """Where a KV call goes: `--origin`, `--pop NODE`, `--from REGION`, or the default.
+        """Where a call goes: `--origin`, `--pop NODE`, `--from REGION`, or the default.
 
         The default is what a client next to the origin would get: the PoP nearest the
-        topology's origin region.
+        topology's origin region. `origin_hint` suggests `--origin` when `--pop` names
+        the origin (for commands that have that option).
         """
         if origin or pop:
             if origin:
@@ -235,7 +356,9 @@ class EdgeClient:
                 assert pop is not None
                 info = self.node_info(pop)
                 if info.role != cp_pb2.ROLE_POP:
-                    hint = " (use --origin)" if info.role == cp_pb2.ROLE_ORIGIN else ""
+                    hint = (
+                        " (use --origin)" if origin_hint and info.role == cp_pb2.ROLE_ORIGIN else ""
+                    )
                     raise CliError("INVALID_ARGUMENT", f"{pop} is not a PoP{hint}")
             return Target(
                 name=info.name,
@@ -256,7 +379,7 @@ class EdgeClient:
 
     # -- KV ----------------------------------------------------------------------------
 
-    def _kv_stub(self, target: Target) -> KvStub:
+    def _stub(self, target: Target) -> KvStub:
         channel = self.channel(target.grpc_address, name=target.name)
         if target.role == "origin":
             return origin_pb2_grpc.OriginStub(channel)
@@ -274,15 +397,26 @@ class EdgeClient:
         except grpc.RpcError as error:
             raise CliError.from_rpc(error, where) from None
 
-    def _timed_kv(
-        self, target: Target, pick: Callable[[KvStub], Callable[..., T]], request: object
-    ) -> Timed[T]:
-        method = pick(self._kv_stub(target))  # connects first: not part of the latency
+    def _pop_stub(self, target: Target) -> pop_pb2_grpc.PopStub:
+        if target.role != "pop":
+            raise CliError("INVALID_ARGUMENT", f"{target.name} is not a PoP")
+        return pop_pb2_grpc.PopStub(self.channel(target.grpc_address, name=target.name))
+
+    def _caller_metadata(self, target: Target) -> tuple[tuple[str, str], ...]:
         region = client_metadata(target.caller_region)
         # Stamped per call, last thing before sending: the node counts the time the
         # request spent on loopback against the emulated delay, so that the latency
         # measured here is the emulated RTT rather than RTT + transport.
-        metadata = (*region, sent_at_metadata()) if region else region
+        return (*region, sent_at_metadata()) if region else region
+
+    def _timed(
+        self, target: Target, pick: Callable[[KvStub], Callable[..., T]], request: object
+    ) -> Timed[T]:
+        # The stub connects first: connecting is not part of the latency.
+        return self._timed_method(target, pick(self._stub(target)), request)
+
+    def _timed_method(self, target: Target, method: Callable[..., T], request: object) -> Timed[T]:
+        metadata = self._caller_metadata(target)
         started = time.perf_counter()
         response = self._call(method, request, target.name, metadata)
         return Timed(response, (time.perf_counter() - started) * 1000.0)
@@ -297,29 +431,59 @@ class EdgeClient:
             request: object = origin_pb2.OriginStatusRequest()
         else:
             request = pop_pb2.PopStatusRequest()
-        timed: Timed[StatusResponse] = self._timed_kv(target, lambda stub: stub.Status, request)
+        timed: Timed[StatusResponse] = self._timed(target, lambda stub: stub.Status, request)
         return timed
 
     def kv_get(self, target: Target, request: kv_pb2.KvGetRequest) -> Timed[kv_pb2.KvGetResponse]:
-        return self._timed_kv(target, lambda stub: stub.KvGet, request)
+        return self._timed(target, lambda stub: stub.KvGet, request)
 
     def kv_put(self, target: Target, request: kv_pb2.KvPutRequest) -> Timed[kv_pb2.KvPutResponse]:
         if not request.request_id:
             # Idempotency key: a retried write (by gRPC or a later retry policy) commits once.
             request.request_id = uuid.uuid4().hex
-        return self._timed_kv(target, lambda stub: stub.KvPut, request)
+        return self._timed(target, lambda stub: stub.KvPut, request)
 
     def kv_delete(
         self, target: Target, request: kv_pb2.KvDeleteRequest
     ) -> Timed[kv_pb2.KvDeleteResponse]:
         if not request.request_id:
             request.request_id = uuid.uuid4().hex
-        return self._timed_kv(target, lambda stub: stub.KvDelete, request)
+        return self._timed(target, lambda stub: stub.KvDelete, request)
 
     def kv_list(
         self, target: Target, request: kv_pb2.KvListRequest
     ) -> Timed[kv_pb2.KvListResponse]:
-        return self._timed_kv(target, lambda stub: stub.KvList, request)
+        return self._timed(target, lambda stub: stub.KvList, request)
+
+    # -- Durable Objects ---------------------------------------------------------------
+
+    def object_call(
+        self, target: Target, request: objects_pb2.ObjectCallRequest
+    ) -> Timed[objects_pb2.ObjectCallResponse]:
+        if not request.request_id:
+            # The object records it with the call's writes: a retried call runs once.
+            request.request_id = uuid.uuid4().hex
+        return self._timed_method(target, self._pop_stub(target).ObjectCall, request)
+
+    def object_id(
+        self, target: Target, request: objects_pb2.ObjectIdRequest
+    ) -> Timed[objects_pb2.ObjectIdResponse]:
+        return self._timed_method(target, self._pop_stub(target).ObjectId, request)
+
+    def object_connect(
+        self,
+        target: Target,
+        messages: Iterator[objects_pb2.ObjectClientMessage],
+        timeout_s: float | None,
+    ) -> Any:
+        """An ObjectConnect stream: iterate it for server messages, `cancel()` to leave.
+
+        `messages` is consumed by gRPC's own thread, so it may block waiting for input.
+        `timeout_s` None means no deadline (an interactive session lasts as it likes).
+        """
+        stub = self._pop_stub(target)
+        metadata = self._caller_metadata(target)
+        return stub.ObjectConnect(messages, metadata=metadata, timeout=timeout_s)
 
     def kv_list_pages(
         self, target: Target, request: kv_pb2.KvListRequest
@@ -331,6 +495,21 @@ class EdgeClient:
             if page.response.list_complete or not page.response.cursor:
                 return
             request.cursor = page.response.cursor
+
+
+def _http_error_text(error: urllib.error.HTTPError) -> str:
+    """The `error` field of a JSON error body, else its text (short)."""
+    try:
+        raw = error.read()
+    except OSError:
+        return str(error.reason)
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return raw.decode("utf-8", errors="replace")[:200].strip() or str(error.reason)
+    if isinstance(body, dict) and "error" in body:
+        return str(body["error"])
+    return str(body)[:200]
 
 
 def value_text(value: bytes) -> tuple[str, str]:
@@ -354,6 +533,8 @@ class NodeProbe:
     lag_s: float | None = None
     replicating: bool | None = None
     request_count: float | None = None
+    # Worker versions the PoP serves now.
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -373,6 +554,10 @@ class NodeSample:
     requests_per_s: float | None
     # The newest probe did not finish in time: the values are from an earlier one.
     stale: bool
+    # Where curl reaches this node's HTTP ingress (PoPs) or application (origin).
+    http_address: str = ""
+    # Worker versions loaded (PoPs; None when unknown).
+    workers: int | None = None
 
 
 def request_count(metrics_text: str) -> float:
@@ -454,6 +639,7 @@ class ClusterMonitor:
         lag = None
         replicating = None
         count = None
+        workers = None
         try:
             if node.role == "pop":
                 status = pop_pb2_grpc.PopStub(channel).Status(
@@ -461,6 +647,7 @@ class ClusterMonitor:
                 )
                 seq, head = status.applied_seq, status.origin_head_seq
                 lag, replicating = status.lag_seconds, status.replicating
+                workers = len(status.workers)
             elif node.role == "origin":
                 origin = origin_pb2_grpc.OriginStub(channel).Status(
                     origin_pb2.OriginStatusRequest(), timeout=self.probe_timeout_s
@@ -471,7 +658,7 @@ class ClusterMonitor:
         # A node that does not answer in time just shows no rate this round.
         with contextlib.suppress(OSError, ValueError):
             count = request_count(scrape(node.metrics_address, self.probe_timeout_s))
-        return NodeProbe(time.monotonic(), seq, head, lag, replicating, count)
+        return NodeProbe(time.monotonic(), seq, head, lag, replicating, count, workers)
 
     def sample(self) -> list[NodeSample]:
         """Start the probes that are not still running, wait briefly, return every row."""
@@ -536,6 +723,8 @@ class ClusterMonitor:
                     replicating=last.replicating if last else None,
                     requests_per_s=track.rate,
                     stale=track.stale,
+                    http_address=node.http_address,
+                    workers=last.workers if last else None,
                 )
             )
         return rows

@@ -28,8 +28,10 @@ from rich.table import Table
 from rich.text import Text
 
 from edge.v1 import control_plane_pb2 as cp_pb2
-from edge.v1 import kv_pb2
+from edge.v1 import kv_pb2, objects_pb2
 from edgectl import net, probe
+from edgectl import objects as do
+from edgectl import workers as deploys
 from edgectl.client import NodeSample, Target, role_name
 
 # Piped output is not cut to 80 columns: a table of addresses must stay whole in a log.
@@ -62,7 +64,12 @@ def fmt_health(healthy: bool | None) -> Text:
 def fmt_expiration(expiration: int) -> str:
     if not expiration:
         return ""
-    return datetime.fromtimestamp(expiration, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return fmt_unix(expiration)
+
+
+def fmt_unix(at: float) -> str:
+    """A unix time as UTC, to the second: `2026-11-27 14:20:57Z`."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def metadata_value(metadata_json: str) -> Any:
@@ -160,7 +167,8 @@ def live_view(samples: Sequence[NodeSample], data_dir: Path, started_at: float) 
         title=f"edgepop cluster · {data_dir} · up {_duration(time.monotonic() - started_at)}",
         title_justify="left",
         caption="seq: applied (PoP) / head (origin) · behind: entries not yet applied · "
-        "lag: staleness bound · req/s excludes this view's polls · Ctrl-C stops every node",
+        "lag: staleness bound · req/s excludes this view's polls · workers: loaded · "
+        "http: ingress · Ctrl-C stops every node",
         caption_justify="left",
     )
     table.add_column("node")
@@ -172,6 +180,8 @@ def live_view(samples: Sequence[NodeSample], data_dir: Path, started_at: float) 
     table.add_column("behind", justify="right")
     table.add_column("lag", justify="right")
     table.add_column("req/s", justify="right")
+    table.add_column("workers", justify="right")
+    table.add_column("http")
     for sample in samples:
         style = "dim" if sample.stale else ""
         if not sample.alive:
@@ -185,6 +195,8 @@ def live_view(samples: Sequence[NodeSample], data_dir: Path, started_at: float) 
                 "",
                 "",
                 "",
+                "",
+                sample.http_address,
             )
             continue
         behind = ""
@@ -206,6 +218,8 @@ def live_view(samples: Sequence[NodeSample], data_dir: Path, started_at: float) 
             behind,
             lag,
             "" if sample.requests_per_s is None else f"{sample.requests_per_s:.1f}",
+            "" if sample.workers is None else str(sample.workers),
+            sample.http_address,
             style=style,
         )
     return table
@@ -235,6 +249,108 @@ def kv_list_table(keys: Sequence[kv_pb2.KvListKey]) -> Table:
     table.add_column("metadata")
     for key in keys:
         table.add_row(key.name, fmt_expiration(key.expiration), key.metadata_json)
+    return table
+
+
+# -- Durable Objects -------------------------------------------------------------------
+
+
+def object_via(response: objects_pb2.ObjectCallResponse, target: Target, latency_ms: float) -> str:
+    """Who ran an object call: `tokyo-1 · epoch 1 · 8.9 ms`, plus the entry PoP when
+    another one forwarded it and the caller's region when it is elsewhere."""
+    parts = [response.node or "?", f"epoch {response.epoch}"]
+    if target.name != response.node:
+        parts.append(f"via {target.name} ({target.region})")
+    if target.caller_region != target.region:
+        parts.append(f"from {target.caller_region}")
+    parts.append(fmt_ms(latency_ms))
+    return " · ".join(parts)
+
+
+def placements_table(placements: Sequence[objects_pb2.Placement]) -> Table:
+    """`do placements`: where each object lives and which node holds its copy."""
+    table = Table(
+        caption="id: first 12 hex digits (--json: all 64)",
+        caption_justify="left",
+    )
+    table.add_column("namespace")
+    table.add_column("id")
+    table.add_column("owner")
+    table.add_column("standby")
+    table.add_column("epoch", justify="right")
+    for placement in placements:
+        table.add_row(
+            placement.namespace,
+            do.short_id(placement.id),
+            placement.owner,
+            placement.standby or Text("none", style="yellow"),
+            str(placement.epoch),
+        )
+    return table
+
+
+# -- workers ---------------------------------------------------------------------------
+
+
+def rollout_progress() -> Progress:
+    """A deploy's rollout: PoPs serving the new version x/N (on stderr, gone when done)."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("PoPs"),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=True,
+        disable=not stderr.is_terminal,
+    )
+
+
+def cold_start_text(values: Sequence[float]) -> str:
+    stats = deploys.cold_start_json(values)
+    if stats is None:
+        return ""
+    return f"{stats['median']:.1f} / {stats['max']:.1f}"
+
+
+def rollout_text(rollout: deploys.Rollout) -> Text:
+    """`12/12 PoPs`, or `10/12 PoPs (lag: tokyo-2 (has 1a2b…), …)` in yellow."""
+    if rollout.done:
+        return Text(rollout.coverage, style="green" if rollout.total else "")
+    return Text(f"{rollout.coverage} (lag: {rollout.lag_text()})", style="yellow")
+
+
+def workers_table(summaries: Sequence[deploys.WorkerSummary]) -> Table:
+    """`workers`: every version of every worker, and the PoPs serving each now."""
+    table = Table(
+        caption="PoPs: healthy PoPs serving the version now · cold start: median / max",
+        caption_justify="left",
+    )
+    table.add_column("worker")
+    table.add_column("version")
+    table.add_column("active")
+    table.add_column("deployed")
+    table.add_column("routes")
+    table.add_column("PoPs")
+    table.add_column("cold start ms", justify="right")
+    for summary in summaries:
+        for index, row in enumerate(summary.versions):
+            version = row.version
+            if version.active:
+                pops: RenderableType = rollout_text(row.rollout)
+            else:
+                pops = ", ".join(row.rollout.ready)
+            table.add_row(
+                summary.name if index == 0 else "",
+                deploys.short(version.version),
+                Text("active", style="green") if version.active else "",
+                fmt_unix(version.deployed_at),
+                ", ".join(version.routes),
+                pops,
+                cold_start_text(row.rollout.cold_start_ms),
+                style="" if version.active else "dim",
+            )
     return table
 
 
