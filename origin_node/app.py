@@ -28,6 +28,7 @@ from edgepop.netem import NetworkEmulator
 ISSUER = "https://auth.example.com/"
 AUDIENCE = "https://api.example.com/"
 TOKEN_TTL_S_DEFAULT = 3600
+TOKEN_TTL_S_MAX = 30 * 86400
 DATA_SEED = 20261127
 KEY_IDS = {"RS256": "edgepop-rs256-1", "ES256": "edgepop-es256-1"}
 
@@ -228,12 +229,25 @@ def build_app(
     async def issue(request: web.Request) -> web.Response:
         if not hmac.compare_digest(bearer(request).encode(), cluster_token.encode()):
             return web.json_response({"error": "needs the cluster token"}, status=401)
-        body = await request.json() if request.can_read_body else {}
-        subject = str(body.get("sub", "")) if isinstance(body, dict) else ""
-        algorithm = str(body.get("alg", "RS256")) if isinstance(body, dict) else "RS256"
-        if not subject or algorithm not in KEY_IDS:
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except ValueError:
+            return web.json_response({"error": "the body must be JSON"}, status=400)
+        if not isinstance(body, dict):
+            return web.json_response({"error": "the body must be a JSON object"}, status=400)
+        subject = body.get("sub")
+        algorithm = body.get("alg", "RS256")
+        ttl_s = body.get("ttl_s", TOKEN_TTL_S_DEFAULT)
+        if not isinstance(subject, str) or not subject or algorithm not in KEY_IDS:
             return web.json_response({"error": "give sub and alg RS256|ES256"}, status=400)
-        ttl_s = int(body.get("ttl_s", TOKEN_TTL_S_DEFAULT))
+        if (
+            not isinstance(ttl_s, int)
+            or isinstance(ttl_s, bool)
+            or not 1 <= ttl_s <= TOKEN_TTL_S_MAX
+        ):
+            return web.json_response(
+                {"error": f"ttl_s must be an integer within 1..{TOKEN_TTL_S_MAX}"}, status=400
+            )
         return web.json_response({"token": keys.issue(subject, algorithm, ttl_s)})
 
     async def page(request: web.Request) -> web.Response:

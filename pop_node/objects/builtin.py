@@ -100,7 +100,14 @@ class DocumentSession(DurableObject):
         return int(await self.storage.get("head") or 0)
 
     async def on_message(self, session: Session, data: str) -> None:
-        message = json.loads(data)
+        try:
+            message = json.loads(data)
+        except ValueError:
+            session.send(json.dumps({"type": "error", "error": "messages are JSON objects"}))
+            return
+        if not isinstance(message, dict):
+            session.send(json.dumps({"type": "error", "error": "messages are JSON objects"}))
+            return
         kind = message.get("type")
         if kind == "hello":
             for item in await self.ops(int(message.get("last_seen", 0)), DOCUMENT_REPLAY_MAX):

@@ -156,20 +156,29 @@ class WorkerRuntime:
     # -- loading ---------------------------------------------------------------------------
 
     async def _reconcile(self) -> None:
-        for name, version in list(self._desired.items()):
-            current_version = self.versions.get(name)
-            if current_version is not None and current_version.version == version:
-                continue
-            if (name, version) in self._failed:
-                continue
-            try:
-                loaded = await self._load(name, version)
-            except (BundleError, WorkerLoadError, grpc.aio.AioRpcError) as error:
-                reason = error.details() if isinstance(error, grpc.aio.AioRpcError) else str(error)
+        """Load every wanted version that is not loaded, side by side, then swap them in."""
+        wanted = [
+            (name, version)
+            for name, version in self._desired.items()
+            if (name not in self.versions or self.versions[name].version != version)
+            and (name, version) not in self._failed
+        ]
+        # Concurrently: one version importing a heavy library must not delay the others.
+        results = await asyncio.gather(
+            *(self._load(name, version) for name, version in wanted), return_exceptions=True
+        )
+        for (name, version), result in zip(wanted, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, BundleError | WorkerLoadError | grpc.aio.AioRpcError):
+                    raise result
+                reason = (
+                    result.details() if isinstance(result, grpc.aio.AioRpcError) else str(result)
+                )
                 self._failed[(name, version)] = str(reason)
                 log.error("cannot load worker %s %s: %s", name, version[:12], reason)
                 continue
-            self._swap(loaded)
+            if self._desired.get(name) == version:
+                self._swap(result)
         for name in [n for n in self.versions if n not in self._desired]:
             self._retire(self.versions.pop(name))
         self._rebuild_routes()
