@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
@@ -22,30 +21,43 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def netem_middleware(netem: NetworkEmulator) -> Any:
-    """An aiohttp middleware (typed Any: aiohttp's Middleware protocol rejects closures)."""
+_OUTBOUND = web.RequestKey("edge_outbound", tuple)
+
+
+def install_netem(app: web.Application, netem: NetworkEmulator) -> None:
+    """Emulate the network for `app`: inbound leg before the handler, outbound before the
+    response's headers leave (`on_response_prepare`), so a streamed body pays it too and
+    a kept-alive connection is never held after its response was sent."""
 
     @web.middleware
-    async def emulate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def inbound(request: web.Request, handler: Handler) -> web.StreamResponse:
         caller = caller_from_metadata(
             [(key.lower(), value) for key, value in request.headers.items()]
         )
         if caller is None:
             return await handler(request)
-        inbound, outbound = netem.legs(caller)
+        into, back = netem.legs(caller)
         try:
-            await netem.cross(inbound, time.monotonic() - caller.transit_s, None)
+            await netem.cross(into, time.monotonic() - caller.transit_s, None)
         except EdgeError as error:
             # A partitioned link: the request never reaches the handler.
             return web.json_response({"error": error.message}, status=504)
-        response = await handler(request)
-        try:
-            await netem.cross(outbound, time.monotonic() - caller.transit_s, None)
-        except EdgeError as error:
-            return web.json_response({"error": error.message}, status=504)
-        return response
+        request[_OUTBOUND] = (back, caller.transit_s)
+        return await handler(request)
 
-    return emulate
+    async def outbound(request: web.Request, response: web.StreamResponse) -> None:
+        leg = request.get(_OUTBOUND)
+        if leg is None:
+            return
+        back, transit_s = leg
+        try:
+            await netem.cross(back, time.monotonic() - transit_s, None)
+        except EdgeError:
+            log.info("reply to %s lost to a partition", back.to_region)
+            raise
+
+    app.middlewares.append(inbound)
+    app.on_response_prepare.append(outbound)
 
 
 async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:

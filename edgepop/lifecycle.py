@@ -89,6 +89,9 @@ class Node(abc.ABC):
     async def on_serving(self) -> None:
         """Start background work (replication, heartbeats) once the servers accept calls."""
 
+    async def before_serving(self) -> None:
+        """Last preparation before health says SERVING (e.g. a PoP loading its workers)."""
+
     async def on_drain(self) -> None:
         """Stop background work before the servers stop."""
 
@@ -146,6 +149,7 @@ class Node(abc.ABC):
         self.started_at = time.time()
         await self.on_serving()
         self._join_cluster()
+        await self.before_serving()
         await self._health.set("", SERVING)
         for name in names:
             await self._health.set(name, SERVING)

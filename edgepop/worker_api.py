@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
 from contextvars import ContextVar
-from http.cookies import SimpleCookie
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
@@ -67,12 +66,19 @@ class Request:
 
     @property
     def cookies(self) -> dict[str, str]:
-        parsed: SimpleCookie = SimpleCookie()
-        try:
-            parsed.load(self.headers.get("Cookie", ""))
-        except Exception:  # a malformed Cookie header means no cookies, not an error
-            return {}
-        return {name: morsel.value for name, morsel in parsed.items()}
+        """Cookies as a browser sends them (RFC 6265 §5.4): one odd cookie spoils no other."""
+        found: dict[str, str] = {}
+        for header in self.headers.getall("Cookie", []):
+            for pair in header.split(";"):
+                name, separator, value = pair.partition("=")
+                name = name.strip()
+                if not separator or not name:
+                    continue
+                value = value.strip()
+                if len(value) >= 2 and value[0] == value[-1] == '"':
+                    value = value[1:-1]
+                found.setdefault(name, value)
+        return found
 
     async def text(self) -> str:
         return self.body.decode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ from pop_node.overlay import Overlay
 from pop_node.replication import STREAM_IDLE_TIMEOUT_S_DEFAULT, ReplicationClient
 from pop_node.service import PopService
 from pop_node.workers.ingress import build_app as build_ingress
-from pop_node.workers.runtime import WorkerRuntime
+from pop_node.workers.runtime import FIRST_LOAD_WAIT_S_MAX, WorkerRuntime
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,12 @@ class PopNode(Node):
         self.spawn(self.objects.run(), "objects")
         self.spawn(self.workers.run(), "workers")
         self.spawn(self._flush_replica(), "replica-flush")
+
+    async def before_serving(self) -> None:
+        """SERVING means the workers of the current deployment are loaded too."""
+        if self.config.control_plane_address:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.workers.ready.wait(), FIRST_LOAD_WAIT_S_MAX)
 
     async def on_drain(self) -> None:
         await self.workers.close()

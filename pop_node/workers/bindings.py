@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 from edge.v1 import kv_pb2, objects_pb2
 from edgepop import objectid
 from edgepop.bundle import WorkerConfig
-from edgepop.errors import EdgeError
 from edgepop.metrics import NodeMetrics
 
 if TYPE_CHECKING:
@@ -212,23 +211,48 @@ class Env:
         return f"Env({sorted(self.__dict__)})"
 
 
+def worker_class_namespace(worker: str, class_name: str) -> str:
+    """The object namespace of a class a worker defines: scoped to that worker, so it can
+    neither take over a built-in class's objects nor another worker's."""
+    return f"{worker.replace('-', '_')}__{class_name}"
+
+
+def resolve_classes(
+    config: WorkerConfig, own_classes: set[str], builtin_classes: set[str]
+) -> dict[str, str]:
+    """binding -> object namespace: the worker's own class first, else a built-in one."""
+    resolved = {}
+    for binding, class_name in config.durable_objects.items():
+        if class_name in own_classes:
+            resolved[binding] = worker_class_namespace(config.name, class_name)
+        elif class_name in builtin_classes:
+            resolved[binding] = class_name
+        else:
+            raise BindingError(
+                f"durable_objects.{binding}: no class {class_name!r} in worker.py or built in"
+            )
+    return resolved
+
+
+class BindingError(ValueError):
+    """A binding that names something that does not exist."""
+
+
 def build_env(
     config: WorkerConfig,
     *,
     kv: KvFrontend,
     router: ObjectRouter,
     metrics: NodeMetrics,
-    known_classes: set[str],
+    object_namespaces: dict[str, str],
 ) -> Env:
     bindings: dict[str, Any] = {}
     bindings.update(config.vars)
     bindings.update(config.secrets)
     for binding, namespace in config.kv_namespaces.items():
         bindings[binding] = KvBinding(kv, namespace)
-    for binding, class_name in config.durable_objects.items():
-        if class_name not in known_classes:
-            raise EdgeError(f"durable_objects.{binding}: no class {class_name!r}")
-        bindings[binding] = ObjectNamespaceBinding(router, class_name)
+    for binding, namespace in object_namespaces.items():
+        bindings[binding] = ObjectNamespaceBinding(router, namespace)
     for binding, dataset in config.analytics.items():
         bindings[binding] = AnalyticsBinding(metrics, config.name, dataset)
     return Env(bindings)

@@ -102,6 +102,8 @@ class HttpCache:
         """Store a response if its headers allow; True when stored."""
         header_list = tuple(headers)
         header_map = {k.title(): v for k, v in header_list}
+        if "Set-Cookie" in header_map:
+            return False  # one client's cookie must never be replayed to the next
         ttl = freshness_s(header_map)
         names = vary_names(header_map)
         if ttl <= 0 or names is None or status not in CACHEABLE_STATUSES:

@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 WATCHDOG_INTERVAL_S = 0.002
+# While a step stays over budget, the interrupt is raised again this often.
+REINJECT_INTERVAL_S = 0.005
 # Polls with no step running before the watchdog goes back to sleep.
 WATCHDOG_IDLE_ROUNDS = 50
 
@@ -46,6 +48,11 @@ def _set_async_exc(thread_id: int, exception: type[BaseException] | None) -> int
     )
 
 
+def interrupt_thread(thread_id: int, exception: type[BaseException]) -> None:
+    """Raise `exception` in another Python thread at its next bytecode."""
+    _set_async_exc(thread_id, exception)
+
+
 class Watchdog:
     """One per event-loop thread: watches the step being run, if any."""
 
@@ -56,6 +63,7 @@ class Watchdog:
         self._budget: CpuBudget | None = None
         self._step_started = 0.0
         self._injected = False
+        self._injected_at = 0.0
         self._stop = threading.Event()
         # Set while steps are being run: the watchdog sleeps on it instead of polling, so
         # a PoP whose workers are idle pays nothing (no wakeups contending for the GIL).
@@ -98,12 +106,15 @@ class Watchdog:
                         idle_rounds = 0
                     continue
                 idle_rounds = 0
-                if self._injected:
+                now = time.clock_gettime(self.clock)
+                # Again while the step keeps running over budget: worker code that catches
+                # the first interrupt (a bare `except:`) does not get to spin on.
+                if self._injected and now - self._injected_at < REINJECT_INTERVAL_S:
                     continue
-                step_s = time.clock_gettime(self.clock) - self._step_started
-                if budget.used_s + step_s > budget.limit_s:
+                if budget.used_s + now - self._step_started > budget.limit_s:
                     budget.exceeded = True
                     self._injected = True
+                    self._injected_at = now
                     _set_async_exc(self.thread_id, CpuLimitExceeded)
 
     def close(self) -> None:
@@ -133,6 +144,9 @@ def metered(
                     watchdog.end()
                     budget.used_s += time.clock_gettime(watchdog.clock) - started
             except StopIteration as stop:
+                if budget.exceeded or budget.used_s > budget.limit_s:
+                    budget.exceeded = True
+                    raise CpuLimitExceeded from None  # it caught the interrupt and returned
                 return stop.value  # type: ignore[no-any-return]
             if budget.used_s > budget.limit_s:
                 budget.exceeded = True

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from edgepop.http import netem_middleware
+from edgepop.http import install_netem
 from edgepop.netem import REGION_HEADER
 from edgepop.worker_api import Request
 
@@ -27,11 +27,13 @@ log = logging.getLogger(__name__)
 
 URL_BYTES_MAX = 16 * 1024
 HEADER_BYTES_MAX = 32 * 1024
+HEADER_COUNT_MAX = 256
 BODY_BYTES_MAX = 10 * 1024 * 1024
-# aiohttp's parser limits, above ours so that we answer 414/431 ourselves.
-PARSER_LINE_BYTES_MAX = 64 * 1024
-PARSER_FIELD_BYTES_MAX = 64 * 1024
-PARSER_HEADERS_MAX = 256
+# aiohttp's parser limits, far above ours so that we answer 414/431 ourselves; past these
+# a request is malformed (400).
+PARSER_LINE_BYTES_MAX = 1024 * 1024
+PARSER_FIELD_BYTES_MAX = 1024 * 1024
+PARSER_HEADERS_MAX = 8192
 
 
 def geo(node: PopNode, client_region: str) -> dict[str, Any]:
@@ -69,9 +71,20 @@ def build_app(node: PopNode) -> web.Application:
                 status = 414
                 return plain(414, f"URI Too Long (limit {URL_BYTES_MAX} bytes)")
             header_bytes = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
-            if header_bytes > HEADER_BYTES_MAX:
+            if header_bytes > HEADER_BYTES_MAX or len(request.raw_headers) > HEADER_COUNT_MAX:
                 status = 431
-                return plain(431, f"Request Header Fields Too Large (limit {HEADER_BYTES_MAX})")
+                return plain(
+                    431,
+                    f"Request Header Fields Too Large (limits: {HEADER_BYTES_MAX} bytes,"
+                    f" {HEADER_COUNT_MAX} fields)",
+                )
+            if not runtime.ready.is_set():
+                status = 503
+                return web.Response(
+                    status=503,
+                    text="this PoP is loading its workers\n",
+                    headers={"Retry-After": "1"},
+                )
             host = (request.host or "").split(":", 1)[0].lower()
             version = runtime.match(host, request.path)
             if version is None:
@@ -112,11 +125,8 @@ def build_app(node: PopNode) -> web.Application:
             ).inc()
             metrics.request("http", worker_name, str(status)).observe(time.perf_counter() - started)
 
-    app = web.Application(
-        middlewares=[netem_middleware(node.netem)],
-        client_max_size=BODY_BYTES_MAX,
-        handler_args=handler_args(),
-    )
+    app = web.Application(client_max_size=BODY_BYTES_MAX, handler_args=handler_args())
+    install_netem(app, node.netem)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
 

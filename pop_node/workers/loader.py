@@ -7,20 +7,27 @@ own modules import each other relatively (`from . import helpers`).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.abc
 import importlib.machinery
 import inspect
 import sys
+import threading
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from edgepop.durable import DurableObject
+from pop_node.workers.cpu import interrupt_thread
 
 
 class WorkerLoadError(Exception):
-    """A bundle that cannot be loaded (syntax error, no fetch, import failure)."""
+    """A bundle that cannot be loaded (syntax error, no fetch, import failure, too slow)."""
+
+
+class _LoadInterrupted(BaseException):
+    """Raised inside a loader thread that overran its time (BaseException: not swallowed)."""
 
 
 class _BundleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -109,3 +116,42 @@ def load_bundle(name: str, version: str, files: dict[str, bytes]) -> LoadedModul
         and member.__module__ == module.__name__
     }
     return loaded
+
+
+async def load_bundle_bounded(
+    name: str, version: str, files: dict[str, bytes], timeout_s: float
+) -> LoadedModule:
+    """`load_bundle` on its own thread, stopped if its module code runs past `timeout_s`."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[LoadedModule] = loop.create_future()
+
+    def settle(result: LoadedModule | None, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            assert result is not None
+            done.set_result(result)
+
+    def work() -> None:
+        try:
+            loaded = load_bundle(name, version, files)
+        except _LoadInterrupted:
+            loop.call_soon_threadsafe(
+                settle, None, WorkerLoadError(f"worker {name}: loading took over {timeout_s} s")
+            )
+            return
+        except BaseException as error:
+            loop.call_soon_threadsafe(settle, None, error)
+            return
+        loop.call_soon_threadsafe(settle, loaded, None)
+
+    thread = threading.Thread(target=work, name=f"load-{name}", daemon=True)
+    thread.start()
+    try:
+        return await asyncio.wait_for(asyncio.shield(done), timeout_s)
+    except TimeoutError:
+        if thread.ident is not None:
+            interrupt_thread(thread.ident, _LoadInterrupted)
+        raise WorkerLoadError(f"worker {name}: loading took over {timeout_s} s") from None

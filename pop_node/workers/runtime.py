@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,13 +24,20 @@ import grpc
 from multidict import CIMultiDict
 
 from edge.v1 import control_plane_pb2, control_plane_pb2_grpc, workers_pb2
-from edgepop.bundle import BundleError, Route, WorkerConfig, bundle_version, check_bundle
+from edgepop.bundle import Route, WorkerConfig, bundle_version, check_bundle
 from edgepop.netem import NODE_HEADER, REGION_HEADER, sent_at_metadata
 from edgepop.worker_api import ExecutionContext, Request, Response, current
-from pop_node.workers.bindings import Env, build_env
+from pop_node.objects.builtin import BUILTIN_CLASSES
+from pop_node.workers.bindings import (
+    BindingError,
+    Env,
+    build_env,
+    resolve_classes,
+    worker_class_namespace,
+)
 from pop_node.workers.cache import HttpCache
 from pop_node.workers.cpu import CpuBudget, CpuLimitExceeded, Watchdog, metered
-from pop_node.workers.loader import LoadedModule, WorkerLoadError, load_bundle
+from pop_node.workers.loader import LoadedModule, WorkerLoadError, load_bundle_bounded
 
 if TYPE_CHECKING:
     from pop_node.node import PopNode
@@ -43,6 +50,13 @@ SUBREQUEST_TIMEOUT_S = 30.0
 SUBREQUEST_BODY_BYTES_MAX = 25 * 1024 * 1024
 WAIT_UNTIL_TIMEOUT_S = 30.0
 BUNDLE_FETCH_TIMEOUT_S = 10.0
+# A version whose module code runs longer than this at import is refused.
+LOAD_TIMEOUT_S = 10.0
+# Until the first set of workers is loaded the PoP is not SERVING, and its ingress would
+# answer 503 (never a false 404); past this it serves whatever it has (e.g. the control
+# plane is unreachable: the data plane does not wait for it).
+FIRST_LOAD_WAIT_S_MAX = 3.0
+RELOAD_AFTER_FAILURE_S = 1.0
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host", "content-length"}
 )
@@ -125,19 +139,27 @@ class WorkerRuntime:
         self.cache = HttpCache()
         self._desired: dict[str, str] = {}
         self._reconcile_wanted = asyncio.Event()
+        # Set once the workers of the first topology push are loaded (see ingress).
+        self.ready = asyncio.Event()
+        self._topology_seen = False
         self._watchdog: Watchdog | None = None
         self._session: aiohttp.ClientSession | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._failed: dict[tuple[str, str], str] = {}
+        self._loading: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self) -> None:
         self._watchdog = Watchdog()
+        asyncio.get_running_loop().call_later(FIRST_LOAD_WAIT_S_MAX, self.ready.set)
         while True:
             await self._reconcile_wanted.wait()
             self._reconcile_wanted.clear()
-            await self._reconcile()
+            try:
+                await self._reconcile()
+            except Exception:
+                log.exception("worker reconcile failed; the next topology push retries")
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -149,39 +171,60 @@ class WorkerRuntime:
 
     def on_topology(self, topology: control_plane_pb2.Topology) -> None:
         desired = {worker.name: worker.version for worker in topology.workers}
-        if desired != self._desired:
+        self._topology_seen = True
+        if desired != self._desired or not self.ready.is_set():
             self._desired = desired
             self._reconcile_wanted.set()
 
     # -- loading ---------------------------------------------------------------------------
 
     async def _reconcile(self) -> None:
-        """Load every wanted version that is not loaded, side by side, then swap them in."""
-        wanted = [
-            (name, version)
-            for name, version in self._desired.items()
-            if (name not in self.versions or self.versions[name].version != version)
-            and (name, version) not in self._failed
-        ]
-        # Concurrently: one version importing a heavy library must not delay the others.
-        results = await asyncio.gather(
-            *(self._load(name, version) for name, version in wanted), return_exceptions=True
-        )
-        for (name, version), result in zip(wanted, results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, BundleError | WorkerLoadError | grpc.aio.AioRpcError):
-                    raise result
-                reason = (
-                    result.details() if isinstance(result, grpc.aio.AioRpcError) else str(result)
-                )
-                self._failed[(name, version)] = str(reason)
-                log.error("cannot load worker %s %s: %s", name, version[:12], reason)
+        """Start loading every wanted version not loaded yet; retire unwanted workers.
+
+        Each version loads and swaps in on its own: a slow one (a heavy import, a slow
+        module body) holds up no other. The first push's loads decide readiness.
+        """
+        started = []
+        for name, version in self._desired.items():
+            loaded = self.versions.get(name)
+            key = (name, version)
+            if (loaded is not None and loaded.version == version) or key in self._failed:
                 continue
-            if self._desired.get(name) == version:
-                self._swap(result)
+            if key not in self._loading:
+                self._loading[key] = asyncio.ensure_future(self._load_and_swap(name, version))
+            started.append(self._loading[key])
         for name in [n for n in self.versions if n not in self._desired]:
             self._retire(self.versions.pop(name))
         self._rebuild_routes()
+        if not self.ready.is_set() and self._topology_seen:
+            await asyncio.gather(*started, return_exceptions=True)
+            self.ready.set()
+
+    async def _load_and_swap(self, name: str, version: str) -> None:
+        try:
+            loaded = await self._load(name, version)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                log.warning("cannot fetch worker %s yet (%s); retrying", name, error.code().name)
+                asyncio.get_running_loop().call_later(
+                    RELOAD_AFTER_FAILURE_S, self._reconcile_wanted.set
+                )
+            else:
+                self._failed[(name, version)] = error.details() or error.code().name
+                log.error("cannot load worker %s %s: %s", name, version[:12], error.details())
+            return
+        except Exception as error:
+            # A version that cannot load never will: keep serving the previous one.
+            self._failed[(name, version)] = str(error)
+            log.error("cannot load worker %s %s: %s", name, version[:12], error)
+            return
+        finally:
+            self._loading.pop((name, version), None)
+        if self._desired.get(name) == version:
+            self._swap(loaded)
+            self._rebuild_routes()
+        else:
+            loaded.module.unload()
 
     async def _load(self, name: str, version: str) -> WorkerVersion:
         stub = self.node.control_plane_stub()
@@ -197,15 +240,20 @@ class WorkerRuntime:
             raise WorkerLoadError(f"bundle of {name} does not hash to {version[:12]}")
         config = check_bundle(response.bundle)
         files = {file.path: bytes(file.content) for file in response.bundle.files}
-        module = await asyncio.to_thread(load_bundle, name, version, files)
+        module = await load_bundle_bounded(name, version, files, LOAD_TIMEOUT_S)
+        try:
+            namespaces = resolve_classes(config, set(module.classes), set(BUILTIN_CLASSES))
+        except BindingError as error:
+            module.unload()
+            raise WorkerLoadError(str(error)) from error
         for class_name, cls in module.classes.items():
-            self.node.objects.classes[class_name] = cls
+            self.node.objects.classes[worker_class_namespace(name, class_name)] = cls
         env = build_env(
             config,
             kv=self.node.kv,
             router=self.node.router,
             metrics=self.metrics,
-            known_classes=set(self.node.objects.classes),
+            object_namespaces=namespaces,
         )
         cold_start_s = time.perf_counter() - started
         self.metrics.worker_cold_start.labels(self.metrics.node, self.metrics.region, name).observe(
@@ -286,7 +334,44 @@ class WorkerRuntime:
             ).observe(budget.used_s)
         for work in context.pending:
             self._spawn_background(work, scope)
+        if response.streaming:
+            response = Response(
+                self._metered_stream(version, response.chunks(), budget, scope),
+                status=response.status,
+                headers=response.headers,
+            )
         return response, error_code
+
+    async def _metered_stream(
+        self,
+        version: WorkerVersion,
+        chunks: AsyncIterator[bytes],
+        budget: CpuBudget,
+        scope: _Scope,
+    ) -> AsyncIterator[bytes]:
+        """A streaming body is the worker's code too: same CPU budget, same scope."""
+        assert self._watchdog is not None
+        version.in_flight += 1
+        try:
+            while True:
+                token = current.set(scope)
+                try:
+                    chunk = await metered(_next_chunk(chunks), budget, self._watchdog)
+                except StopAsyncIteration:
+                    return
+                except CpuLimitExceeded:
+                    log.warning("worker %s exceeded its CPU limit while streaming", version.name)
+                    return  # the client sees the body end early
+                except Exception:
+                    log.exception("worker %s raised while streaming", version.name)
+                    return
+                finally:
+                    current.reset(token)
+                yield chunk
+        finally:
+            version.in_flight -= 1
+            if version.retired and version.in_flight == 0:
+                version.module.unload()
 
     def _spawn_background(self, work: Any, scope: _Scope) -> None:
         async def run() -> None:
@@ -336,7 +421,8 @@ class WorkerRuntime:
 
     async def subrequest(self, worker: str, request: Request) -> Response:
         """A worker's fetch(): through this PoP's cache for GET, else to the origin."""
-        cacheable = request.method in ("GET", "HEAD")
+        # Only GET: a HEAD response has no body and must never answer a later GET.
+        cacheable = request.method == "GET"
         if cacheable:
             cached = self.cache_lookup(request)
             if cached is not None:
@@ -385,6 +471,10 @@ class WorkerRuntime:
 
     def loaded(self) -> list[workers_pb2.LoadedWorker]:
         return [version.to_pb() for version in self.versions.values()]
+
+
+async def _next_chunk(chunks: AsyncIterator[bytes]) -> bytes:
+    return await chunks.__anext__()
 
 
 StubGetter = Callable[[], control_plane_pb2_grpc.ControlPlaneStub | None]

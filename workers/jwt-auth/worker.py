@@ -12,8 +12,7 @@ import jwt
 from edgepop import worker_api as edge
 
 JWKS_CACHE_TTL_S = 300
-ALGORITHMS = ["RS256", "ES256"]
-_parsed: dict[str, dict[str, object]] = {}
+_parsed: dict[str, dict[str, jwt.PyJWK]] = {}
 
 
 async def get_jwks(env, ctx) -> str:
@@ -26,11 +25,11 @@ async def get_jwks(env, ctx) -> str:
     return text
 
 
-def keys_of(jwks_text: str) -> dict[str, object]:
+def keys_of(jwks_text: str) -> dict[str, jwt.PyJWK]:
     digest = hashlib.sha256(jwks_text.encode()).hexdigest()
     if digest not in _parsed:
         _parsed.clear()
-        _parsed[digest] = {jwk["kid"]: jwt.PyJWK(jwk).key for jwk in json.loads(jwks_text)["keys"]}
+        _parsed[digest] = {jwk["kid"]: jwt.PyJWK(jwk) for jwk in json.loads(jwks_text)["keys"]}
     return _parsed[digest]
 
 
@@ -43,10 +42,16 @@ async def fetch(request: edge.Request, env, ctx) -> edge.Response:
         kid = jwt.get_unverified_header(token).get("kid")
         if kid not in keys:
             raise jwt.InvalidTokenError(f"unknown key id {kid!r}")
+        key = keys[kid]
+        # The key decides the algorithm, never the token's header (algorithm confusion).
         claims = jwt.decode(
-            token, keys[kid], algorithms=ALGORITHMS, audience=env.AUDIENCE, issuer=env.ISSUER
+            token,
+            key.key,
+            algorithms=[key.algorithm_name],
+            audience=env.AUDIENCE,
+            issuer=env.ISSUER,
         )
-    except jwt.InvalidTokenError as error:
+    except (jwt.PyJWTError, TypeError, ValueError) as error:
         return edge.Response.json({"error": f"invalid token: {error}"}, status=401)
     return edge.Response.json(
         {"authenticated": True, "sub": claims["sub"], "colo": request.cf.get("colo")}

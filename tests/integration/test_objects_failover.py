@@ -1,0 +1,673 @@
+"""Durable Objects when owners die or are cut off: nothing acknowledged is lost, no value is
+given twice, no two nodes serve one object.
+
+One module cluster with the seed's delays: us-east-1 (control plane, origin), tokyo x2,
+london x2, sydney x1. Every test uses fresh object names and leaves the cluster whole
+(killed nodes restarted, faults cleared, all nodes healthy), so the twenty seeded kill
+runs share it and the client processes: a run takes ~8 s here (load, lease 2 s + margin
+0.5 s, the rest of the load, the restarted old owner checked), where a fresh cluster
+per run would add its start-up each time. Sydney has a single PoP: an object hinted
+there has its standby in tokyo, so sydney can be cut off from the control plane while
+the new owner stays reachable.
+
+The owner lease is the control plane's default (2 s, heartbeats every 0.5 s), objects
+move 0.5 s after it lapses: failover measures 2.5-3.8 s of the 5 s the issue allows.
+Also here: the standby dying, both copies dying, the pair partitioned, and the control
+plane paused or restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from edgectl.launcher import Cluster
+from tests.conftest import _make_factory, poll_until
+from tests.integration.kvclient import metric_value
+from tests.integration.objclient import (
+    ClientPool,
+    DocClient,
+    IncrementJob,
+    IncrementLoop,
+    apoll_until,
+    call,
+    call_error,
+    clear_faults,
+    healthy,
+    partition,
+    placement_of,
+    result,
+    route,
+)
+
+pytestmark = pytest.mark.cluster
+
+FAILOVER_TOPOLOGY: dict[str, Any] = {
+    "emulate_delay": True,
+    "regions": [
+        {"name": "us-east-1"},
+        {"name": "tokyo", "pop_nodes": 2},
+        {"name": "london", "pop_nodes": 2},
+        {"name": "sydney", "pop_nodes": 1},
+    ],
+}
+CLIENT_REGIONS = ["tokyo", "london", "sydney"]
+LEASE_S = 2.0
+FAILOVER_S_MAX = 5.0
+SEEDS = range(20)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    started: list[Cluster] = []
+    made = _make_factory(Path(tmp_path_factory.mktemp("objects-failover")), started)(
+        FAILOVER_TOPOLOGY
+    )
+    yield made
+    made.down()
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[ClientPool]:
+    with ClientPool(len(CLIENT_REGIONS)) as clients:
+        yield clients
+
+
+@pytest.fixture
+def whole(cluster: Cluster) -> Iterator[Cluster]:
+    """The module cluster, all nodes up and healthy before and after the test."""
+    _make_whole(cluster)
+    try:
+        yield cluster
+    finally:
+        clear_faults(cluster)
+        _make_whole(cluster)
+
+
+def _make_whole(cluster: Cluster) -> None:
+    for node in cluster.nodes.values():
+        if not cluster.alive(node.name):
+            cluster.start(node.name)
+    poll_until(
+        lambda: healthy(cluster) >= set(cluster.nodes) - {"control-plane"},
+        timeout=15,
+        what="every node healthy",
+    )
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+# -- acceptance: kill -9 the owner under load, 20 seeded runs -------------------------------------
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_owner_killed_under_load_loses_no_acknowledged_increment_and_gives_no_value_twice(
+    whole: Cluster, pool: ClientPool, seed: int
+) -> None:
+    """3 client processes (tokyo, london, sydney) x 60 increments, 6 in flight each; the
+    owner is killed -9 once a seeded number of increments (20-60 %) were acknowledged."""
+    cluster = whole
+    rng = random.Random(seed)
+    first_region = rng.choice(CLIENT_REGIONS)
+    kill_after = rng.randint(36, 108)
+    name = _unique(f"failover-{seed}")
+    first = call(cluster, route(cluster, first_region).name, "get", name=name, region=first_region)
+    owner, old_epoch = first.node, first.epoch
+    assert cluster.node(owner).region == first_region
+    before = placement_of(cluster, "Counter", name)
+    assert before is not None and before.standby
+    jobs = [
+        IncrementJob(
+            control_plane=cluster.control_plane.grpc_address,
+            region=region,
+            name=name,
+            count=60,
+            tag=f"{name}-{region}",
+            in_flight=6,
+            give_up_s=20.0,
+        )
+        for region in CLIENT_REGIONS
+    ]
+    failovers = metric_value(cluster, "control-plane", "edge_do_failovers_total")
+    pool.start(jobs)
+    poll_until(lambda: pool.acknowledged >= kill_after, timeout=30, what="load under way")
+    cluster.kill(owner)
+    killed_at = time.time()
+    # Once the object has moved, the old owner restarts while the clients still run: its
+    # stale copy must not serve (and the restart overlaps the rest of the run).
+    poll_until(
+        lambda: (p := placement_of(cluster, "Counter", name)) and p.epoch > old_epoch,
+        timeout=FAILOVER_S_MAX + 2,
+        what="the object moves off the killed owner",
+    )
+    restart = threading.Thread(target=cluster.start, args=(owner,), daemon=True)
+    restart.start()
+    histories = pool.wait(timeout=90)
+    restart.join(timeout=60)
+    assert cluster.alive(owner)
+    records = [record for history in histories for record in history]
+    acknowledged = [record for record in records if record.ok]
+
+    # No value twice; each value under exactly one epoch.
+    values = [record.value for record in acknowledged]
+    assert len(values) == len(set(values)), "a value was returned twice"
+    epochs_of: dict[int, set[int]] = defaultdict(set)
+    for record in acknowledged:
+        epochs_of[record.value].add(record.epoch)
+    assert all(len(epochs) == 1 for epochs in epochs_of.values())
+
+    # Serving again within 5 s of the kill, at a higher epoch, on the old standby.
+    after = placement_of(cluster, "Counter", name)
+    assert after is not None
+    assert (after.owner, after.epoch) == (before.standby, old_epoch + 1)
+    moved = [record for record in acknowledged if record.epoch > old_epoch]
+    assert moved, "no call was served after the kill"
+    assert {record.node for record in moved} == {after.owner}
+    recovery_s = min(record.acked_at for record in moved) - killed_at
+    print(
+        f"seed {seed}: killed {owner} after {kill_after} acks; serving again in {recovery_s:.2f} s"
+    )
+    assert recovery_s < FAILOVER_S_MAX
+    assert metric_value(cluster, "control-plane", "edge_do_failovers_total") >= failovers + 1
+
+    # Nothing acknowledged lost, nothing counted that was not attempted.
+    final = result(call(cluster, after.owner, "get", name=name, region=first_region))
+    assert len(acknowledged) <= final <= len(records)
+    assert max(values) <= final
+    if len(acknowledged) == len(records):
+        assert sorted(values) == list(range(1, final + 1))
+
+    # The old owner is back with a stale copy: it forwards, never serves the object.
+    again = call(cluster, owner, "increment", name=name, region=cluster.node(owner).region)
+    assert (again.node, again.epoch, result(again)) == (after.owner, after.epoch, final + 1)
+
+
+# -- acceptance: owner partitioned from the control plane ----------------------------------------
+
+
+def _probe(cluster: Cluster, node: str, name: str, region: str) -> tuple[bool, Any, float]:
+    """One increment sent straight to `node`: (served, response or code, send time)."""
+    sent = time.time()
+    try:
+        response = call(cluster, node, "increment", name=name, region=region, timeout=0.8)
+    except grpc.RpcError as error:
+        return False, error.code(), sent
+    return True, response, sent
+
+
+def test_owner_cut_off_from_the_control_plane_stops_after_its_lease_and_refuses_after_heal(
+    whole: Cluster,
+) -> None:
+    """The object lives in sydney (one PoP, standby in tokyo); sydney <-> us-east-1 is cut,
+    which leaves sydney-1 reachable by clients and peers but not by the control plane.
+
+    Probes are increments sent straight to sydney-1 with a short deadline. One that timed
+    out may still have run (its reply was late, not lost) if it was sent while the lease
+    could still be valid; one sent after that must not have run: the count the new owner
+    reports is checked against both bounds.
+    """
+    cluster = whole
+    name = _unique("partitioned")
+    first = call(
+        cluster, "sydney-1", "increment", name=name, region="sydney", location_hint="sydney"
+    )
+    assert (first.node, first.epoch) == ("sydney-1", 1)
+    placed = placement_of(cluster, "Counter", name)
+    assert placed is not None and cluster.node(placed.standby).region == "tokyo"
+    partition(cluster, "sydney", "us-east-1")
+    cut_at = time.time()
+    # The lease runs from the send time of the last acknowledged heartbeat (< cut_at).
+    lease_over_at = cut_at + LEASE_S + 0.2
+    probes: list[tuple[bool, Any, float]] = []
+
+    def stopped() -> bool:
+        probes.append(_probe(cluster, "sydney-1", name, "sydney"))
+        return not probes[-1][0]
+
+    poll_until(stopped, timeout=LEASE_S + 4, interval=0.05, what="the cut-off owner stops")
+    # Until its lease lapsed it served, as itself, at its epoch; never after the lease.
+    served = [(answer, sent) for ok, answer, sent in probes if ok]
+    assert all((a.node, a.epoch) == ("sydney-1", 1) for a, _ in served)
+    assert all(sent < lease_over_at for _, sent in served)
+    assert probes[-1][2] < lease_over_at + 0.5, "it served well past its lease"
+    last_served_at = max([sent for _, sent in served], default=cut_at)
+
+    moved = poll_until(
+        lambda: (p := placement_of(cluster, "Counter", name)) and p.epoch == 2 and p,
+        timeout=5,
+        what="the object moves to its standby",
+    )
+    assert moved.owner == placed.standby
+    assert time.time() > last_served_at
+    # Still refusing (no flapping), after the move too.
+    for _ in range(2):
+        probes.append(_probe(cluster, "sydney-1", name, "sydney"))
+        assert not probes[-1][0]
+    response = call(cluster, moved.owner, "increment", name=name, region="tokyo")
+    assert (response.node, response.epoch) == (moved.owner, 2)
+    acknowledged = 1 + len(served)
+    maybe_ran = len([1 for ok, _, sent in probes if not ok and sent < lease_over_at])
+    assert acknowledged + 1 <= result(response) <= acknowledged + maybe_ran + 1
+    count = result(response)
+
+    clear_faults(cluster)
+    poll_until(lambda: "sydney-1" in healthy(cluster), timeout=10, what="sydney-1 healthy")
+    # The old owner takes calls again, but only to forward them: never served at epoch 1.
+    for _ in range(3):
+        again = call(cluster, "sydney-1", "increment", name=name, region="sydney")
+        count += 1
+        assert (again.node, again.epoch, result(again)) == (moved.owner, 2, count)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a PoP whose cached route names an owner that is cut off from the control"
+    " plane forwards there, and the old owner keeps retrying its own LocateObject until the"
+    " caller's whole deadline (pop_node/objects/router.py call/_forward): the stale route"
+    " is failed, not corrected",
+)
+def test_stale_route_to_a_cut_off_old_owner_is_corrected_within_the_failover_time(
+    whole: Cluster,
+) -> None:
+    cluster = whole
+    name = _unique("stale-route")
+    first = call(
+        cluster, "london-1", "increment", name=name, region="london", location_hint="sydney"
+    )
+    assert first.node == "sydney-1"  # london-1 now caches sydney-1 as the owner
+    partition(cluster, "sydney", "us-east-1")
+    poll_until(
+        lambda: (p := placement_of(cluster, "Counter", name)) and p.epoch == 2,
+        timeout=LEASE_S + 4,
+        what="the object moves",
+    )
+    moved_at = time.monotonic()
+    response = call(cluster, "london-1", "increment", name=name, region="london", timeout=10)
+    assert response.epoch == 2
+    assert time.monotonic() - moved_at < FAILOVER_S_MAX
+
+
+# -- Lock across a failover ------------------------------------------------------------------------
+
+
+def test_lock_fencing_tokens_keep_growing_across_a_failover(whole: Cluster) -> None:
+    cluster = whole
+    name = _unique("lock-failover")
+
+    def lock(node: str, method: str, *args: Any) -> dict[str, Any]:
+        answer: dict[str, Any] = result(
+            call(
+                cluster,
+                node,
+                method,
+                list(args),
+                namespace="Lock",
+                name=name,
+                region=cluster.node(node).region,
+                timeout=10,
+            )
+        )
+        return answer
+
+    first = lock("london-1", "acquire", "alice", 0.3)
+    owner = placement_of(cluster, "Lock", name)
+    assert owner is not None and owner.owner.startswith("london-")
+    second = poll_until(
+        lambda: (a := lock("london-1", "acquire", "bob", 1.0))["granted"] and a,
+        timeout=5,
+        what="bob after alice's ttl",
+    )
+    assert second["token"] > first["token"]
+    cluster.kill(owner.owner)
+    entry = "tokyo-1"
+    third = poll_until(
+        lambda: (a := _try(lambda: lock(entry, "acquire", "carol", 30))) and a["granted"] and a,
+        timeout=10,
+        what="carol after the failover and bob's ttl",
+    )
+    assert third["token"] > second["token"]
+    status = lock(entry, "status")
+    assert status["holder"] == "carol" and status["fence"] == third["token"]
+
+
+def _try(function: Any) -> Any:
+    try:
+        return function()
+    except grpc.RpcError:
+        return None
+
+
+# -- DocumentSession: one order for all, nothing acknowledged missed across a failover ----------
+
+
+def test_document_session_clients_see_one_order_and_miss_nothing_acknowledged_across_a_failover(
+    whole: Cluster,
+) -> None:
+    asyncio.run(_document_scenario(whole))
+
+
+async def _document_scenario(cluster: Cluster) -> None:
+    document = _unique("doc")
+    first = await asyncio.to_thread(
+        call,
+        cluster,
+        "tokyo-1",
+        "head",
+        namespace="DocumentSession",
+        name=document,
+        region="tokyo",
+        location_hint="tokyo",
+    )
+    owner = first.node
+    entries = {"tokyo": owner, "london": "london-1", "sydney": "sydney-1"}
+    clients = {
+        region: DocClient(cluster, f"client-{region}", region, document)
+        for region in CLIENT_REGIONS
+    }
+    try:
+        for region, client in clients.items():
+            opened = await client.connect(entries[region])
+            assert (opened.node, opened.epoch) == (owner, first.epoch)
+
+        # Phase 1: 8 ops from each, concurrently; everyone sees all 24 in one order.
+        await asyncio.gather(
+            *(_send_ops(client, "p1", 8, interval_s=0.0) for client in clients.values())
+        )
+        await apoll_until(
+            lambda: all(len(c.seen) == 24 for c in clients.values()), timeout=10, what="24 ops"
+        )
+        reference = clients["tokyo"].seen
+        for client in clients.values():
+            assert client.seen == reference
+            assert client.connections[0].arrivals == list(range(1, 25))
+
+        # Phase 2: keep sending; kill the owner midway; reconnect; say hello.
+        stop = asyncio.Event()
+        keepers = [
+            asyncio.ensure_future(_keep_connected(cluster, client, entries, owner, stop))
+            for client in clients.values()
+        ]
+        senders = [
+            asyncio.ensure_future(_send_ops(client, "p2", 20, interval_s=0.05))
+            for client in clients.values()
+        ]
+        await apoll_until(
+            lambda: sum(len(c.acknowledged) for c in clients.values()) >= 24 + 15,
+            timeout=15,
+            what="phase-2 ops acknowledged",
+        )
+        await asyncio.to_thread(cluster.kill, owner)
+        await asyncio.gather(*senders)
+        acknowledged = {
+            op_id: seq for client in clients.values() for op_id, seq in client.acknowledged.items()
+        }
+
+        def every_client_has_every_acknowledged_op() -> bool:
+            return all(
+                all(
+                    isinstance(c.seen.get(seq), dict) and c.seen[seq]["id"] == op_id
+                    for op_id, seq in acknowledged.items()
+                )
+                for c in clients.values()
+            )
+
+        await apoll_until(every_client_has_every_acknowledged_op, timeout=20, what="catch-up")
+        stop.set()
+        await asyncio.gather(*keepers)
+        # One order for everyone: no seq names two different ops anywhere.
+        merged: dict[int, Any] = {}
+        for client in clients.values():
+            for seq, op in client.seen.items():
+                assert merged.setdefault(seq, op) == op
+        assert any(len(c.connections) > 1 for c in clients.values()), "nobody reconnected"
+        for client in clients.values():
+            for connection in client.connections[1:]:
+                arrivals = connection.arrivals
+                in_order = arrivals == sorted(set(arrivals))
+                print(
+                    f"{client.name} reconnected at {connection.node}: {len(arrivals)} ops,"
+                    f" {'in seq order' if in_order else 'NOT in seq order: ' + str(arrivals)}"
+                )
+        # The document itself holds every acknowledged op at its seq.
+        ops = await asyncio.to_thread(
+            call,
+            cluster,
+            "london-1",
+            "ops",
+            [0, 1000],
+            namespace="DocumentSession",
+            name=document,
+            region="london",
+        )
+        stored = {item["seq"]: item["op"] for item in result(ops)}
+        assert sorted(stored) == list(range(1, len(stored) + 1))
+        for op_id, seq in acknowledged.items():
+            assert stored[seq]["id"] == op_id
+        assert ops.epoch == first.epoch + 1
+    finally:
+        for client in clients.values():
+            await client.close()
+
+
+async def _send_ops(client: DocClient, phase: str, count: int, interval_s: float) -> None:
+    """Send `count` ops, each while the session is live (waiting through reconnects)."""
+    for index in range(count):
+        op_id = f"{client.name}-{phase}-{index}"
+        while not await client.send_op(op_id):
+            await asyncio.wait_for(client.live.wait(), timeout=20)
+        if interval_s:
+            await asyncio.sleep(interval_s)
+
+
+async def _keep_connected(
+    cluster: Cluster, client: DocClient, entries: dict[str, str], owner: str, stop: asyncio.Event
+) -> None:
+    """Reconnect whenever the session ends: to the same PoP, or (if it was the owner that
+    died) to the nearest healthy one; hello carries the last contiguous seq seen."""
+    while not stop.is_set():
+        if client.live.is_set():
+            await asyncio.sleep(0.02)
+            continue
+        node = entries[client.region]
+        if node == owner:
+            node = await asyncio.to_thread(lambda: route(cluster, client.region).name)
+        try:
+            await client.connect(node, timeout=12)
+        except (grpc.aio.AioRpcError, AssertionError, TimeoutError):
+            await asyncio.sleep(0.1)
+
+
+# -- the standby dies, or both copies do --------------------------------------------------------
+
+
+def test_standby_killed_under_load_object_keeps_owner_and_epoch_and_gets_a_new_standby(
+    whole: Cluster,
+) -> None:
+    cluster = whole
+    name = _unique("standby-dies")
+    first = call(cluster, "london-1", "increment", name=name, region="london")
+    placed = placement_of(cluster, "Counter", name)
+    assert placed is not None and placed.owner == first.node
+    loop = IncrementLoop(cluster, placed.owner, name, "london")
+    loop.start()
+    poll_until(lambda: len(loop.acknowledged) >= 10, timeout=10, what="load under way")
+    cluster.kill(placed.standby)
+    killed_at = time.time()
+    poll_until(
+        lambda: (
+            any(record.acked_at > killed_at + 0.5 for record in loop.acknowledged[-1:])
+            and len(loop.acknowledged) >= 30
+        ),
+        timeout=15,
+        what="calls served again after the standby died",
+    )
+    loop.finish()
+    after = placement_of(cluster, "Counter", name)
+    assert after is not None
+    assert (after.owner, after.epoch) == (placed.owner, placed.epoch)
+    assert after.standby not in ("", placed.standby)
+    resumed = min(r.acked_at for r in loop.acknowledged if r.acked_at > killed_at + 0.5)
+    print(f"standby killed: longest gap {loop.longest_gap_s():.2f} s")
+    assert loop.longest_gap_s() < FAILOVER_S_MAX
+    assert resumed - killed_at < FAILOVER_S_MAX + 0.5
+    assert {record.epoch for record in loop.acknowledged} == {placed.epoch}
+    values = [record.value for record in loop.acknowledged]
+    assert values == list(range(2, len(values) + 2))  # in order, none lost, none twice
+    final = result(call(cluster, "tokyo-1", "get", name=name, region="tokyo"))
+    # The loop stops between attempts: an attempt that failed just then may have run.
+    assert values[-1] <= final <= values[-1] + 1
+
+
+def test_owner_and_standby_both_killed_object_waits_then_its_standby_serves_everything(
+    whole: Cluster,
+) -> None:
+    """Neither copy is up: the object must not move elsewhere (that would lose acknowledged
+    writes). It comes back when the standby does, at a higher epoch, with every write."""
+    cluster = whole
+    name = _unique("both-die")
+    for _ in range(5):
+        last = call(cluster, "tokyo-1", "increment", name=name, region="tokyo")
+    placed = placement_of(cluster, "Counter", name)
+    assert placed is not None and cluster.node(placed.standby).region == "tokyo"
+    cluster.kill(placed.owner)
+    cluster.kill(placed.standby)
+    poll_until(
+        lambda: not ({placed.owner, placed.standby} & healthy(cluster)),
+        timeout=5,
+        what="both copies unhealthy",
+    )
+    # Well past lease + margin: still placed on the two dead nodes, calls refused.
+    error = call_error(lambda: call(cluster, "london-1", "get", name=name, timeout=3.5))
+    assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    still = placement_of(cluster, "Counter", name)
+    assert still is not None
+    assert (still.owner, still.standby, still.epoch) == (
+        placed.owner,
+        placed.standby,
+        placed.epoch,
+    )
+    cluster.start(placed.standby)
+    response = call(cluster, "london-1", "increment", name=name, region="london", timeout=10)
+    assert (response.node, response.epoch) == (placed.standby, placed.epoch + 1)
+    assert result(response) == result(last) + 1
+
+
+# -- network faults between the two copies, and a paused control plane ----------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (liveness): an owner that cannot reach its standby stops serving for as long"
+    " as the partition lasts; both nodes heartbeat, so the control plane never picks another"
+    " standby (pop_node/objects/committer.py + control_plane/node.py _repair_placements)",
+)
+def test_object_keeps_serving_when_its_owner_and_standby_are_partitioned(whole: Cluster) -> None:
+    cluster = whole
+    name = _unique("split-pair")
+    call(cluster, "sydney-1", "increment", name=name, region="sydney", location_hint="sydney")
+    placed = placement_of(cluster, "Counter", name)
+    assert placed is not None and placed.owner == "sydney-1"
+    partition(cluster, "sydney", cluster.node(placed.standby).region)
+    cut_at = time.monotonic()
+    # The fault reaches the standby's node over its topology stream: wait until it bites.
+    poll_until(
+        lambda: not _probe(cluster, "sydney-1", name, "sydney")[0],
+        timeout=5,
+        interval=0.05,
+        what="the partition takes effect",
+    )
+    served = poll_until(
+        lambda: _try(
+            lambda: call(cluster, "sydney-1", "increment", name=name, region="sydney", timeout=2)
+        ),
+        timeout=12,
+        interval=0.2,
+        what="the object serves again with a reachable standby",
+    )
+    assert time.monotonic() - cut_at < 10
+    assert result(served) >= 2
+
+
+def test_control_plane_unreachable_for_1_s_interrupts_no_object_call(whole: Cluster) -> None:
+    """The control plane is paused (SIGSTOP) for 1 s, shorter than the lease minus one
+    heartbeat interval: owners keep serving on their lease and PoPs on cached routes."""
+    cluster = whole
+    name = _unique("cp-pause")
+    call(cluster, "tokyo-1", "get", name=name, region="tokyo")
+    placed = placement_of(cluster, "Counter", name)
+    assert placed is not None
+    direct = IncrementLoop(cluster, placed.owner, name, "tokyo")
+    forwarded = IncrementLoop(cluster, "london-1", name, "london")
+    for loop in (direct, forwarded):
+        loop.start()
+    poll_until(lambda: len(forwarded.acknowledged) >= 3, timeout=10, what="load under way")
+    pid = cluster.control_plane.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        paused_at = time.monotonic()
+        poll_until(lambda: time.monotonic() - paused_at >= 1.0, timeout=2, what="1 s paused")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    resumed_at = time.time()
+    poll_until(
+        lambda: forwarded.acknowledged[-1].acked_at > resumed_at + 1.0,
+        timeout=10,
+        what="calls after the pause",
+    )
+    for loop in (direct, forwarded):
+        loop.finish()
+    assert direct.failures == [] and forwarded.failures == []
+    assert {r.epoch for r in direct.acknowledged + forwarded.acknowledged} == {placed.epoch}
+    assert direct.longest_gap_s() < 0.5
+    after = placement_of(cluster, "Counter", name)
+    assert after is not None and (after.owner, after.epoch) == (placed.owner, placed.epoch)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: stopping the control plane takes ~2.5 s (its drain waits drain_s for the"
+    " nodes' never-ending WatchTopology streams), longer than the owners' lease: every"
+    " owner stops its objects until the control plane is back (edgepop/lifecycle.py close"
+    " + control_plane WatchTopology; edgepop/membership.py lease)",
+)
+def test_control_plane_restart_interrupts_no_object_call(whole: Cluster) -> None:
+    cluster = whole
+    name = _unique("cp-restart")
+    call(cluster, "tokyo-1", "get", name=name, region="tokyo")
+    placed = placement_of(cluster, "Counter", name)
+    assert placed is not None
+    direct = IncrementLoop(cluster, placed.owner, name, "tokyo")
+    direct.start()
+    poll_until(lambda: len(direct.acknowledged) >= 5, timeout=10, what="load under way")
+    started = time.monotonic()
+    cluster.stop("control-plane")
+    stopped_s = time.monotonic() - started
+    cluster.start("control-plane")
+    restart_s = time.monotonic() - started
+    done_at = time.time()
+    poll_until(
+        lambda: direct.acknowledged[-1].acked_at > done_at + 1.0, timeout=10, what="calls after"
+    )
+    direct.finish()
+    gap_s = direct.longest_gap_s()
+    print(
+        f"control plane stop {stopped_s:.2f} s, stop + start {restart_s:.2f} s, gap {gap_s:.2f} s"
+    )
+    # A call takes ~10 ms: a gap of 0.5 s means the owner stopped serving for a while (a
+    # call held that long by a re-activation that waits for the control plane).
+    assert direct.failures == [], f"restart took {restart_s:.2f} s"
+    assert gap_s < 0.5, f"calls stalled {gap_s:.2f} s during a {restart_s:.2f} s restart"

@@ -1,0 +1,318 @@
+"""The CPU meter (`pop_node/workers/cpu.py`): a real watchdog thread on a real event loop.
+
+A hog must be stopped a little after its budget, polite code (mostly waiting) must run to
+its end untouched, and the limit must not be swallowable by ordinary error handling nor
+leak into the event loop. Hogs here stop by themselves after a few seconds of CPU, so a
+broken limit shows as a failed assertion, not a hung test run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+from pop_node.workers.cpu import (
+    WATCHDOG_INTERVAL_S,
+    CpuBudget,
+    CpuLimitExceeded,
+    Watchdog,
+    metered,
+)
+
+T = TypeVar("T")
+LIMIT_S = 0.05
+# How far past its budget a hog may get: watchdog period plus scheduling on a busy machine.
+OVERRUN_S_MAX = 0.25
+HOG_S = 2.0
+
+
+def spin(cpu_s: float) -> int:
+    """Busy-loop in pure Python for `cpu_s` seconds of this thread's CPU time."""
+    deadline = time.thread_time() + cpu_s
+    rounds = 0
+    while time.thread_time() < deadline:
+        rounds += 1
+    return rounds
+
+
+def run_metered(
+    make: Callable[[], Awaitable[T]], limit_s: float = LIMIT_S
+) -> tuple[T | BaseException, CpuBudget, float]:
+    """Run one worker coroutine under a fresh budget on a fresh loop with its own watchdog.
+
+    Returns (result or the exception it ended with, the budget, CPU seconds the run took).
+    """
+
+    async def main() -> tuple[T | BaseException, CpuBudget]:
+        watchdog = Watchdog()
+        budget = CpuBudget(limit_s)
+        try:
+            return await metered(make(), budget, watchdog), budget  # type: ignore[arg-type]
+        except BaseException as error:  # the test inspects what came out
+            return error, budget
+        finally:
+            watchdog.close()
+
+    started = time.thread_time()
+    outcome, budget = asyncio.run(main())
+    return outcome, budget, time.thread_time() - started
+
+
+@pytest.fixture(autouse=True)
+def _no_pending_async_exception() -> Iterator[None]:
+    """After each test, the test thread must not hold an undelivered CpuLimitExceeded."""
+    yield
+    for _ in range(1000):  # bytecodes: an async exception would land here
+        pass
+
+
+# -- polite code ----------------------------------------------------------------------------
+
+
+def test_code_that_mostly_waits_runs_to_its_end_and_waiting_is_not_charged() -> None:
+    async def polite() -> str:
+        for _ in range(5):
+            await asyncio.sleep(0.03)  # 150 ms of waiting against a 50 ms budget
+            spin(0.001)
+        return "done"
+
+    outcome, budget, _ = run_metered(polite)
+    assert outcome == "done"
+    assert not budget.exceeded
+    assert 0.004 <= budget.used_s < LIMIT_S
+
+
+def test_a_coroutine_that_never_awaits_returns_its_value() -> None:
+    async def instant() -> int:
+        return 42
+
+    outcome, budget, _ = run_metered(instant)
+    assert outcome == 42
+    assert budget.used_s < LIMIT_S
+
+
+def test_exceptions_of_the_worker_pass_through_unchanged() -> None:
+    async def broken() -> None:
+        await asyncio.sleep(0)
+        raise KeyError("missing")
+
+    outcome, budget, _ = run_metered(broken)
+    assert isinstance(outcome, KeyError)
+    assert not budget.exceeded
+
+
+def test_values_sent_into_awaits_reach_the_worker() -> None:
+    async def reads() -> list[int]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        loop.call_later(0.01, future.set_result, 7)
+        got = await future
+        return [got, await asyncio.sleep(0, result=8)]
+
+    outcome, _, _ = run_metered(reads)
+    assert outcome == [7, 8]
+
+
+# -- hogs --------------------------------------------------------------------------------
+
+
+def test_a_busy_loop_is_stopped_shortly_after_its_budget() -> None:
+    async def hog() -> str:
+        spin(HOG_S)
+        return "escaped"
+
+    outcome, budget, cpu_s = run_metered(hog)
+    assert isinstance(outcome, CpuLimitExceeded)
+    assert budget.exceeded
+    assert LIMIT_S <= budget.used_s < LIMIT_S + OVERRUN_S_MAX
+    assert cpu_s < LIMIT_S + OVERRUN_S_MAX + 0.2
+
+
+def test_except_exception_in_worker_code_does_not_swallow_the_limit() -> None:
+    async def careful_hog() -> str:
+        try:
+            spin(HOG_S)
+        except Exception:  # the scenario: ordinary error handling
+            return "swallowed"
+        return "escaped"
+
+    outcome, budget, cpu_s = run_metered(careful_hog)
+    assert isinstance(outcome, CpuLimitExceeded)
+    assert not isinstance(outcome, Exception)
+    assert budget.exceeded
+    assert cpu_s < LIMIT_S + OVERRUN_S_MAX + 0.2
+
+
+def test_many_short_steps_add_up_to_the_budget() -> None:
+    async def nibbler() -> str:
+        for _ in range(int(HOG_S / 0.005)):
+            spin(0.005)
+            await asyncio.sleep(0)
+        return "escaped"
+
+    outcome, budget, _ = run_metered(nibbler)
+    assert isinstance(outcome, CpuLimitExceeded)
+    assert budget.exceeded
+    assert LIMIT_S <= budget.used_s < LIMIT_S + OVERRUN_S_MAX
+
+
+def test_the_worker_sees_the_limit_in_its_finally_blocks_and_is_closed() -> None:
+    cleaned: list[str] = []
+
+    async def hog_with_cleanup() -> str:
+        try:
+            await asyncio.sleep(0)
+            spin(HOG_S)
+            return "escaped"
+        finally:
+            cleaned.append("finally ran")
+
+    outcome, _, _ = run_metered(hog_with_cleanup)
+    assert isinstance(outcome, CpuLimitExceeded)
+    assert cleaned == ["finally ran"]
+
+
+def test_a_stopped_hog_does_not_disturb_other_tasks_on_the_same_loop() -> None:
+    """Timers of other tasks keep firing around the hog, and nothing outside the metered
+    coroutine ever sees the interrupt."""
+
+    async def main() -> tuple[list[str], BaseException | None]:
+        watchdog = Watchdog()
+        ticks: list[str] = []
+
+        async def bystander() -> None:
+            for _ in range(30):
+                await asyncio.sleep(0.002)
+                spin(0.0005)
+                ticks.append("tick")
+
+        async def hog() -> None:
+            await asyncio.sleep(0.005)
+            spin(HOG_S)
+
+        async def run_hog() -> BaseException | None:
+            try:
+                await metered(hog(), CpuBudget(LIMIT_S), watchdog)
+            except CpuLimitExceeded as error:
+                return error
+            return None
+
+        try:
+            results = await asyncio.gather(bystander(), run_hog(), bystander())
+        finally:
+            watchdog.close()
+        return ticks, results[1]
+
+    ticks, stopped = asyncio.run(main())
+    assert isinstance(stopped, CpuLimitExceeded)
+    assert len(ticks) == 60
+
+
+def test_budgets_of_concurrent_requests_are_separate() -> None:
+    """A polite request interleaved with a hog on one loop is charged only its own steps."""
+
+    async def main() -> tuple[Any, Any, CpuBudget]:
+        watchdog = Watchdog()
+        polite_budget = CpuBudget(LIMIT_S)
+
+        async def polite() -> str:
+            for _ in range(10):
+                await asyncio.sleep(0.005)
+                spin(0.001)
+            return "ok"
+
+        async def hog() -> None:
+            for _ in range(100):
+                await asyncio.sleep(0.001)
+                spin(0.01)
+
+        async def guarded(coroutine: Awaitable[Any], budget: CpuBudget) -> Any:
+            try:
+                return await metered(coroutine, budget, watchdog)  # type: ignore[arg-type]
+            except CpuLimitExceeded as error:
+                return error
+
+        try:
+            first, second = await asyncio.gather(
+                guarded(polite(), polite_budget), guarded(hog(), CpuBudget(LIMIT_S))
+            )
+        finally:
+            watchdog.close()
+        return first, second, polite_budget
+
+    polite_result, hog_result, polite_budget = asyncio.run(main())
+    assert polite_result == "ok"
+    assert isinstance(hog_result, CpuLimitExceeded)
+    assert polite_budget.used_s < LIMIT_S / 2
+
+
+def test_cancelling_a_metered_request_cancels_the_worker() -> None:
+    seen: list[str] = []
+
+    async def waiter() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            seen.append("cancelled inside the worker")
+            raise
+
+    async def main() -> bool:
+        watchdog = Watchdog()
+        task = asyncio.ensure_future(metered(waiter(), CpuBudget(LIMIT_S), watchdog))
+        await asyncio.sleep(0.02)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return True
+        finally:
+            watchdog.close()
+        return False
+
+    assert asyncio.run(main())
+    assert seen == ["cancelled inside the worker"]
+
+
+def test_the_watchdog_thread_stops_on_close() -> None:
+    watchdog = Watchdog()
+    assert watchdog._thread.is_alive()
+    watchdog.close()
+    watchdog._thread.join(timeout=1 + WATCHDOG_INTERVAL_S)
+    assert not watchdog._thread.is_alive()
+
+
+# -- code that catches everything -------------------------------------------------------
+
+
+def test_a_worker_that_catches_the_limit_with_bare_except_still_gets_the_limit() -> None:
+    async def sly_hog() -> str:
+        caught = []
+        try:
+            spin(HOG_S / 4)
+        except:  # noqa: E722 - the scenario: code that catches everything
+            caught.append("the limit")  # and carry on
+        return "escaped"
+
+    outcome, budget, _ = run_metered(sly_hog)
+    assert budget.exceeded
+    assert isinstance(outcome, CpuLimitExceeded), f"the worker returned {outcome!r}"
+
+
+def test_a_worker_that_catches_the_limit_and_keeps_spinning_is_stopped_again() -> None:
+    async def stubborn_hog() -> str:
+        caught = []
+        try:
+            spin(HOG_S / 2)
+        except:  # noqa: E722 - the scenario: code that catches everything
+            caught.append("the limit")  # and carry on
+        spin(HOG_S / 2)
+        return "escaped"
+
+    outcome, budget, cpu_s = run_metered(stubborn_hog)
+    assert budget.exceeded
+    assert cpu_s < LIMIT_S + 2 * OVERRUN_S_MAX, f"the loop was blocked for {cpu_s:.2f} s of CPU"
+    assert isinstance(outcome, CpuLimitExceeded)
