@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import kv_reads, replication, startup
+from bench import edge_workers, kv_reads, network, objects, replication, startup
 from bench.report import load_line, rich_table, write_outputs
 from bench.runner import Benchmark, Settings, run_benchmarks
 
@@ -31,6 +31,46 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark(
         "propagation", "Propagation at 1,000 writes/s vs Redis replication",
         replication.run_propagation, (replication.DEFAULT_NODELAY_KEY,),
+    ),
+    Benchmark(
+        "probe", "The seed's latency table: edgectl probe on the default cluster",
+        network.run_probe_table, (network.DEFAULT_KEY,),
+    ),
+    Benchmark(
+        "delay", "Delay accuracy: requested vs measured RTT, 2-210 ms",
+        network.run_delay_accuracy, (network.DEFAULT_KEY,),
+    ),
+    Benchmark(
+        "wan", "Replication at 0 / 50 / 100 / 200 ms one-way", network.run_wan_replication,
+        (network.WAN_KEY,),
+    ),
+    Benchmark(
+        "do-hot", "Durable Objects: hot Counter at its owner vs a bare gRPC echo server",
+        objects.run_hot, (objects.OBJECTS_KEY, kv_reads.ECHO_KEY),
+    ),
+    Benchmark(
+        "do-spread", "Durable Objects: increments spread over 1,000 Counters",
+        objects.run_spread, (objects.OBJECTS_KEY, kv_reads.ECHO_KEY),
+    ),
+    Benchmark(
+        "do-forward", "Durable Objects: a call forwarded by a non-owner PoP vs a direct one",
+        objects.run_forward, (objects.OBJECTS_KEY,),
+    ),
+    Benchmark(
+        "worker-kv", "Workers: HTTP through a worker doing one KV read vs bare aiohttp + LMDB",
+        edge_workers.run_worker_kv, (objects.OBJECTS_KEY, edge_workers.BARE_KEY),
+    ),
+    Benchmark(
+        "worker-counter", "Workers: HTTP through a worker incrementing the hot Counter",
+        edge_workers.run_worker_counter, (objects.OBJECTS_KEY,),
+    ),
+    Benchmark(
+        "coldstart", "Workers: cold start of a deploy at every PoP",
+        edge_workers.run_coldstart, (objects.OBJECTS_KEY,),
+    ),
+    Benchmark(
+        "do-failover", "Durable Objects: failover time after kill -9 of the owner",
+        objects.run_failover, (objects.OBJECTS_KEY,),
     ),
     Benchmark("startup", "Cluster start and idle memory", startup.run_startup),
 )  # fmt: skip

@@ -105,6 +105,7 @@ def _pooled(runs: list[UnaryResult]) -> dict[str, Any]:
     calls = sum(run.calls for run in runs)
     elapsed = sum(run.elapsed_s for run in runs)
     cpu = sum(run.server_cpu_s for run in runs)
+    extra_cpu = sum(run.extra_cpu_s for run in runs)
     p50s = sorted(run.latency_s["p50"] for run in runs)
     p99s = sorted(run.latency_s["p99"] for run in runs)
     return {
@@ -117,6 +118,9 @@ def _pooled(runs: list[UnaryResult]) -> dict[str, Any]:
         "latency_p99_s": p99s[len(p99s) // 2],
         "server_cpu_per_call_us": 1e6 * cpu / calls if calls else math.nan,
         "server_cpu_share": cpu / elapsed if elapsed else math.nan,
+        # The other processes the load kept busy (UnaryLoad.extra_pids), and the sum.
+        "extra_cpu_per_call_us": 1e6 * extra_cpu / calls if calls else math.nan,
+        "total_cpu_per_call_us": 1e6 * (cpu + extra_cpu) / calls if calls else math.nan,
         "client_cpu_share": sum(run.client_cpu_s for run in runs) / elapsed if elapsed else 0,
         "rounds": [run.rate_per_s for run in runs],
     }

@@ -54,6 +54,9 @@ class UnaryLoad:
     # The server's pid: its CPU time over the measured window is reported per call.
     server_pid: int = 0
     timeout_s: float = 10.0
+    # Other processes the call keeps busy (a standby, the owner behind a forwarding PoP):
+    # their CPU time over the same window is reported apart.
+    extra_pids: tuple[int, ...] = ()
 
 
 @dataclass
@@ -65,6 +68,7 @@ class UnaryResult:
     latency_s: dict[str, float]
     server_cpu_s: float
     client_cpu_s: float
+    extra_cpu_s: float = 0.0
 
     @property
     def server_cpu_per_call_us(self) -> float:
@@ -110,6 +114,7 @@ async def _drive(
             index += 1
 
     server_cpu = cpu_seconds(spec.server_pid) if measure and spec.server_pid else 0.0
+    extra_cpu = sum(cpu_seconds(pid) for pid in spec.extra_pids) if measure else 0.0
     client_cpu = time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(caller(offset) for offset in range(spec.concurrency)))
@@ -117,6 +122,8 @@ async def _drive(
     client_cpu = time.process_time() - client_cpu
     if measure and spec.server_pid:
         server_cpu = cpu_seconds(spec.server_pid) - server_cpu
+    if measure:
+        extra_cpu = sum(cpu_seconds(pid) for pid in spec.extra_pids) - extra_cpu
     return UnaryResult(
         calls=len(latencies),
         errors=errors,
@@ -125,6 +132,7 @@ async def _drive(
         latency_s=summarize(latencies[:: max(1, len(latencies) // LATENCY_SAMPLES_MAX)]),
         server_cpu_s=server_cpu,
         client_cpu_s=client_cpu,
+        extra_cpu_s=extra_cpu,
     )
 
 
@@ -450,3 +458,222 @@ async def redis_info(port: int, section: str = "replication") -> dict[str, str]:
         return info_fields(await connection.command("INFO", section, timeout=1.0))
     finally:
         await connection.close()
+
+
+# -- HTTP: closed loop over keep-alive connections (the fallback when wrk is missing) ------
+
+
+@dataclass(frozen=True)
+class HttpLoad:
+    """GET `url` with `Host: host` over `connections` keep-alive connections (closed loop)."""
+
+    url: str
+    host: str
+    connections: int
+    duration_s: float
+    warmup_s: float = 0.0
+    server_pid: int = 0
+    extra_pids: tuple[int, ...] = ()
+    timeout_s: float = 10.0
+
+
+@dataclass
+class HttpResult:
+    # 2xx/3xx responses only; the others are counted apart.
+    requests: int
+    errors: int
+    non_2xx: int
+    elapsed_s: float
+    rate_per_s: float
+    latency_s: dict[str, float]
+    server_cpu_s: float
+    extra_cpu_s: float
+    # "wrk", or "aiohttp" for the fallback.
+    tool: str
+
+
+def http_closed_loop(spec: HttpLoad) -> HttpResult:
+    return asyncio.run(_http_closed_loop(spec))
+
+
+async def _http_closed_loop(spec: HttpLoad) -> HttpResult:
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=spec.connections, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
+    headers = {"Host": spec.host}
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def drive(duration_s: float, measure: bool) -> HttpResult:
+            latencies: list[float] = []
+            errors = non_2xx = 0
+            stop_at = time.perf_counter() + duration_s
+
+            async def caller() -> None:
+                nonlocal errors, non_2xx
+                clock = time.perf_counter
+                while True:
+                    started = clock()
+                    if started >= stop_at:
+                        return
+                    try:
+                        async with session.get(spec.url, headers=headers) as response:
+                            await response.read()
+                            status = response.status
+                    except (aiohttp.ClientError, TimeoutError):
+                        errors += 1
+                        continue
+                    if status >= 400:
+                        non_2xx += 1
+                        continue
+                    latencies.append(clock() - started)
+
+            pids = (spec.server_pid, *spec.extra_pids) if measure else ()
+            before = [cpu_seconds(pid) for pid in pids if pid]
+            started = time.perf_counter()
+            await asyncio.gather(*(caller() for _ in range(spec.connections)))
+            elapsed = time.perf_counter() - started
+            after = [cpu_seconds(pid) for pid in pids if pid]
+            server = after[0] - before[0] if measure and spec.server_pid else 0.0
+            return HttpResult(
+                requests=len(latencies),
+                errors=errors,
+                non_2xx=non_2xx,
+                elapsed_s=elapsed,
+                rate_per_s=len(latencies) / elapsed if elapsed > 0 else 0.0,
+                latency_s=summarize(latencies[:: max(1, len(latencies) // LATENCY_SAMPLES_MAX)]),
+                server_cpu_s=server,
+                extra_cpu_s=sum(after) - sum(before) - server,
+                tool="aiohttp",
+            )
+
+        if spec.warmup_s > 0:
+            await drive(spec.warmup_s, measure=False)
+        return await drive(spec.duration_s, measure=True)
+
+
+# -- network: the seed's latency table, and commit-to-visible times ------------------------
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """`edgectl probe` against the cluster in `data_dir`: `calls` per target and region."""
+
+    data_dir: str
+    calls: int
+    parallel: int
+
+
+def probe_regions(spec: ProbeSpec) -> dict[str, Any]:
+    """edgectl's own probe (Route, then timed Status calls); rows with their raw samples."""
+    from pathlib import Path
+
+    from edgectl import probe
+    from edgectl.client import EdgeClient
+
+    with EdgeClient.for_data_dir(Path(spec.data_dir)) as client:
+        topology = client.topology()
+        plans = probe.plan(client, topology, None)
+        # One throwaway pass: the first calls of a fresh client process (and the first
+        # calls a node serves) are slower, and would land in the first region probed.
+        probe.run_probe(client, topology, plans, 2, lambda _region: None, len(plans))
+        results = probe.run_probe(
+            client, topology, plans, spec.calls, lambda _region: None, spec.parallel
+        )
+    return {
+        "rows": [
+            {
+                **result.to_json(),
+                "edge_samples_ms": list(result.edge.samples_ms),
+                "origin_samples_ms": list(result.to_origin.samples_ms),
+            }
+            for result in results
+        ],
+        "headline": probe.headline(results),
+    }
+
+
+@dataclass(frozen=True)
+class PropagationProbe:
+    """Paced KvPuts at the origin; after each ack, a BOOKMARK read at the PoP for its seq.
+
+    The read waits inside the PoP until the replica holds the write (an event, not
+    polling), so ack -> reply is the time from commit to visible at the PoP (plus the
+    read's loopback hop). Neither call carries x-edge-region: no emulated delay on the
+    client's own hops, only on the origin -> PoP stream.
+    """
+
+    origin_address: str
+    pop_address: str
+    rate_per_s: float
+    writes: int
+    key_prefix: str
+    namespace: str = "bench-wan"
+    timeout_s: float = 10.0
+
+
+@dataclass
+class PropagationResult:
+    samples_s: list[float]
+    errors: int
+    first_error: str
+    send_lateness_s: dict[str, float]
+
+
+def propagation_probe(spec: PropagationProbe) -> PropagationResult:
+    return asyncio.run(_propagation_probe(spec))
+
+
+async def _propagation_probe(spec: PropagationProbe) -> PropagationResult:
+    from edge.v1 import kv_pb2, origin_pb2_grpc, pop_pb2_grpc
+
+    samples: list[float] = []
+    errors: list[str] = []
+    tasks: set[asyncio.Task[None]] = set()
+    async with (
+        grpc.aio.insecure_channel(spec.origin_address, options=CHANNEL_OPTIONS) as to_origin,
+        grpc.aio.insecure_channel(spec.pop_address, options=CHANNEL_OPTIONS) as to_pop,
+    ):
+        origin = origin_pb2_grpc.OriginStub(to_origin)
+        pop = pop_pb2_grpc.PopStub(to_pop)
+        await asyncio.wait_for(to_origin.channel_ready(), spec.timeout_s)
+        await asyncio.wait_for(to_pop.channel_ready(), spec.timeout_s)
+
+        async def one(index: int) -> None:
+            key = f"{spec.key_prefix}-{index}"
+            value = f"{spec.key_prefix}:{index}:{time.time_ns()}".encode()
+            try:
+                seq = (
+                    await origin.KvPut(
+                        kv_pb2.KvPutRequest(namespace=spec.namespace, key=key, value=value),
+                        timeout=spec.timeout_s,
+                    )
+                ).seq
+                acked = time.perf_counter()
+                got = await pop.KvGet(
+                    kv_pb2.KvGetRequest(
+                        namespace=spec.namespace,
+                        key=key,
+                        consistency=kv_pb2.CONSISTENCY_BOOKMARK,
+                        min_seq=seq,
+                    ),
+                    timeout=spec.timeout_s,
+                )
+                visible = time.perf_counter()
+            except grpc.aio.AioRpcError as error:
+                errors.append(f"{error.code().name}: {error.details()} (write {index})")
+                return
+            if not (got.found and got.value == value and got.applied_seq >= seq):
+                errors.append(f"write {index} (seq {seq}) read back as {got}")
+                return
+            samples.append(visible - acked)
+
+        def send(index: int) -> None:
+            task = asyncio.create_task(one(index))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        _, _, lateness = await _paced(spec.rate_per_s, spec.writes / spec.rate_per_s, send)
+        if tasks:
+            await asyncio.wait(list(tasks), timeout=spec.timeout_s)
+    return PropagationResult(samples, len(errors), errors[0] if errors else "", summarize(lateness))

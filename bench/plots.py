@@ -184,3 +184,141 @@ def timelines(
     axes_list[0].set_title(title)
     axes_list[-1].set_xlabel(xlabel)
     return _save(figure, path)
+
+
+@_guarded
+def measured_vs_target(
+    path: Path,
+    title: str,
+    labels: Sequence[str],
+    panels: Sequence[tuple[str, Sequence[float], Sequence[float]]],
+    ylabel: str = "round trip (ms)",
+) -> Path:
+    """One panel per (name, measured, target): bars side by side, the deviation on top."""
+    plt = _plt()
+    figure, axes_list = plt.subplots(
+        1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False
+    )
+    width = 0.4
+    for axes, (name, measured, target) in zip(axes_list[0], panels, strict=True):
+        positions = list(range(len(labels)))
+        axes.bar([p - width / 2 for p in positions], target, width, label="target",
+                 color=BASELINE_COLOR)  # fmt: skip
+        bars = axes.bar([p + width / 2 for p in positions], measured, width,
+                        label="measured (median)", color=EDGEPOP_COLOR)  # fmt: skip
+        axes.bar_label(
+            bars,
+            labels=[f"{m - t:+.1f}" for m, t in zip(measured, target, strict=True)],
+            fontsize=7,
+        )
+        axes.set_xticks(positions, labels, rotation=30, ha="right")
+        axes.set_title(name)
+        axes.set_ylabel(ylabel)
+        axes.grid(axis="y", alpha=0.3)
+        axes.legend(fontsize=8)
+    figure.suptitle(title)
+    return _save(figure, path)
+
+
+@_guarded
+def measured_vs_requested(
+    path: Path,
+    title: str,
+    requested: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    tolerance: Callable[[float], float] | None = None,
+    unit: str = "ms",
+) -> Path:
+    """Left: measured against requested on log axes with the identity line. Right: the
+    error (measured - requested) against requested, where a millisecond shows."""
+    plt = _plt()
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    lowest, highest = min(requested), max(requested)
+    line = [lowest * 0.8, highest * 1.25]
+    left.plot(line, line, color="gray", linestyle="--", linewidth=1, label="measured = requested")
+    markers = ["o", "^", "s", "D"]
+    colors = [EDGEPOP_COLOR, BASELINE_COLOR, "#2ca02c", "#9467bd"]
+    for index, (name, values) in enumerate(series.items()):
+        style = {"marker": markers[index % 4], "color": colors[index % 4], "label": name}
+        left.scatter(requested, values, s=22, **style)
+        right.scatter(
+            requested, [v - r for v, r in zip(values, requested, strict=True)], s=22, **style
+        )
+    if tolerance is not None:
+        xs = sorted({*requested, lowest * 0.8, highest * 1.25})
+        band = [tolerance(x) for x in xs]
+        right.fill_between(xs, [-b for b in band], band, color="gray", alpha=0.15,
+                           label="tolerance max(1 ms, 5%)")  # fmt: skip
+    right.axhline(0, color="gray", linewidth=1)
+    for axes in (left, right):
+        axes.set_xscale("log")
+        axes.set_xlabel(f"requested RTT ({unit}, log scale)")
+        axes.grid(alpha=0.3, which="both")
+        axes.legend(fontsize=8)
+    left.set_yscale("log")
+    left.set_ylabel(f"measured RTT ({unit}, log scale)")
+    right.set_ylabel(f"measured - requested ({unit})")
+    figure.suptitle(title)
+    return _save(figure, path)
+
+
+@_guarded
+def delay_sweep(
+    path: Path,
+    title: str,
+    delays_ms: Sequence[float],
+    throughput: Mapping[str, Sequence[float]],
+    propagation_ms: Mapping[str, Sequence[float]],
+) -> Path:
+    """Replication against one-way delay: entries/s (top), propagation (bottom)."""
+    plt = _plt()
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7.5), sharex=True)
+    for index, (name, values) in enumerate(throughput.items()):
+        top.plot(delays_ms, values, marker="o", label=name,
+                 color=[BASELINE_COLOR, EDGEPOP_COLOR][index % 2])  # fmt: skip
+    top.set_ylim(bottom=0)
+    top.set_ylabel("entries/s")
+    top.set_title(title)
+    top.grid(alpha=0.3)
+    top.legend(fontsize=8)
+    bottom.plot(delays_ms, delays_ms, color="gray", linestyle="--", label="= one-way delay")
+    for index, (name, values) in enumerate(propagation_ms.items()):
+        bottom.plot(delays_ms, values, marker="o^"[index % 2], label=name,
+                    color=[EDGEPOP_COLOR, GOAL_COLOR][index % 2])  # fmt: skip
+    bottom.set_xlabel("one-way delay us-east-1 <-> PoP (ms)")
+    bottom.set_ylabel("commit -> visible at the PoP (ms)")
+    bottom.set_xticks(list(delays_ms))
+    bottom.grid(alpha=0.3)
+    bottom.legend(fontsize=8)
+    return _save(figure, path)
+
+
+@_guarded
+def distribution(
+    path: Path,
+    title: str,
+    samples: Sequence[float],
+    xlabel: str,
+    goal: float | None = None,
+    goal_label: str = "goal",
+) -> Path:
+    """A histogram (left) and the empirical CDF (right) of one set of samples."""
+    plt = _plt()
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.hist(samples, bins=max(5, min(30, len(samples))), color=EDGEPOP_COLOR,
+              edgecolor="white")  # fmt: skip
+    left.set_xlabel(xlabel)
+    left.set_ylabel("count")
+    ordered = sorted(samples)
+    fractions = [(index + 1) / len(ordered) for index in range(len(ordered))]
+    right.step(ordered, fractions, where="post", color=EDGEPOP_COLOR, marker="o", markersize=3)
+    right.set_xlabel(xlabel)
+    right.set_ylabel("fraction <= x")
+    right.set_ylim(0, 1.02)
+    for axes in (left, right):
+        if goal is not None:
+            axes.axvline(goal, color=GOAL_COLOR, linestyle="--", label=goal_label)
+            axes.legend(fontsize=8)
+        axes.grid(alpha=0.3)
+    figure.suptitle(title)
+    return _save(figure, path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 from bench.stats import MetricSample, parse_prometheus
@@ -101,3 +102,32 @@ async def scrape_many(
     """Scrape several nodes at once: {node name: samples}."""
     pages = await asyncio.gather(*(scrape(address, names) for address in addresses.values()))
     return dict(zip(addresses, pages, strict=True))
+
+
+async def settle(
+    pids: list[int], cores_max: float = 0.3, window_s: float = 0.5, timeout_s: float = 10.0
+) -> float:
+    """Wait until `pids` together use under `cores_max` cores over a window (a cluster
+    that just started is still importing, registering and connecting; measuring then
+    would charge that to the first thing measured). Returns the seconds waited; gives
+    up quietly after `timeout_s` (the machine is shared: it may never be quiet)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        before = sum(cpu_seconds(pid) for pid in pids)
+        await asyncio.sleep(window_s)
+        if (sum(cpu_seconds(pid) for pid in pids) - before) / window_s < cores_max:
+            break
+    return time.monotonic() - started
+
+
+async def idle_cores(groups: dict[str, list[int]], seconds: float = 1.0) -> dict[str, float]:
+    """Cores each group of processes uses with no load on them (heartbeats, leases,
+    stream keep-alives): what a per-call CPU figure should not be charged with."""
+    before = {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in groups.items()}
+    started = time.monotonic()
+    await asyncio.sleep(seconds)
+    elapsed = time.monotonic() - started
+    return {
+        name: max(0.0, sum(cpu_seconds(pid) for pid in pids) - before[name]) / elapsed
+        for name, pids in groups.items()
+    }

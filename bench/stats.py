@@ -61,6 +61,22 @@ def ecdf(samples: Sequence[float], points_max: int = 2000) -> tuple[list[float],
     return xs, fractions
 
 
+def least_squares_slope(points: Sequence[tuple[float, float]]) -> float:
+    """The slope of y over x fitted by least squares (NaN with under two distinct x).
+
+    A fit over a whole window, not two end points: on a busy machine a single sample
+    can be late by a few hundred ms either way.
+    """
+    if len(points) < 2:
+        return math.nan
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    if spread == 0:
+        return math.nan
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+
+
 def ratio(value: float | None, baseline: float | None) -> float | None:
     if value is None or baseline is None or baseline == 0 or math.isnan(baseline):
         return None
@@ -176,13 +192,23 @@ def histogram_cdf(buckets: Buckets) -> tuple[list[float], list[float]]:
 
 @dataclass(frozen=True)
 class Goal:
-    """`measured <op> threshold`, on the row's value or on its ratio to the baseline."""
+    """`measured <op> threshold`, on the row's value or on its ratio to the baseline.
 
-    op: str  # ">=" or "<=" (or "<")
+    `op="±"` (with `on="baseline"`) asks the value to lie within `threshold` of the
+    row's baseline, in the row's unit: a measured RTT against the topology's target.
+    """
+
+    op: str  # ">=" or "<=" (or "<"), or "±"
     threshold: float
-    on: str = "value"  # "value" | "ratio"
+    on: str = "value"  # "value" | "ratio" | "baseline"
 
-    def met(self, value: float | None, ratio_value: float | None) -> bool | None:
+    def met(
+        self, value: float | None, ratio_value: float | None, baseline: float | None = None
+    ) -> bool | None:
+        if self.op == "±":
+            if value is None or baseline is None or math.isnan(value) or math.isnan(baseline):
+                return None
+            return abs(value - baseline) <= self.threshold
         subject = ratio_value if self.on == "ratio" else value
         if subject is None or math.isnan(subject):
             return None
@@ -195,6 +221,8 @@ class Goal:
         raise ValueError(f"unknown goal operator {self.op!r}")
 
     def describe(self, unit: str) -> str:
+        if self.op == "±":
+            return f"± {format_value(self.threshold, unit)} of baseline"
         if self.on == "ratio":
             return f"ratio {self.op} {self.threshold:g}x"
         return f"{self.op} {format_value(self.threshold, unit)}"
@@ -229,7 +257,7 @@ class Row:
         elif self.goal is None:
             self.status = "info"
         else:
-            verdict = self.goal.met(self.value, self.ratio)
+            verdict = self.goal.met(self.value, self.ratio, self.baseline)
             self.status = "info" if verdict is None else ("pass" if verdict else "fail")
         return self
 

@@ -1,0 +1,117 @@
+"""A bare aiohttp server doing one LMDB get per request: the baseline for worker requests.
+
+Every request, whatever its path, is answered with the value of one key read from an
+LMDB environment in a read transaction: HTTP/1.1 parsing, one LMDB lookup and a
+response, with aiohttp's access log off as at the PoP's ingress — the floor for "an
+HTTP request that reads one KV value" in Python on this machine, with no routing,
+worker runtime, limits or metrics. Run as `python -m bench.bare_http --lmdb DIR`; it
+stores the key first, prints `PORT <n>` once it serves, and stops on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lmdb
+from aiohttp import web
+
+KEY = b"bench-key"
+MAP_BYTES = 64 * 1024 * 1024
+
+
+def build_app(env: lmdb.Environment) -> web.Application:
+    async def handle(request: web.Request) -> web.Response:
+        with env.begin() as txn:
+            value = txn.get(KEY)
+        if value is None:
+            return web.Response(status=404)
+        return web.Response(body=value)
+
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", handle)
+    return app
+
+
+async def serve(host: str, port: int, directory: Path, value: bytes) -> None:
+    env = lmdb.open(str(directory), map_size=MAP_BYTES, max_dbs=1)
+    with env.begin(write=True) as txn:
+        txn.put(KEY, value)
+    runner = web.AppRunner(build_app(env), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1]
+    print(f"PORT {bound}", flush=True)
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopped.set)
+    await stopped.wait()
+    await runner.cleanup()
+    env.close()
+
+
+class BareHttpServer:
+    """The bare server as a child process (started and stopped by the bench)."""
+
+    def __init__(self, directory: Path, value: bytes, host: str = "127.0.0.1") -> None:
+        self.directory = directory
+        self.value = value
+        self.host = host
+        self.process: subprocess.Popen[str] | None = None
+        self.address = ""
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid if self.process else 0
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "bench.bare_http", "--host", self.host,
+                "--lmdb", str(self.directory), "--value-hex", self.value.hex(),
+            ],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        # The child prints its port within a second or exits (readline then returns "").
+        line = self.process.stdout.readline()
+        if not line.startswith("PORT "):
+            self.stop()
+            raise RuntimeError(f"bare HTTP server did not start (said {line!r})")
+        self.address = f"{self.host}:{int(line.split()[1])}"
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self.process = None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="bench.bare_http", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--lmdb", type=Path, required=True, help="LMDB directory (created)")
+    parser.add_argument("--value-hex", default=(b"v" * 100).hex(), help="the value, in hex")
+    args = parser.parse_args()
+    args.lmdb.mkdir(parents=True, exist_ok=True)
+    asyncio.run(serve(args.host, args.port, args.lmdb, bytes.fromhex(args.value_hex)))
+
+
+if __name__ == "__main__":
+    main()

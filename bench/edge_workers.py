@@ -1,0 +1,535 @@
+"""Edge functions: HTTP requests through a worker, and the cold start of a deploy.
+
+On the Durable Objects benchmarks' cluster (delay emulation off; the PoP measured is
+the hot Counter's owner). Load comes from wrk (Debian's package, installed on first
+use) with 64 connections over HTTP/1.1 keep-alive, to the PoP's HTTP ingress with a
+`Host` that routes to a bench worker (bench/workers/):
+
+- `worker-kv`: `bench-kv-read` answers each request with one `env.DATA.get(key)` (a
+  100-byte value replicated to the PoP), against `bench.bare_http`, a bare aiohttp
+  handler answering one LMDB get, in alternating rounds.
+- `worker-counter`: `bench-counter` increments the hot Counter (owned by this PoP,
+  standby sync included) once per request.
+- `coldstart`: `bench-hello` deployed N times, each a new version; every PoP reports how
+  long loading it took (`Pop.Status.workers[].cold_start_ms`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+
+from bench import plots
+from bench.bare_http import BareHttpServer
+from bench.loadgen import HttpLoad, HttpResult, http_closed_loop
+from bench.objects import IDLE_WINDOW_S, hot_roles, objects_cluster
+from bench.probe import idle_cores
+from bench.runner import BenchResult, Context
+from bench.stats import Goal, Row, summarize
+from bench.wrk import Wrk, find_or_install_wrk
+from edge.v1 import control_plane_pb2_grpc as cp_grpc
+from edge.v1 import kv_pb2, origin_pb2_grpc, pop_pb2, pop_pb2_grpc, workers_pb2
+from edgectl.launcher import Cluster, NodeState
+from edgepop.bundle import read_bundle
+
+WORKERS_DIR = Path(__file__).resolve().parent / "workers"
+KV_WORKER = "kv-read"
+COUNTER_WORKER = "counter"
+HELLO_WORKER = "hello"
+KV_HOST = "kv.bench.example.com"
+COUNTER_HOST = "counter.bench.example.com"
+HELLO_HOST = "hello.bench.example.com"
+KV_NAMESPACE = "bench-kv"
+KV_KEY = "bench-key"
+VALUE_BYTES = 100
+BARE_KEY = "bare-http"
+CONNECTIONS = 64
+KV_RATIO_GOAL = 0.5
+COUNTER_RATE_GOAL = 2000.0
+COLD_START_GOAL_MS = 50.0
+# This machine class, from the issue: the bare handler, and Miniflare 4 (workerd).
+ISSUE_BARE_PER_S = 8751
+MINIFLARE_KV_PER_S = 976
+MINIFLARE_COUNTER_PER_S = 783
+LOAD_TIMEOUT_S = 30.0
+STATUS_POLL_S = 0.01
+
+
+# -- deploying -------------------------------------------------------------------------------
+
+
+def _auth(cluster: Cluster) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {cluster.token}"),)
+
+
+def bench_bundle(folder: str, marker: str = "") -> workers_pb2.WorkerBundle:
+    """A bench worker's bundle; a `marker` comment in worker.py makes it a new version."""
+    bundle = read_bundle(WORKERS_DIR / folder)
+    if marker:
+        for file in bundle.files:
+            if file.path == "worker.py":
+                file.content = bytes(file.content) + f"\n# {marker}\n".encode()
+    return bundle
+
+
+async def deploy(cluster: Cluster, bundle: workers_pb2.WorkerBundle) -> workers_pb2.DeployResponse:
+    async with grpc.aio.insecure_channel(cluster.control_plane.grpc_address) as channel:
+        response: workers_pb2.DeployResponse = await cp_grpc.ControlPlaneStub(channel).Deploy(
+            workers_pb2.DeployRequest(bundle=bundle), metadata=_auth(cluster), timeout=30
+        )
+    return response
+
+
+async def wait_loaded(
+    cluster: Cluster, name: str, version: str, timeout: float = LOAD_TIMEOUT_S
+) -> dict[str, tuple[workers_pb2.LoadedWorker, float]]:
+    """Until every PoP serves `version` of `name`: {PoP: (what it reports, when seen)}."""
+    seen: dict[str, tuple[workers_pb2.LoadedWorker, float]] = {}
+    deadline = time.monotonic() + timeout
+    channels = {pop.name: grpc.aio.insecure_channel(pop.grpc_address) for pop in cluster.pops}
+    try:
+        stubs = {name_: pop_pb2_grpc.PopStub(channel) for name_, channel in channels.items()}
+        while len(seen) < len(stubs):
+            waiting = [pop for pop in stubs if pop not in seen]
+            replies = await asyncio.gather(
+                *(stubs[pop].Status(pop_pb2.PopStatusRequest(), timeout=5) for pop in waiting)
+            )
+            now = time.monotonic()
+            for pop, reply in zip(waiting, replies, strict=True):
+                for loaded in reply.workers:
+                    if loaded.name == name and loaded.version == version:
+                        seen[pop] = (loaded, now)
+            if len(seen) < len(stubs):
+                if time.monotonic() > deadline:
+                    missing = sorted(set(stubs) - set(seen))
+                    raise TimeoutError(f"{name} {version[:12]} not loaded at {missing}")
+                await asyncio.sleep(STATUS_POLL_S)
+    finally:
+        for channel in channels.values():
+            await channel.close()
+    return seen
+
+
+async def deployed(context: Context, cluster: Cluster, folder: str) -> str:
+    """Deploy a bench worker once per run (and wait until every PoP serves it)."""
+    key = f"deployed-{folder}"
+    if key not in context.state:
+        response = await deploy(cluster, bench_bundle(folder))
+        await wait_loaded(cluster, response.name, response.version)
+        context.state[key] = response.version
+    version: str = context.state[key]
+    return version
+
+
+async def http_get(address: str, host: str, path: str = "/") -> tuple[int, bytes]:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+        session.get(f"http://{address}{path}", headers={"Host": host}) as response,
+    ):
+        return response.status, await response.read()
+
+
+# -- load ------------------------------------------------------------------------------------
+
+
+async def http_tool(context: Context) -> tuple[Wrk | None, str]:
+    """wrk when it is (or can be) installed, else None and why."""
+    if "http-tool" not in context.state:
+        binary, reason = await context.ui.step(
+            "finding wrk", asyncio.to_thread(find_or_install_wrk)
+        )
+        if binary is None:
+            context.ui.log(f"[yellow]wrk unavailable, using the aiohttp client:[/yellow] {reason}")
+        context.state["http-tool"] = (Wrk(binary) if binary else None, reason)
+    tool: tuple[Wrk | None, str] = context.state["http-tool"]
+    return tool
+
+
+async def run_http(context: Context, label: str, spec: HttpLoad) -> HttpResult:
+    wrk, _ = await http_tool(context)
+    work = wrk.run(spec) if wrk is not None else context.in_worker(http_closed_loop, spec)
+    result: HttpResult = await context.ui.timed(label, spec.warmup_s + spec.duration_s + 0.5, work)
+    if result.requests == 0:
+        raise RuntimeError(
+            f"{label}: no successful request ({result.errors} errors, {result.non_2xx} non-2xx)"
+        )
+    return result
+
+
+def pooled_http(runs: list[HttpResult]) -> dict[str, Any]:
+    """Rounds of one target pooled: total requests over total time, median round's tails."""
+    requests = sum(run.requests for run in runs)
+    elapsed = sum(run.elapsed_s for run in runs)
+    server = sum(run.server_cpu_s for run in runs)
+    extra = sum(run.extra_cpu_s for run in runs)
+    p50s = sorted(run.latency_s["p50"] for run in runs)
+    p99s = sorted(run.latency_s["p99"] for run in runs)
+    return {
+        "requests": requests,
+        "errors": sum(run.errors for run in runs),
+        "non_2xx": sum(run.non_2xx for run in runs),
+        "elapsed_s": elapsed,
+        "rate_per_s": requests / elapsed if elapsed else math.nan,
+        "latency_p50_s": p50s[len(p50s) // 2],
+        "latency_p99_s": p99s[len(p99s) // 2],
+        "server_cpu_per_request_us": 1e6 * server / requests if requests else math.nan,
+        "total_cpu_per_request_us": 1e6 * (server + extra) / requests if requests else math.nan,
+        "server_cpu_share": server / elapsed if elapsed else math.nan,
+        "rounds": [run.rate_per_s for run in runs],
+        "tool": runs[0].tool if runs else "",
+    }
+
+
+async def compare_http(
+    context: Context, targets: dict[str, HttpLoad], rounds: int
+) -> dict[str, dict[str, Any]]:
+    """Alternating rounds (order flipped each round); warm-up only before each first."""
+    names = list(targets)
+    runs: dict[str, list[HttpResult]] = {name: [] for name in names}
+    for round_index in range(rounds):
+        for name in names if round_index % 2 == 0 else names[::-1]:
+            spec = targets[name]
+            if round_index > 0:
+                spec = dataclasses.replace(spec, warmup_s=0.0)
+            label = f"{name}, {spec.connections} connections (round {round_index + 1}/{rounds})"
+            runs[name].append(await run_http(context, label, spec))
+    return {name: pooled_http(results) for name, results in runs.items()}
+
+
+def _tool_note(context: Context) -> str:
+    wrk, reason = context.state.get("http-tool", (None, ""))
+    if wrk is not None:
+        return f"Load generator: wrk ({wrk.binary}), 2 threads."
+    return (
+        "**Load generator: wrk was unavailable** "
+        f"({reason}); an aiohttp client in a worker process stood in (it costs more CPU "
+        "than wrk, taken from the same 2 cores as the server)."
+    )
+
+
+def _http_notes(measured: dict[str, dict[str, Any]]) -> list[str]:
+    notes = [
+        "| target | requests/s | rounds | p50 ms | p99 ms | server CPU µs/req | "
+        "with other processes µs/req | errors | non-2xx |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, side in measured.items():
+        notes.append(
+            f"| {name} | {side['rate_per_s']:,.0f} | "
+            + ", ".join(f"{rate:,.0f}" for rate in side["rounds"])
+            + f" | {side['latency_p50_s'] * 1e3:.2f} | {side['latency_p99_s'] * 1e3:.2f} | "
+            f"{side['server_cpu_per_request_us']:.0f} | {side['total_cpu_per_request_us']:.0f} | "
+            f"{side['errors']} | {side['non_2xx']} |"
+        )
+    return notes
+
+
+# -- worker doing one KV read vs bare aiohttp + LMDB ---------------------------------------
+
+
+async def _load_kv(cluster: Cluster, pop: NodeState, value: bytes) -> None:
+    async with grpc.aio.insecure_channel(cluster.origin.grpc_address) as channel:
+        seq = (
+            await origin_pb2_grpc.OriginStub(channel).KvPut(
+                kv_pb2.KvPutRequest(namespace=KV_NAMESPACE, key=KV_KEY, value=value), timeout=10
+            )
+        ).seq
+    async with grpc.aio.insecure_channel(pop.grpc_address) as channel:
+        stub = pop_pb2_grpc.PopStub(channel)
+        deadline = time.monotonic() + 30
+        while (await stub.Status(pop_pb2.PopStatusRequest(), timeout=5)).applied_seq < seq:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{pop.name} did not replicate the benchmark key")
+            await asyncio.sleep(0.05)
+
+
+async def bare_server(context: Context, value: bytes) -> BareHttpServer:
+    async def start() -> tuple[BareHttpServer, Callable[[], None]]:
+        server = BareHttpServer(context.new_dir("bare-http") / "lmdb", value)
+        await asyncio.to_thread(server.start)
+        return server, server.stop
+
+    return await context.resource(BARE_KEY, start)
+
+
+async def run_worker_kv(context: Context) -> BenchResult:
+    cluster = await objects_cluster(context)
+    pop = (await hot_roles(context, cluster)).owner
+    value = bytes(range(VALUE_BYTES))
+    await context.ui.step("writing the key, deploying the worker", _load_kv(cluster, pop, value))
+    version = await deployed(context, cluster, KV_WORKER)
+    bare = await bare_server(context, value)
+    for name, address, host in (("worker", pop.http_address, KV_HOST), ("bare", bare.address, "")):
+        status, body = await http_get(address, host or "bare")
+        if status != 200 or body != value:
+            raise RuntimeError(f"{name} at {address} answered {status} {body[:60]!r}")
+    await http_tool(context)
+    duration = context.pick(4.0, 2.0)
+    warmup = 1.0
+    targets = {
+        "bare aiohttp + LMDB": HttpLoad(
+            f"http://{bare.address}/", "bare", CONNECTIONS, duration, warmup, bare.pid
+        ),
+        "PoP worker + KV": HttpLoad(
+            f"http://{pop.http_address}/", KV_HOST, CONNECTIONS, duration, warmup, pop.pid
+        ),
+    }
+    measured = await compare_http(context, targets, context.pick(3, 1))
+    worker, baseline = measured["PoP worker + KV"], measured["bare aiohttp + LMDB"]
+    tool = worker["tool"]
+    rows = [
+        Row(
+            "worker-kv",
+            f"worker KV read: requests/s, {CONNECTIONS} connections ({tool})",
+            "req/s",
+            value=worker["rate_per_s"],
+            baseline=baseline["rate_per_s"],
+            baseline_name="bare",
+            goal=Goal(">=", KV_RATIO_GOAL, on="ratio"),
+            note=f"Miniflare {MINIFLARE_KV_PER_S}/s",
+        ),
+        Row(
+            "worker-kv",
+            "worker KV read: p50 latency",
+            "ms",
+            value=worker["latency_p50_s"] * 1e3,
+            baseline=baseline["latency_p50_s"] * 1e3,
+            baseline_name="bare",
+        ),
+        Row(
+            "worker-kv",
+            "worker KV read: p99 latency",
+            "ms",
+            value=worker["latency_p99_s"] * 1e3,
+            baseline=baseline["latency_p99_s"] * 1e3,
+            baseline_name="bare",
+        ),
+        Row(
+            "worker-kv",
+            "worker KV read: server CPU/request",
+            "µs",
+            value=worker["server_cpu_per_request_us"],
+            baseline=baseline["server_cpu_per_request_us"],
+            baseline_name="bare",
+        ),
+    ]
+    plot = plots.grouped_bars(
+        context.settings.out_dir / "worker_kv.png",
+        f"GET through a worker doing one KV read vs bare aiohttp + LMDB ({CONNECTIONS} conns)",
+        ["requests/s"],
+        {
+            "bare aiohttp + LMDB": [baseline["rate_per_s"]],
+            "PoP worker + KV": [worker["rate_per_s"]],
+            "Miniflare 4 (issue figure)": [float(MINIFLARE_KV_PER_S)],
+        },
+        "requests/s",
+        [f"ratio {worker['rate_per_s'] / baseline['rate_per_s']:.2f}x"],
+    )
+    return BenchResult(
+        rows=rows,
+        details={"pop": pop.name, "version": version, "results": measured},
+        plots=[plot],
+        method=(
+            f"{CONNECTIONS} keep-alive connections for {duration:g} s per side "
+            f"({context.pick(3, 1)} alternating round(s), 1 s warm-up before each side's "
+            f"first) against {pop.name}'s HTTP ingress with `Host: {KV_HOST}`, routed to the "
+            f"`bench-kv-read` worker (bench/workers/kv-read), which answers "
+            f"`await env.DATA.get(key, 'bytes')`: a {VALUE_BYTES}-byte value from the PoP's "
+            "replica. Baseline in the same run: `bench.bare_http`, one aiohttp handler doing "
+            "one LMDB get of the same value, access log off as at the PoP. Both are one "
+            "Python process on the default asyncio loop. Server CPU is the server "
+            f"process's utime+stime over the run. {_tool_note(context)} Issue figures for "
+            f"this machine class: bare handler {ISSUE_BARE_PER_S:,}/s, Miniflare 4 "
+            f"{MINIFLARE_KV_PER_S}/s."
+        ),
+        notes=_http_notes(measured),
+    )
+
+
+# -- worker calling the hot Counter ----------------------------------------------------------
+
+
+async def run_worker_counter(context: Context) -> BenchResult:
+    cluster = await objects_cluster(context)
+    roles = await hot_roles(context, cluster)
+    owner, standby = roles.owner, roles.standby
+    version = await deployed(context, cluster, COUNTER_WORKER)
+    status, first = await http_get(owner.http_address, COUNTER_HOST)
+    if status != 200 or not first.strip().isdigit():
+        raise RuntimeError(f"the counter worker answered {status} {first[:60]!r}")
+    duration = context.pick(5.0, 2.0)
+    spec = HttpLoad(
+        f"http://{owner.http_address}/",
+        COUNTER_HOST,
+        CONNECTIONS,
+        duration,
+        1.0,
+        owner.pid,
+        extra_pids=(standby.pid,),
+    )
+    idle = await idle_cores({"pops": [owner.pid, standby.pid]}, IDLE_WINDOW_S)
+    result = await run_http(context, f"worker -> Counter, {CONNECTIONS} connections", spec)
+    _, last = await http_get(owner.http_address, COUNTER_HOST)
+    side = pooled_http([result])
+    side["net_cpu_per_request_us"] = side["total_cpu_per_request_us"] - (
+        1e6 * idle["pops"] * side["elapsed_s"] / side["requests"]
+    )
+    grpc_rate = context.state.get("hot-rate-64")
+    rows = [
+        Row(
+            "worker-counter",
+            f"worker -> hot Counter: requests/s, {CONNECTIONS} connections ({side['tool']})",
+            "req/s",
+            value=side["rate_per_s"],
+            baseline=grpc_rate,
+            baseline_name="gRPC ObjectCall, 64 in flight" if grpc_rate else "",
+            goal=Goal(">=", COUNTER_RATE_GOAL),
+            note=f"Miniflare {MINIFLARE_COUNTER_PER_S}/s"
+            + (f"; {side['non_2xx']} non-2xx" if side["non_2xx"] else ""),
+        ),
+        Row(
+            "worker-counter",
+            "worker -> hot Counter: p50 latency",
+            "ms",
+            value=side["latency_p50_s"] * 1e3,
+            note=f"p99 {side['latency_p99_s'] * 1e3:.1f} ms",
+        ),
+        Row(
+            "worker-counter",
+            "worker -> hot Counter: CPU/request net of idle, owner+standby",
+            "µs",
+            value=side["net_cpu_per_request_us"],
+            note=f"raw {side['total_cpu_per_request_us']:.0f} µs",
+        ),
+    ]
+    bars = {"worker -> Counter": side["rate_per_s"]}
+    if grpc_rate:
+        bars["gRPC ObjectCall (do-hot)"] = grpc_rate
+    bars["Miniflare 4 (issue)"] = float(MINIFLARE_COUNTER_PER_S)
+    plot = plots.bars_with_goal(
+        context.settings.out_dir / "worker_counter.png",
+        f"Hot Counter increments through a worker, {CONNECTIONS} connections",
+        list(bars),
+        list(bars.values()),
+        "increments/s",
+        goal=COUNTER_RATE_GOAL,
+        goal_label="goal 2,000/s",
+    )
+    return BenchResult(
+        rows=rows,
+        details={
+            "owner": owner.name,
+            "standby": standby.name,
+            "version": version,
+            "result": side,
+            "count_before": int(first),
+            "count_after": int(last),
+        },
+        plots=[plot],
+        method=(
+            f"{CONNECTIONS} keep-alive connections for {duration:g} s (after 1 s warm-up) to "
+            f"{owner.name}'s HTTP ingress with `Host: {COUNTER_HOST}`, routed to the "
+            "`bench-counter` worker (bench/workers/counter): `await "
+            "env.COUNTER.get(env.COUNTER.id_from_name('bench-hot')).increment(1)` per "
+            f"request, the same hot Counter as `do-hot`, owned by this PoP (standby "
+            f"{standby.name}; each reply waits for the durable commit on both). The "
+            "baseline column is `do-hot`'s gRPC `ObjectCall` rate at 64 in flight, when it "
+            "ran. CPU per request is the owner's and the standby's, less what they use idle "
+            f"(measured over {IDLE_WINDOW_S:g} s before). {_tool_note(context)}"
+        ),
+        notes=_http_notes({"worker -> Counter": side}),
+    )
+
+
+# -- cold start ------------------------------------------------------------------------------
+
+
+async def run_coldstart(context: Context) -> BenchResult:
+    cluster = await objects_cluster(context)
+    deploys = context.pick(10, 3)
+    per_pop: dict[str, list[float]] = {pop.name: [] for pop in cluster.pops}
+    everywhere: list[float] = []
+    name = ""
+    for index in range(deploys):
+        bundle = bench_bundle(HELLO_WORKER, f"bench deploy {index} {uuid.uuid4().hex}")
+        started = time.monotonic()
+        response = await deploy(cluster, bundle)
+        if not response.changed:
+            raise RuntimeError("a marked bundle was not a new version")
+        loaded = await context.ui.step(
+            f"deploy {index + 1}/{deploys}: waiting for every PoP",
+            wait_loaded(cluster, response.name, response.version),
+        )
+        name = response.name
+        for pop, (worker, _) in loaded.items():
+            per_pop[pop].append(worker.cold_start_ms)
+        everywhere.append(max(seen_at for _, seen_at in loaded.values()) - started)
+    status, body = await http_get(cluster.pops[0].http_address, HELLO_HOST)
+    if status != 200:
+        raise RuntimeError(f"{name} answered {status} {body[:60]!r} after its deploys")
+    rows = [
+        Row(
+            "coldstart",
+            f"cold start at {pop} (median of {deploys} deploys)",
+            "ms",
+            value=statistics.median(samples),
+            goal=Goal("<", COLD_START_GOAL_MS),
+            note=f"max {max(samples):.1f} ms",
+        )
+        for pop, samples in per_pop.items()
+    ]
+    rows.append(
+        Row(
+            "coldstart",
+            f"deploy -> every PoP serves it (median of {deploys})",
+            "ms",
+            value=statistics.median(everywhere) * 1e3,
+            note=f"max {max(everywhere) * 1e3:.0f} ms",
+        )
+    )
+    samples = [sample for values in per_pop.values() for sample in values]
+    plot = plots.distribution(
+        context.settings.out_dir / "coldstart.png",
+        f"Worker cold start per PoP ({deploys} deploys x {len(per_pop)} PoPs)",
+        samples,
+        "cold_start_ms",
+        goal=COLD_START_GOAL_MS,
+        goal_label="goal < 50 ms",
+    )
+    notes = ["| PoP | cold starts (ms) |", "|---|---|"]
+    notes += [
+        f"| {pop} | {', '.join(f'{value:.1f}' for value in values)} |"
+        for pop, values in per_pop.items()
+    ]
+    return BenchResult(
+        rows=rows,
+        details={
+            "deploys": deploys,
+            "cold_start_ms": per_pop,
+            "summary_ms": summarize(samples),
+            "deploy_to_everywhere_s": everywhere,
+        },
+        plots=[plot],
+        method=(
+            f"`ControlPlane.Deploy` of `bench-hello` (bench/workers/hello) {deploys} times, "
+            "each with a unique comment appended to worker.py so that it is a new version; "
+            "after each, `Pop.Status` of every PoP is polled every "
+            f"{STATUS_POLL_S * 1e3:.0f} ms until all report the version, and each PoP's "
+            "`workers[].cold_start_ms` is read: the PoP's own measure of loading the version "
+            "after fetching its bundle (hash check, config parse, compiling and importing "
+            "the module, building `env`). Deploy -> every PoP serves it is the wall time from "
+            "the Deploy call until the last PoP reported the version (it includes the topology "
+            f"push and the bundle fetch). Goal: under {COLD_START_GOAL_MS:g} ms per PoP."
+        ),
+        notes=notes,
+    )
