@@ -53,6 +53,7 @@ class ControlPlane(Node):
         self.topology_version = 1
         self.topology_changed = asyncio.Condition()
         self.route_counter = 0
+        self.closing = False
         self._healthy: frozenset[str] = frozenset()
         self.storage: Storage | None = None
         self.state: ControlPlaneState | None = None
@@ -88,6 +89,13 @@ class ControlPlane(Node):
         self._healthy = self.registry.healthy_names(time.time())
         self.spawn(self._watch_health(), "watch-health")
         self.spawn(self._expire_faults(), "expire-faults")
+
+    async def on_drain(self) -> None:
+        # Topology watches never end on their own: end them now, so that stopping takes
+        # milliseconds, not the grace period (a restart must stay shorter than a lease).
+        self.closing = True
+        async with self.topology_changed:
+            self.topology_changed.notify_all()
 
     def close_storage(self) -> None:
         if self.storage is not None:
@@ -148,6 +156,26 @@ class ControlPlane(Node):
             await self.state.save_placements([placed])
             self.placements[key] = placed
             return placed
+
+    async def replace_standby(self, namespace: str, object_id: str, unreachable: str) -> None:
+        assert self.state is not None
+        async with self.placement_lock:
+            current = self.placements.get((namespace, object_id))
+            if current is None:
+                return
+            repaired = placement_rules.replace_standby(
+                self.config.topology, current, self.healthy_pops(time.time()), unreachable
+            )
+            if repaired != current:
+                await self.state.save_placements([repaired])
+                self.placements[(namespace, object_id)] = repaired
+                log.info(
+                    "standby of %s/%s: %s -> %s (unreachable from the owner)",
+                    namespace,
+                    object_id[:12],
+                    unreachable,
+                    repaired.standby or "-",
+                )
 
     async def _repair_placements(self, now: float) -> None:
         """Move objects off nodes gone for lease + margin; bring back stuck ones."""

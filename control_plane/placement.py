@@ -103,3 +103,26 @@ def recover(
         standby=_choose_standby(topology, healthy_pops, standby),
         epoch=placement.epoch + 1,
     )
+
+
+def replace_standby(
+    topology: Topology,
+    placement: Placement,
+    healthy_pops: Sequence[NodeEntry],
+    unreachable: str,
+) -> Placement:
+    """Another standby for an owner that cannot reach its own (same epoch: same owner)."""
+    if placement.standby != unreachable:
+        return placement  # already replaced (by an earlier request)
+    owner = next((pop for pop in healthy_pops if pop.name == placement.owner), None)
+    if owner is None:
+        return placement
+    # Faults cut region pairs: the unreachable node's site-mates are cut off too (unless
+    # it shares the owner's own site, where only that node is suspect).
+    cut_region = next((pop.region for pop in healthy_pops if pop.name == unreachable), "")
+    candidates = [
+        pop
+        for pop in healthy_pops
+        if pop.name != unreachable and (pop.region != cut_region or pop.region == owner.region)
+    ]
+    return replace(placement, standby=_choose_standby(topology, candidates, owner))

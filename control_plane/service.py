@@ -101,12 +101,12 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
         self, request: pb.GetTopologyRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Topology]:
         changed = self.node.topology_changed
-        while True:
+        while not self.node.closing:
             sent_version = self.node.topology_version
             yield self.node.topology_message()
 
             def moved(version: int = sent_version) -> bool:
-                return self.node.topology_version != version
+                return self.node.topology_version != version or self.node.closing
 
             async with changed:
                 with contextlib.suppress(TimeoutError):
@@ -169,6 +169,11 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
         placed = await self.node.locate(request.namespace, request.id, region)
         if placed is None:
             raise UnavailableError("no healthy PoP to place the object on")
+        if request.unreachable_standby and request.requester == placed.owner:
+            await self.node.replace_standby(
+                request.namespace, request.id, request.unreachable_standby
+            )
+            placed = self.node.placements[(request.namespace, request.id)]
         owner = self.node.registry.get(placed.owner)
         standby = self.node.registry.get(placed.standby) if placed.standby else None
         return objects_pb2.LocateObjectResponse(

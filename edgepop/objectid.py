@@ -16,17 +16,19 @@ from edgepop.errors import InvalidArgumentError
 ID_BYTES = 32
 TAG_BYTES = 4
 ID_HEX_CHARS = 2 * ID_BYTES
-CLASS_NAMESPACE_BYTES_MAX = 64
+CLASS_NAMESPACE_BYTES_MAX = 128  # worker name (63) + "." + class name (64)
 OBJECT_NAME_BYTES_MAX = 1024
 _HEX_RE = re.compile(r"[0-9a-f]{64}")
-_CLASS_NAMESPACE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A built-in class ("Counter"), or a worker's own class scoped by the worker's name
+# ("chat-app.ChatRoom"), so that one worker's class never answers for another's.
+_CLASS_NAMESPACE_RE = re.compile(r"(?:[a-z0-9][a-z0-9-]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 def check_class_namespace(namespace: str) -> None:
     if len(namespace) > CLASS_NAMESPACE_BYTES_MAX or not _CLASS_NAMESPACE_RE.fullmatch(namespace):
         raise InvalidArgumentError(
-            f"object namespace must be a class-like name of at most {CLASS_NAMESPACE_BYTES_MAX}"
-            f" characters, got {namespace!r}"
+            f"object namespace must be a class name, or WORKER.ClassName for a worker's own"
+            f" class, of at most {CLASS_NAMESPACE_BYTES_MAX} characters; got {namespace!r}"
         )
 
 

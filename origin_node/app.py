@@ -21,7 +21,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from edgepop.http import Handler, netem_middleware
+from edgepop.http import Handler, install_netem
 from edgepop.metrics import NodeMetrics
 from edgepop.netem import NetworkEmulator
 
@@ -271,8 +271,9 @@ def build_app(
     async def anything(request: web.Request) -> web.Response:
         return web.json_response({"origin": True, "method": request.method, "path": request.path})
 
-    middlewares: list[Any] = [count, netem_middleware(netem)]
+    middlewares: list[Any] = [count]
     app = web.Application(middlewares=middlewares)
+    install_netem(app, netem)
     app.router.add_get("/api/v1/orders", orders)
     app.router.add_get("/api/v1/users", users)
     app.router.add_get("/api/products", products)

@@ -84,6 +84,9 @@ class OriginNode(Node):
         self.spawn(self.committer.run(), "committer")
         self.spawn(self._sweep_expired(), "sweeper")
 
+    async def on_drain(self) -> None:
+        self.head.close()  # replication streams end now, not after the grace period
+
     def close_storage(self) -> None:
         self.storage.close()
 

@@ -55,7 +55,13 @@ class HeadWatch:
 
     def __init__(self, head_seq: int) -> None:
         self.head_seq = head_seq
+        self.closing = False
         self._moved = asyncio.Event()
+
+    def close(self) -> None:
+        """Wake every stream for good: the origin is draining."""
+        self.closing = True
+        self._moved.set()
 
     def advance(self, head_seq: int) -> None:
         if head_seq > self.head_seq:
@@ -64,7 +70,7 @@ class HeadWatch:
             self._moved = asyncio.Event()
 
     async def wait_beyond(self, seq: int, timeout: float) -> None:
-        if self.head_seq > seq:
+        if self.head_seq > seq or self.closing:
             return
         event = self._moved
         with contextlib.suppress(TimeoutError):
@@ -110,7 +116,7 @@ class ReplicationStream:
                 yield message
                 if message.snapshot.last:
                     next_seq = message.snapshot.snapshot_seq + 1
-        while True:
+        while not self.head.closing:
             # Taken before the read: every write committed by then is in this read.
             origin_time = time.time()
             with self.store.storage.read() as txn:

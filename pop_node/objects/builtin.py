@@ -15,11 +15,11 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from edgepop.durable import DurableObject, Session
+from edgepop.durable import DurableObject, ObjectState, Session
 
 RATE_LIMIT_DEFAULT = 100
 RATE_WINDOW_S_DEFAULT = 60.0
-DOCUMENT_REPLAY_MAX = 10_000
+DOCUMENT_REPLAY_PAGE = 1000
 LOCK_TTL_S_MAX = 3600.0
 
 
@@ -74,18 +74,28 @@ class RateLimiter(DurableObject):
 
 
 class DocumentSession(DurableObject):
-    """Ops get consecutive seqs; every session sees every op, in seq order.
+    """Ops get consecutive seqs; every joined session sees every op, in seq order.
 
-    Session protocol (JSON text): the client may send {"type": "hello", "last_seen": N}
-    to receive every op after N, then {"type": "op", "op": ...} to append one. The object
-    sends {"type": "op", "seq": N, "op": ...} to every session (the sender included: its
-    own op coming back with a seq is the acknowledgement), once the op is durable.
+    Session protocol (JSON text): a client joins with {"type": "hello", "last_seen": N}
+    (0 for a new client) and first receives every op after N, then every new op, in seq
+    order without gaps or duplicates: the replay and the join happen in one call, so no
+    op can slip in between. {"type": "op", "op": ...} appends one (and joins without a
+    replay, if the session had not said hello). The object sends {"type": "op", "seq":
+    N, "op": ...} to every joined session — the sender included: its own op coming back
+    with a seq is the acknowledgement — once the op is durable.
     """
+
+    def __init__(self, state: ObjectState, env: Any) -> None:
+        super().__init__(state, env)
+        self._joined: set[str] = set()
 
     async def _append(self, op: Any) -> int:
         seq = int(await self.storage.get("head") or 0) + 1
         await self.storage.put({"head": seq, f"op:{seq:012d}": op})
-        self.state.broadcast(json.dumps({"type": "op", "seq": seq, "op": op}))
+        message = json.dumps({"type": "op", "seq": seq, "op": op})
+        for session in self.state.sessions():
+            if session.id in self._joined:
+                session.send(message)
         return seq
 
     async def apply(self, op: Any) -> int:
@@ -103,19 +113,29 @@ class DocumentSession(DurableObject):
         try:
             message = json.loads(data)
         except ValueError:
-            session.send(json.dumps({"type": "error", "error": "messages are JSON objects"}))
-            return
+            message = None
         if not isinstance(message, dict):
             session.send(json.dumps({"type": "error", "error": "messages are JSON objects"}))
             return
         kind = message.get("type")
         if kind == "hello":
-            for item in await self.ops(int(message.get("last_seen", 0)), DOCUMENT_REPLAY_MAX):
-                session.send(json.dumps({"type": "op", **item}))
+            since = int(message.get("last_seen", 0))
+            while True:  # every op after `since`, in pages
+                page = await self.ops(since, DOCUMENT_REPLAY_PAGE)
+                for item in page:
+                    session.send(json.dumps({"type": "op", **item}))
+                if len(page) < DOCUMENT_REPLAY_PAGE:
+                    break
+                since = page[-1]["seq"]
+            self._joined.add(session.id)
         elif kind == "op":
+            self._joined.add(session.id)
             await self._append(message.get("op"))
         else:
             session.send(json.dumps({"type": "error", "error": f"unknown message type {kind!r}"}))
+
+    async def on_close(self, session: Session) -> None:
+        self._joined.discard(session.id)
 
 
 class Lock(DurableObject):

@@ -13,6 +13,7 @@ the next call activates again, asking the control plane afresh.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -51,6 +52,7 @@ LEASE_CHECK_INTERVAL_S = 0.05
 ALARM_SCAN_INTERVAL_S = 0.5
 ALARM_RETRIES_MAX = 6
 ALARM_RETRY_BASE_S = 0.5
+NOT_MINE_RECHECK_S = 30.0
 
 
 class NotOwnerError(EdgeError):
@@ -112,6 +114,8 @@ class ObjectHost:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.committer = ObjectCommitter(self)
         self._queue_depth = 0
+        # Objects with a due alarm that this node holds only as a standby copy.
+        self._not_mine: dict[bytes, float] = {}
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -154,7 +158,12 @@ class ObjectHost:
     # -- activation ----------------------------------------------------------------------
 
     async def locate(
-        self, namespace: str, object_id: bytes, region: str, location_hint: str = ""
+        self,
+        namespace: str,
+        object_id: bytes,
+        region: str,
+        location_hint: str = "",
+        unreachable_standby: str = "",
     ) -> objects_pb2.LocateObjectResponse:
         stub = self._control_plane()
         if stub is None:
@@ -166,6 +175,8 @@ class ObjectHost:
                     id=object_id.hex(),
                     region=region,
                     location_hint=location_hint,
+                    unreachable_standby=unreachable_standby,
+                    requester=self.node_name,
                 ),
                 metadata=self.internal_metadata,
                 timeout=LOCATE_TIMEOUT_S,
@@ -223,7 +234,21 @@ class ObjectHost:
         )
         instance.load_request_ids(self._stored_request_ids(object_key))
         if located.standby_address and not await self._sync_standby(instance):
-            raise UnavailableError(f"standby {located.standby} cannot take a copy of the object")
+            # Both alive but cut off from each other: ask for another standby (same epoch).
+            relocated = await self.locate(
+                namespace, object_id, region, location_hint, unreachable_standby=located.standby
+            )
+            if relocated.node != self.node_name:
+                raise NotOwnerError(relocated.node, relocated.epoch)
+            instance.standby = relocated.standby
+            instance.standby_address = relocated.standby_address
+            if relocated.standby_address and (
+                relocated.standby == located.standby or not await self._sync_standby(instance)
+            ):
+                raise UnavailableError(
+                    f"no standby can take a copy of the object (tried {located.standby},"
+                    f" {relocated.standby or '-'})"
+                )
         await instance.execute(instance.obj.setup)
         self.instances[object_key] = instance
         self.metrics.do_objects_active.set(len(self.instances))
@@ -401,6 +426,12 @@ class ObjectHost:
             except InstanceBrokenError:
                 return
             except EdgeError as error:
+                if attempt == ALARM_RETRIES_MAX:
+                    log.error("alarm of %s failed %d times; cancelled", instance.namespace,
+                              attempt + 1)  # fmt: skip
+                    with contextlib.suppress(EdgeError):
+                        await instance.execute(instance.state.storage.delete_alarm)
+                    return
                 delay = ALARM_RETRY_BASE_S * 2**attempt
                 log.warning(
                     "alarm of %s failed (%s); retry in %.1f s",
@@ -420,10 +451,16 @@ class ObjectHost:
                     for object_key, _ in self.store.due_alarms(txn, time.time())
                     if object_key not in self.instances
                 ]
+            now = time.monotonic()
             for object_key, namespace in due:
                 if not namespace or namespace not in self.classes:
                     continue
+                if self._not_mine.get(object_key, 0.0) > now:
+                    continue
                 try:
                     await self.instance(namespace, object_key[8:], self.region)
+                except NotOwnerError:
+                    # A standby copy: its owner runs the alarm; look again much later.
+                    self._not_mine[object_key] = now + NOT_MINE_RECHECK_S
                 except EdgeError:
-                    continue  # not ours (a standby copy), or the control plane is away
+                    continue  # the control plane is away: try again next scan

@@ -20,6 +20,7 @@ import json
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -57,6 +58,7 @@ OVERLOADED_MESSAGE = "Durable Object is overloaded. Too many requests queued."
 # Request ids remembered per object, so a retried call is answered, not run again.
 REQUEST_IDS_MAX = 512
 REQUEST_PREFIX = INTERNAL_PREFIX + b"req:"
+REMEMBERED_RESULT_BYTES_MAX = 16 * 1024
 SESSION_QUEUE_MAX = 10_000
 
 
@@ -284,6 +286,7 @@ class ObjectInstance:
         self.sessions: dict[str, SessionChannel] = {}
         self.broken: str = ""
         self.request_ids: list[tuple[int, bytes]] = []
+        self.recent_requests: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self._durable = asyncio.Event()
         self.state = InstanceState(self)
         self.obj: DurableObject = cls(self.state, host.env)
@@ -361,16 +364,26 @@ class ObjectInstance:
         try:
             self.check_serving()
             request_key = REQUEST_PREFIX + request_id.encode() if request_id else b""
-            cached = self.read(request_key) if request_key else None
-            if cached is not None:
+            recent = self.recent_requests.get(request_id) if request_id else None
+            cached = self.read(request_key) if request_key and recent is None else None
+            if recent is not None:
+                result_json, epoch = recent
+            elif cached is not None:
                 # A retry of a call already run: the first answer, never a second run.
                 answer = json.loads(cached)
                 result_json, epoch = str(answer["result"]), int(answer["epoch"])
             else:
                 result_json = await self._run(handler)
-                if request_key:
-                    self._remember_request(request_key, result_json)
                 epoch = self.epoch
+                if request_id:
+                    # Remembered here for retries to this instance; and durably (replicated
+                    # with the call's writes) only when the call changed something, so a
+                    # read costs no commit.
+                    self.recent_requests[request_id] = (result_json, epoch)
+                    if len(self.recent_requests) > REQUEST_IDS_MAX:
+                        self.recent_requests.popitem(last=False)
+                    if self.call_buffer or self.outbox:
+                        self._remember_request(request_key, result_json)
             required = self._submit_call()
         except BaseException:
             self.call_buffer = None
@@ -397,6 +410,9 @@ class ObjectInstance:
 
     def _remember_request(self, request_key: bytes, result_json: str) -> None:
         assert self.call_buffer is not None
+        if len(result_json) > REMEMBERED_RESULT_BYTES_MAX:
+            # Too large to keep for every call: a retry learns it ran but not its result.
+            result_json = json.dumps({"error": "the call ran; its result was too large to keep"})
         self.call_buffer[request_key] = json.dumps(
             {"result": result_json, "epoch": self.epoch, "seq": self.seq + 1}
         ).encode()

@@ -36,6 +36,7 @@ LOCATION_CACHE_MAX = 100_000
 HOPS_MAX = 2
 RETRY_BACKOFF_S = (0.05, 0.1, 0.2, 0.4)
 CALL_TIMEOUT_S_DEFAULT = 10.0
+FORWARD_ATTEMPT_TIMEOUT_S = 3.0
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
@@ -80,6 +81,21 @@ class ObjectRouter:
         budget = CALL_TIMEOUT_S_DEFAULT if time_remaining is None else time_remaining
         deadline = time.monotonic() + budget
         region = caller_region or self.region
+        if request.hops:
+            # Sent here as the owner: serve (activating with a fresh answer from the control
+            # plane if need be) or say "not the owner" at once; the entry PoP relocates.
+            result_json, epoch = await self.host.call(
+                namespace,
+                object_id,
+                request.method,
+                request.args_json,
+                region=region,
+                location_hint=request.location_hint,
+                request_id=request_id,
+            )
+            return objects_pb2.ObjectCallResponse(
+                result_json=result_json, node=self.node_name, epoch=epoch, id=object_id.hex()
+            )
         fresh = False
         attempt = 0
         while True:
@@ -101,13 +117,9 @@ class ObjectRouter:
                         result_json=result_json, node=self.node_name, epoch=epoch,
                         id=object_id.hex(),
                     )  # fmt: skip
-                if request.hops >= HOPS_MAX - 1:
-                    raise UnavailableError(
-                        f"routing loop: {self.node_name} was sent a call for {located.node}"
-                    )
                 return await self._forward(request, object_id, request_id, located, deadline)
             except NotOwnerError:
-                pass  # our cache (or the caller's) was stale: ask afresh
+                pass  # our cache was stale: ask afresh
             except EdgeError as error:
                 if error.code not in RETRYABLE:
                     raise
@@ -141,7 +153,9 @@ class ObjectRouter:
             response: objects_pb2.ObjectCallResponse = await stub.ObjectCall(
                 forwarded,
                 metadata=self._forward_metadata,
-                timeout=max(0.001, deadline - time.monotonic()),
+                # Capped: a cut-off owner must not eat the whole deadline (request ids
+                # make the retry against a fresh location safe).
+                timeout=max(0.001, min(FORWARD_ATTEMPT_TIMEOUT_S, deadline - time.monotonic())),
             )
         except grpc.aio.AioRpcError as error:
             code = error.code()

@@ -23,7 +23,7 @@ from edgepop import objectid
 from edgepop.errors import DeadlineError, EdgeError, InvalidArgumentError, UnavailableError
 from pop_node.objects.host import NotOwnerError, ObjectHost
 from pop_node.objects.instance import ObjectInstance, RemoteError, SessionChannel
-from pop_node.objects.router import HOPS_MAX, RETRY_BACKOFF_S, ObjectRouter
+from pop_node.objects.router import RETRY_BACKOFF_S, ObjectRouter
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,12 @@ async def serve_session(
     object_id = objectid.resolve(opening.namespace, opening.name, opening.id)
     host.class_of(opening.namespace)
     region = caller_region or host.region
+    if opening.hops:
+        # Proxied here as the owner: serve, or fail at once (the entry PoP relocates).
+        instance = await host.instance(opening.namespace, object_id, region, opening.location_hint)
+        async for message in _local(instance, requests):
+            yield message
+        return
     deadline = time.monotonic() + OPEN_TIMEOUT_S
     attempt = 0
     fresh = False
@@ -58,8 +64,6 @@ async def serve_session(
                 async for message in _local(instance, requests):
                     yield message
                 return
-            if opening.hops >= HOPS_MAX - 1:
-                raise UnavailableError("routing loop while opening a session")
             proxied = _proxy(router, host, located, opening, object_id, requests)
             reply = await anext(proxied)
             yield reply

@@ -214,7 +214,7 @@ class Env:
 def worker_class_namespace(worker: str, class_name: str) -> str:
     """The object namespace of a class a worker defines: scoped to that worker, so it can
     neither take over a built-in class's objects nor another worker's."""
-    return f"{worker.replace('-', '_')}__{class_name}"
+    return f"{worker}.{class_name}"
 
 
 def resolve_classes(

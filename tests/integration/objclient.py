@@ -484,8 +484,8 @@ class DocClient:
         if first is grpc.aio.EOF or not first.HasField("opened"):
             raise AssertionError(f"{self.name}: session at {node} did not open: {first}")
         connection.opened = first.opened
-        if self.seen:
-            await self._send({"type": "hello", "last_seen": self.contiguous})
+        # Join: receive every op after the last contiguous one seen (0 for a new client).
+        await self._send({"type": "hello", "last_seen": self.contiguous})
         self.live.set()
         self._reader = asyncio.ensure_future(self._read(self._call, connection))
         opened: objects_pb2.ObjectOpened = first.opened

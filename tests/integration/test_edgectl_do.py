@@ -280,10 +280,11 @@ def op(value: str) -> str:
 
 def test_connect_sessions_see_every_op_in_one_order(edge: Cli, data_dir: Path) -> None:
     doc = unique("doc")
-    # A listener in London that sends nothing and waits for three messages.
+    # A listener in London that only joins (hello) and waits for three messages.
     listener = subprocess.Popen(
         edgectl_argv(
             data_dir, "do", "connect", "DocumentSession", doc, "--from", "london",
+            "--send", json.dumps({"type": "hello", "last_seen": 0}),
             "--count", "3", "--json", "--timeout", "30",
         ),
         stdin=subprocess.DEVNULL,

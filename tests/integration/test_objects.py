@@ -511,7 +511,13 @@ def user_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         def loaded_everywhere() -> bool:
             for pop in cluster.pops:
                 try:
-                    call(cluster, pop.name, "get", namespace="TestSlowCounter", name="probe")
+                    call(
+                        cluster,
+                        pop.name,
+                        "get",
+                        namespace="test-object-classes.TestSlowCounter",
+                        name="probe",
+                    )
                 except grpc.RpcError:
                     return False
             return True
@@ -529,12 +535,19 @@ def test_queue_over_the_bound_is_resource_exhausted_with_cloudflares_message(
     wait, the rest are refused at once; then the object serves the queue and goes on."""
     cluster = user_cluster
     name = _unique("overload")
-    owner = call(cluster, "tokyo-1", "get", namespace="TestSlowCounter", name=name).node
-    request = objects_pb2.ObjectCallRequest(namespace="TestSlowCounter", name=name, method="get")
+    owner = call(
+        cluster, "tokyo-1", "get", namespace="test-object-classes.TestSlowCounter", name=name
+    ).node
+    request = objects_pb2.ObjectCallRequest(
+        namespace="test-object-classes.TestSlowCounter", name=name, method="get"
+    )
     with pop_stub(cluster, owner) as stub:
         holding = stub.ObjectCall.future(
             objects_pb2.ObjectCallRequest(
-                namespace="TestSlowCounter", name=name, method="hold", args_json="[3.0]"
+                namespace="test-object-classes.TestSlowCounter",
+                name=name,
+                method="hold",
+                args_json="[3.0]",
             ),
             timeout=20,
         )
@@ -564,7 +577,16 @@ def test_queue_over_the_bound_is_resource_exhausted_with_cloudflares_message(
     }
     assert len(served) >= 256 - 10  # the queue was served (a few probes may have held places)
     assert (
-        result(call(cluster, "london-1", "increment", namespace="TestSlowCounter", name=name)) == 1
+        result(
+            call(
+                cluster,
+                "london-1",
+                "increment",
+                namespace="test-object-classes.TestSlowCounter",
+                name=name,
+            )
+        )
+        == 1
     )
 
 
@@ -574,19 +596,49 @@ def test_user_exception_after_a_write_discards_the_write_and_reaches_the_caller_
     cluster = user_cluster
     name = _unique("discarded")
     for expected in (1, 2):
-        counted = call(cluster, "tokyo-2", "increment", namespace="TestSlowCounter", name=name)
+        counted = call(
+            cluster,
+            "tokyo-2",
+            "increment",
+            namespace="test-object-classes.TestSlowCounter",
+            name=name,
+        )
         assert result(counted) == expected
     for node in ("tokyo-1", "london-1"):
         error = call_error(
             lambda n=node: call(
-                cluster, n, "put_then_raise", namespace="TestSlowCounter", name=name
+                cluster,
+                n,
+                "put_then_raise",
+                namespace="test-object-classes.TestSlowCounter",
+                name=name,
             )
         )
         assert error.code() == grpc.StatusCode.UNKNOWN
         assert "remote" in (error.details() or "") and "boom" in (error.details() or "")
-    assert result(call(cluster, "tokyo-1", "get", namespace="TestSlowCounter", name=name)) == 2
     assert (
-        result(call(cluster, "tokyo-1", "increment", namespace="TestSlowCounter", name=name)) == 3
+        result(
+            call(
+                cluster,
+                "tokyo-1",
+                "get",
+                namespace="test-object-classes.TestSlowCounter",
+                name=name,
+            )
+        )
+        == 2
+    )
+    assert (
+        result(
+            call(
+                cluster,
+                "tokyo-1",
+                "increment",
+                namespace="test-object-classes.TestSlowCounter",
+                name=name,
+            )
+        )
+        == 3
     )
 
 
@@ -596,7 +648,14 @@ def test_alarm_fires_at_least_once_and_a_failing_alarm_is_retried(user_cluster: 
 
     def alarm(name: str, method: str, *args: Any) -> Any:
         return result(
-            call(cluster, "tokyo-1", method, list(args), namespace="TestAlarmClock", name=name)
+            call(
+                cluster,
+                "tokyo-1",
+                method,
+                list(args),
+                namespace="test-object-classes.TestAlarmClock",
+                name=name,
+            )
         )
 
     armed_at = alarm(once, "arm", 0.3)

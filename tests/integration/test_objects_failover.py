@@ -273,13 +273,6 @@ def test_owner_cut_off_from_the_control_plane_stops_after_its_lease_and_refuses_
         assert (again.node, again.epoch, result(again)) == (moved.owner, 2, count)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a PoP whose cached route names an owner that is cut off from the control"
-    " plane forwards there, and the old owner keeps retrying its own LocateObject until the"
-    " caller's whole deadline (pop_node/objects/router.py call/_forward): the stale route"
-    " is failed, not corrected",
-)
 def test_stale_route_to_a_cut_off_old_owner_is_corrected_within_the_failover_time(
     whole: Cluster,
 ) -> None:
@@ -569,12 +562,6 @@ def test_owner_and_standby_both_killed_object_waits_then_its_standby_serves_ever
 # -- network faults between the two copies, and a paused control plane ----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (liveness): an owner that cannot reach its standby stops serving for as long"
-    " as the partition lasts; both nodes heartbeat, so the control plane never picks another"
-    " standby (pop_node/objects/committer.py + control_plane/node.py _repair_placements)",
-)
 def test_object_keeps_serving_when_its_owner_and_standby_are_partitioned(whole: Cluster) -> None:
     cluster = whole
     name = _unique("split-pair")
@@ -637,13 +624,6 @@ def test_control_plane_unreachable_for_1_s_interrupts_no_object_call(whole: Clus
     assert after is not None and (after.owner, after.epoch) == (placed.owner, placed.epoch)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: stopping the control plane takes ~2.5 s (its drain waits drain_s for the"
-    " nodes' never-ending WatchTopology streams), longer than the owners' lease: every"
-    " owner stops its objects until the control plane is back (edgepop/lifecycle.py close"
-    " + control_plane WatchTopology; edgepop/membership.py lease)",
-)
 def test_control_plane_restart_interrupts_no_object_call(whole: Cluster) -> None:
     cluster = whole
     name = _unique("cp-restart")

@@ -205,3 +205,18 @@ def test_repair_never_lowers_the_epoch_never_pairs_a_node_with_itself_and_moves_
     if repaired.standby != standby:
         # A newly chosen standby is a healthy node (both copies away: nothing changes).
         assert repaired.standby not in gone
+
+
+def test_an_unreachable_standby_is_replaced_outside_its_cut_off_region_at_the_same_epoch() -> None:
+    placement = Placement("Counter", _id("x"), "sydney-1", "tokyo-1", 3)
+    replaced = rules.replace_standby(TOPOLOGY, placement, ALL_POPS, "tokyo-1")
+    # tokyo-2 is cut off by the same region-pair partition: never chosen.
+    assert replaced.standby not in ("tokyo-1", "tokyo-2", "sydney-1")
+    assert (replaced.owner, replaced.epoch) == ("sydney-1", 3)
+
+
+def test_a_same_site_standby_is_replaced_by_its_site_mate_first() -> None:
+    placement = Placement("Counter", _id("x"), "tokyo-1", "tokyo-2", 1)
+    assert rules.replace_standby(TOPOLOGY, placement, ALL_POPS, "tokyo-2").standby != "tokyo-2"
+    # A request naming a standby that was already replaced changes nothing.
+    assert rules.replace_standby(TOPOLOGY, placement, ALL_POPS, "london-1") == placement
