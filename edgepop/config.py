@@ -26,7 +26,10 @@ class NodeConfig:
     data_dir: Path
     # Where the cluster token lives (shared by every node of a cluster).
     token_file: Path
+    # The address to bind, and the one to tell others (a DNS name in Kubernetes, where a
+    # pod binds 0.0.0.0 and is reached as pod.service). Empty advertise_host = host.
     host: str = "127.0.0.1"
+    advertise_host: str = ""
     # 0 = any free port; the bound ports are written to the ready file.
     grpc_port: int = 0
     metrics_port: int = 0
@@ -46,7 +49,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token-file", type=Path, help=f"cluster token (default: DATA_DIR/../{TOKEN_FILE_NAME})"
     )
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
+    parser.add_argument(
+        "--advertise-host", default="", help="address others reach this node at (default: --host)"
+    )
     parser.add_argument("--grpc-port", type=int, default=0)
     parser.add_argument("--metrics-port", type=int, default=0)
     parser.add_argument("--http-port", type=int, default=0)
@@ -69,6 +75,7 @@ def common_kwargs(args: argparse.Namespace) -> dict[str, object]:
         "data_dir": data_dir,
         "token_file": token_file.resolve(),
         "host": args.host,
+        "advertise_host": args.advertise_host,
         "grpc_port": args.grpc_port,
         "metrics_port": args.metrics_port,
         "http_port": args.http_port,

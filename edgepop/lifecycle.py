@@ -105,6 +105,10 @@ class Node(abc.ABC):
     # -- lifecycle -----------------------------------------------------------------------
 
     @property
+    def advertised_host(self) -> str:
+        return self.config.advertise_host or self.config.host
+
+    @property
     def storage_dir(self) -> Path:
         return self.config.data_dir / STORAGE_DIR_NAME
 
@@ -139,11 +143,11 @@ class Node(abc.ABC):
         port = server.add_insecure_port(f"{config.host}:{config.grpc_port}")
         if port == 0:
             raise OSError(f"cannot bind gRPC port {config.host}:{config.grpc_port}")
-        self.grpc_address = f"{config.host}:{port}"
+        self.grpc_address = f"{self.advertised_host}:{port}"
         await server.start()
         self._server = server
         metrics_port, self._stop_metrics = self.metrics.serve(config.host, config.metrics_port)
-        self.metrics_address = f"{config.host}:{metrics_port}"
+        self.metrics_address = f"{self.advertised_host}:{metrics_port}"
         await self.start_extra_servers()
 
         self.started_at = time.time()

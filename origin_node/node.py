@@ -67,7 +67,7 @@ class OriginNode(Node):
             cluster_token=self.token,
         )
         self._http_runner, port = await start_site(app, self.config.host, self.config.http_port)
-        self.http_address = f"{self.config.host}:{port}"
+        self.http_address = f"{self.advertised_host}:{port}"
 
     async def stop_extra_servers(self) -> None:
         if getattr(self, "_http_runner", None) is not None:

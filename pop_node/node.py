@@ -110,7 +110,7 @@ class PopNode(Node):
         self._http_runner, port = await start_site(
             build_ingress(self), self.config.host, self.config.http_port
         )
-        self.http_address = f"{self.config.host}:{port}"
+        self.http_address = f"{self.advertised_host}:{port}"
 
     async def stop_extra_servers(self) -> None:
         if getattr(self, "_http_runner", None) is not None:
