@@ -37,6 +37,7 @@ ROLE_MODULES = {"control_plane": "control_plane", "origin": "origin_node", "pop"
 START_TIMEOUT_S_DEFAULT = 60.0
 STOP_TIMEOUT_S_DEFAULT = 10.0
 POLL_INTERVAL_S = 0.02
+ZYGOTE_REAP_WAIT_S = 1.0
 
 
 class ClusterError(RuntimeError):
@@ -471,9 +472,10 @@ class Cluster:
                 self._signal(node, signal.SIGKILL)
                 self._wait_exit(node, STOP_TIMEOUT_S_DEFAULT)
         if self._zygote is not None:
-            # With every node gone the fork server exits by itself; reap it.
+            # With every node gone the fork server exits by itself: reap it if it has
+            # (it is our child); if not yet, it finishes on its own, nothing waits for it.
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self._zygote.wait(timeout=STOP_TIMEOUT_S_DEFAULT)
+                self._zygote.wait(timeout=ZYGOTE_REAP_WAIT_S)
             self._zygote = None
 
     def _signal(self, node: NodeState, signum: signal.Signals) -> None:
