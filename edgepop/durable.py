@@ -17,6 +17,7 @@ remote error; the object keeps working. Values are JSON-serialisable data.
 from __future__ import annotations
 
 import abc
+import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -137,8 +138,9 @@ class DurableObject:
 
 def callable_methods(cls: type[DurableObject]) -> frozenset[str]:
     """The method names a client may call on `cls`: public coroutines of the subclass."""
-    import inspect
-
+    cached = _CALLABLE_METHODS.get(cls)  # looked up on every object call
+    if cached is not None:
+        return cached
     names = set()
     for klass in cls.__mro__:
         if klass is DurableObject or klass is object:
@@ -148,4 +150,8 @@ def callable_methods(cls: type[DurableObject]) -> frozenset[str]:
                 continue
             if inspect.iscoroutinefunction(member):
                 names.add(name)
-    return frozenset(names)
+    _CALLABLE_METHODS[cls] = frozenset(names)
+    return _CALLABLE_METHODS[cls]
+
+
+_CALLABLE_METHODS: dict[type, frozenset[str]] = {}

@@ -7,6 +7,7 @@ as Cloudflare refuses an id from another namespace binding.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -36,6 +37,7 @@ def namespace_tag(namespace: str) -> bytes:
     return hashlib.sha256(b"edgepop-object-namespace:" + namespace.encode()).digest()[:TAG_BYTES]
 
 
+@functools.lru_cache(maxsize=65_536)
 def id_from_name(namespace: str, name: str) -> bytes:
     """The same name gives the same id in one namespace, a different one in another."""
     check_class_namespace(namespace)

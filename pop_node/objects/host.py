@@ -114,6 +114,8 @@ class ObjectHost:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.committer = ObjectCommitter(self)
         self._queue_depth = 0
+        self._metric_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        metrics.do_queue_depth.set_function(lambda: self._queue_depth)
         # Objects with a due alarm that this node holds only as a standby copy.
         self._not_mine: dict[bytes, float] = {}
 
@@ -136,8 +138,20 @@ class ObjectHost:
         return lease.generation == generation and lease.valid(time.monotonic())
 
     def metrics_queue_depth(self, change: int) -> None:
-        self._queue_depth += change
-        self.metrics.do_queue_depth.set(self._queue_depth)
+        self._queue_depth += change  # read by the gauge at scrape time
+
+    def _call_metrics(self, namespace: str, code: str) -> tuple[Any, Any]:
+        """The labelled metric children of one (namespace, code), looked up once."""
+        key = (namespace, code)
+        children = self._metric_children.get(key)
+        if children is None:
+            metrics = self.metrics
+            children = (
+                metrics.do_calls.labels(metrics.node, metrics.region, namespace, code),
+                metrics.do_call_duration.labels(metrics.node, metrics.region, namespace),
+            )
+            self._metric_children[key] = children
+        return children
 
     def class_of(self, namespace: str) -> type[DurableObject]:
         cls = self.classes.get(namespace)
@@ -342,12 +356,9 @@ class ObjectHost:
             code = error.code.name
             raise
         finally:
-            self.metrics.do_calls.labels(
-                self.metrics.node, self.metrics.region, namespace, code
-            ).inc()
-            self.metrics.do_call_duration.labels(
-                self.metrics.node, self.metrics.region, namespace
-            ).observe(time.perf_counter() - started)
+            calls, duration = self._call_metrics(namespace, code)
+            calls.inc()
+            duration.observe(time.perf_counter() - started)
 
     # -- standby side ----------------------------------------------------------------------
 

@@ -11,9 +11,10 @@ is answered from the object's memory of it, never run twice.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import secrets
 import time
-import uuid
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,13 @@ class ObjectRouter:
         self._cache: OrderedDict[tuple[str, bytes], objects_pb2.LocateObjectResponse] = (
             OrderedDict()
         )
+        # Request ids: a random prefix per process and a counter (unique, and far cheaper
+        # than a uuid per call).
+        self._request_prefix = f"{secrets.token_hex(8)}-"
+        self._request_counter = itertools.count()
+
+    def _next_request_id(self) -> str:
+        return f"{self._request_prefix}{next(self._request_counter)}"
 
     async def _locate(
         self, namespace: str, object_id: bytes, region: str, hint: str, fresh: bool
@@ -77,7 +85,7 @@ class ObjectRouter:
         object_id = objectid.resolve(namespace, request.name, request.id)
         self.host.class_of(namespace)
         check_request_id(request.request_id)
-        request_id = request.request_id or uuid.uuid4().hex
+        request_id = request.request_id or self._next_request_id()
         budget = CALL_TIMEOUT_S_DEFAULT if time_remaining is None else time_remaining
         deadline = time.monotonic() + budget
         region = caller_region or self.region
