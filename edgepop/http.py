@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from edgepop.errors import EdgeError
-from edgepop.netem import NetworkEmulator, caller_from_metadata
+from edgepop.netem import NetworkEmulator, caller_from_headers
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +31,7 @@ def install_netem(app: web.Application, netem: NetworkEmulator) -> None:
 
     @web.middleware
     async def inbound(request: web.Request, handler: Handler) -> web.StreamResponse:
-        caller = caller_from_metadata(
-            [(key.lower(), value) for key, value in request.headers.items()]
-        )
+        caller = caller_from_headers(request.headers.get)
         if caller is None:
             return await handler(request)
         into, back = netem.legs(caller)

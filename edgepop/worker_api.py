@@ -24,7 +24,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 HeadersInit = Mapping[str, str] | Iterable[tuple[str, str]] | CIMultiDict[str] | None
 
 
-def _headers(init: HeadersInit) -> CIMultiDict[str]:
+def _headers(init: HeadersInit, *, take: bool = False) -> CIMultiDict[str]:
+    """Headers as a CIMultiDict; with `take`, a CIMultiDict given is used, not copied."""
+    if take and isinstance(init, CIMultiDict):
+        return init
     headers: CIMultiDict[str] = CIMultiDict()
     if init is None:
         return headers
@@ -48,7 +51,7 @@ class Request:
     ) -> None:
         self.url = url
         self.method = method.upper()
-        self.headers = _headers(headers)
+        self.headers = _headers(headers, take=True)
         self.body = body.encode() if isinstance(body, str) else (body or b"")
         self.cf: dict[str, Any] = dict(cf or {})
 
@@ -88,7 +91,9 @@ class Request:
 
     def with_url(self, url: str) -> Request:
         """The same request for another URL (a rewrite)."""
-        return Request(url, method=self.method, headers=self.headers, body=self.body, cf=self.cf)
+        return Request(
+            url, method=self.method, headers=self.headers.copy(), body=self.body, cf=self.cf
+        )
 
 
 class Response:

@@ -58,6 +58,23 @@ def geo(node: PopNode, client_region: str) -> dict[str, Any]:
 def build_app(node: PopNode) -> web.Application:
     runtime = node.workers
     metrics = node.metrics
+    # Per-request work done once: geo per client region, metric children per label set.
+    geo_cache: dict[str, dict[str, Any]] = {}
+    request_counters: dict[tuple[str, str], Any] = {}
+
+    def geo_for(client_region: str) -> dict[str, Any]:
+        found = geo_cache.get(client_region)
+        if found is None:
+            found = geo_cache[client_region] = geo(node, client_region)
+        return dict(found)  # the worker may change its copy
+
+    def count(worker: str, status: str) -> Any:
+        counter = request_counters.get((worker, status))
+        if counter is None:
+            counter = request_counters[(worker, status)] = metrics.worker_requests.labels(
+                metrics.node, metrics.region, worker, status
+            )
+        return counter
 
     def plain(status: int, text: str) -> web.Response:
         return web.Response(status=status, text=text + "\n")
@@ -102,7 +119,7 @@ def build_app(node: PopNode) -> web.Application:
                 method=request.method,
                 headers=headers,
                 body=body,
-                cf=geo(node, client_region),
+                cf=geo_for(client_region),
             )
             response, _ = await runtime.handle(version, worker_request)
             status = response.status
@@ -120,9 +137,7 @@ def build_app(node: PopNode) -> web.Application:
             status = 413
             return plain(413, f"Payload Too Large (limit {BODY_BYTES_MAX} bytes)")
         finally:
-            metrics.worker_requests.labels(
-                metrics.node, metrics.region, worker_name, str(status)
-            ).inc()
+            count(worker_name, str(status)).inc()
             metrics.request("http", worker_name, str(status)).observe(time.perf_counter() - started)
 
     app = web.Application(client_max_size=BODY_BYTES_MAX, handler_args=handler_args())
