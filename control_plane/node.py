@@ -86,6 +86,10 @@ class ControlPlane(Node):
             metrics_address=self.metrics_address,
             pid=os.getpid(),
         )
+        for (from_region, to_region), rtt_ms in self.config.topology.rtt_matrix().items():
+            self.metrics.net_matrix_delay.labels(
+                self.name, self.region, from_region, to_region
+            ).set(rtt_ms / 2000)
         self._healthy = self.registry.healthy_names(time.time())
         self.spawn(self._watch_health(), "watch-health")
         self.spawn(self._expire_faults(), "expire-faults")

@@ -26,10 +26,11 @@ from typing import Any
 
 import grpc
 from rich.live import Live
+from rich.table import Table
 
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import kv_pb2, objects_pb2, workers_pb2
-from edgectl import net, probe, views
+from edgectl import net, observe, probe, views
 from edgectl import objects as do
 from edgectl import workers as deploys
 from edgectl.client import (
@@ -40,8 +41,15 @@ from edgectl.client import (
     Target,
     value_text,
 )
-from edgectl.launcher import START_TIMEOUT_S_DEFAULT, Cluster, ClusterError, pid_alive
+from edgectl.launcher import (
+    START_TIMEOUT_S_DEFAULT,
+    STATE_FILE_NAME,
+    Cluster,
+    ClusterError,
+    pid_alive,
+)
 from edgepop.limits import LIST_LIMIT_MAX
+from edgepop.tls import TlsError
 from edgepop.topology import TopologyError
 
 DATA_DIR_ENV = "EDGEPOP_DATA_DIR"
@@ -157,6 +165,24 @@ def register_cluster(commands: CommandSet) -> None:
     )
     up.add_argument(
         "--no-workers", action="store_true", help="deploy no workers, even with --workers"
+    )
+    up.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="also run Prometheus (deploy/prometheus rules, targets following the nodes) "
+        "until the cluster stops; not with --detach (use `edgectl observe` then)",
+    )
+    up.add_argument(
+        "--prometheus-port",
+        type=int,
+        metavar="N",
+        help=f"Prometheus's port (default: {observe.PROMETHEUS_PORT_DEFAULT} if free)",
+    )
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="mutual TLS for every gRPC and HTTP connection (certificates in DIR/tls/, "
+        "made when missing); later commands follow, as cluster.json records it",
     )
     cluster.add("down", cmd_cluster_down, "stop every node (PoPs, origin, control plane)")
     cluster.add(
@@ -545,6 +571,31 @@ def register_token(commands: CommandSet) -> None:
     )
 
 
+def register_certs(commands: CommandSet) -> None:
+    parser = commands.add(
+        "certs",
+        cmd_certs,
+        "make a cluster CA and certificates for every node and for clients in DIR/tls/ "
+        "(mutual TLS); keeps what is still good",
+        json_output=True,
+    )
+    parser.add_argument(
+        "--topology", type=Path, metavar="FILE", help="the nodes (default: DIR/cluster.json's)"
+    )
+    parser.add_argument(
+        "--san",
+        dest="sans",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another DNS name or IP for every node certificate (repeatable); {name} "
+        "becomes the node's name, e.g. '{name}.edgepop.svc.cluster.local'",
+    )
+    parser.add_argument(
+        "--renew", action="store_true", help="issue every certificate again (the CA is kept)"
+    )
+
+
 def register_http_address(commands: CommandSet) -> None:
     parser = commands.add(
         "http-address",
@@ -571,6 +622,8 @@ COMMAND_GROUPS: tuple[Callable[[CommandSet], None], ...] = (
     register_workers,
     register_token,
     register_http_address,
+    register_certs,
+    observe.register_observe,
 )
 
 
@@ -639,8 +692,19 @@ def _deploy_startup_bundles(
 
 
 def cmd_cluster_up(args: argparse.Namespace) -> int:
-    cluster = Cluster(args.data_dir, topology_file=args.topology, base_port=args.base_port)
+    cluster = Cluster(
+        args.data_dir, topology_file=args.topology, base_port=args.base_port, tls=args.tls
+    )
     bundles = _startup_bundles(args)
+    if args.prometheus:
+        if args.detach:
+            raise CliError(
+                "INVALID_ARGUMENT",
+                "--prometheus runs with the foreground cluster; after --detach run "
+                "`edgectl observe` (make observe)",
+            )
+        # Before any node starts: an install takes a while and may fail.
+        observe.ensure_prometheus(report=observe.say)
     if not args.detach:
         return _run_foreground(cluster, args, bundles)
     _start(cluster, args.start_timeout)
@@ -685,8 +749,11 @@ def _run_foreground(
         except KeyboardInterrupt:
             views.stderr.print("interrupted while starting: every node was stopped")
             return 0
+        observer: observe.Observer | None = None
         try:
             _deploy_startup_bundles(cluster, bundles, deploys.ROLLOUT_TIMEOUT_S_DEFAULT)
+            if args.prometheus:
+                observer = observe.start_observer(cluster.data_dir, args.prometheus_port)
             views.stderr.print("Ctrl-C or SIGTERM stops every node")
             if args.json:
                 views.print_json(cluster.status())
@@ -700,6 +767,8 @@ def _run_foreground(
             interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             try:
+                if observer is not None:
+                    observer.stop()
                 cluster.reload()  # nodes restarted by `edgectl node start` have new pids
                 running = sum(pid_alive(node.pid) for node in cluster.nodes.values())
                 views.stderr.print(f"stopping {running} nodes …")
@@ -1388,6 +1457,44 @@ def cmd_http_address(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- certs -----------------------------------------------------------------------------
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    if args.topology is None and (args.data_dir / STATE_FILE_NAME).exists():
+        cluster = Cluster.open(args.data_dir)
+    else:
+        cluster = Cluster(args.data_dir, topology_file=args.topology)
+    issued = cluster.ensure_certs(extra_sans=args.sans, renew=args.renew)
+    if args.json:
+        views.print_json(
+            [
+                {
+                    "name": item.name,
+                    "cert_file": str(item.cert_file),
+                    "key_file": str(item.key_file),
+                    "sans": list(item.sans),
+                    "not_after": item.not_after.isoformat(),
+                    "made": item.made,
+                }
+                for item in issued
+            ]
+        )
+        return 0
+    table = Table(title=f"certificates in {cluster.tls_dir}", title_justify="left")
+    for column in ("name", "SANs", "valid until", ""):
+        table.add_column(column)
+    for item in issued:
+        table.add_row(
+            item.name,
+            ", ".join(item.sans) or "(client only)",
+            f"{item.not_after:%Y-%m-%d}",
+            "made" if item.made else "kept",
+        )
+    views.stdout.print(table)
+    return 0
+
+
 # -- entry point -----------------------------------------------------------------------
 
 
@@ -1401,7 +1508,7 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as error:
         failure = CliError.from_rpc(error)
         views.error(f"{failure.code}: {failure.details}")
-    except (ClusterError, TopologyError) as error:
+    except (ClusterError, TopologyError, TlsError) as error:
         views.error(str(error))
     except OSError as error:
         if isinstance(error, BrokenPipeError):

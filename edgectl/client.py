@@ -10,6 +10,10 @@ user sees is the one the platform produces, not TCP setup or Python start-up. Ad
 calls (link faults, placements, deploys) carry the cluster token read from the data dir;
 so does the one HTTP call, the origin's token issuer (`/auth/token`).
 
+Against a cluster that runs mutual TLS (`cluster.json` says so, or `DIR/tls/client.crt`
+exists when there is no `cluster.json`), every channel presents `DIR/tls/client.crt`
+and verifies nodes against `DIR/tls/ca.crt`; the token issuer is called over HTTPS.
+
 `ClusterMonitor` gathers what the foreground `cluster up` shows each second. Each
 node is probed in a thread pool with a short deadline, so one slow or dead node leaves
 its own row stale instead of freezing the whole view.
@@ -44,10 +48,17 @@ from edge.v1 import (
     pop_pb2_grpc,
     workers_pb2,
 )
-from edgectl.launcher import Cluster, NodeState, pid_alive
+from edgectl.launcher import (
+    Cluster,
+    NodeState,
+    client_tls_for,
+    pid_alive,
+    secure_or_insecure_channel,
+)
 from edgepop.auth import TOKEN_FILE_NAME
 from edgepop.netem import sent_at_metadata
 from edgepop.rpc import CHANNEL_OPTIONS, client_metadata
+from edgepop.tls import TlsConfig
 
 RPC_TIMEOUT_S_DEFAULT = 10.0
 CONNECT_TIMEOUT_S = 5.0
@@ -129,10 +140,13 @@ class EdgeClient:
         token: str | None = None,
         timeout_s: float = RPC_TIMEOUT_S_DEFAULT,
         token_file: Path | None = None,
+        tls: TlsConfig | None = None,
     ) -> None:
         self.control_plane_address = control_plane_address
         self.token = token
         self.timeout_s = timeout_s
+        # The client certificate to present (None: the cluster speaks plaintext).
+        self.tls = tls
         # Where the token was looked for: named in the error when an admin call lacks it.
         self.token_file = token_file
         self._channels: dict[str, grpc.Channel] = {}
@@ -152,7 +166,13 @@ class EdgeClient:
         if control_plane is None:
             node = Cluster.open(data_dir).control_plane
             control_plane = node.grpc_address or f"127.0.0.1:{node.grpc_port}"
-        return cls(control_plane, token=token, timeout_s=timeout_s, token_file=token_file)
+        return cls(
+            control_plane,
+            token=token,
+            timeout_s=timeout_s,
+            token_file=token_file,
+            tls=client_tls_for(data_dir),
+        )
 
     def __enter__(self) -> EdgeClient:
         return self
@@ -174,7 +194,7 @@ class EdgeClient:
         """
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = secure_or_insecure_channel(address, self.tls, CHANNEL_OPTIONS)
             if not connect:
                 self._channels[address] = channel
                 return channel
@@ -303,15 +323,17 @@ class EdgeClient:
         address = self.origin_http_address()
         token = self.cluster_token()
         body = json.dumps({"sub": subject, "alg": algorithm, "ttl_s": ttl_s}).encode()
+        scheme = "https" if self.tls is not None else "http"
         request = urllib.request.Request(
-            f"http://{address}/auth/token",
+            f"{scheme}://{address}/auth/token",
             data=body,
             method="POST",
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         )
         where = f"origin at {address}"
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:
+            context = self.tls.client_ssl_context() if self.tls is not None else None
+            with urllib.request.urlopen(request, timeout=self.timeout_s, context=context) as reply:
                 answer = json.loads(reply.read())
         except urllib.error.HTTPError as error:
             code = HTTP_STATUS_CODES.get(error.code, "UNKNOWN" if error.code < 500 else "INTERNAL")
@@ -625,7 +647,7 @@ class ClusterMonitor:
     def _channel(self, address: str) -> grpc.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = self.cluster.channel(address, CHANNEL_OPTIONS)
             self._channels[address] = channel
         return channel
 

@@ -5,11 +5,17 @@
 (`python -m pop_node ...`) with its own data dir under the cluster's; its ports are
 chosen at run time (or from --base-port), recorded in `DIR/cluster.json`, and reused
 when the node is started again so that peers and clients keep finding it.
+
+A cluster started with `tls` runs mutual TLS everywhere: `up` makes (or keeps) a CA and
+certificates in `DIR/tls/` (edgectl.certs), every node gets `--tls-dir`, and the
+launcher's own calls (readiness, ListNodes) and `channel()` — what edgectl and tests use
+— present the client certificate. `cluster.json` records it, so later commands follow.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -17,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +33,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import control_plane_pb2_grpc as cp_grpc
+from edgectl.certs import TLS_DIR_NAME, Issued, ensure_certs
 from edgepop.auth import TOKEN_FILE_NAME, ensure_token
 from edgepop.lifecycle import READY_FILE_NAME
+from edgepop.tls import CLIENT_NAME, TlsConfig
 from edgepop.topology import NodeSpec, Topology, load_topology
 
 STATE_FILE_NAME = "cluster.json"
@@ -60,6 +68,30 @@ class NodeState:
     metrics_address: str = ""
     # Extra flags for this node's process (e.g. --log-retain-entries 100).
     extra_args: list[str] = field(default_factory=list)
+
+
+def client_tls_for(data_dir: Path) -> TlsConfig | None:
+    """The client identity for the cluster in `data_dir`, or None when it is plaintext.
+
+    `cluster.json` says whether the cluster runs TLS; without one (a cluster started
+    elsewhere, reached with --control-plane), a client certificate in `DIR/tls/` does.
+    """
+    tls_dir = data_dir.resolve() / TLS_DIR_NAME
+    try:
+        state = json.loads((data_dir.resolve() / STATE_FILE_NAME).read_text())
+        enabled = bool(state.get("tls", False))
+    except (FileNotFoundError, json.JSONDecodeError):
+        enabled = (tls_dir / f"{CLIENT_NAME}.crt").is_file()
+    return TlsConfig.from_dir(tls_dir, CLIENT_NAME) if enabled else None
+
+
+def secure_or_insecure_channel(
+    address: str, tls: TlsConfig | None, options: Sequence[tuple[str, Any]] | None = None
+) -> grpc.Channel:
+    """A synchronous channel: mutual TLS with `tls` (a client identity), else plaintext."""
+    if tls is None:
+        return grpc.insecure_channel(address, options=options)
+    return grpc.secure_channel(address, tls.channel_credentials, options=options)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -102,6 +134,7 @@ class Cluster:
         role_args: dict[str, list[str]] | None = None,
         node_args: dict[str, list[str]] | None = None,
         python: str = sys.executable,
+        tls: bool = False,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.topology_file = topology_file.resolve() if topology_file else None
@@ -110,6 +143,7 @@ class Cluster:
         self.role_args = role_args or {}
         self.node_args = node_args or {}
         self.python = python
+        self.tls = tls
         self.nodes: dict[str, NodeState] = {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._zygote: subprocess.Popen[str] | None = None
@@ -132,6 +166,39 @@ class Cluster:
     def topology(self) -> Topology:
         return load_topology(self.topology_file)
 
+    # -- TLS -------------------------------------------------------------------------------
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / TLS_DIR_NAME
+
+    @functools.cached_property
+    def client_tls(self) -> TlsConfig | None:
+        """The identity clients of this cluster present (None: a plaintext cluster).
+
+        Read once and kept: gRPC reuses the credentials for every channel."""
+        return TlsConfig.from_dir(self.tls_dir, CLIENT_NAME) if self.tls else None
+
+    @property
+    def http_scheme(self) -> str:
+        """How the origin application and the PoP ingress are reached."""
+        return "https" if self.tls else "http"
+
+    def channel(
+        self, address: str, options: Sequence[tuple[str, Any]] | None = None
+    ) -> grpc.Channel:
+        """A synchronous channel to a node of this cluster (with the client certificate
+        when the cluster runs TLS)."""
+        return secure_or_insecure_channel(address, self.client_tls, options)
+
+    def ensure_certs(self, extra_sans: Iterable[str] = (), renew: bool = False) -> list[Issued]:
+        """CA and certificates for every node and for clients (kept when still good)."""
+        names = [spec.name for spec in self.topology.node_specs()]
+        names += [name for name in self.nodes if name not in names]
+        return ensure_certs(
+            self.tls_dir, names, hosts=[self.host], extra_sans=extra_sans, renew=renew
+        )
+
     @classmethod
     def open(cls, data_dir: Path) -> Cluster:
         """The cluster recorded in `data_dir` by an earlier `up`."""
@@ -149,6 +216,7 @@ class Cluster:
             base_port=state.get("base_port"),
             host=state.get("host", "127.0.0.1"),
             python=state.get("python", sys.executable),
+            tls=bool(state.get("tls", False)),
         )
         cluster.nodes = {name: NodeState(**node) for name, node in state["nodes"].items()}
         return cluster
@@ -174,6 +242,7 @@ class Cluster:
             "base_port": self.base_port,
             "host": self.host,
             "python": self.python,
+            "tls": self.tls,
             "nodes": {name: asdict(node) for name, node in self.nodes.items()},
         }
         temporary = self.state_file.with_suffix(".tmp")
@@ -259,6 +328,11 @@ class Cluster:
             argv += ["--control-plane", self._address(self.control_plane.grpc_port)]
         if node.role == "pop":
             argv += ["--origin", self._address(self.origin.grpc_port)]
+        if self.tls:
+            argv += ["--tls-dir", str(self.tls_dir)]
+            if node.role == "pop":
+                # The ingress is public: end users have no certificate (one sent is checked).
+                argv += ["--tls-http-client-cert", "optional"]
         return argv + node.extra_args
 
     def _spawn(self, node: NodeState) -> None:
@@ -330,6 +404,8 @@ class Cluster:
                 )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         ensure_token(self.token_file)
+        if self.tls:
+            self.ensure_certs()
         self._plan(self.topology.node_specs())
         # Fork every node from one process that imported everything once: 14 processes
         # each importing grpc, aiohttp and friends would cost seconds of CPU on 2 cores.
@@ -357,6 +433,8 @@ class Cluster:
         node = self.node(name)
         if pid_alive(node.pid):
             raise ClusterError(f"{name} is already running (pid {node.pid})")
+        if self.tls:
+            self.ensure_certs()  # renews a certificate that expired while it was down
         self._spawn(node)
         self.save()
         try:
@@ -418,7 +496,7 @@ class Cluster:
         return True
 
     def _wait_serving(self, node: NodeState, deadline: float) -> None:
-        with grpc.insecure_channel(node.grpc_address) as channel:
+        with self.channel(node.grpc_address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 try:
@@ -498,7 +576,7 @@ class Cluster:
     # -- queries ---------------------------------------------------------------------------
 
     def list_nodes(self, timeout: float = 2.0) -> list[cp_pb2.NodeInfo]:
-        with grpc.insecure_channel(self._address(self.control_plane.grpc_port)) as channel:
+        with self.channel(self._address(self.control_plane.grpc_port)) as channel:
             response = cp_grpc.ControlPlaneStub(channel).ListNodes(
                 cp_pb2.ListNodesRequest(), timeout=timeout
             )

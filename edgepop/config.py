@@ -2,6 +2,10 @@
 
 Each role's `__main__` only parses flags into a config and runs the node. Role-specific
 settings live in subclasses beside the role (e.g. `pop_node.config.PopConfig`).
+
+TLS is a process-wide setting as well as a config field: a node has one identity, and
+the channels it opens deep inside its roles (`edgepop.rpc.channel`) take it from
+`edgepop.tls.process_tls()`, which `common_kwargs` sets once the files check out.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from pathlib import Path
 
 from edgepop.auth import TOKEN_FILE_NAME
 from edgepop.storage import MAP_SIZE_BYTES_DEFAULT
+from edgepop.tls import HTTP_CLIENT_CERT_CHOICES, TlsConfig, TlsError, use_process_tls
 from edgepop.topology import Topology, default_topology, load_topology
 
 HEARTBEAT_INTERVAL_S_DEFAULT = 0.5
@@ -40,6 +45,8 @@ class NodeConfig:
     map_size_bytes: int = MAP_SIZE_BYTES_DEFAULT
     drain_s: float = DRAIN_S_DEFAULT
     log_level: str = "INFO"
+    # Mutual TLS for gRPC and HTTPS (None = plaintext); also the process-wide setting.
+    tls: TlsConfig | None = None
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,26 +70,76 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--drain-s", type=float, default=DRAIN_S_DEFAULT)
     parser.add_argument("--log-level", default="INFO")
+    tls = parser.add_argument_group("mutual TLS (off unless --tls-dir or all of --tls-ca/cert/key)")
+    tls.add_argument(
+        "--tls-dir",
+        type=Path,
+        metavar="DIR",
+        help="DIR/ca.crt and DIR/NAME.crt, DIR/NAME.key (as `edgectl certs` writes them)",
+    )
+    tls.add_argument("--tls-ca", type=Path, metavar="FILE", help="the cluster CA certificate")
+    tls.add_argument("--tls-cert", type=Path, metavar="FILE", help="this node's certificate")
+    tls.add_argument("--tls-key", type=Path, metavar="FILE", help="this node's private key")
+    tls.add_argument(
+        "--tls-http-client-cert",
+        choices=HTTP_CLIENT_CERT_CHOICES,
+        default="required",
+        help="whether the HTTP server demands a client certificate (a PoP's public "
+        "ingress: optional; one presented is verified either way)",
+    )
 
 
 def common_kwargs(args: argparse.Namespace) -> dict[str, object]:
     """NodeConfig fields from parsed common flags."""
     data_dir: Path = args.data_dir.resolve()
     token_file: Path = args.token_file or data_dir.parent / TOKEN_FILE_NAME
+    topology = load_topology(args.topology)
+    # A topology that lists node addresses (a deployment) fills what flags leave out.
+    control_plane = args.control_plane
+    if not control_plane and (listed := topology.node_address("control_plane")):
+        control_plane = listed.grpc_address
+    advertise_host = args.advertise_host
+    if not advertise_host and (own := topology.node_address("", args.name)):
+        advertise_host = own.grpc_address.rsplit(":", 1)[0]
     return {
         "name": args.name,
         "region": args.region,
         "data_dir": data_dir,
         "token_file": token_file.resolve(),
         "host": args.host,
-        "advertise_host": args.advertise_host,
+        "advertise_host": advertise_host,
         "grpc_port": args.grpc_port,
         "metrics_port": args.metrics_port,
         "http_port": args.http_port,
-        "control_plane_address": args.control_plane,
+        "control_plane_address": control_plane,
         "topology_file": args.topology,
-        "topology": load_topology(args.topology),
+        "topology": topology,
         "map_size_bytes": args.map_size_mb * 2**20,
         "drain_s": args.drain_s,
         "log_level": args.log_level,
+        "tls": tls_from_args(args),
     }
+
+
+def tls_from_args(args: argparse.Namespace) -> TlsConfig | None:
+    """The TLS flags as a checked config, installed for the process (None: plaintext).
+
+    Explicit files override the directory's, so a Kubernetes Secret can be mounted
+    under any names. Raises TlsError naming the file when the material is unusable.
+    """
+    files = (args.tls_ca, args.tls_cert, args.tls_key)
+    if args.tls_dir is None and not any(files):
+        use_process_tls(None)
+        return None
+    if args.tls_dir is None and not all(files):
+        raise TlsError("mutual TLS needs --tls-dir or all of --tls-ca, --tls-cert, --tls-key")
+    in_dir = TlsConfig.from_dir(args.tls_dir or Path(), args.name)
+    tls = TlsConfig(
+        ca_file=(args.tls_ca or in_dir.ca_file).resolve(),
+        cert_file=(args.tls_cert or in_dir.cert_file).resolve(),
+        key_file=(args.tls_key or in_dir.key_file).resolve(),
+        http_client_cert=args.tls_http_client_cert,
+    )
+    tls.check()
+    use_process_tls(tls)
+    return tls

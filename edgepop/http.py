@@ -3,6 +3,10 @@
 The same network emulation as gRPC: a request that says where it comes from (headers
 `x-edge-region`, `x-edge-node`, `x-edge-sent-at`) is held for the inbound leg before its
 handler and the outbound leg after, at this server.
+
+With TLS on (`edgepop.tls.process_tls()`), sites serve HTTPS from the node's
+certificate, and `origin_session` makes the PoP's client to the origin application
+speak HTTPS with the node's client certificate.
 """
 
 from __future__ import annotations
@@ -10,11 +14,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from edgepop.errors import EdgeError
 from edgepop.netem import NetworkEmulator, caller_from_headers
+from edgepop.tls import process_tls
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +67,51 @@ def install_netem(app: web.Application, netem: NetworkEmulator) -> None:
 
 
 async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Serve `app` on host:port (0 = any free port); returns the runner and the bound port."""
+    """Serve `app` on host:port (0 = any free port); returns the runner and the bound port.
+
+    HTTPS when the process has TLS on; client certificates as its `http_client_cert`.
+    """
+    tls = process_tls()
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=False)
+    site = web.TCPSite(
+        runner,
+        host,
+        port,
+        reuse_address=True,
+        reuse_port=False,
+        ssl_context=tls.server_ssl_context() if tls is not None else None,
+    )
     await site.start()
     addresses = runner.addresses
     if not addresses:
         raise OSError(f"HTTP server did not bind {host}:{port}")
     return runner, int(addresses[0][1])
+
+
+class _HttpsRequest(aiohttp.ClientRequest):
+    """A request whose http:// URL is sent over TLS (https://, same host and port).
+
+    Worker code and the runtime name the origin `http://…`; with TLS on, the origin only
+    speaks HTTPS, so the session (not each call site) decides the scheme.
+    """
+
+    def __init__(self, method: str, url: URL, *args: Any, **kwargs: Any) -> None:
+        if url.scheme == "http":
+            url = url.with_scheme("https")
+        super().__init__(method, url, *args, **kwargs)
+
+
+def origin_session(connections_max: int) -> aiohttp.ClientSession:
+    """A client session for calls to the origin application (HTTPS + client cert with TLS)."""
+    tls = process_tls()
+    if tls is None:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections_max, enable_cleanup_closed=True)
+        )
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=connections_max, enable_cleanup_closed=True, ssl=tls.client_ssl_context()
+        ),
+        request_class=_HttpsRequest,
+    )

@@ -29,7 +29,7 @@ from edgepop.faults import fault_from_pb
 from edgepop.membership import Membership
 from edgepop.metrics import NodeMetrics
 from edgepop.netem import NetworkEmulator
-from edgepop.rpc import SERVING, add_health_and_reflection, build_server
+from edgepop.rpc import NOT_SERVING, SERVING, add_health_and_reflection, add_port, build_server
 
 READY_FILE_NAME = "ready.json"
 STORAGE_DIR_NAME = "lmdb"
@@ -140,7 +140,10 @@ class Node(abc.ABC):
         server = build_server()
         names = self.add_services(server)
         self._health = add_health_and_reflection(server, names)
-        port = server.add_insecure_port(f"{config.host}:{config.grpc_port}")
+        # "" (the whole server) says SERVING only once the node is ready, not at bind time:
+        # a probe or grpcurl without a service name then means "ready".
+        await self._health.set("", NOT_SERVING)
+        port = add_port(server, f"{config.host}:{config.grpc_port}", config.tls)
         if port == 0:
             raise OSError(f"cannot bind gRPC port {config.host}:{config.grpc_port}")
         self.grpc_address = f"{self.advertised_host}:{port}"

@@ -57,13 +57,14 @@ class NodeMetrics:
             labels,
             registry=registry,
         ).labels(node, region)
+        # Its child is made by set_lag_function: only replicas have a staleness to report.
         self._lag = Gauge(
             "edge_kv_replication_lag_seconds",
             "Staleness bound: now minus the origin time up to which this replica is known"
             " to hold every committed write.",
             labels,
             registry=registry,
-        ).labels(node, region)
+        )
         self.kv_propagation = Histogram(
             "edge_kv_propagation_seconds",
             "Time from an entry's commit at the origin to its apply at this replica.",
@@ -247,6 +248,13 @@ class NodeMetrics:
         )
 
         # Control plane.
+        self.net_matrix_delay = Gauge(
+            "edge_net_matrix_delay_seconds",
+            "The topology's base one-way delay between two regions (faults excluded): what"
+            " edge_injected_delay_seconds should show when no fault is in force.",
+            (*labels, "from_region", "to_region"),
+            registry=registry,
+        )
         self.cp_nodes = Gauge(
             "edge_cp_nodes",
             "Registered nodes by health, as the control plane sees them.",
@@ -279,7 +287,7 @@ class NodeMetrics:
 
     def set_lag_function(self, lag_seconds: Callable[[], float]) -> None:
         """The lag gauge is computed at scrape time, so it grows while nothing arrives."""
-        self._lag.set_function(lag_seconds)
+        self._lag.labels(self.node, self.region).set_function(lag_seconds)
 
     def serve(self, host: str, port: int) -> tuple[int, Callable[[], None]]:
         """Serve /metrics on a thread; returns the bound port and a stop function."""

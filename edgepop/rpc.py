@@ -1,5 +1,9 @@
 """gRPC wiring shared by every role: server options, the `rpc` decorator, client channels.
 
+Ports and channels follow the process's TLS setting (`edgepop.tls`): with TLS on, a
+server port requires a client certificate from the cluster CA, and a channel presents
+this node's certificate and verifies the server's. The cluster token is checked on top.
+
 The `rpc` decorator is the single place where a call is authenticated (internal
 methods), delayed by the network emulator, timed into `edge_request_duration_seconds`,
 and where domain errors become status codes (edgepop.errors). Servicer methods stay
@@ -25,6 +29,7 @@ from edgepop.errors import EdgeError, UnauthenticatedError, status_of
 from edgepop.limits import MESSAGE_BYTES_MAX
 from edgepop.metrics import NodeMetrics
 from edgepop.netem import NODE_HEADER, REGION_HEADER, NetworkEmulator, caller_from_metadata
+from edgepop.tls import TlsConfig, process_tls
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +216,22 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+def add_port(server: grpc.aio.Server, address: str, tls: TlsConfig | None) -> int:
+    """Bind `address` (host:port, port 0 = any): mutual TLS when `tls` is given.
+
+    Returns the bound port (0 when the bind failed, as grpc reports it).
+    """
+    if tls is None:
+        return int(server.add_insecure_port(address))
+    return int(server.add_secure_port(address, tls.server_credentials))
+
+
 def channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    """A channel to another node, with this process's TLS identity when TLS is on."""
+    tls = process_tls()
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(address, tls.channel_credentials, options=CHANNEL_OPTIONS)
 
 
 def node_metadata(node: str, region: str, token: str | None = None) -> tuple[tuple[str, str], ...]:

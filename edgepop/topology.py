@@ -9,6 +9,7 @@ errors that name the offending field.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -89,6 +90,13 @@ class NodeSpec:
     name: str
     region: str
     role: str  # "control_plane" | "origin" | "pop"
+    # Where others reach it, when the topology file says (Kubernetes: pod DNS names).
+    grpc_address: str = ""
+    http_address: str = ""
+    metrics_address: str = ""
+
+
+NODE_ROLES = ("control_plane", "origin", "pop")
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,8 @@ class Topology:
     rtt_overrides_ms: Mapping[frozenset[str], float] = field(default_factory=dict)
     # False turns every injected delay off (for measuring the platform's own overhead).
     emulate_delay: bool = True
+    # Nodes with fixed addresses (a deployment on an orchestrator); empty = generated.
+    nodes: tuple[NodeSpec, ...] = ()
 
     def region(self, name: str) -> Region:
         for region in self.regions:
@@ -139,11 +149,20 @@ class Topology:
             if a.name != b.name
         }
 
+    def node_address(self, role: str, name: str = "") -> NodeSpec | None:
+        """A listed node by name, or the first of a role (control plane, origin)."""
+        for spec in self.nodes:
+            if (name and spec.name == name) or (not name and spec.role == role):
+                return spec
+        return None
+
     def pop_regions(self) -> list[Region]:
         return [region for region in self.regions if region.pop_nodes > 0]
 
     def node_specs(self) -> list[NodeSpec]:
         """Every process of the cluster: control plane, origin, then PoPs by region."""
+        if self.nodes:
+            return sorted(self.nodes, key=lambda spec: NODE_ROLES.index(spec.role))
         specs = [
             NodeSpec("control-plane", self.origin_region, "control_plane"),
             NodeSpec("origin", self.origin_region, "origin"),
@@ -174,7 +193,49 @@ _REGION_FIELDS = {
     "colo": str,
     "is_eu_country": bool,
 }
-_TOP_FIELDS = {"origin_region", "intra_site_rtt_ms", "regions", "rtt_ms", "emulate_delay"}
+_TOP_FIELDS = {
+    "origin_region",
+    "intra_site_rtt_ms",
+    "regions",
+    "rtt_ms",
+    "emulate_delay",
+    "nodes",
+}
+_NODE_FIELDS = {"name", "role", "region", "grpc_address", "http_address", "metrics_address"}
+_ADDRESS_RE = re.compile(r"[A-Za-z0-9_.\-]+:[0-9]{1,5}")
+
+
+def _parse_nodes(raw: Any, source: str, regions: frozenset[str]) -> tuple[NodeSpec, ...]:
+    if not isinstance(raw, list):
+        raise TopologyError(f"{source}: nodes: must be a list")
+    specs = []
+    for index, item in enumerate(raw):
+        where = f"{source}: nodes[{index}]"
+        if not isinstance(item, dict):
+            raise TopologyError(f"{where}: must be a mapping")
+        unknown = set(item) - _NODE_FIELDS
+        if unknown:
+            raise TopologyError(f"{where}: unknown field(s) {sorted(unknown)}")
+        for required in ("name", "role", "region", "grpc_address"):
+            if not isinstance(item.get(required), str) or not item[required]:
+                raise TopologyError(f"{where}.{required}: required (a string)")
+        if item["role"] not in NODE_ROLES:
+            raise TopologyError(f"{where}.role: one of {list(NODE_ROLES)}")
+        if item["region"] not in regions:
+            raise TopologyError(f"{where}.region: unknown region {item['region']!r}")
+        for field_name in ("grpc_address", "http_address", "metrics_address"):
+            value = item.get(field_name, "")
+            if value and not (isinstance(value, str) and _ADDRESS_RE.fullmatch(value)):
+                raise TopologyError(f"{where}.{field_name}: must be host:port, got {value!r}")
+        specs.append(NodeSpec(**{key: item.get(key, "") for key in _NODE_FIELDS}))
+    names = [spec.name for spec in specs]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise TopologyError(f"{source}: nodes: duplicate name(s) {duplicates}")
+    for role in ("control_plane", "origin"):
+        if sum(spec.role == role for spec in specs) != 1:
+            raise TopologyError(f"{source}: nodes: exactly one {role} is needed")
+    return tuple(specs)
 
 
 def _typed(where: str, value: Any, kind: type) -> Any:
@@ -278,12 +339,14 @@ def parse_topology(raw: Any, source: str = "topology") -> Topology:
             raise TopologyError(f"{where}.rtt_ms: must not be negative")
         overrides[frozenset((a, b))] = rtt
 
+    nodes = _parse_nodes(raw["nodes"], source, names) if "nodes" in raw else ()
     topology = Topology(
         regions=regions,
         origin_region=origin_region,
         intra_site_rtt_ms=intra,
         rtt_overrides_ms=overrides,
         emulate_delay=emulate,
+        nodes=nodes,
     )
     if not topology.pop_regions():
         raise TopologyError(f"{source}: regions: at least one region needs pop_nodes >= 1")

@@ -18,9 +18,13 @@ def main() -> None:
         "--stream-idle-timeout-s", type=float, default=STREAM_IDLE_TIMEOUT_S_DEFAULT
     )
     args = parser.parse_args()
+    common = common_kwargs(args)
+    origin = args.origin
+    if not origin and (listed := common["topology"].node_address("origin")):  # type: ignore[attr-defined]
+        origin = listed.grpc_address
     config = PopConfig(
-        **common_kwargs(args),  # type: ignore[arg-type]
-        origin_address=args.origin,
+        **common,  # type: ignore[arg-type]
+        origin_address=origin,
         stream_idle_timeout_s=args.stream_idle_timeout_s,
     )
     run(PopNode(config))

@@ -7,19 +7,36 @@
   for replication workloads that would otherwise spend minutes in emulated WAN time.
 Every cluster is stopped by PID at teardown. Tests wait with `poll_until`, never a bare
 sleep.
+
+Mutual TLS: `cluster_factory(..., tls=True)` starts a TLS cluster; with
+`EDGEPOP_TEST_TLS=1` every fixture cluster runs TLS (`make test-tls` runs the foundation
+tests that way). Helpers take channels from `Cluster.channel`, which presents the
+cluster's client certificate. Some tests still open `grpc.insecure_channel` by hand; in
+TLS mode those calls are routed to an mTLS channel with the client certificate of the
+cluster that owns the address (addresses of no TLS cluster stay plaintext). Because a
+TLS node refuses plaintext, a call site the routing missed fails loudly, never quietly
+bypasses TLS. `PLAINTEXT_CHANNEL` is the unrouted original, for tests of refusal.
 """
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
 
 from edgectl.launcher import Cluster
+
+TLS_ENV = "EDGEPOP_TEST_TLS"
+# Whether fixture clusters run mutual TLS unless a test says otherwise.
+TLS_DEFAULT = os.environ.get(TLS_ENV, "") not in ("", "0")
+PLAINTEXT_CHANNEL = grpc.insecure_channel
+PLAINTEXT_AIO_CHANNEL = grpc.aio.insecure_channel
 
 FAST_TOPOLOGY: dict[str, Any] = {
     "emulate_delay": False,
@@ -47,6 +64,9 @@ def poll_until(
 
 ClusterFactory = Callable[..., Cluster]
 
+# TLS clusters of fixtures that are still up: whose client certificate a channel uses.
+_tls_clusters: list[Cluster] = []
+
 
 def _make_factory(root: Path, started: list[Cluster]) -> ClusterFactory:
     counter = iter(range(1_000_000))
@@ -57,7 +77,9 @@ def _make_factory(root: Path, started: list[Cluster]) -> ClusterFactory:
         role_args: dict[str, list[str]] | None = None,
         node_args: dict[str, list[str]] | None = None,
         start: bool = True,
+        tls: bool | None = None,
     ) -> Cluster:
+        """A cluster in a fresh dir; `tls` None = the session's default (TLS_DEFAULT)."""
         data_dir = root / f"cluster-{next(counter)}"
         data_dir.mkdir(parents=True)
         topology_file = None
@@ -65,9 +87,15 @@ def _make_factory(root: Path, started: list[Cluster]) -> ClusterFactory:
             topology_file = data_dir / "topology.yaml"
             topology_file.write_text(yaml.safe_dump(topology))
         cluster = Cluster(
-            data_dir, topology_file=topology_file, role_args=role_args, node_args=node_args
+            data_dir,
+            topology_file=topology_file,
+            role_args=role_args,
+            node_args=node_args,
+            tls=TLS_DEFAULT if tls is None else tls,
         )
         started.append(cluster)
+        if cluster.tls:
+            _tls_clusters.append(cluster)
         if start:
             cluster.up()
         return cluster
@@ -75,12 +103,18 @@ def _make_factory(root: Path, started: list[Cluster]) -> ClusterFactory:
     return make
 
 
+def _stop(started: list[Cluster]) -> None:
+    for cluster in started:
+        cluster.down()
+        if cluster in _tls_clusters:
+            _tls_clusters.remove(cluster)
+
+
 @pytest.fixture
 def cluster_factory(tmp_path: Path) -> Iterator[ClusterFactory]:
     started: list[Cluster] = []
     yield _make_factory(tmp_path, started)
-    for cluster in started:
-        cluster.down()
+    _stop(started)
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +122,7 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster
     started: list[Cluster] = []
     cluster = _make_factory(tmp_path_factory.mktemp("shared"), started)()
     yield cluster
-    cluster.down()
+    _stop(started)
 
 
 @pytest.fixture(scope="session")
@@ -96,4 +130,49 @@ def fast_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     started: list[Cluster] = []
     cluster = _make_factory(tmp_path_factory.mktemp("fast"), started)(FAST_TOPOLOGY)
     yield cluster
-    cluster.down()
+    _stop(started)
+
+
+# -- TLS mode: plaintext call sites get the owning cluster's client certificate -------------
+
+
+def _tls_cluster_at(address: str) -> Cluster | None:
+    for cluster in reversed(_tls_clusters):
+        if any(node.grpc_address == address for node in cluster.nodes.values()):
+            return cluster
+    return None
+
+
+def _routed_channel(
+    target: str, options: Sequence[tuple[str, Any]] | None = None, compression: Any = None
+) -> grpc.Channel:
+    cluster = _tls_cluster_at(target)
+    if cluster is None or cluster.client_tls is None:
+        return PLAINTEXT_CHANNEL(target, options, compression)
+    return grpc.secure_channel(target, cluster.client_tls.channel_credentials, options, compression)
+
+
+def _routed_aio_channel(
+    target: str,
+    options: Sequence[tuple[str, Any]] | None = None,
+    compression: Any = None,
+    interceptors: Any = None,
+) -> grpc.aio.Channel:
+    cluster = _tls_cluster_at(target)
+    if cluster is None or cluster.client_tls is None:
+        return PLAINTEXT_AIO_CHANNEL(target, options, compression, interceptors)
+    return grpc.aio.secure_channel(
+        target, cluster.client_tls.channel_credentials, options, compression, interceptors
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _route_plaintext_channels_in_tls_mode() -> Iterator[None]:
+    """With EDGEPOP_TEST_TLS=1, `grpc.insecure_channel` to a TLS cluster becomes mTLS."""
+    if not TLS_DEFAULT:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(grpc, "insecure_channel", _routed_channel)
+        patch.setattr(grpc.aio, "insecure_channel", _routed_aio_channel)
+        yield

@@ -25,6 +25,7 @@ from multidict import CIMultiDict
 
 from edge.v1 import control_plane_pb2, control_plane_pb2_grpc, workers_pb2
 from edgepop.bundle import Route, WorkerConfig, bundle_version, check_bundle
+from edgepop.http import origin_session
 from edgepop.netem import NODE_HEADER, REGION_HEADER, sent_at_metadata
 from edgepop.worker_api import ExecutionContext, Request, Response, current
 from pop_node.objects.builtin import BUILTIN_CLASSES
@@ -464,9 +465,8 @@ class WorkerRuntime:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=256, enable_cleanup_closed=True)
-            )
+            # HTTPS with this node's client certificate when TLS is on (edgepop.http).
+            self._session = origin_session(connections_max=256)
         return self._session
 
     def loaded(self) -> list[workers_pb2.LoadedWorker]:

@@ -1,4 +1,8 @@
-"""Small synchronous gRPC helpers for integration tests (real channels, real nodes)."""
+"""Small synchronous gRPC helpers for integration tests (real channels, real nodes).
+
+Channels come from `Cluster.channel`: mutual TLS with the cluster's client certificate
+when the cluster runs TLS, plaintext otherwise.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge.v1 import kv_pb2, origin_pb2, origin_pb2_grpc, pop_pb2, pop_pb2_grpc
@@ -21,13 +24,13 @@ OPTIONS = [
 
 @contextmanager
 def pop_stub(cluster: Cluster, name: str) -> Iterator[pop_pb2_grpc.PopStub]:
-    with grpc.insecure_channel(cluster.node(name).grpc_address, options=OPTIONS) as channel:
+    with cluster.channel(cluster.node(name).grpc_address, OPTIONS) as channel:
         yield pop_pb2_grpc.PopStub(channel)
 
 
 @contextmanager
 def origin_stub(cluster: Cluster) -> Iterator[origin_pb2_grpc.OriginStub]:
-    with grpc.insecure_channel(cluster.origin.grpc_address, options=OPTIONS) as channel:
+    with cluster.channel(cluster.origin.grpc_address, OPTIONS) as channel:
         yield origin_pb2_grpc.OriginStub(channel)
 
 

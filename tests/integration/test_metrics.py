@@ -7,7 +7,9 @@ import urllib.request
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge.v1 import kv_pb2, pop_pb2_grpc
+from edge.v1 import control_plane_pb2 as cp_pb2
+from edge.v1 import control_plane_pb2_grpc as cp_grpc
+from edge.v1 import kv_pb2, origin_pb2, origin_pb2_grpc, pop_pb2_grpc
 from edgectl.launcher import Cluster
 from tests.conftest import poll_until
 
@@ -33,13 +35,20 @@ def test_metrics_named_in_the_design_are_on_every_node_with_node_and_region(
     shared_cluster: Cluster,
 ) -> None:
     # One delayed call to each node so that request and delay histograms have samples.
+    tokyo = [("x-edge-region", "tokyo")]
     for node in shared_cluster.nodes.values():
-        if node.role == "pop":
-            with grpc.insecure_channel(node.grpc_address) as channel:
+        with grpc.insecure_channel(node.grpc_address) as channel:
+            if node.role == "pop":
                 pop_pb2_grpc.PopStub(channel).KvGet(
-                    kv_pb2.KvGetRequest(namespace="m", key="k"),
-                    metadata=[("x-edge-region", "tokyo")],
-                    timeout=5,
+                    kv_pb2.KvGetRequest(namespace="m", key="k"), metadata=tokyo, timeout=5
+                )
+            elif node.role == "origin":
+                origin_pb2_grpc.OriginStub(channel).Status(
+                    origin_pb2.OriginStatusRequest(), metadata=tokyo, timeout=5
+                )
+            else:
+                cp_grpc.ControlPlaneStub(channel).ListNodes(
+                    cp_pb2.ListNodesRequest(), metadata=tokyo, timeout=5
                 )
     for node in shared_cluster.nodes.values():
         families = _families(node.metrics_address)

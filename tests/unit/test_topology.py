@@ -418,3 +418,40 @@ def test_wire_form_carries_every_ordered_pair_rtt() -> None:
     assert links[("tokyo", "us-east-1")] == 170.0
     assert links[("us-east-1", "tokyo")] == 170.0
     assert [region.name for region in message.regions] == DEFAULT_REGION_NAMES
+
+
+# -- node addresses (deployments on an orchestrator) ---------------------------------------
+
+_LISTED = [
+    {"name": "control-plane-0", "role": "control_plane", "region": "us-east-1",
+     "grpc_address": "control-plane-0.control-plane:7000"},
+    {"name": "origin-0", "role": "origin", "region": "us-east-1",
+     "grpc_address": "origin-0.origin:7000", "http_address": "origin-0.origin:8080"},
+    {"name": "tokyo-1", "role": "pop", "region": "tokyo", "grpc_address": "tokyo-1.tokyo:7000"},
+]  # fmt: skip
+
+
+def test_listed_nodes_are_the_node_specs_with_their_addresses() -> None:
+    topology = parse_topology({"nodes": _LISTED})
+    specs = topology.node_specs()
+    assert [spec.name for spec in specs] == ["control-plane-0", "origin-0", "tokyo-1"]
+    assert topology.node_address("origin").http_address == "origin-0.origin:8080"  # type: ignore[union-attr]
+    assert topology.node_address("", "tokyo-1").grpc_address == "tokyo-1.tokyo:7000"  # type: ignore[union-attr]
+    assert parse_topology({}).node_address("origin") is None
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda n: [*n, dict(n[2])], "duplicate"),
+        (lambda n: n[1:], "exactly one control_plane"),
+        (lambda n: [n[0], n[2]], "exactly one origin"),
+        (lambda n: [n[0], n[1], {**n[2], "grpc_address": "no-port"}], "host:port"),
+        (lambda n: [n[0], n[1], {**n[2], "region": "atlantis"}], "unknown region"),
+        (lambda n: [n[0], n[1], {**n[2], "role": "cache"}], "role"),
+        (lambda n: [n[0], n[1], {**n[2], "colour": "red"}], "colour"),
+    ],
+)
+def test_a_bad_node_list_is_refused_naming_the_problem(change: Any, words: str) -> None:
+    with pytest.raises(TopologyError, match=words):
+        parse_topology({"nodes": change(_LISTED)})
