@@ -14,11 +14,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from edgepop.errors import EdgeError
 from edgepop.netem import NetworkEmulator, caller_from_headers
@@ -89,19 +87,6 @@ async def start_site(app: web.Application, host: str, port: int) -> tuple[web.Ap
     return runner, int(addresses[0][1])
 
 
-class _HttpsRequest(aiohttp.ClientRequest):
-    """A request whose http:// URL is sent over TLS (https://, same host and port).
-
-    Worker code and the runtime name the origin `http://…`; with TLS on, the origin only
-    speaks HTTPS, so the session (not each call site) decides the scheme.
-    """
-
-    def __init__(self, method: str, url: URL, *args: Any, **kwargs: Any) -> None:
-        if url.scheme == "http":
-            url = url.with_scheme("https")
-        super().__init__(method, url, *args, **kwargs)
-
-
 def origin_session(connections_max: int) -> aiohttp.ClientSession:
     """A client session for calls to the origin application (HTTPS + client cert with TLS)."""
     tls = process_tls()
@@ -113,5 +98,4 @@ def origin_session(connections_max: int) -> aiohttp.ClientSession:
         connector=aiohttp.TCPConnector(
             limit=connections_max, enable_cleanup_closed=True, ssl=tls.client_ssl_context()
         ),
-        request_class=_HttpsRequest,
     )

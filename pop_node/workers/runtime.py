@@ -27,6 +27,7 @@ from edge.v1 import control_plane_pb2, control_plane_pb2_grpc, workers_pb2
 from edgepop.bundle import Route, WorkerConfig, bundle_version, check_bundle
 from edgepop.http import origin_session
 from edgepop.netem import NODE_HEADER, REGION_HEADER, sent_at_metadata
+from edgepop.tls import process_tls
 from edgepop.worker_api import ExecutionContext, Request, Response, current
 from pop_node.objects.builtin import BUILTIN_CLASSES
 from pop_node.workers.bindings import (
@@ -418,7 +419,9 @@ class WorkerRuntime:
         if not address:
             raise WorkerError("the origin's HTTP address is not known yet")
         query = request.url.split("?", 1)[1] if "?" in request.url else ""
-        return f"http://{address}{request.path}" + (f"?{query}" if query else "")
+        # Workers name the origin http://origin/...; with TLS on the origin speaks HTTPS.
+        scheme = "https" if process_tls() is not None else "http"
+        return f"{scheme}://{address}{request.path}" + (f"?{query}" if query else "")
 
     async def subrequest(self, worker: str, request: Request) -> Response:
         """A worker's fetch(): through this PoP's cache for GET, else to the origin."""
