@@ -729,11 +729,19 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 @contextmanager
 def _signals_interrupt() -> Iterator[None]:
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    """SIGTERM and SIGINT both stop a foreground cluster.
+
+    SIGINT explicitly too: a process started in the background by a non-interactive shell
+    inherits SIGINT as *ignored*, and Python then keeps ignoring it; Ctrl-C (or a
+    supervisor's SIGINT) must still stop every node.
+    """
+    previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def _run_foreground(
