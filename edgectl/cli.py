@@ -16,12 +16,10 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent import futures
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import grpc
@@ -48,6 +46,7 @@ from edgectl.launcher import (
     ClusterError,
     pid_alive,
 )
+from edgectl.signals import interrupted_by_signals
 from edgepop.limits import LIST_LIMIT_MAX
 from edgepop.tls import TlsError
 from edgepop.topology import TopologyError
@@ -722,35 +721,13 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM takes the same path as Ctrl-C: unwind, then stop every node.
-    raise KeyboardInterrupt
-
-
-@contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGINT both stop a foreground cluster.
-
-    SIGINT explicitly too: a process started in the background by a non-interactive shell
-    inherits SIGINT as *ignored*, and Python then keeps ignoring it; Ctrl-C (or a
-    supervisor's SIGINT) must still stop every node.
-    """
-    previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous_term)
-        signal.signal(signal.SIGINT, previous_int)
-
-
 def _run_foreground(
     cluster: Cluster,
     args: argparse.Namespace,
     bundles: list[tuple[Path, workers_pb2.WorkerBundle]],
 ) -> int:
     """`cluster up` without --detach: deploy, live view until Ctrl-C/SIGTERM, stop all."""
-    with _signals_interrupt():
+    with interrupted_by_signals():
         try:
             # Cluster.up stops whatever it started when it fails or is interrupted.
             _start(cluster, args.start_timeout)

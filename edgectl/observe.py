@@ -31,10 +31,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -43,6 +42,7 @@ import yaml
 from edgectl import views
 from edgectl.client import role_name
 from edgectl.launcher import Cluster, ClusterError, free_port, pid_alive
+from edgectl.signals import interrupted_by_signals
 
 if TYPE_CHECKING:
     from edge.v1 import control_plane_pb2 as cp_pb2
@@ -640,18 +640,6 @@ def _report_changes(before: list[ScrapeTarget], after: list[ScrapeTarget]) -> No
         say(f"targets: {' '.join(changes)} ({len(after)} nodes)")
 
 
-@contextlib.contextmanager
-def _interrupt_on_sigterm() -> Iterator[None]:
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def cmd_observe(args: argparse.Namespace) -> int:
     binaries = ensure_prometheus(report=say)
     if args.install_only:
@@ -664,7 +652,7 @@ def cmd_observe(args: argparse.Namespace) -> int:
         evaluation_interval_s=args.evaluation_interval,
         binaries=binaries,
     )
-    with _interrupt_on_sigterm():
+    with interrupted_by_signals():
         try:
             observer.start()
             assert observer.prometheus is not None
