@@ -111,11 +111,28 @@ class KvFrontend:
         self, request: kv_pb2.KvGetRequest, time_remaining: float | None
     ) -> kv_pb2.KvGetResponse:
         key = kvapi.validate_get(request)
-        if not await self._consistent_enough(request.consistency, request.min_seq, time_remaining):
+        if request.consistency != kv_pb2.CONSISTENCY_EVENTUAL and not (
+            await self._consistent_enough(request.consistency, request.min_seq, time_remaining)
+        ):
             return await self._at_origin(self.node.origin.KvGet, request, time_remaining)
+        applied_seq = self.node.replication.applied_seq
+        if self.overlay:  # own writes pending: the general path
+            with self.node.storage.read() as txn:
+                record = self._local_get(txn, request.namespace, request.key, key, time.time())
+            return kvapi.get_response(record, applied_seq)
+        # The hot path: one lookup, no Record built.
         with self.node.storage.read() as txn:
-            record = self._local_get(txn, request.namespace, request.key, key, time.time())
-        return kvapi.get_response(record, self.node.replication.applied_seq)
+            fields = self.store.get_fields(txn, request.namespace, key, time.time())
+        if fields is None:
+            return kv_pb2.KvGetResponse(found=False, applied_seq=applied_seq)
+        value, metadata_json, expiration, _ = fields
+        return kv_pb2.KvGetResponse(
+            found=True,
+            value=value,
+            metadata_json=metadata_json,
+            expiration=expiration,
+            applied_seq=applied_seq,
+        )
 
     async def get_many(
         self, request: kv_pb2.KvGetManyRequest, time_remaining: float | None
