@@ -92,18 +92,7 @@ class ObjectRouter:
         if request.hops:
             # Sent here as the owner: serve (activating with a fresh answer from the control
             # plane if need be) or say "not the owner" at once; the entry PoP relocates.
-            result_json, epoch = await self.host.call(
-                namespace,
-                object_id,
-                request.method,
-                request.args_json,
-                region=region,
-                location_hint=request.location_hint,
-                request_id=request_id,
-            )
-            return objects_pb2.ObjectCallResponse(
-                result_json=result_json, node=self.node_name, epoch=epoch, id=object_id.hex()
-            )
+            return await self._run_here(request, object_id, region, request_id)
         fresh = False
         attempt = 0
         while True:
@@ -112,19 +101,7 @@ class ObjectRouter:
                     namespace, object_id, region, request.location_hint, fresh
                 )
                 if located.node == self.node_name:
-                    result_json, epoch = await self.host.call(
-                        namespace,
-                        object_id,
-                        request.method,
-                        request.args_json,
-                        region=region,
-                        location_hint=request.location_hint,
-                        request_id=request_id,
-                    )
-                    return objects_pb2.ObjectCallResponse(
-                        result_json=result_json, node=self.node_name, epoch=epoch,
-                        id=object_id.hex(),
-                    )  # fmt: skip
+                    return await self._run_here(request, object_id, region, request_id)
                 return await self._forward(request, object_id, request_id, located, deadline)
             except NotOwnerError:
                 pass  # our cache was stale: ask afresh
@@ -140,6 +117,26 @@ class ObjectRouter:
             if time.monotonic() + backoff >= deadline:
                 raise DeadlineError("deadline exceeded while finding the object's owner")
             await asyncio.sleep(backoff)
+
+    async def _run_here(
+        self,
+        request: objects_pb2.ObjectCallRequest,
+        object_id: bytes,
+        region: str,
+        request_id: str,
+    ) -> objects_pb2.ObjectCallResponse:
+        result_json, epoch = await self.host.call(
+            request.namespace,
+            object_id,
+            request.method,
+            request.args_json,
+            region=region,
+            location_hint=request.location_hint,
+            request_id=request_id,
+        )
+        return objects_pb2.ObjectCallResponse(
+            result_json=result_json, node=self.node_name, epoch=epoch, id=object_id.hex()
+        )
 
     async def _forward(
         self,

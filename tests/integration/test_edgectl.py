@@ -29,6 +29,7 @@ from edgectl import views
 from edgectl.client import ClusterMonitor, NodeSample
 from edgectl.launcher import Cluster, ClusterError, pid_alive
 from tests.conftest import FAST_TOPOLOGY, poll_until
+from tests.integration.cli import edgectl, edgectl_json
 
 pytestmark = pytest.mark.cluster
 
@@ -43,24 +44,6 @@ STATUS_KEYS = {
     "healthy",
 }
 NODE_NAMES = {"control-plane", "origin", "tokyo-1", "tokyo-2", "london-1"}
-COMMAND_TIMEOUT_S = 60.0
-
-
-def edgectl(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI; the caller checks the exit status."""
-    return subprocess.run(
-        [sys.executable, "-m", "edgectl", "--data-dir", str(data_dir), *args],
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_TIMEOUT_S,
-        check=False,
-    )
-
-
-def edgectl_json(data_dir: Path, *args: str) -> Any:
-    result = edgectl(data_dir, *args, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def write_topology(directory: Path) -> Path:

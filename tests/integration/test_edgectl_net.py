@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,26 +21,9 @@ from edge.v1 import control_plane_pb2 as cp_pb2
 from edgectl import cli
 from edgectl.client import EdgeClient
 from edgectl.launcher import Cluster
+from tests.integration.cli import edgectl, edgectl_json
 
 pytestmark = pytest.mark.cluster
-
-COMMAND_TIMEOUT_S = 60.0
-
-
-def edgectl(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgectl", "--data-dir", str(data_dir), *args],
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_TIMEOUT_S,
-        check=False,
-    )
-
-
-def edgectl_json(data_dir: Path, *args: str) -> Any:
-    result = edgectl(data_dir, *args, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def directed(faults: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:

@@ -15,10 +15,7 @@ firehose feeds only the PoP being measured) and for routing (it stops nodes).
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,7 +23,6 @@ from collections.abc import Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -42,6 +38,7 @@ from edgepop.netem import sent_at_metadata
 from edgepop.rpc import client_metadata
 from edgepop.topology import parse_topology
 from tests.conftest import ClusterFactory, poll_until
+from tests.integration.cli import edgectl, edgectl_json
 from tests.integration.kvclient import (
     converged,
     dump_origin,
@@ -56,7 +53,6 @@ from tests.integration.kvclient import (
 
 pytestmark = pytest.mark.cluster
 
-COMMAND_TIMEOUT_S = 120.0
 NET_TOPOLOGY: dict[str, Any] = {
     "emulate_delay": True,
     "regions": [
@@ -92,23 +88,6 @@ SEED_TABLE_MS = {
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-def edgectl(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The real CLI, as a user's shell runs it; the caller checks the exit status."""
-    return subprocess.run(
-        [sys.executable, "-m", "edgectl", "--data-dir", str(data_dir), *args],
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_TIMEOUT_S,
-        check=False,
-    )
-
-
-def edgectl_json(data_dir: Path, *args: str) -> Any:
-    result = edgectl(data_dir, *args, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def tolerance_ms(target_ms: float) -> float:
