@@ -93,6 +93,11 @@ class Membership:
                 pb.HeartbeatRequest(name=self.info.name, incarnation=incarnation),
                 metadata=self.metadata,
                 timeout=max(self.lease.lease_s, self.heartbeat_interval_s),
+                # Sent while the control plane restarts, it waits for the channel instead of
+                # failing at once: delivered when the control plane is back, it renews the
+                # lease from its send time (safe: the control plane counts from receipt),
+                # so a restart shorter than the lease leaves no gap.
+                wait_for_ready=True,
             )
         except grpc.aio.AioRpcError as error:
             log.debug("heartbeat failed: %s", error.code().name)
