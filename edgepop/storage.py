@@ -39,6 +39,7 @@ class Storage:
         """
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.durable = durable
         self.env = lmdb.open(
             str(path),
             map_size=map_size_bytes,
@@ -69,6 +70,19 @@ class Storage:
             raise StorageFullError(
                 "storage is full (LMDB map size reached): writes are refused, reads still work"
             ) from error
+
+    def write_inline(self, work: Callable[[Any], T]) -> T:
+        """Run `work(txn)` in one write transaction on the calling thread (the event loop).
+
+        Only for non-durable stores and short work: a commit without fsync takes
+        microseconds, less than the hop to the writer thread and back (a replica applies
+        every batch this way). LMDB takes its writer lock with the GIL released, so a
+        write in flight on the writer thread only delays this one — provided no
+        transaction on the writer thread stays open across an await of this loop.
+        """
+        if self.durable:
+            raise RuntimeError("an fsync'd commit must not block the event loop")
+        return self.write_sync(work)
 
     async def write(self, work: Callable[[Any], T]) -> T:
         """Run `work(txn)` in one durable write transaction on the writer thread."""

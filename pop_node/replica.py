@@ -38,6 +38,24 @@ def plan_batch(applied_seq: int, seqs: Sequence[int]) -> slice:
     return slice(start, len(seqs))
 
 
+def complete_as_of(
+    last_seq: int, positions: Sequence[tuple[int, float]], last_commit_time: float
+) -> float:
+    """The origin time before which a replica holding every entry through `last_seq`
+    holds every committed write (0.0: nothing new is known).
+
+    `positions` are the (head_seq, origin_time) of the messages just received: one whose
+    head was at or below `last_seq` left nothing pending at its origin time. Under a
+    sustained load the head is always a little ahead, so the commit time of the last
+    entry held also counts: the origin commits one batch at a time, so every write
+    committed before it has a lower seq and is held too.
+    """
+    caught_up = max(
+        (origin_time for head, origin_time in positions if head <= last_seq), default=0.0
+    )
+    return max(caught_up, last_commit_time)
+
+
 def read_position(store: KvStore, txn: Any) -> tuple[int, float]:
     """(applied_seq, complete_as_of) as last committed."""
     applied = store.get_u64(txn, APPLIED_SEQ_KEY)
@@ -58,8 +76,7 @@ def apply_batch(
     complete_as_of: float,
 ) -> int:
     """Apply planned entries and record the new applied seq; returns it."""
-    for entry in entries:
-        store.apply(txn, entry)
+    store.apply_all(txn, entries)
     applied_seq = entries[-1].seq
     _write_position(store, txn, applied_seq, complete_as_of)
     return applied_seq

@@ -32,6 +32,8 @@ STREAM_IDLE_TIMEOUT_S_DEFAULT = 3.0
 # Messages read ahead of the applier, and applied together at most.
 INBOX_MESSAGES_MAX = 256
 APPLY_MESSAGES_MAX = 64
+# How often, per idle timeout, the stream checks whether it went silent.
+SILENCE_CHECKS_PER_TIMEOUT = 10
 
 
 class StreamEnded(Exception):
@@ -109,8 +111,9 @@ class ReplicationClient:
         """One subscription. Returns after progress (fresh backoff); raises otherwise.
 
         A reader task queues messages as they arrive; the applier takes everything queued
-        and applies its entries in one transaction, so a busy stream costs one fsync per
-        batch of messages rather than one per message.
+        and applies its entries in one transaction (on the loop: a replica's commit does
+        not fsync), so a busy stream costs one commit per batch of messages, not per
+        message.
         """
         stub = origin_grpc.OriginStub(self._origin_channel())
         call = stub.Subscribe(
@@ -118,25 +121,35 @@ class ReplicationClient:
             metadata=self.metadata,
         )
         inbox: asyncio.Queue[Any] = asyncio.Queue(INBOX_MESSAGES_MAX)
+        heard_at = time.monotonic()
 
         async def read() -> None:
+            nonlocal heard_at
             try:
                 while True:
                     message = await call.read()
+                    heard_at = time.monotonic()
                     await inbox.put(message)
                     if message is grpc.aio.EOF:
                         return
             except grpc.aio.AioRpcError as error:
                 await inbox.put(error)
 
+        async def watch_silence() -> None:
+            # One timer for the stream's life rather than one per message: a stream is
+            # silent when nothing waits to be applied and nothing arrived for the timeout.
+            while True:
+                await asyncio.sleep(self.idle_timeout_s / SILENCE_CHECKS_PER_TIMEOUT)
+                if inbox.empty() and time.monotonic() - heard_at > self.idle_timeout_s:
+                    inbox.put_nowait(StreamEnded(f"no message for {self.idle_timeout_s} s"))
+                    return
+
         reader = asyncio.ensure_future(read())
+        watchdog = asyncio.ensure_future(watch_silence())
         progressed = False
         try:
             while True:
-                try:
-                    batch = [await asyncio.wait_for(inbox.get(), self.idle_timeout_s)]
-                except TimeoutError as error:
-                    raise StreamEnded(f"no message for {self.idle_timeout_s} s") from error
+                batch = [await inbox.get()]
                 while not inbox.empty() and len(batch) < APPLY_MESSAGES_MAX:
                     batch.append(inbox.get_nowait())
                 messages = []
@@ -172,6 +185,7 @@ class ReplicationClient:
         finally:
             self.connected = False
             reader.cancel()
+            watchdog.cancel()
             call.cancel()
 
     def _origin_channel(self) -> grpc.aio.Channel:
@@ -194,6 +208,10 @@ class ReplicationClient:
                 await self._apply_run(run)
                 run = []
                 await self._handle_snapshot(message)
+            elif self._snapshot_txn is not None:
+                # The snapshot's transaction holds LMDB's writer lock on the writer thread:
+                # applying entries now would wait on it forever.
+                raise StreamEnded("entries inside a snapshot")
             else:
                 run.append(message)
         await self._apply_run(run)
@@ -205,11 +223,13 @@ class ReplicationClient:
         entries = [entry for message in run for entry in message.entries]
         planned = entries[replica.plan_batch(self.applied_seq, [e.seq for e in entries])]
         last_seq = planned[-1].seq if planned else self.applied_seq
-        # Holding everything up to last_seq means holding every write committed by the
-        # origin time of each message whose head_seq is at or below it.
-        complete_as_of = max((m.origin_time for m in run if m.head_seq <= last_seq), default=0.0)
+        complete_as_of = replica.complete_as_of(
+            last_seq,
+            [(m.head_seq, m.origin_time) for m in run],
+            planned[-1].commit_time if planned else 0.0,
+        )
         if planned:
-            applied = await self.storage.write(
+            applied = self.storage.write_inline(
                 lambda txn: replica.apply_batch(self.store, txn, planned, complete_as_of)
             )
             now = time.time()

@@ -509,3 +509,39 @@ def test_list_after_any_cursor_continues_in_byte_order(
     listed, more = _page(store, prefix, start_after, limit)
     assert listed == matching[:limit]
     assert more == (len(matching) > limit)
+
+
+def test_apply_all_matches_applying_one_entry_at_a_time(tmp_path: Path) -> None:
+    entries = [
+        kv_pb2.LogEntry(seq=1, namespace="a", op=kv_pb2.LOG_OP_PUT, key="k1", value=b"1"),
+        kv_pb2.LogEntry(seq=2, namespace="b", op=kv_pb2.LOG_OP_PUT, key="k1", value=b"2"),
+        kv_pb2.LogEntry(
+            seq=3, namespace="a", op=kv_pb2.LOG_OP_PUT, key="k2", value=b"3", metadata_json="{}"
+        ),
+        kv_pb2.LogEntry(seq=4, namespace="a", op=kv_pb2.LOG_OP_DELETE, key="k1"),
+        kv_pb2.LogEntry(seq=5, namespace="c", op=kv_pb2.LOG_OP_PUT, key=HEAD + "x", value=b"5"),
+    ]
+    together = KvStore(Storage(tmp_path / "together", durable=False), track_expiry=False)
+    one_by_one = KvStore(Storage(tmp_path / "one", durable=False), track_expiry=False)
+    together.storage.write_inline(lambda txn: together.apply_all(txn, entries))
+    for entry in entries:
+        one_by_one.storage.write_sync(lambda txn, entry=entry: one_by_one.apply(txn, entry))
+
+    def dump(store: KvStore) -> list[Record]:
+        with store.storage.read() as txn:
+            return list(store.iter_records(txn))
+
+    assert dump(together) == dump(one_by_one)
+    # Records come in (namespace hash, key) order: compare as a set of contents.
+    assert sorted((r.namespace, r.key, r.value) for r in dump(together)) == [
+        ("a", "k2", b"3"),
+        ("b", "k1", b"2"),
+        ("c", HEAD + "x", b"5"),
+    ]
+    for store in (together, one_by_one):
+        store.storage.close()
+
+
+def test_write_inline_refuses_a_durable_store(origin_store: KvStore) -> None:
+    with pytest.raises(RuntimeError, match="fsync"):
+        origin_store.storage.write_inline(lambda txn: None)

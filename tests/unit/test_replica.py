@@ -13,6 +13,7 @@ from pop_node.replica import (
     apply_batch,
     apply_snapshot_part,
     begin_snapshot,
+    complete_as_of,
     finish_snapshot,
     plan_batch,
     read_position,
@@ -171,3 +172,38 @@ def test_snapshot_replaces_the_replica_and_sets_its_position(replica_store: KvSt
     assert _position(store) == (100, NOW + 5)
     assert _value(store, "stale") is None
     assert _value(store, "fresh") == b"f"
+
+
+# -- complete_as_of ----------------------------------------------------------------------------
+
+
+def test_complete_as_of_takes_the_newest_message_that_left_nothing_pending() -> None:
+    positions = [(10, NOW), (12, NOW + 1.0), (20, NOW + 2.0)]
+    # Holding through 12: the second message's origin time; the third still had 13-20.
+    assert complete_as_of(12, positions, last_commit_time=0.0) == NOW + 1.0
+
+
+def test_complete_as_of_under_sustained_load_follows_the_last_commit_time() -> None:
+    # The head is always ahead of what arrived, so no message left nothing pending.
+    positions = [(30, NOW + 5.0), (40, NOW + 6.0)]
+    assert complete_as_of(25, positions, last_commit_time=NOW + 4.5) == NOW + 4.5
+
+
+def test_complete_as_of_is_zero_when_nothing_new_is_known() -> None:
+    assert complete_as_of(5, [(9, NOW)], last_commit_time=0.0) == 0.0
+
+
+@given(
+    st.integers(0, 50),
+    st.lists(st.tuples(st.integers(0, 60), st.floats(0, 1e4)), max_size=8),
+    st.floats(0, 1e4),
+)
+def test_complete_as_of_never_claims_an_unheld_head(
+    last_seq: int, positions: list[tuple[int, float]], last_commit_time: float
+) -> None:
+    bound = complete_as_of(last_seq, positions, last_commit_time)
+    assert bound >= last_commit_time
+    claimed = [time for head, time in positions if time == bound and time > last_commit_time]
+    # A bound above the last commit time must come from a message with nothing pending.
+    for time in claimed:
+        assert any(head <= last_seq for head, t in positions if t == time)
