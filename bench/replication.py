@@ -15,6 +15,8 @@ import math
 import time
 from typing import Any
 
+import grpc
+
 from bench import plots
 from bench.loadgen import (
     PacedResult,
@@ -47,6 +49,7 @@ from bench.stats import (
     percentile,
     summarize,
 )
+from edge.v1 import pop_pb2
 from edgectl.launcher import Cluster
 
 DEFAULT_NODELAY_KEY = "default-nodelay"
@@ -58,6 +61,7 @@ PROPAGATION_P99_GOAL_MS = 10.0
 PUTMANY_ENTRIES_PER_S_GOAL = 20_000.0
 LAG_P99_GOAL_S = 1.0
 SAMPLE_INTERVAL_S = 0.1
+SAMPLE_TIMEOUT_S = 5.0
 CATCH_UP_TIMEOUT_S = 60.0
 
 APPLIED = "edge_kv_replica_applied_seq"
@@ -397,27 +401,47 @@ async def _sample(
     samples: list[tuple[float, str, float, float]],
     writing: asyncio.Future[PutManyResult],
 ) -> None:
-    """Scrape every PoP each 100 ms until the writer is done and every PoP has its last seq."""
-    addresses = _pop_metrics(cluster)
+    """Ask every PoP's `Status` each 100 ms until the writer is done and every PoP has its
+    last seq.
+
+    `Status` carries the same applied seq and lag as the `/metrics` gauges (one function
+    computes both) at a fraction of the cost: rendering and parsing twelve 14 KB
+    expositions ten times a second took CPU from the PoPs being measured.
+    """
+    channels = {pop.name: grpc.aio.insecure_channel(pop.grpc_address) for pop in cluster.pops}
+    status = {
+        name: channel.unary_unary(
+            "/edge.v1.Pop/Status",
+            request_serializer=pop_pb2.PopStatusRequest.SerializeToString,
+            response_deserializer=pop_pb2.PopStatusResponse.FromString,
+        )
+        for name, channel in channels.items()
+    }
+    request = pop_pb2.PopStatusRequest()
     deadline: float | None = None
     next_at = time.monotonic()
-    while True:
-        stamp = time.time()
-        pages = await scrape_many(addresses, (APPLIED, LAG))
-        latest = {}
-        for name, page in pages.items():
-            applied = metric_value(page, APPLIED) or 0.0
-            samples.append((stamp, name, applied, metric_value(page, LAG) or 0.0))
-            latest[name] = applied
-        if writing.done():
-            last_seq = writing.result().last_seq
-            if all(applied >= last_seq for applied in latest.values()):
-                return
-            deadline = deadline or time.monotonic() + CATCH_UP_TIMEOUT_S
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"PoPs still behind seq {last_seq}: {latest}")
-        next_at += SAMPLE_INTERVAL_S
-        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+    try:
+        while True:
+            stamp = time.time()
+            replies = await asyncio.gather(
+                *(call(request, timeout=SAMPLE_TIMEOUT_S) for call in status.values())
+            )
+            latest = {}
+            for name, reply in zip(status, replies, strict=True):
+                samples.append((stamp, name, float(reply.applied_seq), reply.lag_seconds))
+                latest[name] = reply.applied_seq
+            if writing.done():
+                last_seq = writing.result().last_seq
+                if all(applied >= last_seq for applied in latest.values()):
+                    return
+                deadline = deadline or time.monotonic() + CATCH_UP_TIMEOUT_S
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"PoPs still behind seq {last_seq}: {latest}")
+            next_at += SAMPLE_INTERVAL_S
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+    finally:
+        for channel in channels.values():
+            await channel.close()
 
 
 def _putmany_result(
@@ -534,8 +558,10 @@ def _putmany_result(
             f"`Origin.KvPutMany` batches of {spec.batch_entries} entries ({spec.value_bytes}-byte "
             f"values), {spec.concurrency} batches in flight, closed loop for {spec.duration_s:g} s "
             f"from a client process, on the default topology with `emulate_delay: false` "
-            f"({len(pops)} PoPs). Every {SAMPLE_INTERVAL_S * 1e3:.0f} ms the bench scrapes each "
-            f"PoP's `{APPLIED}` and `{LAG}` until every PoP holds the last seq. Delivered rate "
+            f"({len(pops)} PoPs). Every {SAMPLE_INTERVAL_S * 1e3:.0f} ms the bench asks each "
+            "PoP's `Pop.Status` for its applied seq and lag (the values of the "
+            f"`{APPLIED}` and `{LAG}` gauges, without rendering a whole /metrics page) until "
+            "every PoP holds the last seq. Delivered rate "
             "per PoP = entries written / time from the first write until that PoP held all of "
             "them; the row is the slowest PoP. Lag percentiles pool every sample of every PoP "
             "from the first write until the last PoP caught up."
