@@ -124,6 +124,7 @@ class PopService(pb_grpc.PopServicer):
     async def ObjectId(
         self, request: objects_pb2.ObjectIdRequest, context: grpc.aio.ServicerContext
     ) -> objects_pb2.ObjectIdResponse:
+        self.node.objects.class_of(request.namespace)  # NOT_FOUND: no class, no ids
         if request.name and request.id:
             object_id = objectid.resolve(request.namespace, request.name, request.id)
         elif request.name:

@@ -210,6 +210,10 @@ def test_object_id_rpc_derives_parses_and_makes_unique_ids(shared_cluster: Clust
         with pytest.raises(grpc.RpcError) as caught:
             stub.ObjectId(objects_pb2.ObjectIdRequest(namespace="Lock", id=named.id))
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ObjectId(objects_pb2.ObjectIdRequest(namespace="NoSuchClass", name="n"))
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "NoSuchClass" in (caught.value.details() or "")
 
 
 # -- RateLimiter -----------------------------------------------------------------------------
