@@ -130,7 +130,7 @@ def latency_cdf(
     """CDFs in milliseconds on a log axis: histogram buckets as steps, raw samples as lines."""
     plt = _plt()
     figure, axes = plt.subplots(figsize=(7, 5))
-    styles = ["-", ":"]
+    styles = ["-", ":", "-."]
     for index, (name, (xs, fractions)) in enumerate(step_cdfs.items()):
         # Buckets above the first one that holds everything add nothing but axis range.
         done = next((i for i, fraction in enumerate(fractions) if fraction >= 1.0), None)
