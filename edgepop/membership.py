@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 CALL_TIMEOUT_S = 2.0
 HEARTBEATS_IN_FLIGHT_MAX = 4
+# Pause before a heartbeat refused by a stopping control plane is sent again.
+HEARTBEAT_RESEND_S = 0.05
 
 
 class Membership:
@@ -88,20 +90,29 @@ class Membership:
 
     async def _heartbeat(self, incarnation: int) -> None:
         sent_at = time.monotonic()
-        try:
-            response = await self._stub.Heartbeat(
-                pb.HeartbeatRequest(name=self.info.name, incarnation=incarnation),
-                metadata=self.metadata,
-                timeout=max(self.lease.lease_s, self.heartbeat_interval_s),
-                # Sent while the control plane restarts, it waits for the channel instead of
-                # failing at once: delivered when the control plane is back, it renews the
-                # lease from its send time (safe: the control plane counts from receipt),
-                # so a restart shorter than the lease leaves no gap.
-                wait_for_ready=True,
-            )
-        except grpc.aio.AioRpcError as error:
-            log.debug("heartbeat failed: %s", error.code().name)
-            return
+        deadline = sent_at + max(self.lease.lease_s, self.heartbeat_interval_s)
+        request = pb.HeartbeatRequest(name=self.info.name, incarnation=incarnation)
+        while True:
+            try:
+                response = await self._stub.Heartbeat(
+                    request,
+                    metadata=self.metadata,
+                    timeout=max(0.001, deadline - time.monotonic()),
+                    # Sent while the control plane restarts, it waits for the channel
+                    # instead of failing at once: delivered when the control plane is back,
+                    # it renews the lease from its first send time (safe: the control plane
+                    # counts from receipt), so a short restart leaves no gap.
+                    wait_for_ready=True,
+                )
+                break
+            except grpc.aio.AioRpcError as error:
+                # A control plane that is shutting down refuses new calls (UNAVAILABLE)
+                # before its connection closes: send again, to wait for the next one.
+                retry = error.code() == grpc.StatusCode.UNAVAILABLE
+                if not retry or time.monotonic() + HEARTBEAT_RESEND_S >= deadline:
+                    log.debug("heartbeat failed: %s", error.code().name)
+                    return
+                await asyncio.sleep(HEARTBEAT_RESEND_S)
         if not response.known:
             if incarnation == self.incarnation:
                 log.info("control plane does not know this incarnation; registering again")

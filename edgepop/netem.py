@@ -40,6 +40,9 @@ DELAY_LINE_MESSAGES_MAX = 10_000
 DELAY_LINE_BYTES_MAX = 64 * 1024 * 1024
 # Mean lateness of an asyncio timer (epoll rounds its timeout up to whole milliseconds).
 TIMER_LATENESS_S = 0.0005
+# The most a hold aims early (its lateness estimate's bound): how far below the requested
+# delay one message can arrive when its timer happens to fire on time.
+TIMER_AIM_EARLY_MAX_S = 0.0015
 # A call across a partition without a deadline gives up like a TCP connect would.
 PARTITION_HOLD_S_MAX = 20.0
 # How often a held call looks again at a partition that has an expiry time.
@@ -125,7 +128,7 @@ class _TimerLateness:
     """
 
     alpha = 0.05
-    estimate_max_s = 0.0015
+    estimate_max_s = TIMER_AIM_EARLY_MAX_S
 
     def __init__(self) -> None:
         self.estimate_s = TIMER_LATENESS_S

@@ -624,6 +624,12 @@ def test_control_plane_unreachable_for_1_s_interrupts_no_object_call(whole: Clus
     assert after is not None and (after.owner, after.epoch) == (placed.owner, placed.epoch)
 
 
+# A control plane away for this long still leaves the owner's lease (2 s) renewed in time:
+# the last heartbeat before the stop may be one interval (0.5 s) old, and a waiting one is
+# delivered only when the channel reconnects (backoff up to 0.25 s + 20% jitter).
+RESTART_WITHIN_LEASE_S = LEASE_S - 0.5 - 0.3 - 0.2
+
+
 def test_control_plane_restart_interrupts_no_object_call(whole: Cluster) -> None:
     cluster = whole
     name = _unique("cp-restart")
@@ -644,10 +650,21 @@ def test_control_plane_restart_interrupts_no_object_call(whole: Cluster) -> None
     )
     direct.finish()
     gap_s = direct.longest_gap_s()
-    print(
+    report = (
         f"control plane stop {stopped_s:.2f} s, stop + start {restart_s:.2f} s, gap {gap_s:.2f} s"
     )
-    # A call takes ~10 ms: a gap of 0.5 s means the owner stopped serving for a while (a
-    # call held that long by a re-activation that waits for the control plane).
-    assert direct.failures == [], f"restart took {restart_s:.2f} s"
-    assert gap_s < 0.5, f"calls stalled {gap_s:.2f} s during a {restart_s:.2f} s restart"
+    print(report)
+    assert {r.epoch for r in direct.acknowledged} == {placed.epoch}, report
+    values = [r.value for r in direct.acknowledged]
+    assert values == sorted(set(values)), report  # each increment applied once, in order
+    if restart_s < RESTART_WITHIN_LEASE_S:
+        # A call takes ~10 ms: a gap of 0.5 s means the owner stopped serving for a while
+        # (its lease lapsed and a call waited for a re-activation at the control plane).
+        assert direct.failures == [], report
+        assert gap_s < 0.5, report
+    else:
+        # A restart this slow (a loaded machine) may outlast the lease, as a partition
+        # would: the owner then stops until the control plane is back, and no longer; a
+        # call caught by the lapse is refused as retryable and its retry succeeds.
+        assert {code for _, code in direct.failures} <= {"UNAVAILABLE"}, report
+        assert gap_s < restart_s + 1.0, report
