@@ -49,7 +49,7 @@ from bench.stats import (
     percentile,
     summarize,
 )
-from edge.v1 import pop_pb2
+from edge.v1 import pop_pb2, pop_pb2_grpc
 from edgectl.launcher import Cluster
 
 DEFAULT_NODELAY_KEY = "default-nodelay"
@@ -438,14 +438,7 @@ async def _sample(
     expositions ten times a second took CPU from the PoPs being measured.
     """
     channels = {pop.name: grpc.aio.insecure_channel(pop.grpc_address) for pop in cluster.pops}
-    status = {
-        name: channel.unary_unary(
-            "/edge.v1.Pop/Status",
-            request_serializer=pop_pb2.PopStatusRequest.SerializeToString,
-            response_deserializer=pop_pb2.PopStatusResponse.FromString,
-        )
-        for name, channel in channels.items()
-    }
+    stubs = {name: pop_pb2_grpc.PopStub(channel) for name, channel in channels.items()}
     request = pop_pb2.PopStatusRequest()
     deadline: float | None = None
     next_at = time.monotonic()
@@ -453,10 +446,10 @@ async def _sample(
         while True:
             stamp = time.time()
             replies = await asyncio.gather(
-                *(call(request, timeout=SAMPLE_TIMEOUT_S) for call in status.values())
+                *(stub.Status(request, timeout=SAMPLE_TIMEOUT_S) for stub in stubs.values())
             )
             latest = {}
-            for name, reply in zip(status, replies, strict=True):
+            for name, reply in zip(stubs, replies, strict=True):
                 samples.append((stamp, name, float(reply.applied_seq), reply.lag_seconds))
                 latest[name] = reply.applied_seq
             if writing.done():

@@ -223,10 +223,14 @@ class ReplicationClient:
         entries = [entry for message in run for entry in message.entries]
         planned = entries[replica.plan_batch(self.applied_seq, [e.seq for e in entries])]
         last_seq = planned[-1].seq if planned else self.applied_seq
-        complete_as_of = replica.complete_as_of(
-            last_seq,
-            [(m.head_seq, m.origin_time) for m in run],
-            planned[-1].commit_time if planned else 0.0,
+        # Never behind the bound already held: the stored one must not go back either.
+        complete_as_of = max(
+            self.complete_as_of,
+            replica.complete_as_of(
+                last_seq,
+                [(m.head_seq, m.origin_time) for m in run],
+                planned[-1].commit_time if planned else 0.0,
+            ),
         )
         if planned:
             applied = self.storage.write_inline(
@@ -237,7 +241,7 @@ class ReplicationClient:
                 self.metrics.kv_propagation.observe(max(0.0, now - entry.commit_time))
             self.metrics.kv_applied_entries.inc(len(planned))
             self._advance(applied)
-        self.complete_as_of = max(self.complete_as_of, complete_as_of)
+        self.complete_as_of = complete_as_of
 
     async def _handle_snapshot(self, message: origin_pb2.SubscribeResponse) -> None:
         part = message.snapshot

@@ -253,17 +253,20 @@ def test_budgets_of_concurrent_requests_are_separate() -> None:
 def test_cancelling_a_metered_request_cancels_the_worker() -> None:
     seen: list[str] = []
 
-    async def waiter() -> None:
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            seen.append("cancelled inside the worker")
-            raise
-
     async def main() -> bool:
+        waiting = asyncio.Event()
+
+        async def waiter() -> None:
+            try:
+                waiting.set()
+                await asyncio.sleep(10)  # the worker's pending await (the behaviour)
+            except asyncio.CancelledError:
+                seen.append("cancelled inside the worker")
+                raise
+
         watchdog = Watchdog()
         task = asyncio.ensure_future(metered(waiter(), CpuBudget(LIMIT_S), watchdog))
-        await asyncio.sleep(0.02)
+        await asyncio.wait_for(waiting.wait(), timeout=5)
         task.cancel()
         try:
             await task
