@@ -141,7 +141,11 @@ async def _drive(
 
 @dataclass(frozen=True)
 class PacedWrites:
-    """KvPut to the origin at `rate_per_s`, whatever the replies do (open loop)."""
+    """KvPut to the origin at `rate_per_s`, whatever the replies do (open loop).
+
+    With `sample_every` N > 0, each value starts `<index>:<send time ns>:` (the client's
+    wall clock just before the call, what a reader elsewhere measures from) and the
+    result keeps the seq of every N-th write (those a visibility reader watches)."""
 
     address: str
     rate_per_s: float
@@ -150,6 +154,9 @@ class PacedWrites:
     key_prefix: str = "prop"
     value_bytes: int = 100
     timeout_s: float = 10.0
+    # Wall clock at which to start (a reader in another process keeps the same schedule).
+    start_at: float = 0.0
+    sample_every: int = 0
 
 
 @dataclass
@@ -164,6 +171,8 @@ class PacedResult:
     send_lateness_s: dict[str, float]
     ack_latency_s: dict[str, float]
     first_error: str = ""
+    # Index -> seq of the sampled writes (see PacedWrites.sample_every).
+    sampled_seqs: dict[int, int] = field(default_factory=dict)
 
 
 async def _paced(
@@ -195,6 +204,7 @@ async def _paced_puts(spec: PacedWrites) -> PacedResult:
     acks: list[float] = []
     errors: list[str] = []
     last_seq = 0
+    sampled: dict[int, int] = {}
     tasks: set[asyncio.Task[None]] = set()
     async with grpc.aio.insecure_channel(spec.address, options=CHANNEL_OPTIONS) as channel:
         put = channel.unary_unary(
@@ -206,8 +216,12 @@ async def _paced_puts(spec: PacedWrites) -> PacedResult:
 
         async def one(index: int) -> None:
             nonlocal last_seq
+            payload = value
+            if spec.sample_every:
+                stamp = f"{index}:{time.time_ns()}:".encode()
+                payload = stamp + value[len(stamp) :]
             request = kv_pb2.KvPutRequest(
-                namespace=spec.namespace, key=f"{spec.key_prefix}-{index}", value=value
+                namespace=spec.namespace, key=f"{spec.key_prefix}-{index}", value=payload
             )
             started = time.perf_counter()
             try:
@@ -217,12 +231,16 @@ async def _paced_puts(spec: PacedWrites) -> PacedResult:
                 return
             acks.append(time.perf_counter() - started)
             last_seq = max(last_seq, response.seq)
+            if spec.sample_every and index % spec.sample_every == 0:
+                sampled[index] = response.seq
 
         def send(index: int) -> None:
             task = asyncio.create_task(one(index))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
+        if spec.start_at:
+            await asyncio.sleep(max(0.0, spec.start_at - time.time()))
         sent, elapsed, lateness = await _paced(spec.rate_per_s, spec.duration_s, send)
         if tasks:
             await asyncio.wait(list(tasks), timeout=spec.timeout_s)
@@ -240,6 +258,144 @@ async def _paced_puts(spec: PacedWrites) -> PacedResult:
         send_lateness_s=summarize(lateness),
         ack_latency_s=summarize(acks),
         first_error=errors[0] if errors else "",
+        sampled_seqs=sampled,
+    )
+
+
+# -- visibility at every PoP: client send -> readable there ---------------------------------
+
+
+@dataclass(frozen=True)
+class VisibilityWatch:
+    """For every `sample_every`-th write of a `PacedWrites` run with the same schedule,
+    a BOOKMARK read at each PoP, sent `lead_s` before the write is due.
+
+    The read waits inside the PoP (an event, not polling) until the replica has applied
+    the seq the write is expected to get (`base_seq` + 1 + its index: one writer, nothing
+    else writing), and comes back with the value: the time it arrives, minus the send
+    time stamped in the value, is client send -> visible to a reader at that PoP, the
+    interval the Redis baseline measures. A read that finds nothing (the write took a
+    later seq) asks again from the seq it saw. A sampled reader (one write in 50 by
+    default) keeps this client far from being the bottleneck: 12 PoPs x 20 writes/s is
+    240 reads/s."""
+
+    pop_addresses: tuple[str, ...]
+    rate_per_s: float
+    duration_s: float
+    start_at: float
+    base_seq: int
+    key_prefix: str
+    namespace: str = "bench"
+    sample_every: int = 50
+    lead_s: float = 0.05
+    # A BOOKMARK read waits min(2 s, half its deadline) before it asks the origin instead.
+    timeout_s: float = 4.0
+
+
+@dataclass
+class VisibilitySample:
+    index: int
+    delay_s: float  # client send -> the read's reply here
+    min_seq: int  # the seq the answering read waited for
+    early: bool  # the read was sent before the write (else the delay may be overstated)
+    waited_s: float  # how long the answering read took (>= 2 s: the origin answered)
+
+
+@dataclass
+class VisibilityResult:
+    # Per PoP (in spec order): one sample per watched write that was found.
+    samples: list[list[VisibilitySample]]
+    errors: int
+    first_error: str
+    reads: int
+    send_lateness_s: dict[str, float]
+    # The reader's own CPU over the run and how long it ran: it must stay far from a core.
+    cpu_s: float = 0.0
+    elapsed_s: float = 0.0
+
+
+def watch_visibility(spec: VisibilityWatch) -> VisibilityResult:
+    return asyncio.run(_watch_visibility(spec))
+
+
+async def _watch_visibility(spec: VisibilityWatch) -> VisibilityResult:
+    from edge.v1 import kv_pb2, pop_pb2_grpc
+
+    channels = [
+        grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        for address in spec.pop_addresses
+    ]
+    stubs = [pop_pb2_grpc.PopStub(channel) for channel in channels]
+    samples: list[list[VisibilitySample]] = [[] for _ in stubs]
+    errors: list[str] = []
+    reads = 0
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def watch(pop: int, index: int) -> None:
+        nonlocal reads
+        key = f"{spec.key_prefix}-{index}"
+        min_seq = spec.base_seq + 1 + index
+        read_sent_ns = time.time_ns()
+        for _ in range(100):  # a write reordered by a few seqs needs a few reads
+            asked = time.perf_counter()
+            reads += 1
+            try:
+                reply = await stubs[pop].KvGet(
+                    kv_pb2.KvGetRequest(
+                        namespace=spec.namespace,
+                        key=key,
+                        consistency=kv_pb2.CONSISTENCY_BOOKMARK,
+                        min_seq=min_seq,
+                    ),
+                    timeout=spec.timeout_s,
+                )
+            except grpc.aio.AioRpcError as error:
+                errors.append(f"{error.code().name}: {error.details()} (write {index})")
+                return
+            seen_ns = time.time_ns()
+            if reply.found:
+                written, sent_ns, _ = bytes(reply.value).split(b":", 2)
+                if int(written) != index:
+                    errors.append(f"write {index} read back as write {int(written)}")
+                    return
+                samples[pop].append(
+                    VisibilitySample(
+                        index=index,
+                        delay_s=(seen_ns - int(sent_ns)) / 1e9,
+                        min_seq=min_seq,
+                        early=read_sent_ns < int(sent_ns),
+                        waited_s=time.perf_counter() - asked,
+                    )
+                )
+                return
+            min_seq = max(min_seq, reply.applied_seq) + 1
+        errors.append(f"write {index} not found after 100 reads")
+
+    def send(slot: int) -> None:
+        for pop in range(len(stubs)):
+            task = asyncio.create_task(watch(pop, slot * spec.sample_every))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    cpu_started, started = time.process_time(), time.perf_counter()
+    try:
+        await asyncio.gather(*(channel.channel_ready() for channel in channels))
+        # The write schedule is i / rate from start_at; the reads go out lead_s earlier.
+        await asyncio.sleep(max(0.0, spec.start_at - spec.lead_s - time.time()))
+        _, _, lateness = await _paced(spec.rate_per_s / spec.sample_every, spec.duration_s, send)
+        if tasks:
+            await asyncio.wait(list(tasks), timeout=spec.timeout_s * 2)
+    finally:
+        for channel in channels:
+            await channel.close()
+    return VisibilityResult(
+        samples,
+        len(errors),
+        errors[0] if errors else "",
+        reads,
+        summarize(lateness),
+        cpu_s=time.process_time() - cpu_started,
+        elapsed_s=time.perf_counter() - started,
     )
 
 
@@ -340,8 +496,13 @@ async def _put_many(spec: PutManyLoad) -> PutManyResult:
 # -- Redis: paced SETs to the primary, keyevent subscribers on the replicas ---------------
 
 REDIS_KEY_PREFIX = "b:"
-# Keyspace notifications of SET commands on db 0 (needs notify-keyspace-events E$).
-REDIS_SET_CHANNEL = "__keyevent@0__:set"
+# Keyspace notifications on db 0 (replicas run with notify-keyspace-events K$): one
+# channel per key, so a pattern subscription samples writes by index inside Redis, and
+# the subscriber hears only those (as edgepop's visibility reader reads only its sample).
+REDIS_KEYSPACE_PREFIX = "__keyspace@0__:"
+# Keys are b:<index>:<send time ns>: indices ending in 00 or 50, one write in 50.
+REDIS_SAMPLE_PATTERN = REDIS_KEYSPACE_PREFIX + REDIS_KEY_PREFIX + "*[05]0:*"
+REDIS_SAMPLE_EVERY = 50
 
 
 @dataclass(frozen=True)
@@ -400,7 +561,8 @@ async def _redis_writes(spec: RedisWrites) -> RedisWriteResult:
 
 @dataclass(frozen=True)
 class RedisWatch:
-    """Subscribe to SET events on every replica until `stop_at` (wall clock)."""
+    """Subscribe to the sampled writes' keyspace events on every replica until `stop_at`
+    (wall clock)."""
 
     ports: tuple[int, ...]
     stop_at: float
@@ -422,7 +584,7 @@ def redis_watch(spec: RedisWatch) -> RedisWatchResult:
 async def _redis_watch(spec: RedisWatch) -> RedisWatchResult:
     connections = [await RespConnection.open("127.0.0.1", port) for port in spec.ports]
     for connection in connections:
-        await connection.command("SUBSCRIBE", REDIS_SET_CHANNEL)
+        await connection.command("PSUBSCRIBE", REDIS_SAMPLE_PATTERN)
     subscribed_at = time.time()
     count_from_ns = int(spec.count_from * 1e9)
     delays: list[list[float]] = [[] for _ in connections]
@@ -433,7 +595,8 @@ async def _redis_watch(spec: RedisWatch) -> RedisWatchResult:
             # One clock reading per read: every message in it arrived by then.
             received_ns = time.time_ns()
             for value in values:
-                if not (isinstance(value, list) and len(value) == 3 and value[0] == b"message"):
+                # ["pmessage", pattern, "__keyspace@0__:b:<index>:<ns>", "set"]
+                if not (isinstance(value, list) and len(value) == 4 and value[0] == b"pmessage"):
                     continue
                 sent_ns = int(value[2].rsplit(b":", 1)[1])
                 if sent_ns >= count_from_ns:

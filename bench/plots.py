@@ -46,6 +46,20 @@ def _plt() -> Any:
 EDGEPOP_COLOR = "#1f77b4"
 BASELINE_COLOR = "#ff7f0e"
 GOAL_COLOR = "#d62728"
+REFERENCE_COLOR = "dimgray"
+# How a figure that the run did not measure (one quoted from an issue) is labelled: a
+# line beside the bars, never a bar of its own, so that it cannot pass for a measurement.
+REFERENCE_SUFFIX = " (reference, not measured in this run)"
+
+
+def _references(axes: Any, references: Mapping[str, float]) -> None:
+    """Dotted lines with their values, labelled as figures from outside the run."""
+    for name, value in references.items():
+        label = f"{name}: {value:,.0f}{REFERENCE_SUFFIX}"
+        axes.axhline(value, color=REFERENCE_COLOR, linestyle=":", label=label)
+    if references:
+        # Head room for the legend above the tallest bar.
+        axes.set_ylim(top=axes.get_ylim()[1] * 1.3)
 
 
 def _save(figure: Any, path: Path) -> Path:
@@ -65,8 +79,10 @@ def grouped_bars(
     series: Mapping[str, Sequence[float]],
     ylabel: str,
     annotations: Sequence[str] = (),
+    references: Mapping[str, float] = {},
 ) -> Path:
-    """Side-by-side bars: one group per x label, one bar per series (e.g. PoP vs echo)."""
+    """Side-by-side bars: one group per x label, one bar per series (e.g. PoP vs echo);
+    `references` are figures not measured in the run (dotted lines, marked so)."""
     plt = _plt()
     figure, axes = plt.subplots(figsize=(7, 4))
     width = 0.8 / max(1, len(series))
@@ -83,9 +99,10 @@ def grouped_bars(
             text, (index, 0), xytext=(0, -28), textcoords="offset points", ha="center",
             fontsize=9, color="dimgray",
         )  # fmt: skip
+    _references(axes, references)
     axes.set_ylabel(ylabel)
     axes.set_title(title)
-    axes.legend()
+    axes.legend(fontsize=8)
     axes.grid(axis="y", alpha=0.3)
     return _save(figure, path)
 
@@ -99,9 +116,12 @@ def bars_with_goal(
     ylabel: str,
     goal: float | None = None,
     goal_label: str = "goal",
+    references: Mapping[str, float] = {},
 ) -> Path:
+    """One bar per label; `references` as in `grouped_bars`."""
     plt = _plt()
-    figure, axes = plt.subplots(figsize=(max(5.0, 0.55 * len(labels) + 2), 4))
+    width = max(7.0 if references else 5.0, 0.55 * len(labels) + 2)
+    figure, axes = plt.subplots(figsize=(width, 4))
     bars = axes.bar(range(len(labels)), values, color=EDGEPOP_COLOR)
     axes.bar_label(bars, labels=[f"{value:,.3g}" for value in values], fontsize=8)
     axes.set_xticks(
@@ -112,7 +132,9 @@ def bars_with_goal(
     )
     if goal is not None:
         axes.axhline(goal, color=GOAL_COLOR, linestyle="--", label=goal_label)
-        axes.legend()
+    _references(axes, references)
+    if goal is not None or references:
+        axes.legend(fontsize=8)
     axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.grid(axis="y", alpha=0.3)
@@ -126,8 +148,11 @@ def latency_cdf(
     step_cdfs: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     sample_cdfs: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     goals_ms: Mapping[str, float] = {},
+    edgepop_samples: Sequence[str] = (),
 ) -> Path:
-    """CDFs in milliseconds on a log axis: histogram buckets as steps, raw samples as lines."""
+    """CDFs in milliseconds on a log axis: histogram buckets as steps, raw samples as lines
+    (the baseline's colour, but edgepop's for the sample curves named in
+    `edgepop_samples`)."""
     plt = _plt()
     figure, axes = plt.subplots(figsize=(7, 5))
     styles = ["-", ":", "-."]
@@ -142,7 +167,8 @@ def latency_cdf(
                       linestyle=styles[index % len(styles)])  # fmt: skip
     for name, (xs, fractions) in sample_cdfs.items():
         if xs:
-            axes.plot([x * 1e3 for x in xs], fractions, label=name, color=BASELINE_COLOR)
+            color = EDGEPOP_COLOR if name in edgepop_samples else BASELINE_COLOR
+            axes.plot([x * 1e3 for x in xs], fractions, label=name, color=color, linewidth=2)
     for label, value in goals_ms.items():
         axes.axvline(value, color=GOAL_COLOR, linestyle="--", alpha=0.6)
         axes.annotate(label, (value, 0.02), rotation=90, fontsize=8, color=GOAL_COLOR,

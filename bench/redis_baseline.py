@@ -3,9 +3,11 @@
 A primary and N `replicaof` replicas (Debian's redis-server, installed on first use
 when missing and apt can), each on a free port with its own dir under the bench's temp
 dir, no persistence. Writes are paced SETs whose key carries the send time; a
-subscriber on every replica hears the keyspace event of each SET (replicas fire events
-for the writes they apply from the stream) and records receive - send time. Both run in
-bench worker processes, apart from each other and from Redis.
+subscriber on every replica hears the keyspace event of every 50th SET (a pattern
+subscription: replicas fire events for the writes they apply from the stream, and Redis
+itself leaves out the others) and records receive - send time: client send -> visible
+at each replica, the interval edgepop's visibility reader measures. Both run in bench
+worker processes, apart from each other and from Redis.
 
 Redis keeps no durability work on the path (no fsync, no AOF), while an edgepop commit
 is fsynced at the origin before it streams: Redis is the floor for async replication
@@ -127,8 +129,9 @@ class RedisReplicaSet:
                 f"replica-{index + 1}",
                 [
                     "--replicaof", "127.0.0.1", str(self.primary_port),
-                    # Keyspace events for string commands: what the subscribers listen to.
-                    "--notify-keyspace-events", "E$",
+                    # Keyspace events (one channel per key) for string commands: the
+                    # subscriber samples them by key pattern.
+                    "--notify-keyspace-events", "K$",
                 ],
                 deadline,
             )  # fmt: skip

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 import grpc
 
 from control_plane import placement as placement_rules
-from control_plane.placement import Placement
+from control_plane.placement import ConfirmRefusedError, Placement
 from control_plane.registry import NODE_LEASE_S_DEFAULT, ROLE_POP, NodeEntry, NodeRegistry
 from control_plane.service import ControlPlaneService
 from control_plane.state import ControlPlaneState, entry_to_pb
 from edge.v1 import control_plane_pb2 as pb
 from edge.v1 import control_plane_pb2_grpc as pb_grpc
-from edge.v1 import workers_pb2
+from edge.v1 import objects_pb2, workers_pb2
+from edgepop import buggify
 from edgepop.bundle import bundle_version, check_bundle
 from edgepop.config import HEARTBEAT_INTERVAL_S_DEFAULT, NodeConfig
 from edgepop.errors import FailedPreconditionError
@@ -35,6 +36,8 @@ FAULT_EXPIRY_CHECK_S = 0.5
 # Objects move only this long after their owner's lease lapsed: the owner has stopped by
 # then (its own lease clock started earlier, at the heartbeat's send time).
 OBJECT_FAILOVER_MARGIN_S = 0.5
+# Objects named to an owner per heartbeat for a standby copy (the rest follow next time).
+OBJECTS_TO_SYNC_PER_HEARTBEAT_MAX = 64
 
 
 @dataclass
@@ -64,10 +67,15 @@ class ControlPlane(Node):
         self.registry.restore(self.state.load_nodes(), time.time())
         self.faults = FaultTable(self.state.load_faults())
         self.netem.set_faults(self.faults.all())
-        self.placements: dict[tuple[str, str], Placement] = {
-            (p.namespace, p.object_id): p for p in self.state.load_placements()
-        }
+        self.placements: dict[tuple[str, str], Placement] = {}
+        # owner -> objects it owns that have a next standby to copy to and confirm.
+        self.objects_to_sync: dict[str, set[tuple[str, str]]] = {}
+        for loaded in self.state.load_placements():
+            self._remember_placement(loaded)
         self.placement_lock = asyncio.Lock()
+        self.promote_unsynced = buggify.enabled(buggify.PROMOTE_UNSYNCED)
+        if self.promote_unsynced:
+            log.warning("BUGGIFY %s: objects move to unconfirmed standbys", "promote-unsynced")
         self.worker_versions = {(v.name, v.version): v for v in self.state.load_worker_versions()}
         # name -> versions in the order they were made active; the last one is active.
         self.worker_history = self.state.load_worker_history()
@@ -141,13 +149,50 @@ class ControlPlane(Node):
             if entry.role == ROLE_POP and self.registry.is_healthy(entry, now)
         ]
 
+    def _remember_placement(self, placement: Placement) -> None:
+        """Record a placement in memory (after it is stored) and in the sync index."""
+        key = (placement.namespace, placement.object_id)
+        previous = self.placements.get(key)
+        if previous is not None:
+            # One owner per epoch: the owner changes only with a higher epoch.
+            assert placement.epoch >= previous.epoch, (previous, placement)
+            assert placement.owner == previous.owner or placement.epoch > previous.epoch
+            self.objects_to_sync.get(previous.owner, set()).discard(key)
+        self.placements[key] = placement
+        if placement.next_standby:
+            self.objects_to_sync.setdefault(placement.owner, set()).add(key)
+
+    async def _store_placements(self, placements: list[Placement]) -> None:
+        """Durably, then in memory: no answer may rest on a placement a crash forgets."""
+        assert self.state is not None
+        await self.state.save_placements(placements)
+        for placement in placements:
+            self._remember_placement(placement)
+
+    def objects_to_sync_for(self, owner: str) -> list[objects_pb2.ObjectRef]:
+        """Objects `owner` must give its next standby a copy of (bounded per heartbeat)."""
+        keys = self.objects_to_sync.get(owner)
+        if not keys:
+            return []
+        refs = []
+        for namespace, object_id in sorted(keys)[:OBJECTS_TO_SYNC_PER_HEARTBEAT_MAX]:
+            placement = self.placements[(namespace, object_id)]
+            refs.append(
+                objects_pb2.ObjectRef(
+                    namespace=namespace,
+                    id=object_id,
+                    epoch=placement.epoch,
+                    next_standby=placement.next_standby,
+                )
+            )
+        return refs
+
     async def locate(self, namespace: str, object_id: str, region: str) -> Placement | None:
         """The object's placement, placing it near `region` on first use (durably)."""
         key = (namespace, object_id)
         existing = self.placements.get(key)
         if existing is not None:
             return existing
-        assert self.state is not None
         async with self.placement_lock:
             existing = self.placements.get(key)
             if existing is not None:
@@ -157,12 +202,29 @@ class ControlPlane(Node):
             )
             if placed is None:
                 return None
-            await self.state.save_placements([placed])
-            self.placements[key] = placed
+            await self._store_placements([placed])
             return placed
 
+    def unavailable_reason(self, placement: Placement) -> str:
+        """Why the object cannot be served now ("" when its owner is healthy)."""
+        owner = self.registry.get(placement.owner)
+        now = time.time()
+        if owner is not None and self.registry.is_healthy(owner, now):
+            return ""
+        standby = self.registry.get(placement.standby) if placement.standby else None
+        if standby is not None and self.registry.is_healthy(standby, now):
+            return (
+                f"the object's owner {placement.owner} is not responding; the object moves"
+                f" to its standby {placement.standby} once the owner's lease has lapsed"
+            )
+        holders = f" and its standby {placement.standby} are" if placement.standby else " is"
+        return (
+            f"the object is unavailable: its owner {placement.owner}{holders} the only"
+            " node(s) known to hold every acknowledged write, and none is responding; it is"
+            " served again when one of them returns"
+        )
+
     async def replace_standby(self, namespace: str, object_id: str, unreachable: str) -> None:
-        assert self.state is not None
         async with self.placement_lock:
             current = self.placements.get((namespace, object_id))
             if current is None:
@@ -171,47 +233,90 @@ class ControlPlane(Node):
                 self.config.topology, current, self.healthy_pops(time.time()), unreachable
             )
             if repaired != current:
-                await self.state.save_placements([repaired])
-                self.placements[(namespace, object_id)] = repaired
+                await self._store_placements([repaired])
                 log.info(
-                    "standby of %s/%s: %s -> %s (unreachable from the owner)",
+                    "next standby of %s/%s: %s (%s unreachable from the owner)",
                     namespace,
                     object_id[:12],
+                    repaired.next_standby or "-",
                     unreachable,
-                    repaired.standby or "-",
                 )
 
+    async def confirm_standby(
+        self, namespace: str, object_id: str, *, owner: str, epoch: int, standby: str, seq: int
+    ) -> Placement:
+        """The owner's next standby holds a full copy: make it the standby (durably)."""
+        async with self.placement_lock:
+            current = self.placements.get((namespace, object_id))
+            if current is None:
+                raise FailedPreconditionError("the object has no placement")
+            try:
+                confirmed = placement_rules.confirm_standby(
+                    current, owner=owner, epoch=epoch, standby=standby, seq=seq
+                )
+            except ConfirmRefusedError as error:
+                raise FailedPreconditionError(f"standby not confirmed: {error}") from error
+            await self._store_placements([confirmed])
+        log.info(
+            "standby of %s/%s: %s (confirmed by %s at epoch %d, seq %d)",
+            namespace,
+            object_id[:12],
+            standby,
+            owner,
+            epoch,
+            seq,
+        )
+        return confirmed
+
     async def _repair_placements(self, now: float) -> None:
-        """Move objects off nodes gone for lease + margin; bring back stuck ones."""
+        """Move objects off owners gone for lease + margin (to a node holding every
+        acknowledged write, or nowhere); name next standbys for gone standbys."""
         gone = frozenset(
             entry.name
             for entry in self.registry.entries()
             if entry.role == ROLE_POP
             and now - entry.last_heartbeat >= self.config.lease_s + OBJECT_FAILOVER_MARGIN_S
         )
-        healthy = self.healthy_pops(now)
-        changed = []
-        for key, current in self.placements.items():
-            if current.owner in gone and current.standby not in gone and current.standby:
-                repaired = placement_rules.repair(self.config.topology, current, healthy, gone)
-            elif current.owner in gone:
-                repaired = placement_rules.recover(self.config.topology, current, healthy)
-            elif current.standby in gone or not current.standby:
-                repaired = placement_rules.repair(self.config.topology, current, healthy, gone)
-            else:
-                continue
-            if repaired != current:
-                changed.append((key, current, repaired))
-        if not changed:
+        pop_count = sum(1 for entry in self.registry.entries() if entry.role == ROLE_POP)
+        suspects = [
+            current
+            for current in self.placements.values()
+            if placement_rules.needs_repair(current, gone, pop_count)
+        ]
+        if not suspects:
             return
-        assert self.state is not None
+        healthy = self.healthy_pops(now)
         async with self.placement_lock:
-            await self.state.save_placements([repaired for _, _, repaired in changed])
-            for key, current, repaired in changed:
-                self.placements[key] = repaired
-                if repaired.owner != current.owner:
-                    self.metrics.do_failovers.inc()
-        log.info("moved %d placement(s) off %s", len(changed), sorted(gone) or "-")
+            changed = []
+            for current in suspects:
+                # Re-read under the lock: a confirmation may have landed meanwhile.
+                latest = self.placements[(current.namespace, current.object_id)]
+                repaired = placement_rules.repair(
+                    self.config.topology,
+                    latest,
+                    healthy,
+                    gone,
+                    promote_unsynced=self.promote_unsynced,
+                )
+                if repaired != latest:
+                    changed.append((latest, repaired))
+            if not changed:
+                return
+            await self._store_placements([repaired for _, repaired in changed])
+        moved = 0
+        for previous, repaired in changed:
+            if repaired.owner != previous.owner:
+                moved += 1
+                self.metrics.do_failovers.inc()
+                log.info(
+                    "%s/%s moved %s -> %s (epoch %d)",
+                    repaired.namespace,
+                    repaired.object_id[:12],
+                    previous.owner,
+                    repaired.owner,
+                    repaired.epoch,
+                )
+        log.info("repaired %d placement(s), %d moved; gone: %s", len(changed), moved, sorted(gone))
 
     async def bump_topology(self) -> None:
         async with self.topology_changed:

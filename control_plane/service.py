@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from control_plane.placement import Placement
 from control_plane.registry import ROLE_POP
 from control_plane.routing import nearest_pops, pick
 from control_plane.state import entry_from_pb, placement_to_pb
@@ -19,7 +20,7 @@ from edge.v1 import objects_pb2, workers_pb2
 from edgepop import objectid
 from edgepop.bundle import BundleError
 from edgepop.errors import InvalidArgumentError, NotFoundError, UnavailableError
-from edgepop.faults import FaultError, LinkFault, fault_to_pb, validate
+from edgepop.faults import FAULT_DURATION_S_MAX, FaultError, LinkFault, fault_to_pb, validate
 from edgepop.rpc import RpcEnv, rpc
 
 if TYPE_CHECKING:
@@ -55,7 +56,11 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
         self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> pb.HeartbeatResponse:
         known = self.node.registry.heartbeat(request.name, request.incarnation, time.time())
-        return pb.HeartbeatResponse(known=known)
+        if not known:
+            return pb.HeartbeatResponse(known=False)
+        return pb.HeartbeatResponse(
+            known=True, objects_to_sync=self.node.objects_to_sync_for(request.name)
+        )
 
     @rpc()
     async def ListNodes(
@@ -123,8 +128,10 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
             for field in ("delay_ms", "jitter_ms", "loss", "partitioned")
             if request.HasField(field)
         }
-        if request.duration_s < 0:
-            raise InvalidArgumentError("duration_s must not be negative")
+        if not 0 <= request.duration_s <= FAULT_DURATION_S_MAX:
+            raise InvalidArgumentError(
+                f"duration_s must be within 0..{FAULT_DURATION_S_MAX:g} (got {request.duration_s})"
+            )
         regions = [region.name for region in self.node.config.topology.regions]
         try:
             validate(LinkFault(request.from_region, request.to_region, **changes), regions)  # type: ignore[arg-type]
@@ -174,15 +181,43 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
                 request.namespace, request.id, request.unreachable_standby
             )
             placed = self.node.placements[(request.namespace, request.id)]
-        owner = self.node.registry.get(placed.owner)
-        standby = self.node.registry.get(placed.standby) if placed.standby else None
+        located = self._located(placed)
+        located.unavailable = self.node.unavailable_reason(placed)
+        return located
+
+    @rpc(internal=True)
+    async def ConfirmStandby(
+        self, request: objects_pb2.ConfirmStandbyRequest, context: grpc.aio.ServicerContext
+    ) -> objects_pb2.LocateObjectResponse:
+        objectid.id_from_string(request.namespace, request.id)
+        confirmed = await self.node.confirm_standby(
+            request.namespace,
+            request.id,
+            owner=request.owner,
+            epoch=request.epoch,
+            standby=request.standby,
+            seq=request.seq,
+        )
+        return self._located(confirmed)
+
+    def _located(self, placed: Placement) -> objects_pb2.LocateObjectResponse:
+        registry = self.node.registry
+
+        def address(name: str) -> str:
+            entry = registry.get(name) if name else None
+            return entry.grpc_address if entry is not None else ""
+
+        owner = registry.get(placed.owner)
         return objects_pb2.LocateObjectResponse(
             node=placed.owner,
-            grpc_address=owner.grpc_address if owner else "",
+            grpc_address=address(placed.owner),
             epoch=placed.epoch,
             standby=placed.standby,
-            standby_address=standby.grpc_address if standby else "",
+            standby_address=address(placed.standby),
             region=owner.region if owner else "",
+            next_standby=placed.next_standby,
+            next_standby_address=address(placed.next_standby),
+            synced_seq=placed.synced_seq,
         )
 
     @rpc(internal=True)

@@ -102,12 +102,7 @@ class ControlPlaneState:
             found = []
             for _, raw in txn.cursor(db=self.placements_db):
                 message = objects_pb2.Placement.FromString(raw)
-                found.append(
-                    Placement(
-                        message.namespace, message.id, message.owner, message.standby,
-                        message.epoch,
-                    )
-                )  # fmt: skip
+                found.append(placement_from_pb(message))
             return found
 
     async def save_placements(self, placements: list[Placement]) -> None:
@@ -173,4 +168,18 @@ def placement_to_pb(placement: Placement) -> objects_pb2.Placement:
         owner=placement.owner,
         standby=placement.standby,
         epoch=placement.epoch,
+        next_standby=placement.next_standby,
+        synced_seq=placement.synced_seq,
+    )
+
+
+def placement_from_pb(message: objects_pb2.Placement) -> Placement:
+    return Placement(
+        namespace=message.namespace,
+        object_id=message.id,
+        owner=message.owner,
+        standby=message.standby,
+        epoch=message.epoch,
+        next_standby=message.next_standby,
+        synced_seq=message.synced_seq,
     )

@@ -11,12 +11,14 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from edge.v1 import kv_pb2, objects_pb2, workers_pb2
 from edgectl import net, observe, probe, views
 from edgectl import objects as do
 from edgectl import workers as deploys
+from edgectl.chaos import cli as chaos_cli
 from edgectl.client import (
     RPC_TIMEOUT_S_DEFAULT,
     CliError,
@@ -623,6 +626,7 @@ COMMAND_GROUPS: tuple[Callable[[CommandSet], None], ...] = (
     register_http_address,
     register_certs,
     observe.register_observe,
+    chaos_cli.register_chaos,
 )
 
 
@@ -692,7 +696,13 @@ def _deploy_startup_bundles(
 
 def cmd_cluster_up(args: argparse.Namespace) -> int:
     cluster = Cluster(
-        args.data_dir, topology_file=args.topology, base_port=args.base_port, tls=args.tls
+        args.data_dir,
+        topology_file=args.topology,
+        base_port=args.base_port,
+        tls=args.tls,
+        # In the foreground the nodes are this command's: they stop when it ends, even
+        # by SIGKILL or a closed terminal. Detached, they outlive it.
+        stop_with_launcher=not args.detach,
     )
     bundles = _startup_bundles(args)
     if args.prometheus:
@@ -726,13 +736,22 @@ def _run_foreground(
     args: argparse.Namespace,
     bundles: list[tuple[Path, workers_pb2.WorkerBundle]],
 ) -> int:
-    """`cluster up` without --detach: deploy, live view until Ctrl-C/SIGTERM, stop all."""
-    with interrupted_by_signals():
+    """`cluster up` without --detach: deploy, live view until Ctrl-C/SIGTERM, stop all.
+
+    A reader that goes away (`| tee log` ended by the same Ctrl-C) makes writes fail with
+    EPIPE: that stops the cluster as a signal does, and the shutdown's own messages are
+    best effort, so a lost terminal never leaves nodes running. (Should this process die
+    all the same, its nodes stop by themselves: see Cluster's stop_with_launcher.)
+    """
+    with interrupted_by_signals(), _broken_pipe_unwinds():
         try:
             # Cluster.up stops whatever it started when it fails or is interrupted.
             _start(cluster, args.start_timeout)
-        except KeyboardInterrupt:
-            views.stderr.print("interrupted while starting: every node was stopped")
+        except (KeyboardInterrupt, BrokenPipeError) as stopped:
+            if isinstance(stopped, BrokenPipeError):
+                _silence_output()
+            # Also when the interruption came just after Cluster.up returned.
+            _stop_all(cluster, None)
             return 0
         observer: observe.Observer | None = None
         try:
@@ -747,21 +766,66 @@ def _run_foreground(
                 _live(cluster)
         except KeyboardInterrupt:
             pass
+        except BrokenPipeError:
+            _silence_output()
         finally:
-            # A second Ctrl-C must not cut the shutdown short and orphan nodes.
-            interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            try:
-                if observer is not None:
-                    observer.stop()
-                cluster.reload()  # nodes restarted by `edgectl node start` have new pids
-                running = sum(pid_alive(node.pid) for node in cluster.nodes.values())
-                views.stderr.print(f"stopping {running} nodes …")
-                cluster.down()
-                views.stderr.print("every node stopped")
-            finally:
-                signal.signal(signal.SIGINT, interrupt)
+            _stop_all(cluster, observer)
     return 0
+
+
+def _stop_all(cluster: Cluster, observer: observe.Observer | None) -> None:
+    """Stop the observer and every node, immune to a second Ctrl-C (it would orphan nodes)."""
+    interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    terminate = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        if observer is not None:
+            observer.stop()
+        cluster.reload()  # nodes restarted by `edgectl node start` have new pids
+        running = [name for name in cluster.running() if name in cluster.nodes]
+        _say(f"stopping {len(running)} nodes …")
+        cluster.down()
+        _say("every node stopped")
+    finally:
+        signal.signal(signal.SIGINT, interrupt)
+        signal.signal(signal.SIGTERM, terminate)
+
+
+@contextlib.contextmanager
+def _broken_pipe_unwinds() -> Iterator[None]:
+    """On EPIPE rich ends the process (SystemExit from inside whatever write failed); in
+    the foreground the error must instead unwind to the code that stops the nodes."""
+
+    def on_broken_pipe() -> None:
+        _silence_output()
+        raise BrokenPipeError(errno.EPIPE, "the reader of this command's output is gone")
+
+    consoles = (views.stdout, views.stderr)
+    previous = [console.on_broken_pipe for console in consoles]
+    for console in consoles:
+        console.on_broken_pipe = on_broken_pipe  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for console, handler in zip(consoles, previous, strict=True):
+            console.on_broken_pipe = handler  # type: ignore[method-assign]
+
+
+def _say(message: str) -> None:
+    """A message on stderr that cannot fail: once the reader is gone, output goes nowhere."""
+    try:
+        views.stderr.print(message)
+    except OSError:
+        _silence_output()
+
+
+def _silence_output() -> None:
+    """After EPIPE: stdout and stderr go to /dev/null, so later writes (rich's, the
+    interpreter's flush at exit) cannot fail again and cut the shutdown short."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
 
 
 def _wait_while_alive(cluster: Cluster) -> None:
@@ -797,7 +861,8 @@ def _live(cluster: Cluster) -> None:
 
 def cmd_cluster_down(args: argparse.Namespace) -> int:
     cluster = Cluster.open(args.data_dir)
-    running = [node.name for node in cluster.nodes.values() if pid_alive(node.pid)]
+    # Every process of the cluster, whether cluster.json still knows its pid or not.
+    running = [name for name in cluster.running() if name in cluster.nodes]
     cluster.down()
     views.stdout.print(f"stopped {len(running)} of {len(cluster.nodes)} nodes")
     return 0
@@ -818,11 +883,21 @@ def cmd_node(args: argparse.Namespace) -> int:
     pid = node.pid
     if args.action == "start":
         cluster.start(args.name)
+        node = cluster.node(args.name)
         views.stdout.print(f"started {node.name} (pid {node.pid}) on {node.grpc_address}")
         return 0
-    if not pid_alive(pid):
+    running = cluster.pids_of(args.name)
+    if not running:
         views.stdout.print(f"{node.name} is not running")
         return 0
+    if pid not in running:
+        # Found by its ready file or command line, not by cluster.json: whatever wrote the
+        # file lost it. Saying "not running" would leave it to hold its ports.
+        recorded = f"pid {pid}" if pid else "no pid"
+        raise ClusterError(
+            f"{node.name} is running as pid {', '.join(map(str, running))} but "
+            f"{STATE_FILE_NAME} records {recorded}; `edgectl cluster down` stops it"
+        )
     if args.action == "stop":
         cluster.stop(args.name)
         views.stdout.print(f"stopped {node.name} (pid {pid})")

@@ -10,11 +10,24 @@ A cluster started with `tls` runs mutual TLS everywhere: `up` makes (or keeps) a
 certificates in `DIR/tls/` (edgectl.certs), every node gets `--tls-dir`, and the
 launcher's own calls (readiness, ListNodes) and `channel()` — what edgectl and tests use
 — present the client certificate. `cluster.json` records it, so later commands follow.
+
+Several edgectl processes change `cluster.json` at once (parallel `node start`s), so every
+change is a read-modify-write of only the nodes it concerns, under an exclusive lock on
+`DIR/cluster.lock`, written to a temporary file and renamed over the old one: a reader
+sees a whole file, and no writer puts back another's stale pids. Stopping does not trust
+the file alone either: a node's processes are also found from its ready file and by
+command line (`cluster_processes`), and a pid is signalled only while its command line
+says it runs that node of this cluster (pids are reused).
+
+A cluster started with `stop_with_launcher` (the foreground `edgectl cluster up`) hands
+its nodes this process's identity (EDGEPOP_LAUNCHER, see edgepop.lifecycle): each node
+stops by itself once the launcher is gone, however it ended.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import json
 import os
@@ -22,8 +35,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,11 +49,15 @@ from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import control_plane_pb2_grpc as cp_grpc
 from edgectl.certs import TLS_DIR_NAME, Issued, ensure_certs
 from edgepop.auth import TOKEN_FILE_NAME, ensure_token
-from edgepop.lifecycle import READY_FILE_NAME
+from edgepop.lifecycle import LAUNCHER_ENV, READY_FILE_NAME, launcher_alive, launcher_spec
 from edgepop.tls import CLIENT_NAME, TlsConfig
 from edgepop.topology import NodeSpec, Topology, load_topology
 
 STATE_FILE_NAME = "cluster.json"
+# Held (flock) by whoever changes cluster.json; a file of its own, as the rename replaces
+# cluster.json's inode.
+STATE_LOCK_FILE_NAME = "cluster.lock"
+ZYGOTE_MODULE = "edgectl.zygote"
 PROMETHEUS_FILE_NAME = "prometheus.yml"
 ROLE_MODULES = {"control_plane": "control_plane", "origin": "origin_node", "pop": "pop_node"}
 START_TIMEOUT_S_DEFAULT = 60.0
@@ -123,6 +141,55 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
+def _cmdline(pid: int) -> list[str]:
+    """The arguments `pid` was started with ([] once it has exited)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1]]
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    """The value after `name` in `argv` (None when absent)."""
+    for index, arg in enumerate(argv[:-1]):
+        if arg == name:
+            return argv[index + 1]
+    return None
+
+
+def _module(argv: list[str]) -> str | None:
+    return _option(argv, "-m")
+
+
+def cluster_processes(data_dir: Path) -> dict[int, str]:
+    """Every live process of the cluster in `data_dir`, found by command line: pid -> name.
+
+    A spawned node is `python -m ROLE ... --data-dir DIR/NAME`; the zygote is `python -m
+    edgectl.zygote --cluster DIR`, and the nodes it forked keep its command line, so
+    they map to "" (their names are in their ready files). edgectl's own commands
+    (`--data-dir DIR`) are not nodes and are left out.
+    """
+    wanted = str(data_dir.resolve())
+    found: dict[int, str] = {}
+    try:
+        entries = list(os.scandir("/proc"))
+    except FileNotFoundError:  # no procfs: only recorded pids and ready files count
+        return found
+    for entry in entries:
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        pid = int(entry.name)
+        argv = _cmdline(pid)
+        module = _module(argv)
+        node_dir = _option(argv, "--data-dir")
+        if module in ROLE_MODULES.values() and node_dir and os.path.dirname(node_dir) == wanted:
+            found[pid] = _option(argv, "--name") or ""
+        elif module == ZYGOTE_MODULE and _option(argv, "--cluster") == wanted:
+            found[pid] = ""
+    return {pid: name for pid, name in found.items() if pid_alive(pid)}
+
+
 class Cluster:
     def __init__(
         self,
@@ -135,7 +202,10 @@ class Cluster:
         node_args: dict[str, list[str]] | None = None,
         python: str = sys.executable,
         tls: bool = False,
+        stop_with_launcher: bool = False,
     ) -> None:
+        """`stop_with_launcher`: every node stops once this process is gone (the
+        foreground `cluster up`); otherwise nodes run until stopped (detached)."""
         self.data_dir = data_dir.resolve()
         self.topology_file = topology_file.resolve() if topology_file else None
         self.base_port = base_port
@@ -144,6 +214,9 @@ class Cluster:
         self.node_args = node_args or {}
         self.python = python
         self.tls = tls
+        # The EDGEPOP_LAUNCHER value for this cluster's nodes ("" = detached); a node
+        # started later by another edgectl takes it from cluster.json while it runs.
+        self.launcher = launcher_spec() if stop_with_launcher else ""
         self.nodes: dict[str, NodeState] = {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._zygote: subprocess.Popen[str] | None = None
@@ -219,6 +292,7 @@ class Cluster:
             tls=bool(state.get("tls", False)),
         )
         cluster.nodes = {name: NodeState(**node) for name, node in state["nodes"].items()}
+        cluster.launcher = state.get("launcher") or ""
         return cluster
 
     def reload(self) -> None:
@@ -236,18 +310,64 @@ class Cluster:
             if name in self.nodes:
                 self.nodes[name] = NodeState(**recorded)
 
-    def save(self) -> None:
-        state = {
-            "topology_file": str(self.topology_file) if self.topology_file else None,
-            "base_port": self.base_port,
-            "host": self.host,
-            "python": self.python,
-            "tls": self.tls,
-            "nodes": {name: asdict(node) for name, node in self.nodes.items()},
-        }
-        temporary = self.state_file.with_suffix(".tmp")
-        temporary.write_text(json.dumps(state, indent=2))
-        temporary.replace(self.state_file)
+    @contextlib.contextmanager
+    def _state_lock(self) -> Iterator[None]:
+        """Exclusive ownership of cluster.json among every edgectl process (flock)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.data_dir / STATE_LOCK_FILE_NAME, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield  # closing the file releases the lock
+
+    def _read_state(self) -> dict[str, Any] | None:
+        try:
+            state: dict[str, Any] = json.loads(self.state_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return state
+
+    def _write_state(self, state: dict[str, Any]) -> None:
+        """Replace cluster.json atomically (a temporary file of this writer's own, renamed)."""
+        descriptor, temporary = tempfile.mkstemp(
+            dir=self.data_dir, prefix=f".{STATE_FILE_NAME}.", suffix=".tmp"
+        )
+        try:
+            with os.fdopen(descriptor, "w") as out:
+                json.dump(state, out, indent=2)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, self.state_file)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+
+    def save(self, names: Iterable[str] | None = None) -> None:
+        """Record every node (a new cluster), or only `names` in the file as it is now."""
+        with self._state_lock():
+            self._save_locked(names)
+
+    def _save_locked(self, names: Iterable[str] | None) -> None:
+        state = self._read_state() if names is not None else None
+        if state is None or names is None:
+            state = {"nodes": {}}
+            names = list(self.nodes)
+        state.update(
+            topology_file=str(self.topology_file) if self.topology_file else None,
+            base_port=self.base_port,
+            host=self.host,
+            python=self.python,
+            tls=self.tls,
+            launcher=self.launcher or None,
+        )
+        for name in names:
+            state["nodes"][name] = asdict(self.nodes[name])
+        self._write_state(state)
+
+    def _refresh(self, name: str) -> None:
+        """Take node `name` from the file again (another edgectl may have restarted it)."""
+        recorded = (self._read_state() or {}).get("nodes", {}).get(name)
+        if recorded is not None:
+            self.nodes[name] = NodeState(**recorded)
 
     # -- addresses -------------------------------------------------------------------------
 
@@ -340,7 +460,7 @@ class Cluster:
         with contextlib.suppress(FileNotFoundError):
             ready.unlink()
         Path(node.log_file).parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(self._node_env(), PYTHONUNBUFFERED="1")
         with open(node.log_file, "ab") as log:
             process = subprocess.Popen(
                 self._argv(node),
@@ -355,15 +475,26 @@ class Cluster:
         self._children[node.name] = process
         node.pid = process.pid
 
+    def _node_env(self) -> dict[str, str]:
+        """The environment of a node: this one, with EDGEPOP_LAUNCHER when it has one."""
+        env = dict(os.environ)
+        env.pop(LAUNCHER_ENV, None)  # never one inherited by accident
+        # A launcher recorded by a foreground `cluster up` counts only while it runs: a
+        # node handed a gone launcher would stop at once.
+        if self.launcher and launcher_alive(self.launcher):
+            env[LAUNCHER_ENV] = self.launcher
+        return env
+
     def _start_zygote(self) -> subprocess.Popen[str] | None:
         """A fork server that has imported every role (see edgectl.zygote); None if it fails."""
         try:
             zygote = subprocess.Popen(
-                [self.python, "-m", "edgectl.zygote"],
+                [self.python, "-m", ZYGOTE_MODULE, "--cluster", str(self.data_dir)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 text=True,
+                env=self._node_env(),
                 start_new_session=True,
             )
         except OSError:
@@ -395,13 +526,14 @@ class Cluster:
     ) -> None:
         """Start every node and return once all are SERVING and registered."""
         if self.state_file.exists():
-            existing = Cluster.open(self.data_dir)
-            running = [n.name for n in existing.nodes.values() if pid_alive(n.pid)]
-            if running:
-                raise ClusterError(
-                    f"a cluster is already running in {self.data_dir} ({', '.join(running)});"
-                    " run `edgectl cluster down` first"
-                )
+            running = Cluster.open(self.data_dir).running()
+        else:
+            running = sorted(f"pid {pid}" for pid in cluster_processes(self.data_dir))
+        if running:
+            raise ClusterError(
+                f"a cluster is already running in {self.data_dir} ({', '.join(running)});"
+                " run `edgectl cluster down` first"
+            )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         ensure_token(self.token_file)
         if self.tls:
@@ -430,20 +562,25 @@ class Cluster:
 
     def start(self, name: str, timeout: float = START_TIMEOUT_S_DEFAULT) -> None:
         """Start a stopped node again, on its previous ports and data dir."""
-        node = self.node(name)
-        if pid_alive(node.pid):
-            raise ClusterError(f"{name} is already running (pid {node.pid})")
+        self.node(name)
         if self.tls:
             self.ensure_certs()  # renews a certificate that expired while it was down
-        self._spawn(node)
-        self.save()
+        # Check and spawn under the lock: two starts of one node cannot both pass.
+        with self._state_lock():
+            self._refresh(name)
+            node = self.node(name)
+            running = self.pids_of(name)
+            if running:
+                raise ClusterError(f"{name} is already running (pid {running[0]})")
+            self._spawn(node)
+            self._save_locked([name])
         try:
             self.wait_ready([name], timeout)
         except BaseException:
             # A node that did not come up is stopped, not left half-started.
             self.stop(name)
             raise
-        self.save()
+        self.save([name])
 
     def wait_ready(
         self,
@@ -525,30 +662,73 @@ class Cluster:
 
     # -- stopping --------------------------------------------------------------------------
 
+    def _ready_pid(self, node: NodeState) -> int:
+        """The pid in the node's ready file (0: none), which the node writes itself."""
+        try:
+            return int(json.loads((Path(node.data_dir) / READY_FILE_NAME).read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
+    def _runs(self, pid: int, node: NodeState) -> bool:
+        """Whether `pid` runs `node` of this cluster, by its command line (pids are reused)."""
+        argv = _cmdline(pid)
+        if _module(argv) == ZYGOTE_MODULE:
+            # A fork of a zygote: of this cluster's (or of one too old to say which).
+            return _option(argv, "--cluster") in (str(self.data_dir), None)
+        return _option(argv, "--data-dir") == node.data_dir
+
+    def pids_of(self, name: str, found: dict[int, str] | None = None) -> list[int]:
+        """Every live process of node `name`: the pid recorded here, the one in its ready
+        file, and any found by command line (`found`: a cluster_processes result)."""
+        node = self.node(name)
+        if found is None:
+            found = cluster_processes(self.data_dir)
+        candidates = {node.pid, self._ready_pid(node)}
+        candidates |= {pid for pid, owner in found.items() if owner == name}
+        return sorted(
+            pid for pid in candidates if pid > 0 and pid_alive(pid) and self._runs(pid, node)
+        )
+
+    def running(self) -> list[str]:
+        """The nodes with a live process, and "pid N" for any other process of the cluster."""
+        found = cluster_processes(self.data_dir)
+        names, known = [], set()
+        for name in self.nodes:
+            pids = self.pids_of(name, found)
+            if pids:
+                names.append(name)
+                known.update(pids)
+        return names + [f"pid {pid}" for pid in sorted(set(found) - known)]
+
     def stop(self, name: str, timeout: float = STOP_TIMEOUT_S_DEFAULT) -> None:
         """SIGTERM: the node drains and closes LMDB. SIGKILL if it overstays `timeout`."""
-        node = self.node(name)
-        self._signal(node, signal.SIGTERM)
-        if not self._wait_exit(node, timeout):
-            self._signal(node, signal.SIGKILL)
-            self._wait_exit(node, timeout)
+        self._terminate(self.pids_of(name), timeout)
+        self._children.pop(name, None)
 
     def kill(self, name: str) -> None:
         """SIGKILL: no drain, no close (crash testing)."""
-        node = self.node(name)
-        self._signal(node, signal.SIGKILL)
-        self._wait_exit(node, STOP_TIMEOUT_S_DEFAULT)
+        pids = self.pids_of(name)
+        _send(pids, signal.SIGKILL)
+        _wait_exit(pids, STOP_TIMEOUT_S_DEFAULT)
+        self._children.pop(name, None)
 
     def down(self, timeout: float = STOP_TIMEOUT_S_DEFAULT) -> None:
-        """Stop every node: PoPs first, then the origin, then the control plane."""
+        """Stop every node: PoPs first, then the origin, then the control plane; then any
+        other process of this cluster (one the state file lost, a lingering zygote)."""
+        found = cluster_processes(self.data_dir)
+        recorded = (self._read_state() or {}).get("nodes", {})
         order = [*self.pops, *self.by_role("origin"), *self.by_role("control_plane")]
+        stopping: list[int] = []
         for node in order:
-            self._signal(node, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for node in order:
-            if not self._wait_exit(node, max(0.1, deadline - time.monotonic())):
-                self._signal(node, signal.SIGKILL)
-                self._wait_exit(node, STOP_TIMEOUT_S_DEFAULT)
+            pids = set(self.pids_of(node.name, found))
+            # The file's pid too: another edgectl may have restarted the node.
+            other = int(recorded.get(node.name, {}).get("pid", 0))
+            if other > 0 and pid_alive(other) and self._runs(other, node):
+                pids.add(other)
+            stopping += [pid for pid in sorted(pids) if pid not in stopping]
+        self._terminate(stopping, timeout)
+        self._children.clear()
+        self._terminate(list(cluster_processes(self.data_dir)), timeout)
         if self._zygote is not None:
             # With every node gone the fork server exits by itself: reap it if it has
             # (it is our child); if not yet, it finishes on its own, nothing waits for it.
@@ -556,19 +736,13 @@ class Cluster:
                 self._zygote.wait(timeout=ZYGOTE_REAP_WAIT_S)
             self._zygote = None
 
-    def _signal(self, node: NodeState, signum: signal.Signals) -> None:
-        if pid_alive(node.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(node.pid, signum)
-
-    def _wait_exit(self, node: NodeState, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while pid_alive(node.pid):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(POLL_INTERVAL_S)
-        self._children.pop(node.name, None)
-        return True
+    @staticmethod
+    def _terminate(pids: list[int], timeout: float) -> None:
+        """SIGTERM `pids` (in order), then SIGKILL those that overstay `timeout`."""
+        _send(pids, signal.SIGTERM)
+        if not _wait_exit(pids, timeout):
+            _send(pids, signal.SIGKILL)
+            _wait_exit(pids, STOP_TIMEOUT_S_DEFAULT)
 
     def alive(self, name: str) -> bool:
         return pid_alive(self.node(name).pid)
@@ -626,6 +800,23 @@ class Cluster:
         path = self.data_dir / PROMETHEUS_FILE_NAME
         path.write_text("\n".join(lines) + "\n")
         return path
+
+
+def _send(pids: Iterable[int], signum: signal.Signals) -> None:
+    for pid in pids:
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+
+
+def _wait_exit(pids: Sequence[int], timeout: float) -> bool:
+    """Wait until every pid has exited; False if some still run after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL_INTERVAL_S)
+    return True
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -348,6 +349,8 @@ class Prometheus:
                 stderr=subprocess.STDOUT,
                 # Its own session: Ctrl-C reaches edgectl, which then stops it in order.
                 start_new_session=True,
+                # And it stops by itself if edgectl dies without stopping it (kill -9).
+                preexec_fn=_terminate_with_parent,
             )
         self.pid = self._process.pid
         deadline = time.monotonic() + timeout_s
@@ -700,3 +703,19 @@ def _watch(observer: Observer, prometheus: Prometheus) -> None:
                 say(f"resolved {name} {where}")
             firing = now
         time.sleep(observer.refresh_interval_s)
+
+
+# prctl(2) option: the signal this process gets when the thread that started it exits.
+_PR_SET_PDEATHSIG = 1
+# Loaded here, not in the forked child: a dlopen between fork and exec could deadlock.
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    _LIBC = None
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: SIGTERM when edgectl's starting thread (its main thread:
+    edgectl starts Prometheus from there) ends, however edgectl ends. Linux only."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)

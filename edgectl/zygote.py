@@ -9,10 +9,16 @@ children; when its requester goes away it waits for its children, then exits.
 
 Protocol (JSON lines): request {"module", "argv", "log"} on stdin -> {"pid"} on stdout.
 A node restarted later by `edgectl node start` is spawned normally (no zygote needed).
+
+Started as `python -m edgectl.zygote --cluster DIR`: a forked node keeps the zygote's
+command line, so DIR in it is how `ps`, `pgrep -f DIR` and `edgectl cluster down` find
+every process of a cluster. A forked node inherits the zygote's environment, so a
+foreground launcher's EDGEPOP_LAUNCHER (edgepop.lifecycle) reaches every node.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import json
@@ -65,6 +71,10 @@ def _child(module: str, argv: list[str], log_path: str) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(prog="edgectl.zygote", description=__doc__)
+    # Read by nobody here: it is there to be seen in the command line (see the docstring).
+    parser.add_argument("--cluster", metavar="DIR", help="the data dir of the cluster")
+    parser.parse_args()
     for module in ROLE_MAINS:
         importlib.import_module(module)
     signal.signal(signal.SIGCHLD, _reap)

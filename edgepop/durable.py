@@ -21,6 +21,8 @@ import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from edgepop.errors import InvalidArgumentError
+
 T = TypeVar("T")
 
 # Methods of the base class that are hooks, never callable by name.
@@ -155,3 +157,21 @@ def callable_methods(cls: type[DurableObject]) -> frozenset[str]:
 
 
 _CALLABLE_METHODS: dict[type, frozenset[str]] = {}
+
+
+_SIGNATURES: dict[tuple[type[DurableObject], str], inspect.Signature] = {}
+
+
+def check_call_arguments(
+    cls: type[DurableObject], method: str, args: list[Any], kwargs: dict[str, Any]
+) -> None:
+    """INVALID_ARGUMENT when `args`/`kwargs` do not fit `cls.method` (binding arguments is
+    the platform's job, not a failure of the object's code)."""
+    key = (cls, method)
+    signature = _SIGNATURES.get(key)
+    if signature is None:
+        signature = _SIGNATURES[key] = inspect.signature(getattr(cls, method))
+    try:
+        signature.bind(None, *args, **kwargs)  # None stands for `self`
+    except TypeError as error:
+        raise InvalidArgumentError(f"{cls.__name__}.{method}: {error}") from error

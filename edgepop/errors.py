@@ -84,10 +84,27 @@ class ReplicationGapError(EdgeError):
     code = grpc.StatusCode.DATA_LOSS
 
 
+# A status message travels in an HTTP/2 header (percent-encoded, so up to three times its
+# UTF-8 size); past the peer's metadata limit (8-16 KiB) the client gets RESOURCE_EXHAUSTED
+# "Stream removed" instead of the status. Messages quote the input they refuse, which may
+# be anything: they are clipped to this.
+STATUS_MESSAGE_BYTES_MAX = 1024
+
+
+def clip_message(message: str, limit: int = STATUS_MESSAGE_BYTES_MAX) -> str:
+    """`message`, cut to at most `limit` UTF-8 bytes (saying how long it was) if longer."""
+    encoded = message.encode("utf-8", errors="replace")
+    if len(encoded) <= limit:
+        return message
+    suffix = f" … ({len(encoded)} bytes, clipped)"
+    head = encoded[: limit - len(suffix.encode())].decode("utf-8", errors="ignore")
+    return head + suffix
+
+
 def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message a client sees for `error`."""
     if isinstance(error, EdgeError):
-        return error.code, error.message
+        return error.code, clip_message(error.message)
     return grpc.StatusCode.INTERNAL, "internal error"
 
 

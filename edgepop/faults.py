@@ -21,6 +21,11 @@ RETRANSMIT_TIMEOUT_S = 0.2
 # A message lost this many times in a row stops doubling (TCP caps its backoff too).
 RETRANSMITS_MAX = 6
 LOSS_MAX = 0.95
+# One added delay or jitter: a minute is far past any WAN; more is a typo (or infinity,
+# which would hold every call across the pair like an unannounced partition).
+LINK_DELAY_MS_MAX = 60_000.0
+# A fault's `--for`: at most a day.
+FAULT_DURATION_S_MAX = 86_400.0
 
 
 class FaultError(ValueError):
@@ -50,8 +55,10 @@ def validate(fault: LinkFault, regions: Iterable[str]) -> None:
     for end in (fault.from_region, fault.to_region):
         if end not in known:
             raise FaultError(f"unknown region {end!r}")
-    if fault.delay_ms < 0 or fault.jitter_ms < 0:
-        raise FaultError("delay_ms and jitter_ms must not be negative")
+    for name, value in (("delay_ms", fault.delay_ms), ("jitter_ms", fault.jitter_ms)):
+        # NaN compares false both ways: `not 0 <= x <= max` refuses it with infinity.
+        if not 0.0 <= value <= LINK_DELAY_MS_MAX:
+            raise FaultError(f"{name} must be within 0..{LINK_DELAY_MS_MAX:g} ms (got {value})")
     if not 0.0 <= fault.loss <= LOSS_MAX:
         raise FaultError(f"loss must be within 0..{LOSS_MAX}")
 

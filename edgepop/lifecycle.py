@@ -3,6 +3,10 @@
 `Node` is the shared base of ControlPlane, OriginNode and PopNode (as dask's Server is
 for its Scheduler and Worker). Subclasses fill in the hooks; the order, the health
 status, the ready file and signal handling are the same everywhere.
+
+A node started by a foreground launcher (`edgectl cluster up` without --detach) is told
+that process in `EDGEPOP_LAUNCHER` and stops, as on SIGTERM, once it is gone — whatever
+ended it, SIGKILL included — so no node outlives the terminal session that started it.
 """
 
 from __future__ import annotations
@@ -29,10 +33,20 @@ from edgepop.faults import fault_from_pb
 from edgepop.membership import Membership
 from edgepop.metrics import NodeMetrics
 from edgepop.netem import NetworkEmulator
-from edgepop.rpc import NOT_SERVING, SERVING, add_health_and_reflection, add_port, build_server
+from edgepop.rpc import (
+    NOT_SERVING,
+    SERVING,
+    LenientRegistration,
+    add_health_and_reflection,
+    add_port,
+    build_server,
+)
 
 READY_FILE_NAME = "ready.json"
 STORAGE_DIR_NAME = "lmdb"
+# "PID:START" of the process whose end stops this node (see launcher_spec); unset for
+# nodes of a detached cluster, which run until told to stop.
+LAUNCHER_ENV = "EDGEPOP_LAUNCHER"
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +112,9 @@ class Node(abc.ABC):
     def on_topology(self, topology: cp_pb2.Topology) -> None:
         """React to a topology push (after faults are applied to the emulator)."""
 
+    def on_heartbeat(self, response: cp_pb2.HeartbeatResponse) -> None:
+        """React to the control plane's answer to a heartbeat (work it hands out)."""
+
     @abc.abstractmethod
     def close_storage(self) -> None:
         """Close LMDB; called last, after every server and task has stopped."""
@@ -138,7 +155,8 @@ class Node(abc.ABC):
         self.open_storage()
 
         server = build_server()
-        names = self.add_services(server)
+        # Our services parse requests leniently (health and reflection keep gRPC's own).
+        names = self.add_services(LenientRegistration(server))
         self._health = add_health_and_reflection(server, names)
         # "" (the whole server) says SERVING only once the node is ready, not at bind time:
         # a probe or grpcurl without a service name then means "ready".
@@ -191,6 +209,7 @@ class Node(abc.ABC):
             ),
             token=self.token,
             on_topology=self._apply_topology,
+            on_heartbeat=self.on_heartbeat,
         )
         self.spawn(self.membership.run_heartbeats(), "heartbeats")
         self.spawn(self.membership.run_topology_watch(), "topology-watch")
@@ -262,8 +281,69 @@ class Node(abc.ABC):
         """Stop what start_extra_servers started."""
 
 
+def process_start_time(pid: int) -> int | None:
+    """When `pid` started (clock ticks after boot); None once it has exited.
+
+    A pid is reused after its process is reaped; the pair (pid, start time) is not, so it
+    names one process for good.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields follow the parenthesised command name: state is field 3, starttime field 22.
+    fields = stat.rsplit(")", 1)[-1].split()
+    if fields[0] in ("Z", "X"):  # exited, not yet reaped
+        return None
+    return int(fields[19])
+
+
+def launcher_spec(pid: int | None = None) -> str:
+    """The `EDGEPOP_LAUNCHER` value naming process `pid` (default: this one)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{pid}:{process_start_time(pid)}"
+
+
+def launcher_alive(spec: str) -> bool:
+    """Whether the process `spec` (a launcher_spec value) still runs."""
+    pid, _, started = spec.partition(":")
+    try:
+        return process_start_time(int(pid)) == int(started)
+    except ValueError:
+        return False
+
+
+async def wait_launcher_gone(spec: str) -> None:
+    """Return once the process `spec` names has exited (at once if it already has).
+
+    A pidfd (Linux 5.3) becomes readable when its process exits: no polling, nothing
+    asked of the launcher, and unlike PR_SET_PDEATHSIG it does not matter which process
+    (the zygote, another edgectl) forked the node, nor which thread.
+    """
+    pid = int(spec.partition(":")[0])
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        if not launcher_alive(spec):
+            return  # gone before the pidfd was taken (its pid may name another process)
+        loop = asyncio.get_running_loop()
+        gone = asyncio.Event()
+        loop.add_reader(pidfd, gone.set)
+        try:
+            await gone.wait()
+        finally:
+            loop.remove_reader(pidfd)
+    finally:
+        os.close(pidfd)
+
+
 def run(node: Node) -> None:
-    """Run a node until SIGTERM/SIGINT, then drain and close it. For `__main__` modules."""
+    """Run a node until SIGTERM/SIGINT (or its launcher's end), then drain and close it.
+
+    For `__main__` modules.
+    """
     logging.basicConfig(
         level=node.config.log_level,
         format=f"%(asctime)s %(levelname)s {node.role} {node.name} %(name)s: %(message)s",
@@ -278,11 +358,21 @@ def run(node: Node) -> None:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
+        # Taken out of the environment: whatever this node starts is not tied to it.
+        launcher = os.environ.pop(LAUNCHER_ENV, "")
         try:
             await node.start()
         except BaseException:
             await node.close("start failed")
             raise
+
+        async def stop_with_launcher() -> None:
+            await wait_launcher_gone(launcher)
+            await node.close("launcher gone")
+
+        watch = asyncio.create_task(stop_with_launcher()) if launcher else None
         await node.serve()
+        if watch is not None:
+            watch.cancel()
 
     asyncio.run(main())

@@ -36,12 +36,14 @@ class Membership:
         info: pb.NodeInfo,
         token: str,
         on_topology: Callable[[pb.Topology], None] | None = None,
+        on_heartbeat: Callable[[pb.HeartbeatResponse], None] | None = None,
     ) -> None:
         self.address = control_plane_address
         self.info = info
         self.info.pid = os.getpid()
         self.metadata = node_metadata(info.name, info.region, token)
         self.on_topology = on_topology
+        self.on_heartbeat = on_heartbeat
         self.incarnation = 0
         self.heartbeat_interval_s = 0.5
         # Renewed by every acknowledged registration or heartbeat (see edgepop.lease).
@@ -120,6 +122,8 @@ class Membership:
             return
         if incarnation == self.incarnation:
             self.lease.renewed(sent_at, self.lease.lease_s)
+            if self.on_heartbeat is not None:
+                self.on_heartbeat(response)
 
     async def run_topology_watch(self) -> None:
         """Keep `self.topology` current; on loss, keep the last one and reconnect."""

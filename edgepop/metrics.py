@@ -84,6 +84,13 @@ class NodeMetrics:
             labels,
             registry=registry,
         ).labels(node, region)
+        self.kv_replica_rebuilds = Counter(
+            "edge_kv_replica_rebuilds_total",
+            "KV replicas discarded at start because a stop of the machine may have torn"
+            " them (rebuilt from the origin).",
+            labels,
+            registry=registry,
+        ).labels(node, region)
         self.kv_stream_connects = Counter(
             "edge_kv_stream_connects_total",
             "Replication stream (re)connections opened by this replica.",

@@ -11,6 +11,10 @@ Accuracy: a hold aims early by the timer lateness this process has been observin
 EWMA: it grows when the machine is busy), and when a caller stamps `x-edge-sent-at` the
 transport time of the request (and, by symmetry, of the reply) is counted against the
 delay. Together they keep the median round trip a client measures on the matrix value.
+
+Jitter and loss draw from one generator per node: from the OS's entropy, or, with
+`EDGEPOP_RANDOM_SEED` (tests), from the seed again whenever the fault table changes, so
+a statistical test replays (`edgepop.seeding`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from edgepop import seeding
 from edgepop.errors import DeadlineError, UnavailableError
 from edgepop.faults import FaultTable, LinkFault, crossing_delay_s
 from edgepop.metrics import NodeMetrics
@@ -166,7 +171,13 @@ class NetworkEmulator:
         self.region = region
         self.metrics = metrics
         self.faults = FaultTable()
-        self.rng = random.Random(seed)
+        # With EDGEPOP_RANDOM_SEED (tests), jitter and loss draws restart from the seed
+        # whenever the fault table changes, so a statistical test replays (edgepop.seeding).
+        self._seed = seeding.seed_from_env() if seed is None else str(seed)
+        if self._seed is not None:
+            self._seed = seeding.derive(self._seed, metrics.node)
+        self.rng = random.Random(self._seed)
+        self._fault_key: list[tuple[str, str, float, float, float, bool]] = []
         self._faults_changed = asyncio.Event()
 
     def set_topology(self, topology: Topology) -> None:
@@ -174,6 +185,15 @@ class NetworkEmulator:
 
     def set_faults(self, faults: Iterable[LinkFault]) -> None:
         self.faults = FaultTable(faults)
+        if self._seed is not None:
+            # What the faults do, not when they expire (an absolute time, new every run).
+            key = sorted(
+                (f.from_region, f.to_region, f.delay_ms, f.jitter_ms, f.loss, f.partitioned)
+                for f in self.faults.all()
+            )
+            if key != self._fault_key:
+                self._fault_key = key
+                self.rng.seed(seeding.derive(self._seed, key))
         self._faults_changed.set()
         self._faults_changed = asyncio.Event()
 

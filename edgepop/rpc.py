@@ -8,6 +8,11 @@ The `rpc` decorator is the single place where a call is authenticated (internal
 methods), delayed by the network emulator, timed into `edge_request_duration_seconds`,
 and where domain errors become status codes (edgepop.errors). Servicer methods stay
 plain business logic.
+
+A request whose bytes do not parse as its message is the client's error: gRPC itself
+would answer UNKNOWN (and log a traceback per call). Every server built here parses
+edge.v1 requests leniently (`LenientRegistration`), and the decorator refuses what did not
+parse with INVALID_ARGUMENT before anything else runs.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from edgepop.errors import EdgeError, UnauthenticatedError, status_of
+from edgepop.errors import EdgeError, InvalidArgumentError, UnauthenticatedError, status_of
 from edgepop.limits import MESSAGE_BYTES_MAX
 from edgepop.metrics import NodeMetrics
 from edgepop.netem import NODE_HEADER, REGION_HEADER, NetworkEmulator, caller_from_metadata
@@ -92,6 +98,87 @@ def _check_token(env: RpcEnv, metadata: Sequence[tuple[str, str | bytes]]) -> No
     raise UnauthenticatedError("this method needs the cluster token (authorization: Bearer …)")
 
 
+# -- requests that do not parse ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MalformedRequest:
+    """Stands in for a request message whose bytes did not parse; `rpc` refuses it."""
+
+    message: str
+
+
+def lenient(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """`deserializer`, answering a MalformedRequest where it would raise."""
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError as error:
+            return MalformedRequest(f"malformed request: {error}")
+
+    return parse
+
+
+class LenientRegistration:
+    """Register servicers so that their requests parse leniently: bad bytes reach `rpc`
+    as MalformedRequest (INVALID_ARGUMENT) instead of gRPC's UNKNOWN.
+
+    Use as the `server` argument of a generated `add_XServicer_to_server` (the node's
+    lifecycle passes it to `add_services`). The deserializers are wrapped once, at
+    registration: nothing runs per call, unlike a server interceptor.
+    """
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self._server.add_registered_method_handlers(
+            service,
+            {
+                name: handler._replace(request_deserializer=lenient(handler.request_deserializer))
+                if handler.request_deserializer is not None
+                else handler
+                for name, handler in handlers.items()
+            },
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+
+def _refuse_malformed(request: Any) -> None:
+    if isinstance(request, MalformedRequest):
+        raise InvalidArgumentError(request.message)
+
+
+class _ClientStream:
+    """A bidi call's request stream that ends at the first message that did not parse.
+
+    The first one is refused at once; after that the handler sees the client's stream
+    end (sessions close cleanly, proxied ones too) and the call then ends with
+    INVALID_ARGUMENT naming the bad message.
+    """
+
+    def __init__(self, messages: AsyncIterator[Any]) -> None:
+        self._messages = messages
+        self.malformed: MalformedRequest | None = None
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        first = True
+        async for message in self._messages:
+            if isinstance(message, MalformedRequest):
+                if first:
+                    raise InvalidArgumentError(message.message)
+                self.malformed = message
+                return
+            first = False
+            yield message
+
+
 async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> None:
     code, message = status_of(error)
     if code == grpc.StatusCode.INTERNAL:
@@ -122,7 +209,13 @@ def rpc(
                 started = time.perf_counter()
                 started_mono = time.monotonic()
                 code = "OK"
+                client_stream: _ClientStream | None = None
                 try:
+                    if bidi:
+                        client_stream = _ClientStream(request)
+                        request = aiter(client_stream)
+                    else:
+                        _refuse_malformed(request)
                     metadata = context.invocation_metadata() or ()
                     if internal:
                         _check_token(env, metadata)
@@ -140,6 +233,8 @@ def rpc(
                         messages = stream_method(self, request, context)
                     async for message in messages:
                         yield message
+                    if client_stream is not None and client_stream.malformed is not None:
+                        _refuse_malformed(client_stream.malformed)
                 except EdgeError as error:
                     code = error.code.name
                     await _abort(context, error)
@@ -164,6 +259,7 @@ def rpc(
             started = time.perf_counter()
             code = "OK"
             try:
+                _refuse_malformed(request)
                 metadata = context.invocation_metadata() or ()
                 caller = caller_from_metadata(metadata)
                 if caller is not None:

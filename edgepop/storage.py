@@ -4,18 +4,31 @@ Reads run inline on the event loop: LMDB reads are memory-mapped and take micros
 so a thread hop would cost more than the read. Writes run on a single dedicated thread,
 because LMDB allows one write transaction at a time and ties it to its thread; every
 write transaction commits with fsync (sync=True) before its caller is answered.
+
+A store opened with `durable=False` (a KV replica) commits without fsync. Such a store can
+be torn only when the machine stops (power loss, kernel crash) while it is open: a
+process crash leaves its commits in the OS page cache. So it records, in a small file
+written with fsync, the kernel's boot id and whether it was closed cleanly (after a final
+sync); on open, a store that was still open under another boot may be torn and is
+discarded (`Storage.discarded_because`): its owner fetches the content again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import json
+import os
+import tempfile
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import lmdb
 
+from edgepop import buggify
 from edgepop.errors import StorageFullError
 
 T = TypeVar("T")
@@ -23,6 +36,87 @@ T = TypeVar("T")
 MAP_SIZE_BYTES_DEFAULT = 4 * 1024**3
 MAX_DBS = 32
 MAX_READERS = 512
+# Beside data.mdb: the boot id a non-durable store was opened under, and whether it was
+# closed cleanly since.
+SYNC_STATE_FILE_NAME = "sync-state.json"
+LMDB_FILE_NAMES = ("data.mdb", "lock.mdb")
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+# Test-only: the boot id this process takes as the machine's, to simulate a reboot in a
+# test with real processes. Never set it in a deployment: a wrong value either discards a
+# sound replica or keeps a torn one.
+BOOT_ID_ENV = "EDGEPOP_TEST_BOOT_ID"
+
+
+def current_boot_id() -> str:
+    """The kernel's boot id (new at every boot); "" where the kernel has none."""
+    override = os.environ.get(BOOT_ID_ENV, "")
+    if override:
+        return override
+    try:
+        return BOOT_ID_FILE.read_text().strip()
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class SyncState:
+    """How a non-durable store was left: opened under `boot_id`, `open` until a clean close."""
+
+    boot_id: str
+    open: bool
+
+
+def torn_reason(state: SyncState | None, has_data: bool, boot_id: str) -> str:
+    """Why a non-durable store may be torn ("" when it is sound). Pure.
+
+    Only a machine stop can tear it, and only while it was open: a store left open under
+    the current boot went through a process crash, which the page cache survives; one
+    closed cleanly was synced last. A store with data but no record predates the record
+    (or lost it), so nothing says it is sound.
+    """
+    if not has_data:
+        return ""
+    if state is None:
+        return f"no {SYNC_STATE_FILE_NAME} says how it was closed"
+    if state.open and state.boot_id != boot_id:
+        return f"it was open when the machine stopped (boot {state.boot_id or '?'}, now {boot_id})"
+    return ""
+
+
+def read_sync_state(path: Path) -> SyncState | None:
+    """The recorded state of the store in `path` (None: missing or unreadable)."""
+    try:
+        raw = json.loads((path / SYNC_STATE_FILE_NAME).read_text())
+        return SyncState(boot_id=str(raw["boot_id"]), open=bool(raw["open"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_sync_state(path: Path, state: SyncState) -> None:
+    """Record `state` durably: a temporary file, fsync, rename, fsync of the directory."""
+    descriptor, temporary = tempfile.mkstemp(dir=path, prefix=f".{SYNC_STATE_FILE_NAME}.")
+    try:
+        with os.fdopen(descriptor, "w") as out:
+            json.dump(asdict(state), out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path / SYNC_STATE_FILE_NAME)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    directory = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def discard_lmdb(path: Path) -> None:
+    """Delete the LMDB files in `path` (the store then opens empty)."""
+    for name in LMDB_FILE_NAMES:
+        with contextlib.suppress(FileNotFoundError):
+            (path / name).unlink()
 
 
 class Storage:
@@ -34,25 +128,54 @@ class Storage:
         A process crash loses nothing either way (committed pages are in the OS page
         cache). Only an OS crash can cost a non-durable store its last commits or its
         integrity — acceptable for a replica, whose content the origin can always send
-        again (wipe its data dir and it takes a snapshot), and it spares the disk one
-        fsync per applied batch on every PoP, which otherwise slows the origin's own.
+        again, and it spares the disk one fsync per applied batch on every PoP, which
+        otherwise slows the origin's own. So a non-durable store that may be torn (see
+        `torn_reason`), or that LMDB finds corrupt, is discarded here and opens empty;
+        `discarded_because` says why ("" when it was kept).
         """
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.durable = durable
-        self.env = lmdb.open(
-            str(path),
-            map_size=map_size_bytes,
-            max_dbs=MAX_DBS,
-            max_readers=MAX_READERS,
-            sync=durable,
-            metasync=durable,
-            readahead=False,
-        )
+        self.map_size_bytes = map_size_bytes
+        self.discarded_because = ""
+        self._boot_id = ""
+        if durable:
+            self.env = self._open_env()
+        else:
+            self._boot_id = current_boot_id()
+            reason = torn_reason(
+                read_sync_state(path), (path / LMDB_FILE_NAMES[0]).exists(), self._boot_id
+            )
+            if reason:
+                discard_lmdb(path)
+            # Recorded before LMDB touches the files: from now until a clean close, a
+            # machine stop may tear them.
+            write_sync_state(path, SyncState(boot_id=self._boot_id, open=True))
+            try:
+                self.env = self._open_env()
+            except (lmdb.CorruptedError, lmdb.InvalidError, lmdb.PageNotFoundError) as error:
+                reason = f"LMDB cannot open it ({error})"
+                discard_lmdb(path)
+                self.env = self._open_env()
+            self.discarded_because = reason
         self._writer = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"lmdb-writer-{path.name}"
         )
         self._closed = False
+
+    def _open_env(self) -> Any:
+        # The planted bug `no-fsync` (test-only, edgepop.buggify) commits a durable store
+        # without sync, so that the power-loss test is seen to catch it.
+        synced = self.durable and not buggify.enabled(buggify.NO_FSYNC)
+        return lmdb.open(
+            str(self.path),
+            map_size=self.map_size_bytes,
+            max_dbs=MAX_DBS,
+            max_readers=MAX_READERS,
+            sync=synced,
+            metasync=synced,
+            readahead=False,
+        )
 
     def db(self, name: str, *, dupsort: bool = False) -> Any:
         return self.env.open_db(name.encode(), dupsort=dupsort, create=True)
@@ -106,3 +229,6 @@ class Storage:
         self._writer.shutdown(wait=True)
         self.env.sync(True)
         self.env.close()
+        if not self.durable:
+            # Synced and closed: sound whatever happens to the machine from here.
+            write_sync_state(self.path, SyncState(boot_id=self._boot_id, open=False))

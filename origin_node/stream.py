@@ -111,7 +111,9 @@ class ReplicationStream:
         next_seq = max(from_seq, 1)
         with self.store.storage.read() as txn:
             head, first = self.log.positions(txn)
-        if next_seq < first or next_seq > head + 1:
+        # from_seq 0: the subscriber holds nothing it can vouch for (a possibly torn
+        # replica it discarded): a snapshot first, whatever the log still holds.
+        if from_seq == 0 or next_seq < first or next_seq > head + 1:
             async for message in self.snapshot():
                 yield message
                 if message.snapshot.last:

@@ -55,8 +55,16 @@ class PopNode(Node):
 
     def open_storage(self) -> None:
         # The replica is the origin's data again: commits skip fsync, a flush every second
-        # bounds what an OS crash could take (see edgepop.storage.Storage).
+        # bounds what an OS crash could take (see edgepop.storage.Storage). One that was
+        # open when the machine stopped may be torn: Storage discards it, and it is rebuilt
+        # from the origin.
         self.storage = Storage(self.storage_dir, self.config.map_size_bytes, durable=False)
+        if self.storage.discarded_because:
+            self.metrics.kv_replica_rebuilds.inc()
+            log.warning(
+                "KV replica may be torn (%s): discarded, rebuilding from the origin",
+                self.storage.discarded_because,
+            )
         self.store = KvStore(self.storage, track_expiry=False)
         self.node_metadata = node_metadata(self.name, self.region)
         self.replication = ReplicationClient(
@@ -68,6 +76,7 @@ class PopNode(Node):
             metadata=node_metadata(self.name, self.region, self.token),
             on_applied=self._on_applied,
             idle_timeout_s=self.config.stream_idle_timeout_s,
+            rebuild=bool(self.storage.discarded_because),
         )
 
         # Durable Objects live in their own environment, fsynced on every commit.
@@ -166,6 +175,10 @@ class PopNode(Node):
     def _on_applied(self, applied_seq: int) -> None:
         self.overlay.drop_through(applied_seq)
         self.metrics.kv_overlay_entries.set(len(self.overlay))
+
+    def on_heartbeat(self, response: control_plane_pb2.HeartbeatResponse) -> None:
+        if response.objects_to_sync:
+            self.objects.on_objects_to_sync(list(response.objects_to_sync))
 
     def on_topology(self, topology: control_plane_pb2.Topology) -> None:
         for info in topology.nodes:

@@ -5,6 +5,10 @@ applied_seq, installs a snapshot when the origin sends one, and reconnects with
 tenacity backoff + jitter on any failure (a stream silent for longer than the idle
 timeout counts as failed: a partition does not close TCP). Also keeps the staleness
 bound: the origin time up to which this replica is known to hold every write.
+
+A replica discarded at open because it may have been torn (edgepop.storage) subscribes
+from 0 until its first entry or snapshot lands: it holds nothing it can vouch for, and 0
+asks the origin for everything (a snapshot) rather than a position.
 """
 
 from __future__ import annotations
@@ -52,7 +56,9 @@ class ReplicationClient:
         metadata: tuple[tuple[str, str], ...],
         on_applied: Callable[[int], None],
         idle_timeout_s: float = STREAM_IDLE_TIMEOUT_S_DEFAULT,
+        rebuild: bool = False,
     ) -> None:
+        """`rebuild`: the replica was discarded (it may have been torn) and starts empty."""
         self.node = node
         self.storage = storage
         self.store = store
@@ -64,6 +70,8 @@ class ReplicationClient:
         with storage.read() as txn:
             self.applied_seq, self.complete_as_of = replica.read_position(store, txn)
         self.origin_head_seq = self.applied_seq
+        # Until the first entry or snapshot lands, subscribe from 0: "send me everything".
+        self.rebuilding = rebuild
         self.connected = False
         self.started_at = time.time()
         self.applied_changed = asyncio.Event()
@@ -116,8 +124,9 @@ class ReplicationClient:
         message.
         """
         stub = origin_grpc.OriginStub(self._origin_channel())
+        from_seq = 0 if self.rebuilding else self.applied_seq + 1
         call = stub.Subscribe(
-            origin_pb2.SubscribeRequest(node=self.node, from_seq=self.applied_seq + 1),
+            origin_pb2.SubscribeRequest(node=self.node, from_seq=from_seq),
             metadata=self.metadata,
         )
         inbox: asyncio.Queue[Any] = asyncio.Queue(INBOX_MESSAGES_MAX)
@@ -284,6 +293,7 @@ class ReplicationClient:
         if applied_seq < self.applied_seq and not snapshot:
             raise AssertionError("applied_seq only grows")
         self.applied_seq = applied_seq
+        self.rebuilding = False
         self.metrics.kv_applied_seq.set(applied_seq)
         self.on_applied(applied_seq)
         self.applied_changed.set()

@@ -16,9 +16,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from edgepop.durable import DurableObject, ObjectState, Session
+from edgepop.errors import InvalidArgumentError
 
 RATE_LIMIT_DEFAULT = 100
 RATE_WINDOW_S_DEFAULT = 60.0
+RATE_WINDOW_S_MAX = 86_400.0
 DOCUMENT_REPLAY_PAGE = 1000
 LOCK_TTL_S_MAX = 3600.0
 
@@ -46,6 +48,12 @@ class RateLimiter(DurableObject):
         limit: int = RATE_LIMIT_DEFAULT,
         window_s: float = RATE_WINDOW_S_DEFAULT,
     ) -> dict[str, Any]:
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise InvalidArgumentError(f"limit must be a whole number >= 1 (got {limit!r})")
+        if not isinstance(window_s, int | float) or not 0 < window_s <= RATE_WINDOW_S_MAX:
+            raise InvalidArgumentError(
+                f"window_s must be within 0..{RATE_WINDOW_S_MAX:g} s (got {window_s!r})"
+            )
         now = time.time()
         storage_key = f"timestamps:{key}"
         timestamps = [t for t in await self.storage.get(storage_key) or [] if t > now - window_s]

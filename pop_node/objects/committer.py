@@ -150,7 +150,7 @@ class ObjectCommitter:
                 )
             )
         try:
-            results = await self._send(address, updates)
+            results = await self.send_updates(address, updates)
         except grpc.aio.AioRpcError as error:
             reason = f"standby {address} unreachable: {error.code().name}"
             return {id(instance): reason for instance in order}
@@ -166,7 +166,7 @@ class ObjectCommitter:
             failed[id(instance)] = "a newer owner exists (standby knows a newer epoch)"
         return failed
 
-    async def _send(
+    async def send_updates(
         self, address: str, updates: list[objects_pb2.ObjectReplicaUpdate]
     ) -> list[int]:
         stub = pop_pb2_grpc.PopStub(self.host.channel(address))
@@ -200,7 +200,7 @@ class ObjectCommitter:
             writes=[_write_pb(key, value) for key, value in sorted(items.items())],
         )
         try:
-            results = await self._send(address, [update])
+            results = await self.send_updates(address, [update])
         except grpc.aio.AioRpcError:
             return False
         return results[0] == objects_pb2.REPLICA_RESULT_APPLIED

@@ -1,10 +1,19 @@
 """The Durable Objects a node owns: activation, eviction, standby copies, alarms.
 
 Activation asks the control plane who owns the object (never a cache): only if it is
-this node, at an epoch no older than storage has seen, does an instance start. The
-epoch is recorded in storage first (so a deposed owner's late writes are refused) and
-the standby is brought to the same commit (a full copy if it is behind) before the
-first call runs: every acknowledged write is then on two nodes.
+this node, at an epoch no older than storage has seen, and with a copy no older than the
+last one confirmed on a standby, does an instance start. The epoch is recorded in
+storage first (so a deposed owner's late writes are refused), then the object's copy is
+brought to the same commit on another node before the first call runs: every
+acknowledged write is then on two nodes.
+
+The copy goes to the *next standby* when the control plane names one (a full copy, then
+ConfirmStandby makes it the standby), else to the standby itself. If the next standby
+cannot be reached, the standby — which already holds every acknowledged write — keeps
+the role, and the control plane is asked for another next standby. Heartbeats name the
+objects whose next standby waits for a copy; the owner brings each in (activating idle
+objects, switching live ones between calls), so an object is back on two confirmed
+copies within about a heartbeat of losing one.
 
 When this node's lease lapses, every instance stops at once (their sessions close) and
 the next call activates again, asking the control plane afresh.
@@ -14,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -23,7 +33,8 @@ from typing import Any
 import grpc
 
 from edge.v1 import control_plane_pb2_grpc, objects_pb2
-from edgepop.durable import DurableObject, callable_methods
+from edgepop import buggify, objectid
+from edgepop.durable import DurableObject, callable_methods, check_call_arguments
 from edgepop.errors import (
     EdgeError,
     InvalidArgumentError,
@@ -42,7 +53,15 @@ from pop_node.objects.instance import (
     InstanceBrokenError,
     ObjectInstance,
 )
-from pop_node.objects.store import ALARM_KEY, ObjectStore, StaleEpochError, decode_alarm, okey
+from pop_node.objects.store import (
+    ALARM_KEY,
+    OBJECT_KEY_BYTES_MAX,
+    OBJECT_VALUE_BYTES_MAX,
+    ObjectStore,
+    StaleEpochError,
+    decode_alarm,
+    okey,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +72,8 @@ ALARM_SCAN_INTERVAL_S = 0.5
 ALARM_RETRIES_MAX = 6
 ALARM_RETRY_BASE_S = 0.5
 NOT_MINE_RECHECK_S = 30.0
+# Objects brought to a new standby at once (each a full copy and a control-plane call).
+STANDBY_SYNCS_IN_FLIGHT_MAX = 8
 
 
 class NotOwnerError(EdgeError):
@@ -65,6 +86,26 @@ class NotOwnerError(EdgeError):
         super().__init__(f"{self.marker}: the owner is {owner or '(none)'} at epoch {epoch}")
         self.owner = owner
         self.epoch = epoch
+
+
+def check_replica_update(update: objects_pb2.ObjectReplicaUpdate) -> None:
+    """An owner's update as the standby accepts it (INVALID_ARGUMENT otherwise, and
+    nothing of the request is applied)."""
+    object_id = objectid.id_from_string(update.namespace, bytes(update.id).hex())
+    if update.epoch < 1:
+        raise InvalidArgumentError("a replica update needs an epoch >= 1")
+    if not update.full and update.seq < update.base_seq:
+        raise InvalidArgumentError("a replica update's seq is below its base_seq")
+    for write in update.writes:
+        key, value = bytes(write.key), bytes(write.value)
+        if not key or len(key) > OBJECT_KEY_BYTES_MAX + len(REQUEST_PREFIX) + 64:
+            raise InvalidArgumentError(
+                f"storage key of {len(key)} bytes in a replica update of {object_id.hex()[:12]}"
+            )
+        if len(value) > OBJECT_VALUE_BYTES_MAX:
+            raise InvalidArgumentError(
+                f"value of {len(value)} bytes in a replica update (OBJECT_VALUE_BYTES_MAX)"
+            )
 
 
 def parse_args(args_json: str) -> tuple[list[Any], dict[str, Any]]:
@@ -118,6 +159,11 @@ class ObjectHost:
         metrics.do_queue_depth.set_function(lambda: self._queue_depth)
         # Objects with a due alarm that this node holds only as a standby copy.
         self._not_mine: dict[bytes, float] = {}
+        # Standby syncs asked for by heartbeats and under way: (namespace, id, epoch, node).
+        self._standby_syncs: set[tuple[str, str, int, str]] = set()
+        self._standby_sync_slots = asyncio.Semaphore(STANDBY_SYNCS_IN_FLIGHT_MAX)
+        self._check_copies = not buggify.enabled(buggify.PROMOTE_UNSYNCED)
+        self._background: set[asyncio.Future[None]] = set()
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -164,6 +210,8 @@ class ObjectHost:
         await asyncio.gather(self.committer.run(), self._watch_lease(), self._scan_alarms())
 
     async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         for instance in list(self.instances.values()):
             self.evict(instance, "node shutting down")
         for open_channel in self._channels.values():
@@ -197,6 +245,8 @@ class ObjectHost:
             )
         except grpc.aio.AioRpcError as error:
             raise from_upstream(error, "control plane") from error
+        if response.unavailable:
+            raise UnavailableError(response.unavailable)
         return response
 
     async def instance(
@@ -229,9 +279,12 @@ class ObjectHost:
         if not self.lease_current(generation):
             raise UnavailableError("this node's lease on its objects has lapsed")
         object_key = okey(namespace, object_id)
+        synced_seq = located.synced_seq if self._check_copies else 0
         try:
             meta = await self.storage.write(
-                lambda txn: self.store.claim(txn, namespace, object_key, located.epoch)
+                lambda txn: self.store.claim(
+                    txn, namespace, object_key, located.epoch, synced_seq=synced_seq
+                )
             )
         except StaleEpochError as error:
             raise UnavailableError(f"placement is behind storage: {error.message}") from error
@@ -242,27 +295,12 @@ class ObjectHost:
             cls,
             epoch=located.epoch,
             seq=meta.seq,
-            standby=located.standby,
-            standby_address=located.standby_address,
+            standby="",
+            standby_address="",
             lease_generation=generation,
         )
         instance.load_request_ids(self._stored_request_ids(object_key))
-        if located.standby_address and not await self._sync_standby(instance):
-            # Both alive but cut off from each other: ask for another standby (same epoch).
-            relocated = await self.locate(
-                namespace, object_id, region, location_hint, unreachable_standby=located.standby
-            )
-            if relocated.node != self.node_name:
-                raise NotOwnerError(relocated.node, relocated.epoch)
-            instance.standby = relocated.standby
-            instance.standby_address = relocated.standby_address
-            if relocated.standby_address and (
-                relocated.standby == located.standby or not await self._sync_standby(instance)
-            ):
-                raise UnavailableError(
-                    f"no standby can take a copy of the object (tried {located.standby},"
-                    f" {relocated.standby or '-'})"
-                )
+        await self._bring_in_standby(instance, located, region, location_hint)
         await instance.execute(instance.obj.setup)
         self.instances[object_key] = instance
         self.metrics.do_objects_active.set(len(self.instances))
@@ -276,9 +314,153 @@ class ObjectHost:
             object_id.hex()[:12],
             located.epoch,
             meta.seq,
-            located.standby or "-",
+            instance.standby or "-",
         )
         return instance
+
+    async def _bring_in_standby(
+        self,
+        instance: ObjectInstance,
+        located: objects_pb2.LocateObjectResponse,
+        region: str,
+        location_hint: str,
+    ) -> None:
+        """Give the object's copy to a node that will hold every acknowledged write.
+
+        The next standby first (a full copy, confirmed at the control plane); failing
+        that, the standby, which is a holder already; failing both, one more next standby
+        from the control plane. No node reachable: the object is unavailable. Nobody named
+        at all (a one-PoP cluster): the owner serves alone.
+        """
+        tried: list[str] = []
+        for name, address, confirm in (
+            (located.next_standby, located.next_standby_address, True),
+            (located.standby, located.standby_address, False),
+        ):
+            if not name or name == self.node_name:
+                continue
+            tried.append(name)
+            if address and await self._sync_standby(instance, address):
+                if confirm:
+                    await self.confirm_standby(instance, name)
+                elif located.next_standby:
+                    # Serving with the standby; have another next standby named.
+                    self._spawn_replace(instance, located.next_standby, region)
+                instance.standby, instance.standby_address = name, address
+                return
+        if not tried:
+            return
+        relocated = await self.locate(
+            instance.namespace,
+            instance.object_id,
+            region,
+            location_hint,
+            unreachable_standby=tried[0],
+        )
+        if (relocated.node, relocated.epoch) != (self.node_name, instance.epoch):
+            raise NotOwnerError(relocated.node, relocated.epoch)
+        name, address = relocated.next_standby, relocated.next_standby_address
+        if name and name not in tried and address and await self._sync_standby(instance, address):
+            await self.confirm_standby(instance, name)
+            instance.standby, instance.standby_address = name, address
+            return
+        raise UnavailableError(
+            "no node can take a copy of the object, so no write could be acknowledged"
+            f" (tried {', '.join([*tried, name or '-'])})"
+        )
+
+    async def confirm_standby(self, instance: ObjectInstance, standby: str) -> None:
+        """Tell the control plane that `standby` holds a full copy at the instance's seq."""
+        stub = self._control_plane()
+        if stub is None:
+            return
+        try:
+            await stub.ConfirmStandby(
+                objects_pb2.ConfirmStandbyRequest(
+                    namespace=instance.namespace,
+                    id=instance.object_id.hex(),
+                    owner=self.node_name,
+                    epoch=instance.epoch,
+                    standby=standby,
+                    seq=instance.seq,
+                ),
+                metadata=self.internal_metadata,
+                timeout=LOCATE_TIMEOUT_S,
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                # The placement moved on meanwhile: retryable against a fresh answer.
+                raise UnavailableError(error.details() or "standby not confirmed") from error
+            raise from_upstream(error, "control plane") from error
+
+    def _spawn_replace(self, instance: ObjectInstance, unreachable: str, region: str) -> None:
+        async def replace() -> None:
+            with contextlib.suppress(EdgeError):
+                await self.locate(
+                    instance.namespace,
+                    instance.object_id,
+                    region,
+                    unreachable_standby=unreachable,
+                )
+
+        task = asyncio.ensure_future(replace())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- standby syncs named by heartbeats -----------------------------------------------
+
+    def on_objects_to_sync(self, refs: list[objects_pb2.ObjectRef]) -> None:
+        """Heartbeat answer: these owned objects need their next standby brought in."""
+        for ref in refs:
+            key = (ref.namespace, ref.id, ref.epoch, ref.next_standby)
+            if key in self._standby_syncs:
+                continue
+            self._standby_syncs.add(key)
+            task = asyncio.ensure_future(self._sync_named(ref))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            task.add_done_callback(functools.partial(_discard, self._standby_syncs, key))
+
+    async def _sync_named(self, ref: objects_pb2.ObjectRef) -> None:
+        try:
+            object_id = bytes.fromhex(ref.id)
+        except ValueError:
+            return
+        async with self._standby_sync_slots:
+            try:
+                existing = self.instances.get(okey(ref.namespace, object_id))
+                if existing is None or existing.broken:
+                    # Activation brings the next standby in.
+                    await self.instance(ref.namespace, object_id, self.region)
+                    return
+                if existing.epoch == ref.epoch and existing.standby != ref.next_standby:
+                    await self._switch_standby(existing)
+            except EdgeError as error:
+                log.debug("standby sync of %s/%s: %s", ref.namespace, ref.id[:12], error)
+
+    async def _switch_standby(self, instance: ObjectInstance) -> None:
+        """Move a live instance's copy to its next standby, between two calls."""
+        located = await self.locate(instance.namespace, instance.object_id, self.region)
+        if (located.node, located.epoch) != (self.node_name, instance.epoch):
+            return  # not ours any more: the lease and epoch checks stop the instance
+        name, address = located.next_standby, located.next_standby_address
+        if not name or name == instance.standby or not address:
+            return
+
+        async def switch() -> None:
+            if not await self._sync_standby(instance, address):
+                self._spawn_replace(instance, name, self.region)
+                return
+            await self.confirm_standby(instance, name)
+            instance.standby, instance.standby_address = name, address
+            log.info(
+                "standby of %s/%s is now %s",
+                instance.namespace,
+                instance.object_id.hex()[:12],
+                name,
+            )
+
+        await instance.exclusive(switch)
 
     def _stored_request_ids(self, object_key: bytes) -> list[tuple[int, bytes]]:
         end = REQUEST_PREFIX[:-1] + bytes([REQUEST_PREFIX[-1] + 1])
@@ -288,8 +470,9 @@ class ObjectHost:
                 found.append((int(json.loads(value).get("seq", 0)), key))
         return found
 
-    async def _sync_standby(self, instance: ObjectInstance) -> bool:
-        """Bring the standby to this node's commit for the object (no writes: a check)."""
+    async def _sync_standby(self, instance: ObjectInstance, address: str) -> bool:
+        """Bring the node at `address` to this node's commit for the object: a check that
+        costs no writes when it is there already, else a full copy."""
         check = objects_pb2.ObjectReplicaUpdate(
             namespace=instance.namespace,
             id=instance.object_id,
@@ -298,13 +481,13 @@ class ObjectHost:
             seq=instance.seq,
         )
         try:
-            results = await self.committer._send(instance.standby_address, [check])
+            results = await self.committer.send_updates(address, [check])
         except grpc.aio.AioRpcError:
             return False
         if results[0] == objects_pb2.REPLICA_RESULT_APPLIED:
             return True
         if results[0] == objects_pb2.REPLICA_RESULT_NEED_FULL:
-            return await self.committer.send_full(instance, instance.standby_address)
+            return await self.committer.send_full(instance, address)
         return False
 
     def evict(self, instance: ObjectInstance, reason: str) -> None:
@@ -341,11 +524,13 @@ class ObjectHost:
         region: str,
         location_hint: str = "",
         request_id: str = "",
-    ) -> tuple[str, int]:
+    ) -> tuple[str, int, str]:
+        """Run a call here: (result JSON, epoch, node) of its one run."""
         cls = self.class_of(namespace)
         if method not in callable_methods(cls):
             raise UnimplementedError(f"{namespace} has no callable method {method!r}")
         args, kwargs = parse_args(args_json)
+        check_call_arguments(cls, method, args, kwargs)
         started = time.perf_counter()
         code = "OK"
         try:
@@ -366,6 +551,8 @@ class ObjectHost:
         self, updates: list[objects_pb2.ObjectReplicaUpdate]
     ) -> list[objects_pb2.ReplicaResult.ValueType]:
         """Apply an owner's updates to this node's standby copies (one transaction)."""
+        for update in updates:
+            check_replica_update(update)
         results: list[objects_pb2.ReplicaResult.ValueType] = []
         deposed: list[ObjectInstance] = []
 
@@ -475,3 +662,7 @@ class ObjectHost:
                     self._not_mine[object_key] = now + NOT_MINE_RECHECK_S
                 except EdgeError:
                     continue  # the control plane is away: try again next scan
+
+
+def _discard(items: set[Any], item: Any, _: object) -> None:
+    items.discard(item)

@@ -286,7 +286,8 @@ class ObjectInstance:
         self.sessions: dict[str, SessionChannel] = {}
         self.broken: str = ""
         self.request_ids: list[tuple[int, bytes]] = []
-        self.recent_requests: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        # request id -> (result JSON, epoch, node) of the call's first and only run.
+        self.recent_requests: OrderedDict[str, tuple[str, int, str]] = OrderedDict()
         self._durable = asyncio.Event()
         self.state = InstanceState(self)
         self.obj: DurableObject = cls(self.state, host.env)
@@ -350,8 +351,12 @@ class ObjectInstance:
         handler: Callable[[], Awaitable[Any]],
         *,
         request_id: str = "",
-    ) -> tuple[str, int]:
-        """Run one event through the gates; returns (result JSON, epoch) once durable."""
+    ) -> tuple[str, int, str]:
+        """Run one event through the gates; returns (result JSON, epoch, node) once durable.
+
+        A retried request id is answered as its first run was: that run's result, and the
+        epoch and node it ran at (which may be an earlier owner's, before a failover).
+        """
         if self.waiting >= QUEUE_DEPTH_MAX:
             raise OverloadedError(OVERLOADED_MESSAGE)
         self.waiting += 1
@@ -366,12 +371,14 @@ class ObjectInstance:
             request_key = REQUEST_PREFIX + request_id.encode() if request_id else b""
             recent = self.recent_requests.get(request_id) if request_id else None
             cached = self.read(request_key) if request_key and recent is None else None
+            node = self.host.node_name
             if recent is not None:
-                result_json, epoch = recent
+                result_json, epoch, node = recent
             elif cached is not None:
                 # A retry of a call already run: the first answer, never a second run.
                 answer = json.loads(cached)
                 result_json, epoch = str(answer["result"]), int(answer["epoch"])
+                node = str(answer.get("node", ""))
             else:
                 result_json = await self._run(handler)
                 epoch = self.epoch
@@ -379,7 +386,7 @@ class ObjectInstance:
                     # Remembered here for retries to this instance; and durably (replicated
                     # with the call's writes) only when the call changed something, so a
                     # read costs no commit.
-                    self.recent_requests[request_id] = (result_json, epoch)
+                    self.recent_requests[request_id] = (result_json, epoch, node)
                     if len(self.recent_requests) > REQUEST_IDS_MAX:
                         self.recent_requests.popitem(last=False)
                     if self.call_buffer or self.outbox:
@@ -392,7 +399,18 @@ class ObjectInstance:
         finally:
             self.gate.release()
         await self.wait_durable(required)
-        return result_json, epoch
+        return result_json, epoch, node
+
+    async def exclusive(self, body: Callable[[], Awaitable[None]]) -> None:
+        """Run `body` between two calls, once every earlier commit is durable: no call
+        runs meanwhile and nothing is pending, so durable storage is the whole object."""
+        await self.gate.acquire()
+        try:
+            self.check_serving()
+            await self.wait_durable(self.seq)
+            await body()
+        finally:
+            self.gate.release()
 
     async def _run(self, handler: Callable[[], Awaitable[Any]]) -> str:
         self.call_buffer = {}
@@ -414,7 +432,12 @@ class ObjectInstance:
             # Too large to keep for every call: a retry learns it ran but not its result.
             result_json = json.dumps({"error": "the call ran; its result was too large to keep"})
         self.call_buffer[request_key] = json.dumps(
-            {"result": result_json, "epoch": self.epoch, "seq": self.seq + 1}
+            {
+                "result": result_json,
+                "epoch": self.epoch,
+                "node": self.host.node_name,
+                "seq": self.seq + 1,
+            }
         ).encode()
         self.request_ids.append((self.seq + 1, request_key))
         while len(self.request_ids) > REQUEST_IDS_MAX:

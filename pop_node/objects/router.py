@@ -25,6 +25,7 @@ from edgepop import objectid
 from edgepop.errors import DeadlineError, EdgeError, UnavailableError, UpstreamError
 from edgepop.limits import check_request_id
 from edgepop.rpc import node_metadata
+from pop_node.deadline import answer_budget_s
 from pop_node.objects.host import NotOwnerError, ObjectHost
 
 if TYPE_CHECKING:
@@ -86,8 +87,7 @@ class ObjectRouter:
         self.host.class_of(namespace)
         check_request_id(request.request_id)
         request_id = request.request_id or self._next_request_id()
-        budget = CALL_TIMEOUT_S_DEFAULT if time_remaining is None else time_remaining
-        deadline = time.monotonic() + budget
+        deadline = time.monotonic() + answer_budget_s(time_remaining, CALL_TIMEOUT_S_DEFAULT)
         region = caller_region or self.region
         if request.hops:
             # Sent here as the owner: serve (activating with a fresh answer from the control
@@ -95,6 +95,8 @@ class ObjectRouter:
             return await self._run_here(request, object_id, region, request_id)
         fresh = False
         attempt = 0
+        # What stood in the way last: the answer if the deadline comes first.
+        last_error: EdgeError | None = None
         while True:
             try:
                 located = await self._locate(
@@ -108,6 +110,7 @@ class ObjectRouter:
             except EdgeError as error:
                 if error.code not in RETRYABLE:
                     raise
+                last_error = error
                 if time.monotonic() >= deadline:
                     raise
             self.forget(namespace, object_id)
@@ -115,6 +118,8 @@ class ObjectRouter:
             backoff = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
             attempt += 1
             if time.monotonic() + backoff >= deadline:
+                if last_error is not None:
+                    raise last_error  # e.g. UNAVAILABLE saying why the object cannot serve
                 raise DeadlineError("deadline exceeded while finding the object's owner")
             await asyncio.sleep(backoff)
 
@@ -125,7 +130,7 @@ class ObjectRouter:
         region: str,
         request_id: str,
     ) -> objects_pb2.ObjectCallResponse:
-        result_json, epoch = await self.host.call(
+        result_json, epoch, node = await self.host.call(
             request.namespace,
             object_id,
             request.method,
@@ -135,7 +140,7 @@ class ObjectRouter:
             request_id=request_id,
         )
         return objects_pb2.ObjectCallResponse(
-            result_json=result_json, node=self.node_name, epoch=epoch, id=object_id.hex()
+            result_json=result_json, node=node or self.node_name, epoch=epoch, id=object_id.hex()
         )
 
     async def _forward(

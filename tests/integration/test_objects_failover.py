@@ -12,8 +12,11 @@ the new owner stays reachable.
 
 The owner lease is the control plane's default (2 s, heartbeats every 0.5 s), objects
 move 0.5 s after it lapses: failover measures 2.5-3.8 s of the 5 s the issue allows.
-Also here: the standby dying, both copies dying, the pair partitioned, and the control
-plane paused or restarted.
+Also here: a reply lost before a failover (the retry is answered from the first run),
+the standby dying, both copies dying, the owner cut off from its standby, and the
+control plane paused or restarted. The seeded kill runs are also judged whole by the
+checker of the fault runs (`edgectl.chaos.checks`), retried and unanswered calls
+included.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 import grpc
 import pytest
 
+from edge.v1 import objects_pb2
 from edgectl.launcher import Cluster
 from tests.conftest import _make_factory, poll_until
 from tests.integration.kvclient import metric_value
@@ -44,12 +48,18 @@ from tests.integration.objclient import (
     apoll_until,
     call,
     call_error,
+    check_counter,
     clear_faults,
+    copy_holds,
+    delay,
+    describe_violations,
     healthy,
     partition,
     placement_of,
+    recorded_call,
     result,
     route,
+    status_rtt_s,
 )
 
 pytestmark = pytest.mark.cluster
@@ -125,7 +135,9 @@ def test_owner_killed_under_load_loses_no_acknowledged_increment_and_gives_no_va
     first_region = rng.choice(CLIENT_REGIONS)
     kill_after = rng.randint(36, 108)
     name = _unique(f"failover-{seed}")
-    first = call(cluster, route(cluster, first_region).name, "get", name=name, region=first_region)
+    first, first_record = recorded_call(
+        cluster, route(cluster, first_region).name, "get", name=name, region=first_region
+    )
     owner, old_epoch = first.node, first.epoch
     assert cluster.node(owner).region == first_region
     before = placement_of(cluster, "Counter", name)
@@ -185,15 +197,103 @@ def test_owner_killed_under_load_loses_no_acknowledged_increment_and_gives_no_va
     assert metric_value(cluster, "control-plane", "edge_do_failovers_total") >= failovers + 1
 
     # Nothing acknowledged lost, nothing counted that was not attempted.
-    final = result(call(cluster, after.owner, "get", name=name, region=first_region))
+    final_response, final_record = recorded_call(
+        cluster, after.owner, "get", name=name, region=first_region
+    )
+    final = result(final_response)
     assert len(acknowledged) <= final <= len(records)
     assert max(values) <= final
     if len(acknowledged) == len(records):
         assert sorted(values) == list(range(1, final + 1))
 
     # The old owner is back with a stale copy: it forwards, never serves the object.
-    again = call(cluster, owner, "increment", name=name, region=cluster.node(owner).region)
+    again, again_record = recorded_call(
+        cluster, owner, "increment", name=name, region=cluster.node(owner).region
+    )
     assert (again.node, again.epoch, result(again)) == (after.owner, after.epoch, final + 1)
+
+    # The whole history, retried and unanswered calls included, against the checker of
+    # the fault runs: linearizable in real-time order (no read or increment that an
+    # earlier acknowledgement rules out), each value once, nothing lost or applied twice,
+    # one node per epoch, and no reply from the deposed owner after the move.
+    key = f"do:Counter/{name}"
+    calls = [first_record, *records, final_record, again_record]
+    checked = check_counter(key, calls, final + 1, after.owner, after.epoch)
+    unanswered = len(records) - len(acknowledged)
+    print(f"seed {seed}: {unanswered} calls unanswered; checker {checked.verdicts()}")
+    assert checked.ok, describe_violations(checked)
+    assert checked.verdicts()["ok"] == 1, checked.linearizability[key].detail
+
+
+# -- exactly once across an owner change ------------------------------------------------------
+
+# Extra one-way delay on the owner's replies to the client in the lost-reply test, and
+# the client's deadline: the call runs and commits at once, its reply arrives long
+# after the client gave up.
+REPLY_DELAY_MS = 1000.0
+LOST_REPLY_DEADLINE_S = 0.6
+
+
+def test_a_reply_lost_before_a_failover_is_answered_by_the_new_owner_from_the_first_run(
+    whole: Cluster,
+) -> None:
+    """A client in london increments a tokyo object at its owner with its own request
+    id; the owner runs it and commits it (on its standby too), but the reply is held
+    1 s on the way back (a tokyo -> london delay) and the client's 0.6 s deadline passes:
+    it cannot know whether the increment happened. The owner is then killed -9, and the
+    client retries the same request id at the new owner.
+
+    The retry must be answered from the request-id record that came over with the
+    object: the first run's value (2), with the node and epoch of that first run (a
+    fresh run would say the new owner and the new epoch), and the count must show the
+    increment once: a read gives 2 and the next increment 3, at the new epoch."""
+    cluster = whole
+    name = _unique("lost-reply")
+    first = call(cluster, "tokyo-1", "increment", name=name, region="tokyo", location_hint="tokyo")
+    placed = placement_of(cluster, "Counter", name)
+    assert placed is not None and result(first) == 1
+    assert (placed.owner, placed.epoch) == (first.node, first.epoch)
+    assert cluster.node(placed.standby).region == "tokyo"
+    request_id = f"{name}-retried"
+    delay(cluster, "tokyo", "london", REPLY_DELAY_MS)
+    try:
+        # In force at the owner once a london client's Status comes back that late.
+        poll_until(
+            lambda: status_rtt_s(cluster, placed.owner, "london") > REPLY_DELAY_MS / 1e3,
+            timeout=10,
+            what="the reply delay in force at the owner",
+        )
+        lost = call_error(
+            lambda: call(
+                cluster,
+                placed.owner,
+                "increment",
+                name=name,
+                region="london",
+                request_id=request_id,
+                timeout=LOST_REPLY_DEADLINE_S,
+            )
+        )
+        assert lost.code() == grpc.StatusCode.DEADLINE_EXCEEDED, lost
+    finally:
+        clear_faults(cluster)
+    cluster.kill(placed.owner)
+    moved = poll_until(
+        lambda: (p := placement_of(cluster, "Counter", name)) and p.epoch > placed.epoch and p,
+        timeout=FAILOVER_S_MAX + 2,
+        what="the object moves off the killed owner",
+    )
+    assert (moved.owner, moved.epoch) == (placed.standby, placed.epoch + 1)
+    retried = call(
+        cluster, moved.owner, "increment", name=name, region="tokyo", request_id=request_id
+    )
+    # The first run's answer: its value, and where and at which epoch it ran.
+    assert (result(retried), retried.node, retried.epoch) == (2, placed.owner, placed.epoch)
+    # Executed once: the count is 2, and the next increment (a new id) makes it 3.
+    read = call(cluster, moved.owner, "get", name=name, region="tokyo")
+    assert (result(read), read.node, read.epoch) == (2, moved.owner, moved.epoch)
+    after = call(cluster, moved.owner, "increment", name=name, region="tokyo")
+    assert (result(after), after.node, after.epoch) == (3, moved.owner, moved.epoch)
 
 
 # -- acceptance: owner partitioned from the control plane ----------------------------------------
@@ -427,14 +527,14 @@ async def _document_scenario(cluster: Cluster) -> None:
             for seq, op in client.seen.items():
                 assert merged.setdefault(seq, op) == op
         assert any(len(c.connections) > 1 for c in clients.values()), "nobody reconnected"
+        # Every session, first or resumed: every op after the `last_seen` its hello
+        # carried, in seq order, none missing, none twice (the replay, then live ops).
         for client in clients.values():
-            for connection in client.connections[1:]:
-                arrivals = connection.arrivals
-                in_order = arrivals == sorted(set(arrivals))
-                print(
-                    f"{client.name} reconnected at {connection.node}: {len(arrivals)} ops,"
-                    f" {'in seq order' if in_order else 'NOT in seq order: ' + str(arrivals)}"
-                )
+            for connection in client.connections:
+                arrivals, since = connection.arrivals, connection.resumed_from
+                print(f"{client.name} at {connection.node} from {since}: {len(arrivals)} ops")
+                expected = list(range(since + 1, since + 1 + len(arrivals)))
+                assert arrivals == expected, (client.name, connection.node, since, arrivals)
         # The document itself holds every acknowledged op at its seq.
         ops = await asyncio.to_thread(
             call,
@@ -562,31 +662,71 @@ def test_owner_and_standby_both_killed_object_waits_then_its_standby_serves_ever
 # -- network faults between the two copies, and a paused control plane ----------------------------
 
 
-def test_object_keeps_serving_when_its_owner_and_standby_are_partitioned(whole: Cluster) -> None:
+def test_owner_cut_off_from_its_standby_confirms_a_new_one_and_loses_no_increment(
+    whole: Cluster,
+) -> None:
+    """sydney-1 owns the object (its only site-mate-less PoP), its standby is in tokyo;
+    then sydney <-> tokyo is cut while a client keeps incrementing through sydney-1 (one
+    call at a time, each retried with its request id until answered).
+
+    The owner cannot make a write durable on its standby any more, so it acknowledges
+    nothing until the control plane has named a next standby outside the cut region,
+    the owner has given it a full copy and confirmed it. Checked: the owner and epoch do
+    not change; the standby is a new node outside tokyo, confirmed (no next standby left
+    pending) and healthy; calls are served again within 10 s of the cut; the answers are
+    1, 2, 3 ... in order (none lost, none twice, all at the one epoch); and the new
+    standby's own copy holds the final count."""
     cluster = whole
     name = _unique("split-pair")
-    call(cluster, "sydney-1", "increment", name=name, region="sydney", location_hint="sydney")
+    first = call(
+        cluster, "sydney-1", "increment", name=name, region="sydney", location_hint="sydney"
+    )
     placed = placement_of(cluster, "Counter", name)
-    assert placed is not None and placed.owner == "sydney-1"
-    partition(cluster, "sydney", cluster.node(placed.standby).region)
-    cut_at = time.monotonic()
-    # The fault reaches the standby's node over its topology stream: wait until it bites.
+    assert placed is not None and placed.owner == "sydney-1" == first.node
+    assert cluster.node(placed.standby).region == "tokyo" and not placed.next_standby
+    loop = IncrementLoop(cluster, "sydney-1", name, "sydney")
+    loop.start()
+    try:
+        poll_until(lambda: len(loop.acknowledged) >= 5, timeout=10, what="load under way")
+        partition(cluster, "sydney", "tokyo")
+        cut_at = time.time()
+
+        def standby_replaced() -> objects_pb2.Placement | None:
+            now = placement_of(cluster, "Counter", name)
+            if now is None or now.standby in ("", placed.standby) or now.next_standby:
+                return None
+            return now
+
+        replaced = poll_until(standby_replaced, timeout=10, what="a new confirmed standby")
+        replaced_at = time.time()
+        poll_until(
+            lambda: sum(r.sent_at > replaced_at for r in loop.acknowledged) >= 5,
+            timeout=10,
+            what="calls served with the new standby",
+        )
+    finally:
+        loop.finish()
+    after = placement_of(cluster, "Counter", name)
+    assert after is not None
+    report = f"placed {placed}; after the cut {after}; failures {loop.failures[:5]}"
+    assert (after.owner, after.epoch) == (placed.owner, placed.epoch), report
+    assert (after.standby, after.next_standby) == (replaced.standby, ""), report
+    assert cluster.node(after.standby).region != "tokyo", report
+    assert after.standby in healthy(cluster), report
+    served_again = min(r.acked_at for r in loop.acknowledged if r.sent_at > cut_at)
+    print(f"owner cut off from its standby: served again {served_again - cut_at:.2f} s after")
+    assert served_again - cut_at < 10, report
+    assert {(r.node, r.epoch) for r in loop.acknowledged} == {(placed.owner, placed.epoch)}
+    values = [record.value for record in loop.acknowledged]
+    assert values == list(range(2, len(values) + 2)), values  # in order, none lost or twice
+    final = result(call(cluster, "sydney-1", "get", name=name, region="sydney"))
+    # The loop stops between attempts: a call it was still retrying may have run.
+    assert values[-1] <= final <= values[-1] + (1 if loop.unfinished else 0)
     poll_until(
-        lambda: not _probe(cluster, "sydney-1", name, "sydney")[0],
+        lambda: copy_holds(cluster, after.standby, "Counter", name, final),
         timeout=5,
-        interval=0.05,
-        what="the partition takes effect",
+        what=f"the count {final} in {after.standby}'s copy",
     )
-    served = poll_until(
-        lambda: _try(
-            lambda: call(cluster, "sydney-1", "increment", name=name, region="sydney", timeout=2)
-        ),
-        timeout=12,
-        interval=0.2,
-        what="the object serves again with a reachable standby",
-    )
-    assert time.monotonic() - cut_at < 10
-    assert result(served) >= 2
 
 
 def test_control_plane_unreachable_for_1_s_interrupts_no_object_call(whole: Cluster) -> None:
@@ -630,7 +770,22 @@ def test_control_plane_unreachable_for_1_s_interrupts_no_object_call(whole: Clus
 RESTART_WITHIN_LEASE_S = LEASE_S - 0.5 - 0.3 - 0.2
 
 
-def test_control_plane_restart_interrupts_no_object_call(whole: Cluster) -> None:
+def test_control_plane_restart_within_1_s_interrupts_no_call_and_a_longer_one_only_while_away(
+    whole: Cluster,
+) -> None:
+    """The control plane is stopped and started again (a new process) while a client
+    increments through the owner, each call retried with its request id.
+
+    Always: the object keeps its owner and epoch, and each increment is applied once, in
+    order. Then it depends on how long the control plane was away. Back within
+    RESTART_WITHIN_LEASE_S (1 s: the 2 s lease, less one heartbeat interval, the
+    channel's reconnect backoff and a margin), every lease is renewed in time: no call
+    fails and none waits 0.5 s. That is the usual case here (stop + start takes 0.3-0.4 s
+    on this machine). Away longer (a loaded machine), the owner's lease may lapse as in a
+    partition: calls are then refused UNAVAILABLE (retryable) until the control plane is
+    back, for no longer than the restart plus a second. Which branch ran is printed.
+    DESIGN.md promises "a restart shorter than the lease interrupts nothing"; what is
+    guaranteed, and checked, is a restart shorter than 1 s."""
     cluster = whole
     name = _unique("cp-restart")
     call(cluster, "tokyo-1", "get", name=name, region="tokyo")
@@ -657,6 +812,7 @@ def test_control_plane_restart_interrupts_no_object_call(whole: Cluster) -> None
     assert {r.epoch for r in direct.acknowledged} == {placed.epoch}, report
     values = [r.value for r in direct.acknowledged]
     assert values == sorted(set(values)), report  # each increment applied once, in order
+    print("within the lease: strict" if restart_s < RESTART_WITHIN_LEASE_S else "longer: lenient")
     if restart_s < RESTART_WITHIN_LEASE_S:
         # A call takes ~10 ms: a gap of 0.5 s means the owner stopped serving for a while
         # (its lease lapsed and a call waited for a re-activation at the control plane).

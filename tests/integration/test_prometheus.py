@@ -15,7 +15,12 @@ the control plane with the cluster token and healed in a `finally`.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,7 +32,7 @@ from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import control_plane_pb2_grpc as cp_grpc
 from edgectl import observe
 from edgectl.client import EdgeClient
-from edgectl.launcher import Cluster
+from edgectl.launcher import Cluster, free_port, pid_alive
 from edgepop.rpc import client_metadata
 from tests.conftest import poll_until
 
@@ -302,3 +307,41 @@ def test_a_node_that_registers_later_becomes_a_target(
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+# -- lifetime --------------------------------------------------------------------------
+
+_STARTER = """
+import sys, pathlib
+from edgectl import observe
+root = pathlib.Path(sys.argv[2])
+prometheus = observe.Prometheus(
+    pathlib.Path(sys.argv[1]), root / "prometheus.yml", root / "tsdb", root / "prometheus.log",
+    host="127.0.0.1", port=int(sys.argv[3]),
+)
+prometheus.start()
+print(prometheus.pid, flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def test_prometheus_stops_when_the_edgectl_that_started_it_is_killed(
+    binaries: observe.Binaries, tmp_path: Path
+) -> None:
+    """`edgectl observe` killed -9 leaves no Prometheus behind (it cannot stop it itself)."""
+    (tmp_path / "prometheus.yml").write_text("global:\n  scrape_interval: 15s\n")
+    starter = subprocess.Popen(
+        [sys.executable, "-c", _STARTER, str(binaries.prometheus), str(tmp_path), str(free_port())],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert starter.stdout is not None
+        prometheus_pid = int(starter.stdout.readline())
+        assert pid_alive(prometheus_pid)
+        os.kill(starter.pid, signal.SIGKILL)
+        starter.wait(timeout=10)
+        poll_until(lambda: not pid_alive(prometheus_pid), timeout=15, what="prometheus exits")
+    finally:
+        starter.kill()

@@ -31,12 +31,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from edgectl.launcher import Cluster
 from tests.conftest import poll_until
+from tests.integration.seeds import replay
 from tests.integration.workerclient import (
+    DEPLOY_PROPAGATION_S_MAX,
     EXAMPLES,
     EXAMPLES_DIR,
     ClientsPerThread,
     EdgeClient,
     HttpResult,
+    bundle,
     deploy,
     http_once,
     issue_token,
@@ -46,6 +49,8 @@ from tests.integration.workerclient import (
     node_metric,
     origin_requests,
     origin_signing_key_pem,
+    paired_timing,
+    table_tolerance_s,
     wait_loaded,
 )
 
@@ -92,8 +97,6 @@ AUDIENCE = "https://api.example.com/"
 KIDS = {"RS256": "edgepop-rs256-1", "ES256": "edgepop-es256-1"}
 TOKYO_ORIGIN_RTT_S = 0.170
 TOKYO_EDGE_RTT_S = 0.008
-# Slack for a loaded 2-core machine on top of an emulated delay.
-LATENCY_SLACK_S = 0.060
 VALIDATE_ROUTE = "/auth/validate"
 
 
@@ -171,7 +174,12 @@ def test_api_router_from_tokyo_validates_a_new_token_once_then_checks_it_in_kv_a
     (~348 ms). Once the KV write landed, calls skip validation: the origin's validation
     counter stands still and each call is one origin round trip (~170 ms) faster. No
     token: 401 at the edge RTT (~8 ms), and the origin sees nothing. Three new tokens,
-    so that the first-call latency is a median too."""
+    so that the first-call latency is a median too.
+
+    Emulated time is held to the probe table's max(1 ms, 5%): the saving against the
+    origin's 170 ms, and the 401's edge RTT against the same request sent from nowhere
+    (which measures the PoP's and worker's own cost). Totals that include the origin's
+    own work are bounded from below only: an emulated delay can never be skipped."""
     tokens = [issue_token(edge, unique("tokyo-user")) for _ in range(3)]
     client = user(edge, "tokyo")
     try:
@@ -186,8 +194,8 @@ def test_api_router_from_tokyo_validates_a_new_token_once_then_checks_it_in_kv_a
             assert origin_requests(edge, "/api/v1/orders") == proxied + count
             firsts.append(first.elapsed_s)
         first_s = statistics.median(firsts)
-        assert first_s >= TOKYO_EDGE_RTT_S + 2 * TOKYO_ORIGIN_RTT_S - 0.005
-        assert first_s < TOKYO_EDGE_RTT_S + 2 * TOKYO_ORIGIN_RTT_S + 2 * LATENCY_SLACK_S
+        first_target_s = TOKYO_EDGE_RTT_S + 2 * TOKYO_ORIGIN_RTT_S
+        assert first_s >= first_target_s - table_tolerance_s(first_target_s), firsts
 
         for token in tokens:
             cache_key = "token:" + hashlib.sha256(token.encode()).hexdigest()
@@ -206,18 +214,23 @@ def test_api_router_from_tokyo_validates_a_new_token_once_then_checks_it_in_kv_a
         assert origin_requests(edge, VALIDATE_ROUTE) == validations + 3
         assert origin_requests(edge, "/api/v1/orders") == proxied + 3 + len(cached)
         cached_s = statistics.median(result.elapsed_s for result in cached)
-        assert cached_s >= TOKYO_EDGE_RTT_S + TOKYO_ORIGIN_RTT_S - 0.005
+        cached_target_s = TOKYO_EDGE_RTT_S + TOKYO_ORIGIN_RTT_S
+        assert cached_s >= cached_target_s - table_tolerance_s(cached_target_s), cached_s
         saved = first_s - cached_s
-        assert abs(saved - TOKYO_ORIGIN_RTT_S) < LATENCY_SLACK_S, (firsts, cached_s)
-
-        everything = origin_requests(edge)
-        refused = [client.get("api.example.com", "/api/v1/orders") for _ in range(5)]
-        assert all(result.status == 401 for result in refused)
-        assert origin_requests(edge) == everything
-        median_401 = statistics.median(result.elapsed_s for result in refused)
-        assert TOKYO_EDGE_RTT_S - 0.002 <= median_401 < TOKYO_EDGE_RTT_S + LATENCY_SLACK_S
+        report = f"first {firsts}, cached median {cached_s}, saved {saved}"
+        print(f"api-router from tokyo: {report}")
+        assert abs(saved - TOKYO_ORIGIN_RTT_S) <= table_tolerance_s(TOKYO_ORIGIN_RTT_S), report
     finally:
         client.close()
+
+    everything = origin_requests(edge)
+    refused = paired_timing(
+        edge.node("tokyo-1").http_address, "tokyo", "api.example.com", "/api/v1/orders"
+    )
+    assert all(result.status == 401 for result in refused.delayed + refused.undelayed)
+    assert origin_requests(edge) == everything
+    print(f"api-router 401 from tokyo: {refused}")
+    assert refused.adds(TOKYO_EDGE_RTT_S), f"{refused}"
 
 
 # -- jwt-auth -------------------------------------------------------------------------------
@@ -272,14 +285,16 @@ def test_jwt_auth_verifies_at_the_edge_with_the_jwks_cached_in_kv(edge: Cluster)
             lambda: kv_value(edge, "tokyo-1", "jwks-cache", "jwks"), timeout=5, what="JWKS in KV"
         )
         assert {key["kid"] for key in json.loads(jwks)["keys"]} == set(KIDS.values())
-        everything = origin_requests(edge)
-        results = [client.get("auth.example.com", "/me", headers=bearer(token)) for _ in range(5)]
-        assert all(result.status == 200 for result in results)
-        assert origin_requests(edge) == everything
-        median = statistics.median(result.elapsed_s for result in results)
-        assert median < TOKYO_EDGE_RTT_S + LATENCY_SLACK_S
     finally:
         client.close()
+    everything = origin_requests(edge)
+    timing = paired_timing(
+        edge.node("tokyo-1").http_address, "tokyo", "auth.example.com", "/me", headers=bearer(token)
+    )
+    assert all(result.status == 200 for result in timing.delayed + timing.undelayed)
+    assert origin_requests(edge) == everything
+    print(f"jwt-auth from tokyo: {timing}")
+    assert timing.adds(TOKYO_EDGE_RTT_S), f"{timing}"
 
 
 def test_jwt_auth_rejects_bad_tokens_with_401(edge: Cluster) -> None:
@@ -409,6 +424,12 @@ def test_ab_test_sets_a_30_day_lax_cookie_serves_the_bucket_and_counts_it(edge: 
 def test_ab_test_splits_2000_fresh_clients_80_20_and_returning_clients_keep_their_bucket(
     edge: Cluster,
 ) -> None:
+    """The test deploys its own build of the A/B worker first (the same code with one
+    more var, so the same version every run): the PoP's draws restart from the
+    cluster's seed when it goes live, and the 2,000 buckets (and a failure) replay for
+    the seed in the message, whatever other tests drew before."""
+    deployed = deploy(edge, bundle(EXAMPLES_DIR / "ab-test", vars={"DRAWS_FROM": "split-test"}))
+    wait_loaded(edge, deployed.name, deployed.version, timeout=DEPLOY_PROPAGATION_S_MAX + 3)
     pop = edge.node("new-york-1").http_address
     clients = ClientsPerThread({pop: "new-york"})
     try:
@@ -421,7 +442,8 @@ def test_ab_test_splits_2000_fresh_clients_80_20_and_returning_clients_keep_thei
             )
             counts = Counter(buckets)
             share = counts["variant"] / len(buckets)
-            assert abs(share - 0.20) <= 0.03, counts
+            print(f"A/B split: {dict(counts)}; {replay()}")
+            assert abs(share - 0.20) <= 0.03, f"{counts}; {replay()}"
             # 100 of them come back (with their cookie) and stay where they were.
             returning = list(
                 pool.map(
@@ -519,19 +541,18 @@ def test_personalize_fetches_the_template_through_the_pop_cache(edge: Cluster) -
     client = user(edge, "tokyo", 2)
     try:
         client.get("www.example.com", "/")  # fills tokyo-2's cache if it was not yet
-        before = origin_requests(edge, "/pages/home.html")
-        pages = [client.get("www.example.com", "/") for _ in range(5)]
     finally:
         client.close()
+    before = origin_requests(edge, "/pages/home.html")
+    timing = paired_timing(edge.node("tokyo-2").http_address, "tokyo", "www.example.com", "/")
+    pages = timing.delayed + timing.undelayed
     assert all(page.status == 200 for page in pages)
     assert origin_requests(edge, "/pages/home.html") == before
-    assert statistics.median(p.elapsed_s for p in pages) < TOKYO_EDGE_RTT_S + LATENCY_SLACK_S
-    assert (
-        node_metric(
-            edge, "tokyo-2", "edge_worker_subrequests_total", worker="personalize", cache="hit"
-        )
-        >= 5
-    )
+    print(f"personalize from tokyo: {timing}")
+    assert timing.adds(TOKYO_EDGE_RTT_S), f"{timing}"
+    assert node_metric(
+        edge, "tokyo-2", "edge_worker_subrequests_total", worker="personalize", cache="hit"
+    ) >= len(pages)
 
 
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import socket
+import statistics
 import threading
 import time
 import urllib.request
@@ -36,6 +37,7 @@ from edgectl.launcher import Cluster
 from edgepop.bundle import read_bundle
 from edgepop.netem import REGION_HEADER, sent_at_metadata
 from tests.conftest import poll_until
+from tests.integration.seeds import seeded_nodes
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES_DIR = REPO / "workers"
@@ -53,13 +55,15 @@ DEPLOY_PROPAGATION_S_MAX = 2.0
 def module_cluster(
     tmp_path_factory: pytest.TempPathFactory, label: str, topology: dict[str, Any]
 ) -> Iterator[Cluster]:
-    """A cluster for one test module (started here, stopped by PID at the end)."""
+    """A cluster for one test module (started here, stopped by PID at the end), its
+    random draws seeded with the session's seed (the A/B split replays)."""
     data_dir = tmp_path_factory.mktemp(label)
     topology_file = data_dir / "topology.yaml"
     topology_file.write_text(yaml.safe_dump(topology))
     cluster = Cluster(data_dir, topology_file=topology_file)
     try:
-        cluster.up()
+        with seeded_nodes():
+            cluster.up()
         yield cluster
     finally:
         cluster.down()
@@ -172,6 +176,14 @@ def kv_value(cluster: Cluster, pop: str, namespace: str, key: str) -> bytes | No
     return bytes(found.value) if found.found else None
 
 
+def kv_put(cluster: Cluster, pop: str, namespace: str, key: str, value: bytes) -> None:
+    """Write a key through one PoP (visible there at once: read-your-writes)."""
+    with grpc.insecure_channel(cluster.node(pop).grpc_address) as channel:
+        pop_pb2_grpc.PopStub(channel).KvPut(
+            kv_pb2.KvPutRequest(namespace=namespace, key=key, value=value), timeout=10
+        )
+
+
 # -- HTTP ----------------------------------------------------------------------------------
 
 
@@ -209,6 +221,8 @@ class EdgeClient:
     address: str
     region: str | None = None
     timeout_s: float = HTTP_TIMEOUT_S
+    # False: a plain client (a browser, curl) that sends no `x-edge-sent-at`.
+    stamp: bool = True
     _connection: http.client.HTTPConnection | None = field(default=None, repr=False)
 
     def _connect(self) -> http.client.HTTPConnection:
@@ -238,8 +252,9 @@ class EdgeClient:
             all_headers.setdefault(REGION_HEADER, self.region)
         for attempt in range(2):
             connection = self._connect()
-            name, value = sent_at_metadata()
-            all_headers[name] = value
+            if self.stamp:
+                name, value = sent_at_metadata()
+                all_headers[name] = value
             started = time.perf_counter()
             try:
                 connection.request(method, path, body=body, headers=all_headers)
@@ -260,6 +275,66 @@ class EdgeClient:
 
     def get(self, host: str, path: str = "/", **kwargs: Any) -> HttpResult:
         return self.request(host, path, **kwargs)
+
+
+# The probe table's tolerance (DESIGN.md, `edgectl probe`): max(1 ms, 5%) of the target.
+TABLE_TOLERANCE_S_MIN = 0.001
+TABLE_TOLERANCE_SHARE = 0.05
+
+
+def table_tolerance_s(target_s: float) -> float:
+    return max(TABLE_TOLERANCE_S_MIN, TABLE_TOLERANCE_SHARE * target_s)
+
+
+@dataclass
+class PairedTiming:
+    """The same request sent alternately from a region and from nowhere (no emulated
+    delay on the client's own hop), on two kept-alive connections to one PoP, by a
+    plain client that stamps nothing (as a browser would).
+
+    The undelayed request measures what the emulation does not add (parsing, the worker,
+    its subrequests); the difference of the medians is what it adds: the client's edge
+    round trip, to be held to the table's tolerance. (A stamping client would see that
+    difference short by the loopback transport time, which the emulation counts against
+    the delay of the delayed request only.)"""
+
+    delayed: list[HttpResult]
+    undelayed: list[HttpResult]
+
+    @property
+    def added_s(self) -> float:
+        return statistics.median(r.elapsed_s for r in self.delayed) - self.own_cost_s
+
+    @property
+    def own_cost_s(self) -> float:
+        return statistics.median(r.elapsed_s for r in self.undelayed)
+
+    def adds(self, target_s: float) -> bool:
+        """The emulation added `target_s`, within the table's tolerance."""
+        return abs(self.added_s - target_s) <= table_tolerance_s(target_s)
+
+    def __str__(self) -> str:
+        return (
+            f"added {self.added_s * 1e3:.2f} ms over an own cost of {self.own_cost_s * 1e3:.2f} ms"
+            f" (delayed {[round(r.elapsed_s * 1e3, 2) for r in self.delayed]})"
+        )
+
+
+def paired_timing(
+    address: str, region: str, host: str, path: str = "/", pairs: int = 15, **kwargs: Any
+) -> PairedTiming:
+    delayed, undelayed = EdgeClient(address, region, stamp=False), EdgeClient(address, stamp=False)
+    timing = PairedTiming([], [])
+    try:
+        delayed.request(host, path, **kwargs)  # connect both first
+        undelayed.request(host, path, **kwargs)
+        for _ in range(pairs):
+            timing.delayed.append(delayed.request(host, path, **kwargs))
+            timing.undelayed.append(undelayed.request(host, path, **kwargs))
+    finally:
+        delayed.close()
+        undelayed.close()
+    return timing
 
 
 def http_once(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 
@@ -11,6 +12,7 @@ import pytest
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edgectl import net
 from edgepop.faults import (
+    LINK_DELAY_MS_MAX,
     LOSS_MAX,
     RETRANSMIT_TIMEOUT_S,
     FaultError,
@@ -92,10 +94,21 @@ def test_validate_names_what_is_wrong() -> None:
     validate(LinkFault("tokyo", "us-east-1", 10.0, 5.0, 0.5), REGIONS)
     with pytest.raises(FaultError, match="unknown region 'mars'"):
         validate(LinkFault("mars", "us-east-1"), REGIONS)
-    with pytest.raises(FaultError, match="negative"):
+    with pytest.raises(FaultError, match="delay_ms must be within"):
         validate(LinkFault("tokyo", "us-east-1", delay_ms=-1.0), REGIONS)
     with pytest.raises(FaultError, match="loss"):
         validate(LinkFault("tokyo", "us-east-1", loss=LOSS_MAX + 0.01), REGIONS)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, 1e308, LINK_DELAY_MS_MAX + 1])
+def test_validate_refuses_non_finite_and_absurd_delays(value: float) -> None:
+    """Found by the fuzz: an infinite delay held every call across the pair."""
+    with pytest.raises(FaultError, match="delay_ms"):
+        validate(LinkFault("tokyo", "us-east-1", delay_ms=value), REGIONS)
+    with pytest.raises(FaultError, match="jitter_ms"):
+        validate(LinkFault("tokyo", "us-east-1", jitter_ms=value), REGIONS)
+    with pytest.raises(FaultError, match="loss"):
+        validate(LinkFault("tokyo", "us-east-1", loss=math.nan), REGIONS)
 
 
 def test_wire_form_round_trips() -> None:

@@ -72,6 +72,7 @@ class FakeHost:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self.store = ObjectStore(storage)
+        self.node_name = "tokyo-1"
         self.env = None
         self.committer = ManualCommitter(self)
         self.lease_ok = True
@@ -150,9 +151,17 @@ def _instance(host: FakeHost, cls: type[DurableObject] = Probe, epoch: int = 1) 
     )
 
 
-def _call(
+async def _call(
     instance: ObjectInstance, method: str, *args: Any, request_id: str = ""
-) -> Awaitable[tuple[str, int]]:
+) -> tuple[str, int]:
+    """(result JSON, epoch) of one call (`_answer` also gives the node)."""
+    result, epoch, _ = await _answer(instance, method, *args, request_id=request_id)
+    return result, epoch
+
+
+def _answer(
+    instance: ObjectInstance, method: str, *args: Any, request_id: str = ""
+) -> Awaitable[tuple[str, int, str]]:
     handler = getattr(instance.obj, method)
     return instance.execute(lambda: handler(*args), request_id=request_id)
 
@@ -208,7 +217,7 @@ def test_block_concurrency_while_runs_its_body_under_the_gate(host: FakeHost) ->
 
     async def scenario() -> str:
         instance = _instance(host)
-        result, _ = await instance.execute(lambda: instance.obj.run(body))  # type: ignore[attr-defined]
+        result, *_ = await instance.execute(lambda: instance.obj.run(body))  # type: ignore[attr-defined]
         answer: str = json.loads(result)
         return answer
 
@@ -347,7 +356,7 @@ def test_storage_transaction_rolls_back_its_writes_when_its_body_raises(host: Fa
 
     async def scenario() -> Any:
         instance = _instance(host)
-        result, _ = await _durably(host, instance.execute(lambda: instance.obj.run(body)))  # type: ignore[attr-defined]
+        result, *_ = await _durably(host, instance.execute(lambda: instance.obj.run(body)))  # type: ignore[attr-defined]
         return json.loads(result)
 
     assert asyncio.run(scenario()) == {"kept": 1}
@@ -390,7 +399,7 @@ def test_storage_api_list_merges_durable_pending_and_current_writes(host: FakeHo
         await _settle()
         host.committer.complete()
         await pending
-        result, _ = await reading
+        result, *_ = await reading
         seen: dict[str, Any] = json.loads(result)
         return seen
 
@@ -459,6 +468,7 @@ def test_a_retried_request_id_answers_the_first_result_without_running_again(
         await _settle()
         host.committer.complete()
         await written
+        host.node_name = "tokyo-2"  # the object moved: another node, another epoch
         again = _instance(host, epoch=2)
         with host.storage.read() as txn:
             stored = [
@@ -467,9 +477,10 @@ def test_a_retried_request_id_answers_the_first_result_without_running_again(
             ]
         assert [key for _, key in stored] == [b"\x00req:req-2"]
         again.load_request_ids(stored)
-        result, epoch = await _call(again, "put", "k", 2, request_id="req-2")
+        result, epoch, node = await _answer(again, "put", "k", 2, request_id="req-2")
         host.committer.complete()
-        assert (json.loads(result), epoch) == (None, 1)  # the first answer, first epoch
+        # The first answer, with the epoch and node it ran at.
+        assert (json.loads(result), epoch, node) == (None, 1, "tokyo-1")
         assert await _call(again, "get", "k") == ("1", 2)  # and it did not write again
 
     asyncio.run(scenario())
@@ -640,12 +651,12 @@ def test_alarm_fires_at_least_once_and_is_then_cleared(tmp_path: Path) -> None:
     async def scenario() -> tuple[float, int, str]:
         runner = asyncio.ensure_future(host.run())
         try:
-            armed, _ = await host.call("Alarmed", alarm_id, "arm", "[0.2]", region="tokyo")
+            armed, *_ = await host.call("Alarmed", alarm_id, "arm", "[0.2]", region="tokyo")
             await _until(lambda: len(Alarmed.attempts) >= 1, 5.0, "the alarm")
             # The next call queues at the input gate behind the alarm's own run: it sees
             # the alarm's writes (and its clearing) without waiting for anything else.
-            fired, _ = await host.call("Alarmed", alarm_id, "fired", "", region="tokyo")
-            pending, _ = await host.call("Alarmed", alarm_id, "alarm_at", "", region="tokyo")
+            fired, *_ = await host.call("Alarmed", alarm_id, "fired", "", region="tokyo")
+            pending, *_ = await host.call("Alarmed", alarm_id, "alarm_at", "", region="tokyo")
             return float(armed), int(fired), pending
         finally:
             runner.cancel()
@@ -674,7 +685,7 @@ def test_alarm_whose_handler_raises_is_retried_with_backoff(
         try:
             await host.call("Alarmed", alarm_id, "arm", "[0.05]", region="tokyo")
             await _until(lambda: len(Alarmed.attempts) >= 3, 5.0, "two retries")
-            fired, _ = await host.call("Alarmed", alarm_id, "fired", "", region="tokyo")
+            fired, *_ = await host.call("Alarmed", alarm_id, "fired", "", region="tokyo")
             return int(fired)
         finally:
             runner.cancel()

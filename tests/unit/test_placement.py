@@ -41,13 +41,15 @@ def _without(*names: str) -> list[NodeEntry]:
 
 
 @pytest.mark.parametrize("region", POP_REGIONS)
-def test_first_placement_is_in_the_callers_region_with_the_other_site_node_as_standby(
+def test_first_placement_is_in_the_callers_region_with_the_other_site_node_as_next_standby(
     region: str,
 ) -> None:
     placed = rules.place(TOPOLOGY, ALL_POPS, "Counter", _id(region), region)
     assert placed is not None
     assert placed.owner in {f"{region}-1", f"{region}-2"}
-    assert placed.standby == ({f"{region}-1", f"{region}-2"} - {placed.owner}).pop()
+    # Nobody holds a copy yet: the site-mate is named, and counts once it confirms.
+    assert placed.standby == ""
+    assert placed.next_standby == ({f"{region}-1", f"{region}-2"} - {placed.owner}).pop()
     assert placed.epoch == 1
     assert (placed.namespace, placed.object_id) == ("Counter", _id(region))
 
@@ -88,7 +90,7 @@ def test_single_node_site_takes_its_standby_from_the_nearest_other_region() -> N
     placed = rules.place(TOPOLOGY, _without("sydney-2"), "Counter", _id("s"), "sydney")
     assert placed is not None
     assert placed.owner == "sydney-1"
-    assert placed.standby.startswith("tokyo-")  # sydney's nearest other region (117 ms)
+    assert placed.next_standby.startswith("tokyo-")  # sydney's nearest other region (117 ms)
 
 
 def test_no_healthy_pop_means_no_placement_and_a_lone_pop_has_no_standby() -> None:
@@ -100,8 +102,8 @@ def test_no_healthy_pop_means_no_placement_and_a_lone_pop_has_no_standby() -> No
 # -- repair: the owner's lease lapsed (plus margin) ----------------------------------------
 
 
-def _placed(owner: str, standby: str, epoch: int = 3) -> Placement:
-    return Placement("Counter", _id("repair"), owner, standby, epoch)
+def _placed(owner: str, standby: str, epoch: int = 3, next_standby: str = "") -> Placement:
+    return Placement("Counter", _id("repair"), owner, standby, epoch, next_standby, 40)
 
 
 def test_objects_never_move_while_owner_and_standby_are_healthy() -> None:
@@ -110,19 +112,28 @@ def test_objects_never_move_while_owner_and_standby_are_healthy() -> None:
     assert rules.repair(TOPOLOGY, current, ALL_POPS, frozenset({"london-1"})) == current
 
 
-def test_gone_owner_is_replaced_by_its_standby_with_epoch_plus_one_and_a_new_standby() -> None:
+def test_gone_owner_is_replaced_by_its_standby_which_keeps_the_old_owner_as_holder() -> None:
     current = _placed("tokyo-1", "tokyo-2")
     repaired = rules.repair(TOPOLOGY, current, _without("tokyo-1"), frozenset({"tokyo-1"}))
     assert repaired.owner == "tokyo-2"
     assert repaired.epoch == current.epoch + 1
-    # tokyo has no other healthy node: the nearest region's node stands by.
-    assert repaired.standby.startswith("mumbai-")
+    # The old owner holds every acknowledged write until the new owner confirms a copy.
+    assert repaired.standby == "tokyo-1"
+    assert repaired.holders == ("tokyo-2", "tokyo-1")
+    # tokyo has no other healthy node: the nearest region's node is named next.
+    assert repaired.next_standby.startswith("mumbai-")
+    assert repaired.synced_seq == current.synced_seq
 
 
-def test_promoted_standby_in_a_two_node_site_takes_the_other_site_node_as_standby() -> None:
+def test_promoted_standby_in_a_two_node_site_names_the_other_site_node_next() -> None:
     current = _placed("sydney-1", "tokyo-1")
     repaired = rules.repair(TOPOLOGY, current, _without("sydney-1"), frozenset({"sydney-1"}))
-    assert (repaired.owner, repaired.standby, repaired.epoch) == ("tokyo-1", "tokyo-2", 4)
+    assert (repaired.owner, repaired.standby, repaired.next_standby, repaired.epoch) == (
+        "tokyo-1",
+        "sydney-1",
+        "tokyo-2",
+        4,
+    )
 
 
 def test_gone_owner_with_a_gone_standby_stays_put_rather_than_lose_acknowledged_writes() -> None:
@@ -131,47 +142,100 @@ def test_gone_owner_with_a_gone_standby_stays_put_rather_than_lose_acknowledged_
     assert rules.repair(TOPOLOGY, current, _without(*gone), gone) == current
 
 
+def test_gone_owner_is_never_replaced_by_an_unconfirmed_next_standby() -> None:
+    """Issue 17, sequences 1-3: the next standby never took a copy; the object waits."""
+    current = _placed("tokyo-2", "tokyo-1", next_standby="mumbai-1")
+    gone = frozenset({"tokyo-1", "tokyo-2"})
+    assert rules.repair(TOPOLOGY, current, _without(*gone), gone) == current
+    # ... and an object with no confirmed standby at all waits for its owner.
+    new = _placed("london-1", "", epoch=1, next_standby="london-2")
+    assert rules.repair(TOPOLOGY, new, _without("london-1"), frozenset({"london-1"})) == new
+
+
+def test_planted_bug_promotes_the_unconfirmed_next_standby() -> None:
+    """EDGEPOP_BUGGIFY=promote-unsynced: what the fault runs must catch."""
+    current = _placed("tokyo-2", "tokyo-1", next_standby="mumbai-1")
+    gone = frozenset({"tokyo-1", "tokyo-2"})
+    buggy = rules.repair(TOPOLOGY, current, _without(*gone), gone, promote_unsynced=True)
+    assert (buggy.owner, buggy.epoch, buggy.synced_seq) == ("mumbai-1", 4, 0)
+
+
 def test_gone_owner_whose_standby_is_unhealthy_but_not_yet_gone_is_not_moved() -> None:
     current = _placed("tokyo-1", "tokyo-2")
     healthy = _without("tokyo-1", "tokyo-2")  # tokyo-2 missed heartbeats, not gone yet
     assert rules.repair(TOPOLOGY, current, healthy, frozenset({"tokyo-1"})) == current
 
 
-def test_gone_standby_is_replaced_and_the_owner_keeps_its_epoch() -> None:
+def test_gone_standby_stays_a_holder_while_a_next_standby_is_named_at_the_same_epoch() -> None:
     current = _placed("tokyo-1", "tokyo-2")
     repaired = rules.repair(TOPOLOGY, current, _without("tokyo-2"), frozenset({"tokyo-2"}))
-    assert repaired.owner == "tokyo-1"
-    assert repaired.epoch == current.epoch
-    assert repaired.standby.startswith("mumbai-")
+    assert (repaired.owner, repaired.standby, repaired.epoch) == ("tokyo-1", "tokyo-2", 3)
+    assert repaired.next_standby.startswith("mumbai-")
+    # Repeated checks keep the named next standby (no flapping).
+    again = rules.repair(TOPOLOGY, repaired, _without("tokyo-2"), frozenset({"tokyo-2"}))
+    assert again == repaired
 
 
-def test_placement_without_a_standby_gets_one_when_another_pop_is_healthy() -> None:
+def test_a_gone_next_standby_is_replaced_by_another() -> None:
+    current = _placed("tokyo-1", "tokyo-2", next_standby="mumbai-1")
+    gone = frozenset({"tokyo-2", "mumbai-1"})
+    repaired = rules.repair(TOPOLOGY, current, _without(*gone), gone)
+    assert repaired.next_standby not in ("", "mumbai-1", "tokyo-1", "tokyo-2")
+    assert (repaired.owner, repaired.standby) == ("tokyo-1", "tokyo-2")
+
+
+def test_placement_without_any_standby_gets_a_next_standby_when_another_pop_is_healthy() -> None:
     current = _placed("london-1", "")
     repaired = rules.repair(TOPOLOGY, current, ALL_POPS, frozenset())
-    assert (repaired.owner, repaired.standby, repaired.epoch) == ("london-1", "london-2", 3)
+    assert (repaired.owner, repaired.standby, repaired.next_standby, repaired.epoch) == (
+        "london-1",
+        "",
+        "london-2",
+        3,
+    )
+    assert rules.needs_repair(current, frozenset(), pop_count=12)
+    assert not rules.needs_repair(current, frozenset(), pop_count=1)
 
 
-# -- recover: both copies were away ------------------------------------------------------
-
-
-def test_recover_keeps_the_owner_when_it_returns_first() -> None:
+def test_the_standby_returning_first_is_promoted_and_the_owner_returning_first_keeps_it() -> None:
     current = _placed("tokyo-1", "tokyo-2")
-    assert rules.recover(TOPOLOGY, current, _without("tokyo-2")) == current
+    owner_gone = frozenset({"tokyo-1"})
+    recovered = rules.repair(TOPOLOGY, current, _without("tokyo-1"), owner_gone)
+    assert (recovered.owner, recovered.epoch) == ("tokyo-2", current.epoch + 1)
+    back = rules.repair(TOPOLOGY, current, _without("tokyo-2"), frozenset({"tokyo-2"}))
+    assert (back.owner, back.epoch) == ("tokyo-1", current.epoch)
 
 
-def test_recover_promotes_the_standby_when_it_returns_first() -> None:
-    current = _placed("tokyo-1", "tokyo-2")
-    recovered = rules.recover(TOPOLOGY, current, _without("tokyo-1"))
-    assert recovered.owner == "tokyo-2"
-    assert recovered.epoch == current.epoch + 1
-    assert recovered.standby not in ("", "tokyo-1", "tokyo-2")
+# -- confirmation: the only way a node becomes the standby --------------------------------
 
 
-def test_recover_waits_while_neither_copy_is_back() -> None:
-    current = _placed("tokyo-1", "tokyo-2")
-    assert rules.recover(TOPOLOGY, current, _without("tokyo-1", "tokyo-2")) == current
-    lone = _placed("tokyo-1", "")
-    assert rules.recover(TOPOLOGY, lone, _without("tokyo-1")) == lone
+def test_confirming_the_next_standby_makes_it_the_standby_and_records_the_seq() -> None:
+    current = _placed("tokyo-1", "tokyo-2", next_standby="mumbai-1")
+    confirmed = rules.confirm_standby(current, owner="tokyo-1", epoch=3, standby="mumbai-1", seq=57)
+    assert (confirmed.standby, confirmed.next_standby, confirmed.synced_seq) == (
+        "mumbai-1",
+        "",
+        57,
+    )
+
+
+@pytest.mark.parametrize(
+    ("owner", "epoch", "standby"),
+    [
+        ("tokyo-2", 3, "mumbai-1"),  # not the owner
+        ("tokyo-1", 2, "mumbai-1"),  # an older epoch (a deposed owner)
+        ("tokyo-1", 4, "mumbai-1"),  # a newer epoch than the control plane knows
+        ("tokyo-1", 3, "mumbai-2"),  # not the named next standby
+        ("tokyo-1", 3, "tokyo-1"),  # itself
+        ("tokyo-1", 3, ""),
+    ],
+)
+def test_a_confirmation_the_placement_has_moved_past_is_refused(
+    owner: str, epoch: int, standby: str
+) -> None:
+    current = _placed("tokyo-1", "tokyo-2", next_standby="mumbai-1")
+    with pytest.raises(rules.ConfirmRefusedError):
+        rules.confirm_standby(current, owner=owner, epoch=epoch, standby=standby, seq=1)
 
 
 # -- properties ----------------------------------------------------------------------------
@@ -182,41 +246,50 @@ POP_NAMES = [pop.name for pop in ALL_POPS]
 @given(
     owner=st.sampled_from(POP_NAMES),
     standby=st.sampled_from(["", *POP_NAMES]),
+    next_standby=st.sampled_from(["", *POP_NAMES]),
     gone=st.frozensets(st.sampled_from(POP_NAMES)),
     epoch=st.integers(min_value=1, max_value=1_000),
 )
-def test_repair_never_lowers_the_epoch_never_pairs_a_node_with_itself_and_moves_only_to_the_standby(
-    owner: str, standby: str, gone: frozenset[str], epoch: int
+def test_repair_never_lowers_the_epoch_never_pairs_a_node_with_itself_and_moves_only_to_a_holder(
+    owner: str, standby: str, next_standby: str, gone: frozenset[str], epoch: int
 ) -> None:
     if standby == owner:
         standby = ""
-    current = Placement("Counter", _id("prop"), owner, standby, epoch)
+    if next_standby in (owner, standby):
+        next_standby = ""
+    current = Placement("Counter", _id("prop"), owner, standby, epoch, next_standby)
     healthy = [pop for pop in ALL_POPS if pop.name not in gone]
     repaired = rules.repair(TOPOLOGY, current, healthy, gone)
     assert repaired.epoch in (epoch, epoch + 1)
-    assert repaired.owner != repaired.standby
+    assert repaired.owner not in (repaired.standby, repaired.next_standby)
     if repaired.owner != owner:
-        # Only the standby, which holds every acknowledged write, may take over.
-        assert repaired.owner == standby
+        # Only the standby, which holds every acknowledged write, may take over; the old
+        # owner, which holds them too, stays on record as a holder.
+        assert (repaired.owner, repaired.standby) == (standby, owner)
         assert repaired.epoch == epoch + 1
         assert owner in gone
     else:
         assert repaired.epoch == epoch
-    if repaired.standby != standby:
-        # A newly chosen standby is a healthy node (both copies away: nothing changes).
-        assert repaired.standby not in gone
+        # Repair never makes a node a holder: only a confirmation does.
+        assert repaired.standby == standby
+    if repaired.next_standby and repaired.next_standby != next_standby:
+        assert repaired.next_standby not in gone
 
 
-def test_an_unreachable_standby_is_replaced_outside_its_cut_off_region_at_the_same_epoch() -> None:
+def test_an_unreachable_standby_gets_a_next_standby_outside_its_cut_off_region() -> None:
     placement = Placement("Counter", _id("x"), "sydney-1", "tokyo-1", 3)
     replaced = rules.replace_standby(TOPOLOGY, placement, ALL_POPS, "tokyo-1")
     # tokyo-2 is cut off by the same region-pair partition: never chosen.
-    assert replaced.standby not in ("tokyo-1", "tokyo-2", "sydney-1")
-    assert (replaced.owner, replaced.epoch) == ("sydney-1", 3)
+    assert replaced.next_standby not in ("", "tokyo-1", "tokyo-2", "sydney-1")
+    # tokyo-1 stays the standby (a holder) until the owner confirms the next one.
+    assert (replaced.owner, replaced.standby, replaced.epoch) == ("sydney-1", "tokyo-1", 3)
 
 
 def test_a_same_site_standby_is_replaced_by_its_site_mate_first() -> None:
     placement = Placement("Counter", _id("x"), "tokyo-1", "tokyo-2", 1)
-    assert rules.replace_standby(TOPOLOGY, placement, ALL_POPS, "tokyo-2").standby != "tokyo-2"
-    # A request naming a standby that was already replaced changes nothing.
+    replaced = rules.replace_standby(TOPOLOGY, placement, ALL_POPS, "tokyo-2")
+    assert replaced.next_standby not in ("", "tokyo-2")
+    # A request naming a node that is neither standby nor next standby changes nothing.
     assert rules.replace_standby(TOPOLOGY, placement, ALL_POPS, "london-1") == placement
+    # Nor does one naming the standby while a next standby is already named.
+    assert rules.replace_standby(TOPOLOGY, replaced, ALL_POPS, "tokyo-2") == replaced
