@@ -31,6 +31,7 @@ import fcntl
 import functools
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -112,8 +113,43 @@ def secure_or_insecure_channel(
     return grpc.secure_channel(address, tls.channel_credentials, options=options)
 
 
+# Below the kernel's ephemeral range: a port taken from it could be handed, between our
+# probe and the node's bind, to any process binding port 0 or opening an outgoing
+# connection (CI saw an origin fail to bind that way). Ports below it are only ever
+# taken by someone asking for that number.
+_PICKED_PORT_LOW = 20000
+# Not the seeded module RNG: processes given the same EDGEPOP_RANDOM_SEED must not all
+# try the same ports.
+_port_rng = random.SystemRandom()
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (the node binds it without SO_REUSEPORT)."""
+    """A port that was free a moment ago, outside the ephemeral range where possible.
+
+    The node binds it without SO_REUSEPORT, so a clash fails loudly rather than sharing.
+    """
+    high = _ephemeral_low()
+    if high - _PICKED_PORT_LOW >= 1000:
+        for _ in range(64):
+            port = _port_rng.randrange(_PICKED_PORT_LOW, high)
+            if port in _handed_out:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind((host, port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
@@ -415,9 +451,13 @@ class Cluster:
                 node.http_port = (
                     self.base_port + 3 * index + 2 if spec.role != "control_plane" else 0
                 )
-            elif spec.role in ("control_plane", "origin"):
-                # Others are told these addresses up front, so all start at once.
+            else:
+                # Picked up front, so all start at once (others are told the control
+                # plane's and origin's addresses) and a restarted node gets its own
+                # ports back: free_port keeps out of the range the kernel hands out.
                 node.grpc_port = free_port(self.host)
+                node.metrics_port = free_port(self.host)
+                node.http_port = free_port(self.host) if spec.role != "control_plane" else 0
             self.nodes[spec.name] = node
 
     def _argv(self, node: NodeState) -> list[str]:
