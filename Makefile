@@ -76,8 +76,10 @@ check-observability: install
 	  $(PY) deploy/grafana/dashboard.py --rules "$$queries/dashboard-queries.yml" && \
 	  $(PROMTOOL) check rules "$$queries/dashboard-queries.yml"
 
+# BENCH_ARGS: e.g. "--quick" or "--only propagation,scale" (python -m bench --help).
+BENCH_ARGS ?=
 bench: install
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 # Seeded fault runs (issue 10), each on a fresh cluster of its own: SEEDS=20 runs seeds
 # 1..20 (or a list: SEEDS=3,7,10-12), each with DURATION seconds of load and faults;

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import edge_workers, kv_reads, network, objects, replication, startup
+from bench import edge_workers, kv_reads, miniflare, network, objects, replication, scale, startup
 from bench.report import load_line, rich_table, write_outputs
 from bench.runner import Benchmark, Settings, run_benchmarks
 
@@ -45,8 +45,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         (network.WAN_KEY,),
     ),
     Benchmark(
-        "do-hot", "Durable Objects: hot Counter at its owner vs a bare gRPC echo server",
-        objects.run_hot, (objects.OBJECTS_KEY, kv_reads.ECHO_KEY),
+        "do-hot",
+        "Durable Objects: hot Counter at its owner vs a bare gRPC echo server and Miniflare",
+        objects.run_hot, (objects.OBJECTS_KEY, kv_reads.ECHO_KEY, miniflare.MINIFLARE_KEY),
     ),
     Benchmark(
         "do-spread", "Durable Objects: increments spread over 1,000 Counters",
@@ -57,12 +58,15 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         objects.run_forward, (objects.OBJECTS_KEY,),
     ),
     Benchmark(
-        "worker-kv", "Workers: HTTP through a worker doing one KV read vs bare aiohttp + LMDB",
-        edge_workers.run_worker_kv, (objects.OBJECTS_KEY, edge_workers.BARE_KEY),
+        "worker-kv",
+        "Workers: HTTP through a worker doing one KV read vs bare aiohttp + LMDB and Miniflare",
+        edge_workers.run_worker_kv,
+        (objects.OBJECTS_KEY, edge_workers.BARE_KEY, miniflare.MINIFLARE_KEY),
     ),
     Benchmark(
-        "worker-counter", "Workers: HTTP through a worker incrementing the hot Counter",
-        edge_workers.run_worker_counter, (objects.OBJECTS_KEY,),
+        "worker-counter",
+        "Workers: HTTP through a worker incrementing the hot Counter, and Miniflare's",
+        edge_workers.run_worker_counter, (objects.OBJECTS_KEY, miniflare.MINIFLARE_KEY),
     ),
     Benchmark(
         "coldstart", "Workers: cold start of a deploy at every PoP",
@@ -73,6 +77,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         objects.run_failover, (objects.OBJECTS_KEY,),
     ),
     Benchmark("startup", "Cluster start and idle memory", startup.run_startup),
+    Benchmark(
+        "scale", "Scale: 32 PoPs — start, idle CPU per node, 1,000 writes/s", scale.run_scale
+    ),
 )  # fmt: skip
 TABLE_WIDTH_MIN = 170
 OUT_DIR_DEFAULT = Path(__file__).resolve().parent / "out"

@@ -7,9 +7,11 @@ use) with 64 connections over HTTP/1.1 keep-alive, to the PoP's HTTP ingress wit
 
 - `worker-kv`: `bench-kv-read` answers each request with one `env.DATA.get(key)` (a
   100-byte value replicated to the PoP), against `bench.bare_http`, a bare aiohttp
-  handler answering one LMDB get, in alternating rounds.
+  handler answering one LMDB get, and Miniflare's KV GET of the same value (the peer,
+  `bench.miniflare`, when node is present), in alternating rounds.
 - `worker-counter`: `bench-counter` increments the hot Counter (owned by this PoP,
-  standby sync included) once per request.
+  standby sync included) once per request; then Miniflare's worker does the same to
+  its Durable Object Counter, under the same load.
 - `coldstart`: `bench-hello` deployed N times, each a new version; every PoP reports how
   long loading it took (`Pop.Status.workers[].cold_start_ms`).
 """
@@ -29,7 +31,7 @@ from typing import Any
 import aiohttp
 import grpc
 
-from bench import plots
+from bench import miniflare, plots
 from bench.bare_http import BareHttpServer
 from bench.loadgen import HttpLoad, HttpResult, http_closed_loop
 from bench.objects import IDLE_WINDOW_S, hot_roles, objects_cluster
@@ -57,12 +59,13 @@ CONNECTIONS = 64
 KV_RATIO_GOAL = 0.5
 COUNTER_RATE_GOAL = 2000.0
 COLD_START_GOAL_MS = 50.0
-# This machine class, from the issue: the bare handler, and Miniflare 4 (workerd). Not
-# measured by this bench: quoted in notes and drawn as marked reference lines only.
+# The bare handler's rate on this machine class, from the issue: quoted in the method
+# for scale only (the run measures its own beside the worker).
 ISSUE_BARE_PER_S = 8751
-MINIFLARE_KV_PER_S = 976
-MINIFLARE_COUNTER_PER_S = 783
-NOT_MEASURED = "issue figure, not measured in this run"
+# The sides of the HTTP comparisons, as the notes' tables and the plots name them.
+BARE_SIDE = "bare aiohttp + LMDB"
+WORKER_KV_SIDE = "PoP worker + KV"
+MINIFLARE_KV_SIDE = "Miniflare KV GET"
 LOAD_TIMEOUT_S = 30.0
 STATUS_POLL_S = 0.01
 
@@ -264,6 +267,55 @@ async def bare_server(context: Context, value: bytes) -> BareHttpServer:
     return await context.resource(BARE_KEY, start)
 
 
+async def _compare_with_peer(
+    context: Context, targets: dict[str, HttpLoad], rounds: int, peer_side: str
+) -> dict[str, dict[str, Any]]:
+    """`compare_http`; should it fail with the peer among the targets, once more
+    without it (the peer then counts as skipped): Miniflare failing under load must not
+    cost the run edgepop's own figures."""
+    try:
+        return await compare_http(context, targets, rounds)
+    except RuntimeError as error:
+        if peer_side not in targets:
+            raise
+        miniflare.drop(context, f"a round with Miniflare failed: {error}")
+    return await compare_http(
+        context, {name: spec for name, spec in targets.items() if name != peer_side}, rounds
+    )
+
+
+def _kv_peer_rows(measured: dict[str, dict[str, Any]], reason: str) -> list[Row]:
+    """The worker's KV read against Miniflare's, or why Miniflare was not measured."""
+    worker, peer = measured[WORKER_KV_SIDE], measured.get(MINIFLARE_KV_SIDE)
+    if peer is None:
+        return [
+            miniflare.skipped_row(
+                "worker-kv",
+                f"KV GET requests/s, {CONNECTIONS} connections",
+                reason,
+                f"{miniflare.REFERENCE_KV_PER_S}/s",
+            )
+        ]
+    return [
+        miniflare.versus_row(
+            "worker-kv",
+            f"worker KV read vs Miniflare KV GET: requests/s, {CONNECTIONS} connections",
+            "req/s",
+            worker["rate_per_s"],
+            peer["rate_per_s"],
+            note=f"Miniflare CPU {peer['total_cpu_per_request_us']:.0f} µs/req (workerd + node)",
+        ),
+        miniflare.versus_row(
+            "worker-kv",
+            "worker KV read vs Miniflare KV GET: p50 latency",
+            "ms",
+            worker["latency_p50_s"] * 1e3,
+            peer["latency_p50_s"] * 1e3,
+            note=f"Miniflare p99 {peer['latency_p99_s'] * 1e3:.2f} ms",
+        ),
+    ]
+
+
 async def run_worker_kv(context: Context) -> BenchResult:
     cluster = await objects_cluster(context)
     pop = (await hot_roles(context, cluster)).owner
@@ -275,19 +327,26 @@ async def run_worker_kv(context: Context) -> BenchResult:
         status, body = await http_get(address, host or "bare")
         if status != 200 or body != value:
             raise RuntimeError(f"{name} at {address} answered {status} {body[:60]!r}")
+    peer = await miniflare.checked_peer(
+        context, miniflare.KV_PATH, lambda body: body == value, f"the {VALUE_BYTES}-byte value"
+    )
     await http_tool(context)
     duration = context.pick(4.0, 2.0)
     warmup = 1.0
+    rounds = context.pick(3, 1)
     targets = {
-        "bare aiohttp + LMDB": HttpLoad(
+        BARE_SIDE: HttpLoad(
             f"http://{bare.address}/", "bare", CONNECTIONS, duration, warmup, bare.pid
         ),
-        "PoP worker + KV": HttpLoad(
+        WORKER_KV_SIDE: HttpLoad(
             f"http://{pop.http_address}/", KV_HOST, CONNECTIONS, duration, warmup, pop.pid
         ),
     }
-    measured = await compare_http(context, targets, context.pick(3, 1))
-    worker, baseline = measured["PoP worker + KV"], measured["bare aiohttp + LMDB"]
+    if peer is not None:
+        targets[MINIFLARE_KV_SIDE] = peer.load(miniflare.KV_PATH, CONNECTIONS, duration, warmup)
+    measured = await _compare_with_peer(context, targets, rounds, MINIFLARE_KV_SIDE)
+    worker, baseline = measured[WORKER_KV_SIDE], measured[BARE_SIDE]
+    peer_side = measured.get(MINIFLARE_KV_SIDE)
     tool = worker["tool"]
     rows = [
         Row(
@@ -298,7 +357,6 @@ async def run_worker_kv(context: Context) -> BenchResult:
             baseline=baseline["rate_per_s"],
             baseline_name="bare",
             goal=Goal(">=", KV_RATIO_GOAL, on="ratio"),
-            note=f"Miniflare {MINIFLARE_KV_PER_S}/s ({NOT_MEASURED})",
         ),
         Row(
             "worker-kv",
@@ -324,36 +382,60 @@ async def run_worker_kv(context: Context) -> BenchResult:
             baseline=baseline["server_cpu_per_request_us"],
             baseline_name="bare",
         ),
+        *_kv_peer_rows(measured, miniflare.skip_reason(context)),
     ]
+    series = {BARE_SIDE: [baseline["rate_per_s"]], WORKER_KV_SIDE: [worker["rate_per_s"]]}
+    annotation = f"worker / bare {worker['rate_per_s'] / baseline['rate_per_s']:.2f}x"
+    if peer_side is not None:
+        series[MINIFLARE_KV_SIDE] = [peer_side["rate_per_s"]]
+        annotation += f", worker / Miniflare {worker['rate_per_s'] / peer_side['rate_per_s']:.2f}x"
     plot = plots.grouped_bars(
         context.settings.out_dir / "worker_kv.png",
-        f"GET through a worker doing one KV read vs bare aiohttp + LMDB ({CONNECTIONS} conns)",
+        f"GET through a worker doing one KV read, {CONNECTIONS} connections",
         ["requests/s"],
-        {
-            "bare aiohttp + LMDB": [baseline["rate_per_s"]],
-            "PoP worker + KV": [worker["rate_per_s"]],
-        },
+        series,
         "requests/s",
-        [f"ratio {worker['rate_per_s'] / baseline['rate_per_s']:.2f}x"],
-        references={"Miniflare 4, issue figure": float(MINIFLARE_KV_PER_S)},
+        [annotation],
+        references={}
+        if peer_side is not None
+        else {"Miniflare 4, hand-measured": float(miniflare.REFERENCE_KV_PER_S)},
     )
+    if peer is not None and peer_side is not None:
+        peer_method = (
+            f"Miniflare in the same alternating rounds: {peer.describe()}; its worker "
+            "(bench/miniflare/worker.mjs) answers `await env.DATA.get(key, 'arrayBuffer')` "
+            "of the same value, KV persisted on disk as `wrangler dev` keeps it; its server "
+            "CPU is workerd's plus node's."
+        )
+    else:
+        peer_method = (
+            f"Miniflare was not measured ({miniflare.skip_reason(context)}); the plot draws "
+            f"the hand-measured {miniflare.REFERENCE_KV_PER_S}/s of an earlier week as a "
+            "dotted reference line."
+        )
     return BenchResult(
         rows=rows,
-        details={"pop": pop.name, "version": version, "results": measured},
+        details={
+            "pop": pop.name,
+            "version": version,
+            "results": measured,
+            "miniflare": peer.details()
+            if peer is not None and peer_side is not None
+            else {"skipped": miniflare.skip_reason(context)},
+        },
         plots=[plot],
         method=(
             f"{CONNECTIONS} keep-alive connections for {duration:g} s per side "
-            f"({context.pick(3, 1)} alternating round(s), 1 s warm-up before each side's "
+            f"({rounds} alternating round(s), 1 s warm-up before each side's "
             f"first) against {pop.name}'s HTTP ingress with `Host: {KV_HOST}`, routed to the "
             f"`bench-kv-read` worker (bench/workers/kv-read), which answers "
             f"`await env.DATA.get(key, 'bytes')`: a {VALUE_BYTES}-byte value from the PoP's "
             "replica. Baseline in the same run: `bench.bare_http`, one aiohttp handler doing "
             "one LMDB get of the same value, access log off as at the PoP. Both are one "
             "Python process on the default asyncio loop. Server CPU is the server "
-            f"process's utime+stime over the run. {_tool_note(context)} Issue figures for "
-            f"this machine class, not measured in this run (the plot draws Miniflare as a "
-            f"dotted reference line): bare handler {ISSUE_BARE_PER_S:,}/s, Miniflare 4 "
-            f"{MINIFLARE_KV_PER_S}/s."
+            f"process's utime+stime over the run. {_tool_note(context)} {peer_method} For "
+            f"scale, the issue's figure for the bare handler on this machine class: "
+            f"{ISSUE_BARE_PER_S:,}/s."
         ),
         notes=_http_notes(measured),
     )
@@ -387,6 +469,17 @@ async def run_worker_counter(context: Context) -> BenchResult:
     side["net_cpu_per_request_us"] = side["total_cpu_per_request_us"] - (
         1e6 * idle["pops"] * side["elapsed_s"] / side["requests"]
     )
+    # The peer under the same load, right after (its counter is its own object).
+    peer = await miniflare.checked_peer(
+        context, miniflare.COUNTER_PATH, lambda body: body.strip().isdigit(), "a count"
+    )
+    peer_side = None
+    if peer is not None:
+        peer_side = await miniflare.measure(
+            context,
+            f"Miniflare worker -> Counter, {CONNECTIONS} connections",
+            peer.load(miniflare.COUNTER_PATH, CONNECTIONS, duration, 1.0),
+        )
     grpc_rate = context.state.get("hot-rate-64")
     rows = [
         Row(
@@ -397,8 +490,7 @@ async def run_worker_counter(context: Context) -> BenchResult:
             baseline=grpc_rate,
             baseline_name="gRPC ObjectCall, 64 in flight" if grpc_rate else "",
             goal=Goal(">=", COUNTER_RATE_GOAL),
-            note=f"Miniflare {MINIFLARE_COUNTER_PER_S}/s ({NOT_MEASURED})"
-            + (f"; {side['non_2xx']} non-2xx" if side["non_2xx"] else ""),
+            note=f"{side['non_2xx']} non-2xx" if side["non_2xx"] else "",
         ),
         Row(
             "worker-counter",
@@ -415,9 +507,32 @@ async def run_worker_counter(context: Context) -> BenchResult:
             note=f"raw {side['total_cpu_per_request_us']:.0f} µs",
         ),
     ]
+    if peer_side is not None:
+        rows.append(
+            miniflare.versus_row(
+                "worker-counter",
+                f"worker -> hot Counter vs Miniflare's: requests/s, {CONNECTIONS} connections",
+                "req/s",
+                side["rate_per_s"],
+                peer_side["rate_per_s"],
+                note=f"Miniflare p50 {peer_side['latency_p50_s'] * 1e3:.2f} ms, p99 "
+                f"{peer_side['latency_p99_s'] * 1e3:.1f} ms",
+            )
+        )
+    else:
+        rows.append(
+            miniflare.skipped_row(
+                "worker-counter",
+                f"DO Counter through a worker, requests/s, {CONNECTIONS} connections",
+                miniflare.skip_reason(context),
+                f"{miniflare.REFERENCE_COUNTER_64_PER_S}/s",
+            )
+        )
     bars = {"worker -> Counter": side["rate_per_s"]}
     if grpc_rate:
         bars["gRPC ObjectCall (do-hot)"] = grpc_rate
+    if peer_side is not None:
+        bars["Miniflare worker -> Counter"] = peer_side["rate_per_s"]
     plot = plots.bars_with_goal(
         context.settings.out_dir / "worker_counter.png",
         f"Hot Counter increments through a worker, {CONNECTIONS} connections",
@@ -426,8 +541,27 @@ async def run_worker_counter(context: Context) -> BenchResult:
         "increments/s",
         goal=COUNTER_RATE_GOAL,
         goal_label="goal 2,000/s",
-        references={"Miniflare 4, issue figure": float(MINIFLARE_COUNTER_PER_S)},
+        references={}
+        if peer_side is not None
+        else {"Miniflare 4, hand-measured": float(miniflare.REFERENCE_COUNTER_64_PER_S)},
     )
+    if peer is not None and peer_side is not None:
+        peer_method = (
+            f"Then Miniflare under the same load ({duration:g} s after 1 s warm-up): "
+            f"{peer.describe()}; its worker (bench/miniflare/worker.mjs) calls "
+            "`increment(1)` on its Durable Object Counter (get, add, put, with DO storage "
+            "persisted on disk as `wrangler dev` keeps it) through a DO RPC stub. Its CPU "
+            "is workerd's plus node's."
+        )
+    else:
+        peer_method = (
+            f"Miniflare was not measured ({miniflare.skip_reason(context)}); the plot draws "
+            f"the hand-measured {miniflare.REFERENCE_COUNTER_64_PER_S}/s of an earlier week "
+            "as a dotted reference line."
+        )
+    notes = {"worker -> Counter": side}
+    if peer_side is not None:
+        notes["Miniflare worker -> Counter"] = peer_side
     return BenchResult(
         rows=rows,
         details={
@@ -437,6 +571,9 @@ async def run_worker_counter(context: Context) -> BenchResult:
             "result": side,
             "count_before": int(first),
             "count_after": int(last),
+            "miniflare": {**peer.details(), "result": peer_side}
+            if peer is not None and peer_side is not None
+            else {"skipped": miniflare.skip_reason(context)},
         },
         plots=[plot],
         method=(
@@ -448,9 +585,9 @@ async def run_worker_counter(context: Context) -> BenchResult:
             f"{standby.name}; each reply waits for the durable commit on both). The "
             "baseline column is `do-hot`'s gRPC `ObjectCall` rate at 64 in flight, when it "
             "ran. CPU per request is the owner's and the standby's, less what they use idle "
-            f"(measured over {IDLE_WINDOW_S:g} s before). {_tool_note(context)}"
+            f"(measured over {IDLE_WINDOW_S:g} s before). {_tool_note(context)} {peer_method}"
         ),
-        notes=_http_notes({"worker -> Counter": side}),
+        notes=_http_notes(notes),
     )
 
 

@@ -9,7 +9,9 @@ a durable commit on the owner and on the standby before the reply), sent as
 pre-serialised bytes from a client process, as the KvGet benchmark does.
 
 - `do-hot`: one Counter called at its owner, 1 and 64 in flight, alternating rounds
-  with the bare echo server answering a reply of the same size.
+  with the bare echo server answering a reply of the same size; then, when node is
+  present, Miniflare's Durable Object Counter through its worker at 1 and 64
+  connections (`bench.miniflare`).
 - `do-spread`: 1,000 Counters placed in new-york (owner new-york-1), 64 in flight.
 - `do-forward`: the hot Counter called through new-york-1 (which forwards to the owner)
   against the same calls at the owner: latency, throughput, CPU of all three PoPs.
@@ -27,7 +29,7 @@ from typing import Any
 
 import grpc
 
-from bench import plots
+from bench import miniflare, plots
 from bench.echo import ECHO_METHOD
 from bench.kv_reads import _compare, echo_server
 from bench.loadgen import UnaryLoad
@@ -68,8 +70,11 @@ OBJECT_CALL_METHOD = "/edge.v1.Pop/ObjectCall"
 HOT_RATIO_GOAL = 0.8
 # Issue 4's acceptance: the object serves again within 5 s of its owner's death.
 FAILOVER_GOAL_S = 5.0
-# Cloudflare's local simulator (Miniflare 4 on workerd), this machine class (issue 4).
-MINIFLARE_INCREMENTS_PER_S = 783
+# Miniflare's load per concurrency: one wrk run this long after a 1 s warm-up.
+MINIFLARE_DURATION_S = 4.0
+MINIFLARE_DURATION_QUICK_S = 1.0
+# Issue 11: one call at a time, edgepop's Counter at least as fast as Miniflare's.
+MINIFLARE_SEQUENTIAL_RATIO_GOAL = 1.0
 FAILOVER_CALL_TIMEOUT_S = 2.0
 FAILOVER_TIMEOUT_S = 30.0
 HEALTHY_TIMEOUT_S = 30.0
@@ -241,6 +246,48 @@ def commit_note(label: str, stats: dict[str, float]) -> str:
 # -- hot Counter vs echo -------------------------------------------------------------------
 
 
+def _hot_peer_rows(
+    concurrency: int, counter: dict[str, Any], peer_side: dict[str, Any] | None, reason: str
+) -> list[Row]:
+    """The hot Counter against Miniflare's at one concurrency, or why it was not run."""
+    sequential = concurrency == 1
+    if peer_side is None:
+        reference = (
+            f"{miniflare.REFERENCE_COUNTER_1_PER_S}/s, p50 "
+            f"{miniflare.REFERENCE_COUNTER_1_P50_MS} ms"
+            if sequential
+            else f"{miniflare.REFERENCE_COUNTER_64_PER_S}/s"
+        )
+        return [
+            miniflare.skipped_row(
+                "do-hot", f"DO Counter calls/s, {concurrency} in flight", reason, reference
+            )
+        ]
+    rows = [
+        miniflare.versus_row(
+            "do-hot",
+            f"Counter.increment calls/s at owner vs Miniflare's, {concurrency} in flight",
+            "calls/s",
+            counter["rate_per_s"],
+            peer_side["rate_per_s"],
+            note=f"Miniflare via HTTP through its worker, wrk, {concurrency} conn.",
+            goal=Goal(">=", MINIFLARE_SEQUENTIAL_RATIO_GOAL, on="ratio") if sequential else None,
+        )
+    ]
+    if sequential:
+        rows.append(
+            miniflare.versus_row(
+                "do-hot",
+                "increment p50 latency vs Miniflare's, 1 in flight",
+                "ms",
+                counter["latency_p50_s"] * 1e3,
+                peer_side["latency_p50_s"] * 1e3,
+                note=f"Miniflare p99 {peer_side['latency_p99_s'] * 1e3:.2f} ms",
+            )
+        )
+    return rows
+
+
 async def run_hot(context: Context) -> BenchResult:
     cluster = await objects_cluster(context)
     echo = await echo_server(context)
@@ -255,6 +302,8 @@ async def run_hot(context: Context) -> BenchResult:
     warmup = context.pick(0.5, 0.25)
     measured: dict[int, dict[str, dict[str, Any]]] = {}
     commits: dict[int, dict[str, float]] = {}
+    # Miniflare's Counter at the same concurrency, measured right after each.
+    peer_sides: dict[int, dict[str, Any]] = {}
     idle = await idle_cores(
         {"echo": [echo.pid], "Counter at owner": [owner.pid, standby.pid]},
         IDLE_WINDOW_S,
@@ -279,6 +328,21 @@ async def run_hot(context: Context) -> BenchResult:
         measured[concurrency] = await _compare(context, f"{concurrency} in flight", targets)
         commits[concurrency] = commit_stats(before, await owner_metrics(owner))
         net_of_idle(measured[concurrency], idle)
+        peer = await miniflare.checked_peer(
+            context, miniflare.COUNTER_PATH, lambda body: body.strip().isdigit(), "a count"
+        )
+        if peer is not None:
+            spec = peer.load(
+                miniflare.COUNTER_PATH,
+                concurrency,
+                context.pick(MINIFLARE_DURATION_S, MINIFLARE_DURATION_QUICK_S),
+                1.0,
+            )
+            peer_result = await miniflare.measure(
+                context, f"Miniflare worker -> Counter, {concurrency} connection(s)", spec
+            )
+            if peer_result is not None:
+                peer_sides[concurrency] = peer_result
     context.state["hot-rate-64"] = measured[CONCURRENCY_HIGH]["Counter at owner"]["rate_per_s"]
 
     rows = []
@@ -294,9 +358,6 @@ async def run_hot(context: Context) -> BenchResult:
                 baseline=echo_side["rate_per_s"],
                 baseline_name="echo",
                 goal=Goal(">=", HOT_RATIO_GOAL, on="ratio") if high else None,
-                note=f"Miniflare {MINIFLARE_INCREMENTS_PER_S}/s (issue figure, not measured here)"
-                if high
-                else "",
             ),
             Row(
                 "do-hot",
@@ -319,20 +380,47 @@ async def run_hot(context: Context) -> BenchResult:
                     echo_side,
                 )
             )
+        rows += _hot_peer_rows(
+            concurrency, counter, peer_sides.get(concurrency), miniflare.skip_reason(context)
+        )
+    series = {
+        "echo": [measured[c]["echo"]["rate_per_s"] for c in measured],
+        "Counter at owner": [measured[c]["Counter at owner"]["rate_per_s"] for c in measured],
+    }
+    peer_measured = len(peer_sides) == len(measured)
+    if peer_measured:
+        series["Miniflare worker -> Counter (HTTP)"] = [
+            peer_sides[c]["rate_per_s"] for c in measured
+        ]
     plot = plots.grouped_bars(
         context.settings.out_dir / "do_hot_vs_echo.png",
         f"Hot Counter.increment at its owner (standby {standby.name}) vs bare echo",
         [f"{c} in flight" for c in measured],
-        {
-            "echo": [measured[c]["echo"]["rate_per_s"] for c in measured],
-            "Counter at owner": [measured[c]["Counter at owner"]["rate_per_s"] for c in measured],
-        },
+        series,
         "calls/s",
         [
             f"ratio {measured[c]['Counter at owner']['rate_per_s'] / measured[c]['echo']['rate_per_s']:.2f}x"  # noqa: E501
             for c in measured
         ],
     )
+    found = await miniflare.running_peer(context) if peer_sides else None
+    if found is not None and peer_measured:
+        peer_method = (
+            f"After each concurrency's rounds, Miniflare's Counter with as many wrk "
+            f"connections ({context.pick(MINIFLARE_DURATION_S, MINIFLARE_DURATION_QUICK_S):g} "
+            f"s after 1 s warm-up): {found.describe()}. Its worker "
+            "(bench/miniflare/worker.mjs) calls `increment(1)` on a Durable Object Counter "
+            "doing the same get, add and put, through a DO RPC stub, with DO storage on disk "
+            "as `wrangler dev` keeps it; workerd's output gate holds each reply until the put "
+            "is stored. So Miniflare's side is an HTTP request through a worker (one process, "
+            "no standby, no network hop), edgepop's a gRPC call straight to the owner, which "
+            "also waits for the standby; `worker-counter` compares HTTP with HTTP."
+        )
+    else:
+        peer_method = (
+            f"Miniflare was not measured ({miniflare.skip_reason(context)}); the figures in "
+            "the skipped rows were measured by hand in an earlier week, not in this run."
+        )
     return BenchResult(
         rows=rows,
         details={
@@ -342,6 +430,9 @@ async def run_hot(context: Context) -> BenchResult:
             "duration_s": duration,
             "results": {str(c): r for c, r in measured.items()},
             "commits": {str(c): stats for c, stats in commits.items()},
+            "miniflare": {**found.details(), "results": {str(c): r for c, r in peer_sides.items()}}
+            if found is not None and peer_measured
+            else {"skipped": miniflare.skip_reason(context)},
         },
         plots=[plot],
         method=(
@@ -359,8 +450,7 @@ async def run_hot(context: Context) -> BenchResult:
             f"{IDLE_WINDOW_S:g} s before), which a slower side would otherwise be charged more "
             "of per call (the raw figure is in the note). "
             f"Topology: us-east-1, {OWNER_REGION} x2, {SPREAD_REGION} x1, delay emulation off. "
-            f"For scale, not measured in this run (issue 4's figure): Miniflare 4 did "
-            f"{MINIFLARE_INCREMENTS_PER_S} increments/s on this machine class."
+            f"{peer_method}"
         ),
         notes=[
             *_side_notes(measured),

@@ -34,6 +34,15 @@ def machine_busy_seconds() -> float:
     return (sum(fields[:8]) - fields[3] - fields[4]) / CLOCK_TICKS_PER_S
 
 
+def machine_cpu_times() -> tuple[float, float]:
+    """(idle, total) CPU seconds of all cores since boot, from /proc/stat; idle counts
+    iowait too (a core waiting on the disk could run anything else)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is inside user already).
+    total = sum(fields[:8])
+    return (fields[3] + fields[4]) / CLOCK_TICKS_PER_S, total / CLOCK_TICKS_PER_S
+
+
 def tree_cpu_seconds(root_pid: int) -> float:
     """CPU time of a process and all its descendants, reaped ones included.
 

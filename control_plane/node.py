@@ -60,6 +60,7 @@ class ControlPlane(Node):
         self._healthy: frozenset[str] = frozenset()
         self.storage: Storage | None = None
         self.state: ControlPlaneState | None = None
+        self._static_topology: pb.Topology | None = None
 
     def open_storage(self) -> None:
         self.storage = Storage(self.storage_dir, self.config.map_size_bytes)
@@ -358,7 +359,14 @@ class ControlPlane(Node):
         return infos
 
     def topology_message(self) -> pb.Topology:
-        message: pb.Topology = topology_to_pb(self.config.topology, self.topology_version)
+        # Regions and the RTT matrix never change while the process runs, and the matrix
+        # costs a great-circle per region pair: built once, copied into every push (each
+        # watcher gets one at every change and every WATCH_REFRESH_S).
+        if self._static_topology is None:
+            self._static_topology = topology_to_pb(self.config.topology)
+        message = pb.Topology()
+        message.CopyFrom(self._static_topology)
+        message.version = self.topology_version
         message.nodes.extend(self.node_infos())
         message.faults.extend(fault_to_pb(fault) for fault in self.faults.all())
         message.workers.extend(

@@ -26,6 +26,18 @@ class Lease:
     def valid(self, now: float) -> bool:
         return now < self.valid_until
 
+    def next_check_in(self, now: float, poll_s: float) -> float:
+        """Seconds until the lease must be looked at again to see it lapse.
+
+        While valid, its expiry: renewals only push `valid_until` later, so it cannot
+        lapse before then, and one timer there replaces polling (an idle node no longer
+        wakes 20 times a second for nothing). While not valid, `poll_s`: a renewal is not
+        announced, and it must be seen valid before it can be seen to lapse again.
+        """
+        if self.valid(now):
+            return self.valid_until - now
+        return poll_s
+
     def check_lapsed(self, now: float, was_valid: bool) -> bool:
         """True (and a new generation) when the lease was valid and is no longer."""
         if was_valid and not self.valid(now):

@@ -162,6 +162,8 @@ class Storage:
             max_workers=1, thread_name_prefix=f"lmdb-writer-{path.name}"
         )
         self._closed = False
+        # LMDB's id of the newest transaction that `flush` has synced (0: none yet).
+        self._flushed_txnid = 0
 
     def _open_env(self) -> Any:
         # The planted bug `no-fsync` (test-only, edgepop.buggify) commits a durable store
@@ -217,10 +219,21 @@ class Storage:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._writer, work)
 
-    async def flush(self) -> None:
-        """Force committed data to disk (for stores opened with durable=False)."""
+    async def flush(self) -> bool:
+        """Force committed data to disk (for stores opened with durable=False); False when
+        nothing was committed since the last flush, which then costs no sync.
+
+        LMDB's own last transaction id tells, whatever path the commit took (a snapshot
+        commits outside `write`). Read before the sync, so a commit racing with it is
+        synced again next time.
+        """
+        txnid = self.env.info()["last_txnid"]
+        if txnid == self._flushed_txnid:
+            return False
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._writer, self.env.sync, True)
+        self._flushed_txnid = txnid
+        return True
 
     def close(self) -> None:
         if self._closed:

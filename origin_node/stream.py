@@ -9,7 +9,6 @@ only a wiped origin can cause), never silence.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import struct
 import time
 from collections import OrderedDict
@@ -51,30 +50,51 @@ def encode_position(head_seq: int, origin_time: float) -> bytes:
 
 
 class HeadWatch:
-    """Lets streams sleep until the head seq moves past the one they have sent."""
+    """Lets streams sleep until the head seq moves past the one they have sent.
+
+    Each waiting stream holds a bare future and a timer handle: waking every subscriber
+    on a commit, or each at its heartbeat, costs no task (asyncio.wait_for would make
+    and cancel one per wait, per subscriber).
+    """
 
     def __init__(self, head_seq: int) -> None:
         self.head_seq = head_seq
         self.closing = False
-        self._moved = asyncio.Event()
+        self._waiters: set[asyncio.Future[None]] = set()
 
     def close(self) -> None:
         """Wake every stream for good: the origin is draining."""
         self.closing = True
-        self._moved.set()
+        self._wake_all()
 
     def advance(self, head_seq: int) -> None:
         if head_seq > self.head_seq:
             self.head_seq = head_seq
-            self._moved.set()
-            self._moved = asyncio.Event()
+            self._wake_all()
+
+    def _wake_all(self) -> None:
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            _wake(waiter)
 
     async def wait_beyond(self, seq: int, timeout: float) -> None:
+        """Return once the head is past `seq`, the origin drains, or `timeout` passed."""
         if self.head_seq > seq or self.closing:
             return
-        event = self._moved
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.add(waiter)
+        timer = loop.call_later(timeout, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiters.discard(waiter)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class ReplicationStream:

@@ -151,6 +151,8 @@ class PopNode(Node):
             await self._origin_channel.close(grace=None)
 
     async def _flush_replica(self) -> None:
+        """Sync the replica within a second of any commit (a flush with nothing new to
+        sync returns at once: an idle PoP does not wake its writer thread)."""
         while True:
             await asyncio.sleep(REPLICA_FLUSH_INTERVAL_S)
             await self.storage.flush()

@@ -36,12 +36,29 @@ STREAM_IDLE_TIMEOUT_S_DEFAULT = 3.0
 # Messages read ahead of the applier, and applied together at most.
 INBOX_MESSAGES_MAX = 256
 APPLY_MESSAGES_MAX = 64
-# How often, per idle timeout, the stream checks whether it went silent.
+# While messages wait to be applied (the reader may be blocked on a full inbox, which is
+# not silence), the silence check looks again this many times per idle timeout.
 SILENCE_CHECKS_PER_TIMEOUT = 10
 
 
 class StreamEnded(Exception):
     """The stream closed or went silent; reconnect."""
+
+
+def silence_wait_s(heard_at: float, now: float, idle_timeout_s: float, backlog: bool) -> float:
+    """Seconds until the stream may next have gone silent; 0 when it has now. Pure.
+
+    Silent: nothing arrived for `idle_timeout_s` and nothing waits to be applied. So the
+    check sleeps until the last message is that old (one timer per timeout, however
+    often messages arrive, and never later than the timeout), and looks again a tenth of
+    a timeout later while a backlog keeps the reader from receiving.
+    """
+    due = heard_at + idle_timeout_s - now
+    if due > 0:
+        return due
+    if backlog:
+        return idle_timeout_s / SILENCE_CHECKS_PER_TIMEOUT
+    return 0.0
 
 
 class ReplicationClient:
@@ -145,13 +162,14 @@ class ReplicationClient:
                 await inbox.put(error)
 
         async def watch_silence() -> None:
-            # One timer for the stream's life rather than one per message: a stream is
-            # silent when nothing waits to be applied and nothing arrived for the timeout.
+            # One timer for the stream rather than one per message (see silence_wait_s).
             while True:
-                await asyncio.sleep(self.idle_timeout_s / SILENCE_CHECKS_PER_TIMEOUT)
-                if inbox.empty() and time.monotonic() - heard_at > self.idle_timeout_s:
+                backlog = not inbox.empty()
+                wait = silence_wait_s(heard_at, time.monotonic(), self.idle_timeout_s, backlog)
+                if wait == 0:
                     inbox.put_nowait(StreamEnded(f"no message for {self.idle_timeout_s} s"))
                     return
+                await asyncio.sleep(wait)
 
         reader = asyncio.ensure_future(read())
         watchdog = asyncio.ensure_future(watch_silence())

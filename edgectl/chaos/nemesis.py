@@ -669,9 +669,21 @@ class Nemesis:
         """Start a killed node again (one restart at a time); retried on failure."""
         loop = asyncio.get_running_loop()
 
-        def start() -> None:
-            if not self.cluster.alive(name):
+        def start() -> ClusterError | None:
+            # Returned, not raised: a run that ends (and cancels this task) while the
+            # thread still works must not leave a future holding an unread exception.
+            if self.cluster.alive(name):
+                return None
+            try:
                 self.cluster.start(name, timeout=RESTART_TIMEOUT_S)
+            except ClusterError as error:
+                return error
+            return None
+
+        async def start_once() -> None:
+            error = await loop.run_in_executor(self._restarts, start)
+            if error is not None:
+                raise error
 
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(ClusterError),
@@ -679,7 +691,7 @@ class Nemesis:
             reraise=True,
         )
         try:
-            await retrying(loop.run_in_executor, self._restarts, start)
+            await retrying(start_once)
         except ClusterError as error:
             # Not raised: the final heal tries again, and the run reports it.
             self.log.skipped.append(f"{self.clock.now():.1f} s restart {name}: {error}")

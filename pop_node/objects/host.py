@@ -501,7 +501,12 @@ class ObjectHost:
         """Stop serving every object the moment the lease lapses."""
         was_valid = False
         while True:
-            await asyncio.sleep(LEASE_CHECK_INTERVAL_S)
+            # A timer at the lease's expiry while it is valid; a poll while it is not.
+            lease = self._lease()
+            wait = LEASE_CHECK_INTERVAL_S
+            if lease is not None:
+                wait = lease.next_check_in(time.monotonic(), LEASE_CHECK_INTERVAL_S)
+            await asyncio.sleep(wait)
             lease = self._lease()
             if lease is None:
                 continue

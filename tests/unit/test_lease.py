@@ -7,6 +7,7 @@ so the node has always stopped before the control plane moves its objects.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -76,3 +77,35 @@ def test_the_node_always_stops_before_the_control_plane_moves_its_objects(
     moves_at = received_at + NODE_LEASE_S_DEFAULT + OBJECT_FAILOVER_MARGIN_S
     assert not lease.valid(moves_at)
     assert lease.valid_until < moves_at
+
+
+def test_a_valid_lease_is_next_looked_at_when_it_expires_and_an_invalid_one_is_polled() -> None:
+    """The lease watch sleeps to the expiry while valid (renewals only extend it, so it
+    cannot lapse earlier), and polls while invalid to see a renewal bring it back."""
+    lease = Lease()
+    assert lease.next_check_in(5.0, poll_s=0.05) == 0.05  # never renewed
+    lease.renewed(sent_at=10.0, lease_s=LEASE_S)
+    assert lease.next_check_in(10.5, poll_s=0.05) == 1.5
+    lease.renewed(sent_at=10.4, lease_s=LEASE_S)  # renewed meanwhile: later, never earlier
+    assert lease.next_check_in(12.0, poll_s=0.05) == pytest.approx(0.4)
+    assert lease.next_check_in(12.4, poll_s=0.05) == 0.05  # lapsed: poll for a renewal
+
+
+@given(
+    renewals=st.lists(st.floats(min_value=0, max_value=100), min_size=1, max_size=20),
+    looks=st.lists(st.floats(min_value=0, max_value=110), min_size=1, max_size=20),
+)
+def test_a_lease_never_lapses_before_the_time_next_check_in_gives(
+    renewals: list[float], looks: list[float]
+) -> None:
+    """Whatever renewals follow a look, the lease is still valid until the time given."""
+    lease = Lease()
+    for sent_at in renewals[:1]:
+        lease.renewed(sent_at=sent_at, lease_s=LEASE_S)
+    for now in sorted(looks):
+        if not lease.valid(now):
+            continue
+        wake = now + lease.next_check_in(now, poll_s=0.05)
+        for sent_at in renewals[1:]:
+            lease.renewed(sent_at=sent_at, lease_s=LEASE_S)
+        assert lease.valid(wake - 1e-9)

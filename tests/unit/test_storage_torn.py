@@ -6,6 +6,7 @@ changes the boot id through the test-only override, as a reboot would.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,27 @@ def test_durable_store_keeps_no_sync_record_and_is_never_discarded(
         assert not (path / SYNC_STATE_FILE_NAME).exists()
     finally:
         reopened.close()
+
+
+# -- flush: a sync only when something was committed ----------------------------------------
+
+
+def test_flush_syncs_only_when_something_was_committed_since_the_last_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle replica's flush costs no sync; any commit — through `write_sync` or a
+    transaction of its own, as a snapshot install makes — is synced by the next one."""
+    monkeypatch.setenv(BOOT_ID_ENV, "boot-1")
+    storage = Storage(tmp_path / "replica", MAP_SIZE_BYTES, durable=False)
+    try:
+        assert not asyncio.run(storage.flush())  # nothing committed yet
+        _put(storage, b"one")
+        assert asyncio.run(storage.flush())
+        assert not asyncio.run(storage.flush())
+        with storage.env.begin(write=True) as txn:  # the snapshot path
+            txn.put(KEY, b"two")
+        assert asyncio.run(storage.flush())
+        storage.write_sync(lambda txn: None)  # an empty transaction commits nothing
+        assert not asyncio.run(storage.flush())
+    finally:
+        storage.close()
