@@ -65,6 +65,8 @@ async def read_body(request: web.BaseRequest) -> bytes:
     The time allowed grows with what has arrived, so a large upload at a reasonable rate
     finishes, while a client that trickles or stops is cut off.
     """
+    if not request.body_exists:
+        return b""  # no Content-Length and not chunked (a GET): nothing to wait for
     loop = asyncio.get_running_loop()
     started = loop.time()
     body = bytearray()

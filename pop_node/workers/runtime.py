@@ -137,6 +137,8 @@ class WorkerRuntime:
     def __init__(self, node: PopNode) -> None:
         self.node = node
         self.metrics = node.metrics
+        # worker name -> its CPU-time histogram child (labels() per request costs a lock).
+        self._cpu_children: dict[str, Any] = {}
         self.versions: dict[str, WorkerVersion] = {}
         self.routes: list[tuple[Route, str]] = []
         self.cache = HttpCache()
@@ -334,9 +336,7 @@ class WorkerRuntime:
             version.in_flight -= 1
             if version.retired and version.in_flight == 0:
                 version.module.unload()
-            self.metrics.worker_cpu.labels(
-                self.metrics.node, self.metrics.region, version.name
-            ).observe(budget.used_s)
+            self._cpu_child(version.name).observe(budget.used_s)
         for work in context.pending:
             self._spawn_background(work, scope)
         if response.streaming:
@@ -346,6 +346,13 @@ class WorkerRuntime:
                 headers=response.headers,
             )
         return response, error_code
+
+    def _cpu_child(self, worker: str) -> Any:
+        child = self._cpu_children.get(worker)
+        if child is None:
+            child = self.metrics.worker_cpu.labels(self.metrics.node, self.metrics.region, worker)
+            self._cpu_children[worker] = child
+        return child
 
     async def _metered_stream(
         self,
