@@ -73,8 +73,10 @@ FEW_POPS_TOPOLOGY: dict[str, Any] = {
 }
 WRITE_RATE_PER_S = 1000.0
 LIGHT_RATE_PER_S = 100.0
-PROPAGATION_P50_GOAL_MS = 2.0
-PROPAGATION_P99_GOAL_MS = 10.0
+# Issue 11: propagation at 1,000 writes/s to the 12 PoPs, per write from exact timestamps
+# (the client send -> visible rows, measured as the Redis row beside them is).
+PROPAGATION_P50_GOAL_MS = 5.0
+PROPAGATION_P99_GOAL_MS = 25.0
 PUTMANY_ENTRIES_PER_S_GOAL = 20_000.0
 LAG_P99_GOAL_S = 1.0
 SAMPLE_INTERVAL_S = 0.1
@@ -168,6 +170,7 @@ async def run_propagation(context: Context) -> BenchResult:
             value=percentile(visible_all, 0.5) * 1e3,
             baseline=redis_p50,
             baseline_name="redis",
+            goal=Goal("<=", PROPAGATION_P50_GOAL_MS),
             note=redis_note or f"{len(visible_all):,} samples",
         ),
         Row(
@@ -177,6 +180,7 @@ async def run_propagation(context: Context) -> BenchResult:
             value=percentile(visible_all, 0.99) * 1e3,
             baseline=redis_p99,
             baseline_name="redis",
+            goal=Goal("<=", PROPAGATION_P99_GOAL_MS),
             note=redis_note,
         ),
         Row(
@@ -184,15 +188,13 @@ async def run_propagation(context: Context) -> BenchResult:
             f"origin commit -> PoP apply, p50, {rate}, {pops} PoPs",
             "ms",
             value=p50,
-            goal=Goal("<=", PROPAGATION_P50_GOAL_MS),
-            note="inside the platform; no redis equivalent",
+            note="inside the platform (histogram buckets); no redis equivalent",
         ),
         Row(
             "propagation",
             f"origin commit -> PoP apply, p99, {rate}, {pops} PoPs",
             "ms",
             value=p99,
-            goal=Goal("<=", PROPAGATION_P99_GOAL_MS),
         ),
         Row(
             "propagation",
@@ -236,8 +238,8 @@ async def run_propagation(context: Context) -> BenchResult:
             ),
         },
         {
-            "commit -> apply p50 goal 2 ms": PROPAGATION_P50_GOAL_MS,
-            "commit -> apply p99 goal 10 ms": PROPAGATION_P99_GOAL_MS,
+            f"p50 goal {PROPAGATION_P50_GOAL_MS:g} ms": PROPAGATION_P50_GOAL_MS,
+            f"p99 goal {PROPAGATION_P99_GOAL_MS:g} ms": PROPAGATION_P99_GOAL_MS,
         },
         edgepop_samples=(EDGEPOP_VISIBLE_CURVE,),
     )
@@ -335,8 +337,10 @@ async def run_propagation(context: Context) -> BenchResult:
             "took another seq, whose read left late, or that the origin answered are left "
             "out and counted below). **Origin commit -> PoP apply**, inside the platform: "
             f"each PoP's `{PROPAGATION}` histogram (every entry) scraped before and after; "
-            "bucket deltas of all PoPs are summed and p50/p99 interpolated inside buckets; "
-            "the goals apply to it. The same histogram is read first at "
+            "bucket deltas of all PoPs are summed and p50/p99 interpolated inside buckets. "
+            "Issue 11's goals (p50 <= 5 ms, p99 <= 25 ms) apply to the send -> visible rows: "
+            "exact per-write timestamps, and the Redis row beside them. "
+            "The same histogram is read first at "
             f"{LIGHT_RATE_PER_S:,.0f} writes/s: the latency floor without queueing for CPU; "
             f"and after it at {WRITE_RATE_PER_S:,.0f} writes/s on a cluster of "
             f"{len(few.pops)} PoPs: the same load with cores to spare. "

@@ -43,6 +43,8 @@ class ScriptedStream:
 @dataclass
 class FakeRequest:
     content: ScriptedStream
+    # aiohttp: False when the request has no Content-Length and is not chunked.
+    body_exists: bool = True
 
 
 def read(stream: ScriptedStream) -> bytes:
@@ -55,6 +57,12 @@ def short_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
     # Milliseconds instead of seconds: the rule is the same.
     monkeypatch.setattr(ingress, "BODY_TIMEOUT_S", 0.2)
     monkeypatch.setattr(ingress, "BODY_RATE_BYTES_S_MIN", 1000)
+
+
+def test_a_request_without_a_body_is_not_read_at_all(short_bounds: None) -> None:
+    """A GET has nothing to wait for: the stream is never asked (it would stall here)."""
+    request: Any = FakeRequest(ScriptedStream([(0.0, b"never")], stall_at_end=True), False)
+    assert asyncio.run(asyncio.wait_for(read_body(request), 1.0)) == b""
 
 
 def test_a_body_that_arrives_is_read_whole(short_bounds: None) -> None:
