@@ -41,6 +41,10 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         network.run_delay_accuracy, (network.DEFAULT_KEY,),
     ),
     Benchmark(
+        "plain", "Delay seen by clients that stamp nothing (gRPC stub, curl)",
+        network.run_plain_delay, (network.DEFAULT_KEY,),
+    ),
+    Benchmark(
         "wan", "Replication at 0 / 50 / 100 / 200 ms one-way", network.run_wan_replication,
         (network.WAN_KEY,),
     ),

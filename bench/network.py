@@ -20,6 +20,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -40,9 +41,15 @@ from bench.runner import BenchResult, Context
 from bench.stats import Goal, Row, least_squares_slope, percentile, summarize
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import control_plane_pb2_grpc as cp_grpc
-from edge.v1 import kv_pb2, origin_pb2_grpc, pop_pb2, pop_pb2_grpc
+from edge.v1 import kv_pb2, origin_pb2, origin_pb2_grpc, pop_pb2, pop_pb2_grpc
 from edgectl.launcher import Cluster
-from edgectl.probe import HEADLINE_REGION, SEQUENTIAL_CALLS, tolerance_ms
+from edgectl.probe import (
+    HEADLINE_REGION,
+    SEQUENTIAL_CALLS,
+    plain_grpc_rtt_ms,
+    plain_http_rtt_ms,
+    tolerance_ms,
+)
 
 DEFAULT_KEY = "default"
 WAN_KEY = "wan"
@@ -554,4 +561,121 @@ async def run_wan_replication(context: Context) -> BenchResult:
             "(d > 0): p50 within 5% of d, issue 3's acceptance at 100 ms."
         ),
         notes=notes,
+    )
+
+
+# -- what a client that stamps nothing sees ------------------------------------------------
+
+# Issue 11: a plain client's median round trip minus its own undelayed one, within
+# max(0.3 ms, 3%) of the matrix.
+PLAIN_TOLERANCE_MS_MIN = 0.3
+PLAIN_TOLERANCE_FRACTION = 0.03
+PLAIN_ORIGIN_REGION = "tokyo"
+
+
+def plain_tolerance_ms(target_ms: float) -> float:
+    return max(PLAIN_TOLERANCE_MS_MIN, PLAIN_TOLERANCE_FRACTION * target_ms)
+
+
+@dataclass(frozen=True)
+class PlainSpec:
+    # (region, PoP gRPC address, PoP HTTP address) per region; the origin's gRPC address.
+    pops: tuple[tuple[str, str, str], ...]
+    origin_address: str
+    pairs: int
+    origin_pairs: int
+
+
+def measure_plain(spec: PlainSpec) -> list[dict[str, Any]]:
+    """In a worker process: each region's edge RTT over a plain generated stub and over
+    curl, and tokyo's origin RTT over the stub, as `edgectl.probe.plain_*_rtt_ms` say."""
+    results = []
+
+    def grpc_rtt(address: str, region: str, pairs: int, origin: bool) -> tuple[float, float]:
+        with grpc.insecure_channel(address) as channel:
+            if origin:
+                origin_stub = origin_pb2_grpc.OriginStub(channel)
+
+                def call(metadata: list[tuple[str, str]]) -> None:
+                    origin_stub.Status(
+                        origin_pb2.OriginStatusRequest(), metadata=metadata, timeout=5
+                    )
+
+            else:
+                pop_stub = pop_pb2_grpc.PopStub(channel)
+
+                def call(metadata: list[tuple[str, str]]) -> None:
+                    pop_stub.Status(pop_pb2.PopStatusRequest(), metadata=metadata, timeout=5)
+
+            call([])  # connect first
+            return plain_grpc_rtt_ms(call, region, pairs)
+
+    for region, grpc_address, http_address in spec.pops:
+        measured, own = grpc_rtt(grpc_address, region, spec.pairs, origin=False)
+        results.append(
+            {"region": region, "to": "edge", "via": "gRPC", "ms": measured, "own_ms": own}
+        )
+        measured, own = plain_http_rtt_ms(http_address, region, spec.pairs)
+        results.append(
+            {"region": region, "to": "edge", "via": "HTTP", "ms": measured, "own_ms": own}
+        )
+    measured, own = grpc_rtt(spec.origin_address, PLAIN_ORIGIN_REGION, spec.origin_pairs, True)
+    results.append(
+        {
+            "region": PLAIN_ORIGIN_REGION,
+            "to": "origin",
+            "via": "gRPC",
+            "ms": measured,
+            "own_ms": own,
+        }
+    )
+    return results
+
+
+async def run_plain_delay(context: Context) -> BenchResult:
+    cluster = await context.cluster(DEFAULT_KEY, None)
+    topology = cluster.topology
+    pops = tuple(
+        (region.name, node.grpc_address, node.http_address)
+        for region in topology.regions
+        if region.name != topology.origin_region
+        for node in [cluster.node(f"{region.name}-1")]
+    )
+    pairs = context.pick(40, 12)
+    origin_pairs = context.pick(12, 4)
+    spec = PlainSpec(pops, cluster.origin.grpc_address, pairs, origin_pairs)
+    results = await context.ui.timed(
+        f"plain clients: {pairs} delayed/undelayed pairs per region, gRPC and curl",
+        len(pops) * pairs * 2 * 0.03 + origin_pairs * 0.4,
+        context.in_worker(measure_plain, spec),
+    )
+    rows = []
+    for result in results:
+        region = topology.region(result["region"])
+        to_region = region.name if result["to"] == "edge" else topology.origin_region
+        target = topology.rtt_ms(region.name, to_region, caller_is_node=False)
+        rows.append(
+            Row(
+                "plain",
+                f"{result['region']} {result['to']} RTT, plain {result['via']} client",
+                "ms",
+                value=result["ms"],
+                baseline=target,
+                baseline_name="matrix",
+                goal=Goal("±", plain_tolerance_ms(target), on="baseline"),
+                note=f"{_deviation_note(result['ms'], target)}; own call {result['own_ms']:.2f} ms",
+            )
+        )
+    return BenchResult(
+        rows=rows,
+        details={"pairs": pairs, "origin_pairs": origin_pairs, "results": results},
+        method=(
+            "A client that stamps nothing (a generated gRPC stub calling Status; curl with one "
+            "kept-alive connection and its own `time_total`) alternates calls with and without "
+            "`x-edge-region`; the row is the median delayed round trip minus the median "
+            "undelayed one (the client's own cost, which the emulation does not add to), "
+            "against the matrix, judged to issue 11's max(0.3 ms, 3%). Default cluster, "
+            "delay emulation on; the client runs in a worker process. Only `edgectl probe`, "
+            "which stamps `x-edge-sent-at`, has its transport time counted against the delay."
+        ),
     )

@@ -20,6 +20,8 @@ from __future__ import annotations
 import functools
 import math
 import statistics
+import subprocess
+import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from typing import Any
 
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edgectl.client import CliError, EdgeClient, Target, role_name
+from edgepop.netem import REGION_HEADER
 
 CALLS_DEFAULT = 30
 # The seed's acceptance rule: a median within 5% of its target, but never asked to be
@@ -320,3 +323,49 @@ def run_probe(
         region_result(topology, region_plan, edge[region_plan.region], samples)
         for region_plan, samples in zip(plans, origin, strict=True)
     ]
+
+
+# -- what a client that stamps nothing sees (issue 11) --------------------------------------
+# Shared by the test of the seed table over plain clients and the bench's `plain` rows.
+
+
+def plain_grpc_rtt_ms(call: Callable[..., Any], region: str, pairs: int) -> tuple[float, float]:
+    """(median delayed call - median undelayed call, median undelayed call) in ms, over
+    `pairs` alternating calls with and without `x-edge-region`, nothing else stamped.
+
+    The undelayed call is the same client's own cost (serialisation, loopback, the
+    handler), which the emulation does not add to; the difference is what it does add."""
+    delayed, undelayed = [], []
+    for _ in range(pairs):
+        started = time.perf_counter()
+        call(metadata=[(REGION_HEADER, region)])
+        delayed.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        call(metadata=[])
+        undelayed.append(time.perf_counter() - started)
+    base = statistics.median(undelayed) * 1e3
+    return statistics.median(delayed) * 1e3 - base, base
+
+
+def plain_http_rtt_ms(address: str, region: str, pairs: int) -> tuple[float, float]:
+    """The same over HTTP with curl: one curl process, one kept-alive connection, its
+    own `time_total` per request, alternating with and without the region header."""
+    command = ["curl", "--silent", "--show-error"]
+    for index in range(pairs * 2):
+        delayed = index % 2 == 0
+        if index:
+            command.append("--next")
+        command += ["--output", "/dev/null", "--write-out", f"{int(delayed)} %{{time_total}}\\n"]
+        command += ["--header", "Host: no-worker.test"]
+        if delayed:
+            command += ["--header", f"{REGION_HEADER}: {region}"]
+        command.append(f"http://{address}/")
+    lines = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60)
+    times: dict[str, list[float]] = {"0": [], "1": []}
+    for line in lines.stdout.splitlines():
+        kind, seconds = line.split()
+        times[kind].append(float(seconds))
+    if not len(times["1"]) == len(times["0"]) == pairs:
+        raise RuntimeError(f"curl answered {len(times['1'])}+{len(times['0'])} of {2 * pairs}")
+    base = statistics.median(times["0"]) * 1e3
+    return statistics.median(times["1"]) * 1e3 - base, base

@@ -18,7 +18,6 @@ firehose feeds only the PoP being measured) and for routing (it stops nodes).
 from __future__ import annotations
 
 import statistics
-import subprocess
 import threading
 import time
 import uuid
@@ -36,8 +35,9 @@ from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import kv_pb2, origin_pb2, origin_pb2_grpc, pop_pb2, pop_pb2_grpc
 from edgectl.client import EdgeClient, Target, role_name
 from edgectl.launcher import Cluster
+from edgectl.probe import plain_grpc_rtt_ms, plain_http_rtt_ms
 from edgepop.faults import RETRANSMIT_TIMEOUT_S
-from edgepop.netem import REGION_HEADER, TIMER_AIM_EARLY_MAX_S, sent_at_metadata
+from edgepop.netem import TIMER_AIM_EARLY_MAX_S, sent_at_metadata
 from edgepop.rpc import client_metadata
 from edgepop.topology import parse_topology
 from tests.conftest import ClusterFactory, poll_until
@@ -213,47 +213,6 @@ def test_probe_reproduces_the_seed_latency_table(shared_cluster: Cluster) -> Non
 # DESIGN promise that any client sees the table (`tolerance_ms`).
 PLAIN_EDGE_PAIRS = 40
 PLAIN_ORIGIN_PAIRS = 6
-
-
-def plain_grpc_rtt_ms(call: Any, region: str, pairs: int) -> tuple[float, float]:
-    """(median delayed call - median undelayed call, median undelayed call) in ms, over
-    `pairs` alternating calls with and without `x-edge-region`, nothing else stamped.
-
-    The undelayed call is the same client's own cost (serialisation, loopback, the
-    handler), which the emulation does not add to; the difference is what it does add."""
-    delayed, undelayed = [], []
-    for _ in range(pairs):
-        started = time.perf_counter()
-        call(metadata=[(REGION_HEADER, region)])
-        delayed.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        call(metadata=[])
-        undelayed.append(time.perf_counter() - started)
-    base = statistics.median(undelayed) * 1e3
-    return statistics.median(delayed) * 1e3 - base, base
-
-
-def plain_http_rtt_ms(address: str, region: str, pairs: int) -> tuple[float, float]:
-    """The same over HTTP with curl: one curl process, one kept-alive connection, its
-    own `time_total` per request, alternating with and without the region header."""
-    command = ["curl", "--silent", "--show-error"]
-    for index in range(pairs * 2):
-        delayed = index % 2 == 0
-        if index:
-            command.append("--next")
-        command += ["--output", "/dev/null", "--write-out", f"{int(delayed)} %{{time_total}}\\n"]
-        command += ["--header", "Host: no-worker.test"]
-        if delayed:
-            command += ["--header", f"{REGION_HEADER}: {region}"]
-        command.append(f"http://{address}/")
-    lines = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60)
-    times: dict[str, list[float]] = {"0": [], "1": []}
-    for line in lines.stdout.splitlines():
-        kind, seconds = line.split()
-        times[kind].append(float(seconds))
-    assert len(times["1"]) == len(times["0"]) == pairs, lines.stdout
-    base = statistics.median(times["0"]) * 1e3
-    return statistics.median(times["1"]) * 1e3 - base, base
 
 
 def test_a_client_that_stamps_nothing_sees_the_seed_table_within_its_tolerance(
