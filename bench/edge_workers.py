@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
 import statistics
 import time
 import uuid
@@ -33,7 +32,7 @@ import grpc
 
 from bench import miniflare, plots
 from bench.bare_http import BareHttpServer
-from bench.loadgen import HttpLoad, HttpResult, http_closed_loop
+from bench.loadgen import HttpLoad, HttpResult, http_closed_loop, pooled_http
 from bench.objects import IDLE_WINDOW_S, hot_roles, objects_cluster
 from bench.probe import idle_cores
 from bench.runner import BenchResult, Context
@@ -169,30 +168,6 @@ async def run_http(context: Context, label: str, spec: HttpLoad) -> HttpResult:
             f"{label}: no successful request ({result.errors} errors, {result.non_2xx} non-2xx)"
         )
     return result
-
-
-def pooled_http(runs: list[HttpResult]) -> dict[str, Any]:
-    """Rounds of one target pooled: total requests over total time, median round's tails."""
-    requests = sum(run.requests for run in runs)
-    elapsed = sum(run.elapsed_s for run in runs)
-    server = sum(run.server_cpu_s for run in runs)
-    extra = sum(run.extra_cpu_s for run in runs)
-    p50s = sorted(run.latency_s["p50"] for run in runs)
-    p99s = sorted(run.latency_s["p99"] for run in runs)
-    return {
-        "requests": requests,
-        "errors": sum(run.errors for run in runs),
-        "non_2xx": sum(run.non_2xx for run in runs),
-        "elapsed_s": elapsed,
-        "rate_per_s": requests / elapsed if elapsed else math.nan,
-        "latency_p50_s": p50s[len(p50s) // 2],
-        "latency_p99_s": p99s[len(p99s) // 2],
-        "server_cpu_per_request_us": 1e6 * server / requests if requests else math.nan,
-        "total_cpu_per_request_us": 1e6 * (server + extra) / requests if requests else math.nan,
-        "server_cpu_share": server / elapsed if elapsed else math.nan,
-        "rounds": [run.rate_per_s for run in runs],
-        "tool": runs[0].tool if runs else "",
-    }
 
 
 async def compare_http(

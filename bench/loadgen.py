@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -840,3 +841,27 @@ async def _propagation_probe(spec: PropagationProbe) -> PropagationResult:
         if tasks:
             await asyncio.wait(list(tasks), timeout=spec.timeout_s)
     return PropagationResult(samples, len(errors), errors[0] if errors else "", summarize(lateness))
+
+
+def pooled_http(runs: Sequence[HttpResult]) -> dict[str, Any]:
+    """Rounds of one target pooled: total requests over total time, median round's tails."""
+    requests = sum(run.requests for run in runs)
+    elapsed = sum(run.elapsed_s for run in runs)
+    server = sum(run.server_cpu_s for run in runs)
+    extra = sum(run.extra_cpu_s for run in runs)
+    p50s = sorted(run.latency_s["p50"] for run in runs)
+    p99s = sorted(run.latency_s["p99"] for run in runs)
+    return {
+        "requests": requests,
+        "errors": sum(run.errors for run in runs),
+        "non_2xx": sum(run.non_2xx for run in runs),
+        "elapsed_s": elapsed,
+        "rate_per_s": requests / elapsed if elapsed else math.nan,
+        "latency_p50_s": p50s[len(p50s) // 2] if runs else math.nan,
+        "latency_p99_s": p99s[len(p99s) // 2] if runs else math.nan,
+        "server_cpu_per_request_us": 1e6 * server / requests if requests else math.nan,
+        "total_cpu_per_request_us": 1e6 * (server + extra) / requests if requests else math.nan,
+        "server_cpu_share": server / elapsed if elapsed else math.nan,
+        "rounds": [run.rate_per_s for run in runs],
+        "tool": runs[0].tool if runs else "",
+    }

@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import platform
 import re
@@ -46,7 +45,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.loadgen import HttpLoad, HttpResult
+from bench.loadgen import HttpLoad, HttpResult, pooled_http
 from bench.runner import Context
 from bench.stats import Goal, Row
 from bench.wrk import Wrk, find_or_install_wrk
@@ -144,30 +143,6 @@ def parse_ready(text: str) -> tuple[str, int]:
     if not isinstance(url, str) or not url.startswith("http://") or not isinstance(pid, int):
         raise ValueError(f"ready.json is not {{url, pid}}: {text[:200]!r}")
     return (url if url.endswith("/") else url + "/"), pid
-
-
-def summarize_runs(runs: Sequence[HttpResult]) -> dict[str, Any]:
-    """wrk runs of one target pooled: total requests over total time, the median run's
-    latency quantiles, CPU per request of the server (workerd) and of it plus node."""
-    requests = sum(run.requests for run in runs)
-    elapsed = sum(run.elapsed_s for run in runs)
-    server = sum(run.server_cpu_s for run in runs)
-    extra = sum(run.extra_cpu_s for run in runs)
-    p50s = sorted(run.latency_s["p50"] for run in runs)
-    p99s = sorted(run.latency_s["p99"] for run in runs)
-    return {
-        "requests": requests,
-        "errors": sum(run.errors for run in runs),
-        "non_2xx": sum(run.non_2xx for run in runs),
-        "elapsed_s": elapsed,
-        "rate_per_s": requests / elapsed if elapsed else math.nan,
-        "latency_p50_s": p50s[len(p50s) // 2] if runs else math.nan,
-        "latency_p99_s": p99s[len(p99s) // 2] if runs else math.nan,
-        "server_cpu_per_request_us": 1e6 * server / requests if requests else math.nan,
-        "total_cpu_per_request_us": 1e6 * (server + extra) / requests if requests else math.nan,
-        "rounds": [run.rate_per_s for run in runs],
-        "tool": runs[0].tool if runs else "",
-    }
 
 
 def versus_row(
@@ -507,7 +482,7 @@ async def measure(
     except (RuntimeError, ValueError, OSError, TimeoutError) as error:
         drop(context, f"Miniflare failed under load ({label}): {error}")
         return None
-    summary = summarize_runs(results)
+    summary = pooled_http(results)
     if summary["requests"] == 0:
         drop(
             context,

@@ -579,9 +579,9 @@ async def run_putmany(context: Context) -> BenchResult:
     )
     await context.ui.step("waiting for every PoP", wait_caught_up(cluster, warm.last_seq))
 
-    samples: list[tuple[float, str, float, float]] = []  # (wall time, PoP, applied, lag)
+    samples: list[tuple[float, str, int, float]] = []  # (wall time, PoP, applied, lag)
     writing = asyncio.ensure_future(context.in_worker(put_many, spec))
-    sampler = asyncio.ensure_future(_sample(cluster, samples, writing))
+    sampler = asyncio.ensure_future(sample_status(cluster, samples, writing))
     result: PutManyResult = await context.ui.timed(
         f"KvPutMany x{spec.batch_entries}, {spec.concurrency} in flight", duration, writing
     )
@@ -592,13 +592,14 @@ async def run_putmany(context: Context) -> BenchResult:
     return _putmany_result(context, cluster, spec, warm.last_seq, result, samples)
 
 
-async def _sample(
+async def sample_status(
     cluster: Cluster,
-    samples: list[tuple[float, str, float, float]],
-    writing: asyncio.Future[PutManyResult],
+    samples: list[tuple[float, str, int, float]],
+    writing: asyncio.Future[PutManyResult] | asyncio.Future[PacedResult],
+    interval_s: float = SAMPLE_INTERVAL_S,
 ) -> None:
-    """Ask every PoP's `Status` each 100 ms until the writer is done and every PoP has its
-    last seq.
+    """Ask every PoP's `Status` each `interval_s` until the writer is done and every PoP
+    has its last seq: (wall time, PoP, applied seq, lag seconds) into `samples`.
 
     `Status` carries the same applied seq and lag as the `/metrics` gauges (one function
     computes both) at a fraction of the cost: rendering and parsing twelve 14 KB
@@ -617,7 +618,7 @@ async def _sample(
             )
             latest = {}
             for name, reply in zip(stubs, replies, strict=True):
-                samples.append((stamp, name, float(reply.applied_seq), reply.lag_seconds))
+                samples.append((stamp, name, int(reply.applied_seq), reply.lag_seconds))
                 latest[name] = reply.applied_seq
             if writing.done():
                 last_seq = writing.result().last_seq
@@ -626,7 +627,7 @@ async def _sample(
                 deadline = deadline or time.monotonic() + CATCH_UP_TIMEOUT_S
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"PoPs still behind seq {last_seq}: {latest}")
-            next_at += SAMPLE_INTERVAL_S
+            next_at += interval_s
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
     finally:
         for channel in channels.values():
@@ -639,7 +640,7 @@ def _putmany_result(
     spec: PutManyLoad,
     start_seq: int,
     result: PutManyResult,
-    samples: list[tuple[float, str, float, float]],
+    samples: list[tuple[float, str, int, float]],
 ) -> BenchResult:
     t0 = result.started_at
     write_end = t0 + result.elapsed_s

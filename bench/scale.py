@@ -34,15 +34,14 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import grpc
 import yaml
 
 from bench import plots
 from bench.loadgen import PacedResult, PacedWrites, paced_puts
 from bench.probe import cpu_seconds, machine_cpu_times
+from bench.replication import sample_status
 from bench.runner import BenchResult, Context
 from bench.stats import Goal, Row, percentile, summarize
-from edge.v1 import pop_pb2, pop_pb2_grpc
 from edgectl.launcher import Cluster
 from edgepop.topology import DEFAULT_ORIGIN_REGION, DEFAULT_REGIONS
 
@@ -60,8 +59,6 @@ SETTLE_TIMEOUT_S = 20.0
 IDLE_S = 10.0
 # Each PoP's Status every this long: 32 PoPs x 4/s, about 1% of a core in the cluster.
 LAG_SAMPLE_INTERVAL_S = 0.25
-STATUS_TIMEOUT_S = 5.0
-CATCH_UP_TIMEOUT_S = 60.0
 # The writer starts this long after it is handed its work (the /proc/stat window with it).
 START_DELAY_S = 1.0
 
@@ -137,42 +134,6 @@ async def _measure_idle(pids: Mapping[str, int], seconds: float) -> tuple[dict[s
     )
 
 
-async def _sample_lag(
-    cluster: Cluster,
-    samples: list[tuple[float, str, int, float]],
-    writing: asyncio.Future[PacedResult],
-) -> None:
-    """Ask every PoP's Status each interval until the writer is done and every PoP holds
-    its last seq: (wall time, PoP, applied seq, lag seconds)."""
-    channels = {pop.name: grpc.aio.insecure_channel(pop.grpc_address) for pop in cluster.pops}
-    stubs = {name: pop_pb2_grpc.PopStub(channel) for name, channel in channels.items()}
-    request = pop_pb2.PopStatusRequest()
-    deadline: float | None = None
-    next_at = time.monotonic()
-    try:
-        while True:
-            stamp = time.time()
-            replies = await asyncio.gather(
-                *(stub.Status(request, timeout=STATUS_TIMEOUT_S) for stub in stubs.values())
-            )
-            latest = {}
-            for name, reply in zip(stubs, replies, strict=True):
-                samples.append((stamp, name, int(reply.applied_seq), reply.lag_seconds))
-                latest[name] = reply.applied_seq
-            if writing.done():
-                last_seq = writing.result().last_seq
-                if all(applied >= last_seq for applied in latest.values()):
-                    return
-                deadline = deadline or time.monotonic() + CATCH_UP_TIMEOUT_S
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"PoPs still behind seq {last_seq}: {latest}")
-            next_at += LAG_SAMPLE_INTERVAL_S
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-    finally:
-        for channel in channels.values():
-            await channel.close()
-
-
 async def _machine_window(
     start_at: float, duration_s: float, pids: Mapping[str, int]
 ) -> tuple[float, dict[str, float], float]:
@@ -241,7 +202,7 @@ async def _load(
     samples: list[tuple[float, str, int, float]] = []
     writing = asyncio.ensure_future(context.in_worker(paced_puts, spec))
     window = asyncio.ensure_future(_machine_window(start_at, duration, pids))
-    sampler = asyncio.ensure_future(_sample_lag(cluster, samples, writing))
+    sampler = asyncio.ensure_future(sample_status(cluster, samples, writing, LAG_SAMPLE_INTERVAL_S))
     try:
         writes: PacedResult = await context.ui.timed(
             f"{WRITE_RATE_PER_S:,.0f} writes/s to {len(cluster.pops)} PoPs",

@@ -14,7 +14,7 @@ import pytest
 
 from bench import miniflare
 from bench.edge_workers import MINIFLARE_KV_SIDE, WORKER_KV_SIDE, _kv_peer_rows
-from bench.loadgen import HttpResult
+from bench.loadgen import HttpResult, pooled_http
 from bench.objects import _hot_peer_rows
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,15 +83,13 @@ def test_the_ready_file_gives_a_base_url_and_nodes_pid() -> None:
 
 
 def test_runs_pool_to_total_requests_over_total_time_with_cpu_per_request() -> None:
-    pooled = miniflare.summarize_runs(
-        [_run(3000, 3.0, 0.002, 1.5, 0.3), _run(1000, 1.0, 0.004, 0.5, 0.1)]
-    )
+    pooled = pooled_http([_run(3000, 3.0, 0.002, 1.5, 0.3), _run(1000, 1.0, 0.004, 0.5, 0.1)])
     assert pooled["rate_per_s"] == pytest.approx(1000.0)
     assert pooled["latency_p50_s"] == pytest.approx(0.004)  # the upper median of two runs
     assert pooled["server_cpu_per_request_us"] == pytest.approx(500.0)
     assert pooled["total_cpu_per_request_us"] == pytest.approx(600.0)
     assert pooled["errors"] == 2 and pooled["non_2xx"] == 4 and pooled["tool"] == "wrk"
-    assert math.isnan(miniflare.summarize_runs([])["rate_per_s"])
+    assert math.isnan(pooled_http([])["rate_per_s"])
 
 
 def test_a_skipped_peer_is_a_skipped_row_quoting_the_hand_figure_as_such() -> None:

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from bench.edge_workers import WORKERS_DIR, bench_bundle, pooled_http
-from bench.loadgen import HttpLoad, HttpResult
+from bench.edge_workers import WORKERS_DIR, bench_bundle
+from bench.loadgen import HttpLoad, HttpResult, pooled_http
 from bench.objects import commit_stats, increment_request
 from bench.stats import parse_prometheus
 from bench.wrk import REPORT_SCRIPT, parse_wrk_output, wrk_argv, wrk_result
