@@ -595,7 +595,8 @@ class ObjectHost:
                     )
                 results.append(objects_pb2.REPLICA_RESULT_APPLIED)
 
-        await self.storage.write(work)
+        payload_bytes = sum(len(w.key) + len(w.value) for u in updates for w in u.writes)
+        await self.storage.write_small(work, payload_bytes)
         for instance in deposed:
             self.evict(instance, "a newer owner replicates this object")
         return results
