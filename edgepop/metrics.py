@@ -7,7 +7,8 @@ key or an object id. Each process has its own registry, served on its metrics po
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -23,6 +24,35 @@ PROPAGATION_BUCKETS_S = (
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
 BASE_LABELS = ("node", "region")
+
+
+def observe_repeated(histogram: Histogram, amount: float, count: int) -> None:
+    """`histogram.observe(amount)` done `count` times, in one step.
+
+    prometheus_client has no weighted observe, and its observe scans the buckets in
+    Python: per entry of a 500-entry replication batch on 12 PoPs, that was ~15% of a
+    PoP's CPU. This adds to the same bucket and sum (the pinned version's `_upper_bounds`,
+    `_buckets` and `_sum`; tests/unit/test_metrics.py holds it to observe()).
+    """
+    if count <= 0:
+        return
+    index = bisect.bisect_left(histogram._upper_bounds, amount)
+    histogram._buckets[index].inc(count)
+    histogram._sum.inc(amount * count)
+
+
+def observe_ages(histogram: Histogram, now: float, times: Iterable[float]) -> None:
+    """Observe `now - t` (at least 0) for each t; runs of equal times in one step each
+    (a replication batch's entries share their commit's time)."""
+    run_time = 0.0
+    run_count = 0
+    for at in times:
+        if at == run_time:
+            run_count += 1
+            continue
+        observe_repeated(histogram, max(0.0, now - run_time), run_count)
+        run_time, run_count = at, 1
+    observe_repeated(histogram, max(0.0, now - run_time), run_count)
 
 
 class NodeMetrics:

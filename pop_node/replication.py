@@ -25,7 +25,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_ex
 from edge.v1 import origin_pb2
 from edge.v1 import origin_pb2_grpc as origin_grpc
 from edgepop.kvstore import KvStore
-from edgepop.metrics import NodeMetrics
+from edgepop.metrics import NodeMetrics, observe_ages
 from edgepop.rpc import channel
 from edgepop.storage import Storage
 from pop_node import replica
@@ -263,9 +263,7 @@ class ReplicationClient:
             applied = self.storage.write_inline(
                 lambda txn: replica.apply_batch(self.store, txn, planned, complete_as_of)
             )
-            now = time.time()
-            for entry in planned:
-                self.metrics.kv_propagation.observe(max(0.0, now - entry.commit_time))
+            observe_ages(self.metrics.kv_propagation, time.time(), [e.commit_time for e in planned])
             self.metrics.kv_applied_entries.inc(len(planned))
             self._advance(applied)
         self.complete_as_of = complete_as_of

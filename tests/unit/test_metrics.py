@@ -1,0 +1,53 @@
+"""observe_repeated / observe_ages against prometheus_client's own observe()."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram
+
+from edgepop.metrics import PROPAGATION_BUCKETS_S, observe_ages, observe_repeated
+
+
+def _histogram() -> Histogram:
+    return Histogram(
+        "h_seconds", "test", buckets=PROPAGATION_BUCKETS_S, registry=CollectorRegistry()
+    )
+
+
+def _samples(histogram: Histogram) -> dict[tuple[str, str], float]:
+    return {
+        (sample.name, sample.labels.get("le", "")): sample.value
+        for metric in histogram.collect()
+        for sample in metric.samples
+        if not sample.name.endswith("_created")
+    }
+
+
+AMOUNTS = st.floats(min_value=0.0, max_value=100.0, allow_nan=False)
+# Bucket edges themselves: `le` is inclusive, the edge must land in its own bucket.
+EDGES = st.sampled_from(PROPAGATION_BUCKETS_S)
+
+
+@given(st.lists(st.tuples(st.one_of(AMOUNTS, EDGES), st.integers(0, 50)), max_size=20))
+def test_observe_repeated_matches_observe(observations: list[tuple[float, int]]) -> None:
+    one_by_one, repeated = _histogram(), _histogram()
+    for amount, count in observations:
+        for _ in range(count):
+            one_by_one.observe(amount)
+        observe_repeated(repeated, amount, count)
+    expected, got = _samples(one_by_one), _samples(repeated)
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        assert abs(got[name] - value) <= 1e-9 * max(1.0, abs(value)), name
+
+
+@given(st.floats(0.0, 1e6), st.lists(st.sampled_from([0.0, 5.0, 10.0, 10.5, 2e6]), max_size=30))
+def test_observe_ages_matches_observe(now: float, times: list[float]) -> None:
+    one_by_one, grouped = _histogram(), _histogram()
+    for at in times:
+        one_by_one.observe(max(0.0, now - at))
+    observe_ages(grouped, now, times)
+    expected, got = _samples(one_by_one), _samples(grouped)
+    for name, value in expected.items():
+        assert abs(got[name] - value) <= 1e-6 * max(1.0, abs(value)), name
