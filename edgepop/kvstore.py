@@ -211,17 +211,24 @@ class KvStore:
         txn.delete(rid, db=self.records)
         return True
 
-    def apply(self, txn: Any, entry: kv_pb2.LogEntry) -> None:
-        """Apply one logged change (the same on the origin and every replica)."""
-        self.apply_all(txn, (entry,))
+    def apply(self, txn: Any, entry: kv_pb2.LogEntry, recorded: set[str] | None = None) -> None:
+        """Apply one logged change (the same on the origin and every replica).
 
-    def apply_all(self, txn: Any, entries: Iterable[kv_pb2.LogEntry]) -> None:
+        `recorded`: namespaces already recorded in this transaction (updated), so that a
+        caller applying many entries one by one records each namespace once.
+        """
+        self.apply_all(txn, (entry,), recorded)
+
+    def apply_all(
+        self, txn: Any, entries: Iterable[kv_pb2.LogEntry], recorded: set[str] | None = None
+    ) -> None:
         """`apply` for each entry in order; a namespace is recorded once per transaction.
 
         The replicas' hot path (every entry of every batch, on every PoP): fields go from
         the entry to the encoded record without an intermediate Record.
         """
-        recorded: set[str] = set()
+        if recorded is None:
+            recorded = set()
         for entry in entries:
             namespace = entry.namespace
             if entry.op == kv_pb2.LOG_OP_PUT:

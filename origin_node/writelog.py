@@ -64,6 +64,7 @@ class WriteLog:
     def commit(self, txn: Any, batch: list[WriteRequest], now: float) -> tuple[int, int]:
         """Apply a batch inside `txn`; returns the new (head_seq, log_first_seq)."""
         head, first = self.positions(txn)
+        recorded: set[str] = set()  # namespaces recorded in this transaction
         for request in batch:
             if request.request_id:
                 seen = txn.get(request.request_id.encode(), db=self.requests_db)
@@ -86,7 +87,7 @@ class WriteLog:
                     metadata_json=change.metadata_json,
                     expiration=change.expiration,
                 )
-                self.store.apply(txn, entry)
+                self.store.apply(txn, entry, recorded)
                 txn.put(encode_u64(head), entry.SerializeToString(), db=self.log_db)
                 request.entries.append(entry)
             request.seq = head if request.entries else 0
