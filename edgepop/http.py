@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from edgepop.errors import EdgeError
-from edgepop.netem import NetworkEmulator, caller_from_headers
+from edgepop.netem import Caller, NetworkEmulator, caller_from_headers
 from edgepop.tls import process_tls
 
 log = logging.getLogger(__name__)
@@ -30,38 +30,58 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _OUTBOUND = web.RequestKey("edge_outbound", tuple)
 
 
-def install_netem(app: web.Application, netem: NetworkEmulator) -> None:
+async def hold_inbound(
+    netem: NetworkEmulator, request: web.Request, caller: Caller
+) -> web.StreamResponse | None:
+    """Hold the request for its inbound leg and note its outbound leg; a 504 when the
+    link is partitioned (the request never reaches the handler), else None."""
+    into, back = netem.legs(caller)
+    try:
+        await netem.cross(into, time.monotonic() - caller.transit_s, None)
+    except EdgeError as error:
+        return web.json_response({"error": error.message}, status=504)
+    request[_OUTBOUND] = (back, caller.transit_s)
+    return None
+
+
+async def hold_outbound(netem: NetworkEmulator, request: web.Request) -> None:
+    """Hold the response for its outbound leg, if the request has one."""
+    leg = request.get(_OUTBOUND)
+    if leg is None:
+        return
+    back, transit_s = leg
+    try:
+        await netem.cross(back, time.monotonic() - transit_s, None)
+    except EdgeError:
+        log.info("reply to %s lost to a partition", back.to_region)
+        raise
+
+
+def install_netem(app: web.Application, netem: NetworkEmulator, *, inbound: bool = True) -> None:
     """Emulate the network for `app`: inbound leg before the handler, outbound before the
     response's headers leave (`on_response_prepare`), so a streamed body pays it too and
-    a kept-alive connection is never held after its response was sent."""
+    a kept-alive connection is never held after its response was sent.
+
+    With `inbound=False` the app's own middleware calls `hold_inbound` (one middleware
+    fewer per request: aiohttp pays a call layer for each).
+    """
 
     @web.middleware
-    async def inbound(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def inbound_leg(request: web.Request, handler: Handler) -> web.StreamResponse:
         caller = caller_from_headers(request.headers.get)
-        if caller is None:
-            return await handler(request)
-        into, back = netem.legs(caller)
-        try:
-            await netem.cross(into, time.monotonic() - caller.transit_s, None)
-        except EdgeError as error:
-            # A partitioned link: the request never reaches the handler.
-            return web.json_response({"error": error.message}, status=504)
-        request[_OUTBOUND] = (back, caller.transit_s)
+        if caller is not None:
+            refused = await hold_inbound(netem, request, caller)
+            if refused is not None:
+                return refused
         return await handler(request)
 
-    async def outbound(request: web.Request, response: web.StreamResponse) -> None:
-        leg = request.get(_OUTBOUND)
-        if leg is None:
-            return
-        back, transit_s = leg
-        try:
-            await netem.cross(back, time.monotonic() - transit_s, None)
-        except EdgeError:
-            log.info("reply to %s lost to a partition", back.to_region)
-            raise
+    async def outbound_leg(request: web.Request, response: web.StreamResponse) -> None:
+        if _OUTBOUND in request:  # most requests carry no region: no coroutine for them
+            await hold_outbound(netem, request)
 
-    app.middlewares.append(inbound)
-    app.on_response_prepare.append(outbound)
+    if inbound:
+        app.middlewares.append(inbound_leg)
+    app.on_response_prepare.append(outbound_leg)
 
 
 async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from edge.v1 import kv_pb2
-from edgepop import kvapi, retry
+from edgepop import kvapi, limits, retry
 from edgepop.errors import DeadlineError, from_upstream
 from edgepop.kvstore import Record
 from pop_node.overlay import newer
@@ -116,16 +116,10 @@ class KvFrontend:
         ):
             return await self._at_origin(self.node.origin.KvGet, request, time_remaining)
         applied_seq = self.node.replication.applied_seq
-        if self.overlay:  # own writes pending: the general path
-            with self.node.storage.read() as txn:
-                record = self._local_get(txn, request.namespace, request.key, key, time.time())
-            return kvapi.get_response(record, applied_seq)
-        # The hot path: one lookup, no Record built.
-        with self.node.storage.read() as txn:
-            fields = self.store.get_fields(txn, request.namespace, key, time.time())
-        if fields is None:
+        found = self._read_local(request.namespace, request.key, key)
+        if found is None:
             return kv_pb2.KvGetResponse(found=False, applied_seq=applied_seq)
-        value, metadata_json, expiration, _ = fields
+        value, metadata_json, expiration = found
         return kv_pb2.KvGetResponse(
             found=True,
             value=value,
@@ -133,6 +127,29 @@ class KvFrontend:
             expiration=expiration,
             applied_seq=applied_seq,
         )
+
+    def get_eventual(self, namespace: str, key: str) -> tuple[bytes, str] | None:
+        """`get` at EVENTUAL consistency without protobuf messages, for workers' KV
+        bindings (hot, per request): (value, metadata_json), or None when not found."""
+        limits.check_namespace(namespace)
+        found = self._read_local(namespace, key, limits.check_key(key))
+        return None if found is None else (found[0], found[1])
+
+    def _read_local(
+        self, namespace: str, key: str, encoded: bytes
+    ) -> tuple[bytes, str, int] | None:
+        """(value, metadata_json, expiration) of a live key in the replica, this PoP's own
+        pending writes included; None when not found."""
+        now = time.time()
+        with self.node.storage.read() as txn:
+            if self.overlay:  # own writes pending: the general path
+                record = self._local_get(txn, namespace, key, encoded, now)
+                if record is None:
+                    return None
+                return record.value, record.metadata_json, record.expiration
+            # The hot path: one lookup, no Record built.
+            fields = self.store.get_fields(txn, namespace, encoded, now)
+        return None if fields is None else (fields[0], fields[1], fields[2])
 
     async def get_many(
         self, request: kv_pb2.KvGetManyRequest, time_remaining: float | None

@@ -53,6 +53,15 @@ class KvBinding:
     async def get_with_metadata(
         self, key: str, type: str = "text", *, consistency: str = "eventual", min_seq: int = 0
     ) -> dict[str, Any]:
+        if consistency == "eventual" and min_seq == 0 and key.__class__ is str and key.isascii():
+            # The common read, without protobuf messages. Other keys take the general path
+            # so that odd ones (not text, not UTF-8) fail exactly as they always did.
+            found = self._kv.get_eventual(self.namespace, key)
+            if found is None:
+                return {"value": None, "metadata": None}
+            value, metadata_json = found
+            metadata = json.loads(metadata_json) if metadata_json else None
+            return {"value": _decode(value, type), "metadata": metadata}
         response = await self._kv.get(
             kv_pb2.KvGetRequest(
                 namespace=self.namespace,

@@ -14,6 +14,7 @@ worker code does not swallow it.
 from __future__ import annotations
 
 import ctypes
+import math
 import threading
 import time
 import types
@@ -22,12 +23,12 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-# How often a running step is checked: fine enough for limits of tens of milliseconds,
-# coarse enough that the watchdog barely competes with the loop for the GIL under load.
+# The shortest time between two checks of a running step: fine enough for limits of tens
+# of milliseconds, coarse enough that the watchdog barely competes with the loop for the GIL.
 WATCHDOG_INTERVAL_S = 0.005
 # While a step stays over budget, the interrupt is raised again this often.
 REINJECT_INTERVAL_S = 0.005
-# Polls with no step running before the watchdog goes back to sleep.
+# Checks finding no step running before the watchdog sleeps until a step wakes it.
 WATCHDOG_IDLE_ROUNDS = 20
 
 
@@ -56,7 +57,15 @@ def interrupt_thread(thread_id: int, exception: type[BaseException]) -> None:
 
 
 class Watchdog:
-    """One per event-loop thread: watches the step being run, if any."""
+    """One per event-loop thread: watches the step being run, if any.
+
+    A thread's CPU clock runs no faster than the wall clock, so a step cannot overrun
+    its budget sooner than its remaining budget from when it began: the watchdog sleeps
+    until then (at least WATCHDOG_INTERVAL_S) instead of polling. `begin` wakes it early
+    only for a step that could overrun before its next check (little budget left). Each
+    wakeup takes the GIL from the loop thread, which under load cost the loop more than
+    the checks themselves.
+    """
 
     def __init__(self) -> None:
         self.thread_id = threading.get_ident()
@@ -66,10 +75,15 @@ class Watchdog:
         self._step_started = 0.0
         self._injected = False
         self._injected_at = 0.0
-        self._stop = threading.Event()
-        # Set while steps are being run: the watchdog sleeps on it instead of polling, so
-        # a PoP whose workers are idle pays nothing (no wakeups contending for the GIL).
-        self._busy = threading.Event()
+        # When the watchdog checks next (time.monotonic()); -inf from a wakeup until that
+        # check, so that steps beginning meanwhile do not wake it again.
+        self._check_at = math.inf
+        # How far ahead to check when no step runs: the limit of the last step seen, so
+        # that fresh steps like it need not wake the watchdog.
+        self._idle_horizon_s = WATCHDOG_INTERVAL_S
+        self._idle_rounds = 0
+        self._stopping = False
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="cpu-watchdog", daemon=True)
         self._thread.start()
 
@@ -80,8 +94,9 @@ class Watchdog:
             self._budget = budget
             self._step_started = now
             self._injected = False
-        if not self._busy.is_set():
-            self._busy.set()
+            if time.monotonic() + budget.limit_s - budget.used_s < self._check_at:
+                self._check_at = -math.inf
+                self._wake.set()
         return now
 
     def end(self) -> bool:
@@ -94,34 +109,45 @@ class Watchdog:
         return injected
 
     def _watch(self) -> None:
-        idle_rounds = 0
-        while not self._stop.is_set():
-            self._busy.wait()
-            if self._stop.wait(WATCHDOG_INTERVAL_S):
+        wait_s: float | None = None
+        while True:
+            self._wake.wait(wait_s)
+            self._wake.clear()
+            if self._stopping:
                 return
             with self._lock:
-                budget = self._budget
-                if budget is None:
-                    idle_rounds += 1
-                    if idle_rounds >= WATCHDOG_IDLE_ROUNDS:
-                        self._busy.clear()  # the next begin() wakes us again
-                        idle_rounds = 0
-                    continue
-                idle_rounds = 0
-                now = time.clock_gettime(self.clock)
-                # Again while the step keeps running over budget: worker code that catches
-                # the first interrupt (a bare `except:`) does not get to spin on.
-                if self._injected and now - self._injected_at < REINJECT_INTERVAL_S:
-                    continue
-                if budget.used_s + now - self._step_started > budget.limit_s:
-                    budget.exceeded = True
-                    self._injected = True
-                    self._injected_at = now
-                    _set_async_exc(self.thread_id, CpuLimitExceeded)
+                wait_s = self._check()
+                self._check_at = math.inf if wait_s is None else time.monotonic() + wait_s
+
+    def _check(self) -> float | None:
+        """Interrupt an overrunning step; returns the time until the next check (None: when
+        a step wakes the watchdog). Called with the lock held."""
+        budget = self._budget
+        if budget is None:
+            self._idle_rounds += 1
+            if self._idle_rounds >= WATCHDOG_IDLE_ROUNDS:
+                self._idle_rounds = 0
+                return None  # idle: the next step wakes us
+            return self._idle_horizon_s
+        self._idle_rounds = 0
+        self._idle_horizon_s = max(WATCHDOG_INTERVAL_S, budget.limit_s)
+        now = time.clock_gettime(self.clock)
+        # Again while the step keeps running over budget: worker code that catches the
+        # first interrupt (a bare `except:`) does not get to spin on.
+        if self._injected and now - self._injected_at < REINJECT_INTERVAL_S:
+            return WATCHDOG_INTERVAL_S
+        left_s = budget.limit_s - budget.used_s - (now - self._step_started)
+        if left_s < 0:
+            budget.exceeded = True
+            self._injected = True
+            self._injected_at = now
+            _set_async_exc(self.thread_id, CpuLimitExceeded)
+            return WATCHDOG_INTERVAL_S
+        return max(WATCHDOG_INTERVAL_S, left_s)
 
     def close(self) -> None:
-        self._stop.set()
-        self._busy.set()
+        self._stopping = True
+        self._wake.set()
         self._thread.join(timeout=1)
 
 

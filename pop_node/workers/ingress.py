@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import HttpVersion10, HttpVersion11, web
 from multidict import CIMultiDict
 
-from edgepop.http import Handler, install_netem
-from edgepop.netem import REGION_HEADER
+from edgepop.http import Handler, hold_inbound, install_netem
+from edgepop.netem import REGION_HEADER, caller_from_headers
 from edgepop.worker_api import Request
 
 if TYPE_CHECKING:
@@ -106,23 +106,28 @@ def geo(node: PopNode, client_region: str) -> dict[str, Any]:
 def build_app(node: PopNode) -> web.Application:
     runtime = node.workers
     metrics = node.metrics
+    netem = node.netem
     # Per-request work done once: geo per client region, metric children per label set.
     geo_cache: dict[str, dict[str, Any]] = {}
-    request_counters: dict[tuple[str, str], Any] = {}
+    request_metrics: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     def geo_for(client_region: str) -> dict[str, Any]:
         found = geo_cache.get(client_region)
         if found is None:
             found = geo_cache[client_region] = geo(node, client_region)
-        return dict(found)  # the worker may change its copy
+        return found  # worker_api.Request copies it: the worker may change its own
 
-    def count(worker: str, status: str) -> Any:
-        counter = request_counters.get((worker, status))
-        if counter is None:
-            counter = request_counters[(worker, status)] = metrics.worker_requests.labels(
-                metrics.node, metrics.region, worker, status
+    def record(worker: str, status: int, duration_s: float) -> None:
+        """Count the request and observe its duration (the children cached per label set)."""
+        children = request_metrics.get((worker, status))
+        if children is None:
+            code = str(status)
+            children = request_metrics[(worker, status)] = (
+                metrics.worker_requests.labels(metrics.node, metrics.region, worker, code),
+                metrics.request("http", worker, code),
             )
-        return counter
+        children[0].inc()
+        children[1].observe(duration_s)
 
     def plain(status: int, text: str) -> web.Response:
         return web.Response(status=status, text=text + "\n")
@@ -156,15 +161,19 @@ def build_app(node: PopNode) -> web.Application:
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # First of all middlewares, and for every request: routed or not (aiohttp answers
-        # an unrouted one itself, which would skip the limits in `handle`).
+        # The only middleware (aiohttp adds a call layer per middleware per request): the
+        # limits, then the emulated inbound leg, for every request, routed or not (aiohttp
+        # answers an unrouted one itself, which would skip the limits in `handle`).
         refused = refusal(request)
-        if refused is None:
-            return await handler(request)
-        status = str(refused.status)
-        count("-", status).inc()
-        metrics.request("http", "-", status).observe(0.0)
-        return refused
+        if refused is not None:
+            record("-", refused.status, 0.0)
+            return refused
+        caller = caller_from_headers(request.headers.get)
+        if caller is not None:
+            held = await hold_inbound(netem, request, caller)
+            if held is not None:
+                return held  # a partitioned link: the request never reaches the handler
+        return await handler(request)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -186,8 +195,8 @@ def build_app(node: PopNode) -> web.Application:
                     {"error": f"no worker route matches {host}{request.path}"}, status=404
                 )
             worker_name = version.name
-            body = await read_body(request)
-            client_region = request.headers.get(REGION_HEADER, "")
+            # Most requests (a GET) have no body: no coroutine to wait for it.
+            body = await read_body(request) if request.body_exists else b""
             headers = CIMultiDict(request.headers)
             headers["CF-Connecting-IP"] = request.remote or ""
             worker_request = Request(
@@ -195,7 +204,7 @@ def build_app(node: PopNode) -> web.Application:
                 method=request.method,
                 headers=headers,
                 body=body,
-                cf=geo_for(client_region),
+                cf=geo_for(headers.get(REGION_HEADER, "")),
             )
             response, _ = await runtime.handle(version, worker_request)
             status = response.status
@@ -224,13 +233,12 @@ def build_app(node: PopNode) -> web.Application:
             malformed.force_close()
             return malformed
         finally:
-            count(worker_name, str(status)).inc()
-            metrics.request("http", worker_name, str(status)).observe(time.perf_counter() - started)
+            record(worker_name, status, time.perf_counter() - started)
 
     app = web.Application(
         client_max_size=BODY_BYTES_MAX, handler_args=handler_args(), middlewares=[guard]
     )
-    install_netem(app, node.netem)
+    install_netem(app, netem, inbound=False)  # the inbound leg is held in `guard`
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
 

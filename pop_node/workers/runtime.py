@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -90,14 +90,13 @@ class WorkerVersion:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class _Scope:
-    """The request scope behind `worker_api.fetch` and `caches.default`."""
+    """The request scope behind `worker_api.fetch` and `caches.default` (one per request)."""
 
     runtime: WorkerRuntime
     version: WorkerVersion
     subrequests_left: int
-    waiting: list[Any] = field(default_factory=list)
 
     async def fetch(self, request: Request) -> Response:
         if self.subrequests_left <= 0:
