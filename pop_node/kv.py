@@ -18,6 +18,7 @@ from edge.v1 import kv_pb2
 from edgepop import kvapi, limits, retry
 from edgepop.errors import DeadlineError, from_upstream
 from edgepop.kvstore import Record
+from pop_node.deadline import answer_budget_s
 from pop_node.overlay import newer
 
 if TYPE_CHECKING:
@@ -27,22 +28,14 @@ T = TypeVar("T")
 
 # Budget for a call to the origin when the client set no deadline.
 UPSTREAM_TIMEOUT_S_DEFAULT = 5.0
-# Answer this share of the client's deadline early (within bounds), so the client sees our
-# status (UNAVAILABLE naming the origin) rather than its own timeout.
-DEADLINE_MARGIN_SHARE = 0.1
-DEADLINE_MARGIN_S_MIN = 0.05
-DEADLINE_MARGIN_S_MAX = 0.5
 # A BOOKMARK read waits at most this long for the replica before asking the origin.
 BOOKMARK_WAIT_S_MAX = 2.0
 
 
 def _budget(remaining: float | None) -> float:
-    if remaining is None:
-        return UPSTREAM_TIMEOUT_S_DEFAULT
-    margin = min(
-        DEADLINE_MARGIN_S_MAX, max(DEADLINE_MARGIN_S_MIN, remaining * DEADLINE_MARGIN_SHARE)
-    )
-    return max(0.0, remaining - margin)
+    # Answered a little before the client's deadline (pop_node.deadline), so the client
+    # sees our status (UNAVAILABLE naming the origin) rather than its own timeout.
+    return answer_budget_s(remaining, UPSTREAM_TIMEOUT_S_DEFAULT)
 
 
 class KvFrontend:

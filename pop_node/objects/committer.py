@@ -36,6 +36,11 @@ REPLICATE_TIMEOUT_S = 3.0
 # Loop turns the committer yields before its local commit, so that the standby call is
 # already with gRPC (see ObjectCommitter._commit).
 STANDBY_SEND_TURNS = 2
+# A batch of at most this many calls commits on the loop's thread (Storage.write_small):
+# few calls in flight, where latency is two thread hops. A bigger batch means calls are
+# queueing: its commit goes to the writer thread, so the loop takes the next calls in
+# during the fsync and the next batch grows (group commit) instead of waiting behind it.
+INLINE_COMMITS_MAX = 4
 
 
 @dataclass
@@ -119,7 +124,10 @@ class ObjectCommitter:
             len(key) + len(value or b"") for commit in batch for key, value in commit.writes
         )
         try:
-            await self.host.storage.write_small(work, payload_bytes)
+            if len(batch) <= INLINE_COMMITS_MAX:
+                await self.host.storage.write_small(work, payload_bytes)
+            else:
+                await self.host.storage.write(work)
         except Exception as error:
             log.exception("object commit failed")
             return {id(commit.instance): f"commit failed: {error}" for commit in batch}
