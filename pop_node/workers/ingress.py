@@ -195,8 +195,7 @@ def build_app(node: PopNode) -> web.Application:
                     {"error": f"no worker route matches {host}{request.path}"}, status=404
                 )
             worker_name = version.name
-            # Most requests (a GET) have no body: no coroutine to wait for it.
-            body = await read_body(request) if request.body_exists else b""
+            body = await read_body(request)
             headers = CIMultiDict(request.headers)
             headers["CF-Connecting-IP"] = request.remote or ""
             worker_request = Request(
