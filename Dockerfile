@@ -26,6 +26,7 @@ COPY control_plane/ control_plane/
 COPY origin_node/ origin_node/
 COPY pop_node/ pop_node/
 COPY edgectl/ edgectl/
+COPY sdk/ sdk/
 
 # A regular (non-editable) install of the pinned runtime dependencies and the roles,
 # then `make proto`'s codegen. The generated package `edge.v1` goes into site-packages

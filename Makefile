@@ -16,8 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	# generated code lives in gen/ (the proto import path); put it on the venv's path
-	$(PY) -c "import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()['purelib'], 'edgepop-gen.pth').write_text(str(pathlib.Path('gen').resolve()) + '\n')"
+	# generated code lives in gen/ (the proto import path), the Cloudflare SDK names in sdk/:
+	# both go on the venv's path as plain entries (an editable install's import hook comes
+	# after the path, where the seed workers' folder `workers/` would pass for `workers`)
+	$(PY) -c "import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()['purelib'], 'edgepop-gen.pth').write_text(''.join(str(pathlib.Path(d).resolve()) + '\n' for d in ('gen', 'sdk')))"
 	touch $@
 
 $(GEN_STAMP): $(PROTOS) $(VENV)/.installed

@@ -26,7 +26,7 @@ from typing import Any
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import workers_pb2
 from edgectl.client import CliError, EdgeClient
-from edgepop.bundle import CONFIG_FILE, BundleError, read_bundle
+from edgepop.bundle import CONFIG_FILE, BundleError, is_bundle_folder, read_bundle
 
 # The issue's promise is 2 s; this leaves room for a busy machine before calling it lag.
 ROLLOUT_TIMEOUT_S_DEFAULT = 10.0
@@ -55,14 +55,15 @@ def bundle_dirs(paths: Sequence[Path]) -> list[Path]:
     for path in paths:
         if not path.is_dir():
             raise CliError("INVALID_ARGUMENT", f"--workers {path}: not a folder")
-        if (path / CONFIG_FILE).is_file():
+        if is_bundle_folder(path):
             bundles = [path]
         else:
-            bundles = sorted(p for p in path.iterdir() if (p / CONFIG_FILE).is_file())
+            bundles = sorted(p for p in path.iterdir() if is_bundle_folder(p))
             if not bundles:
                 raise CliError(
                     "INVALID_ARGUMENT",
-                    f"--workers {path}: neither a bundle ({CONFIG_FILE}) nor a folder of bundles",
+                    f"--workers {path}: neither a bundle ({CONFIG_FILE} or a wrangler "
+                    "config) nor a folder of bundles",
                 )
         for bundle in bundles:
             if bundle.resolve() not in {b.resolve() for b in found}:
@@ -74,9 +75,7 @@ def read(folder: Path) -> workers_pb2.WorkerBundle:
     """A folder's bundle, checked as the control plane will check it."""
     if not folder.is_dir():
         raise CliError("INVALID_ARGUMENT", f"{folder}: not a folder")
-    if not (folder / CONFIG_FILE).is_file() and any(
-        (child / CONFIG_FILE).is_file() for child in folder.iterdir()
-    ):
+    if not is_bundle_folder(folder) and any(is_bundle_folder(child) for child in folder.iterdir()):
         raise CliError(
             "INVALID_ARGUMENT",
             f"{folder} is a folder of bundles: deploy one of them ({folder}/NAME), "

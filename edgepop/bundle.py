@@ -1,8 +1,12 @@
-"""Worker bundles: reading a folder, the version hash, and the worker.yaml config.
+"""Worker bundles: reading a folder, the version hash, and its config.
 
 Shared by `edgectl deploy` (reads and checks a folder), the control plane (checks and
 stores versions) and PoPs (load them). The version is the SHA-256 of the bundle's files,
 so deploying the same folder twice is one version, and a PoP can verify what it loads.
+
+A bundle is configured by edgepop's `worker.yaml` (entry `worker.py`) or by Cloudflare's
+wrangler config (`wrangler.jsonc`, `wrangler.json` or `wrangler.toml`, entry `main`), read
+by `edgepop.wrangler` into the same `WorkerConfig`. edgepop's format:
 
     name: api-router
     routes: ["api.example.com/*"]          # [host]/path, a trailing * matches any rest
@@ -28,6 +32,7 @@ from edge.v1 import workers_pb2
 
 CONFIG_FILE = "worker.yaml"
 ENTRY_FILE = "worker.py"
+WRANGLER_FILES = ("wrangler.jsonc", "wrangler.json", "wrangler.toml")
 BUNDLE_FILE_BYTES_MAX = 1024 * 1024
 BUNDLE_BYTES_MAX = 10 * 1024 * 1024
 BUNDLE_FILES_MAX = 100
@@ -37,7 +42,11 @@ SUBREQUESTS_DEFAULT = 50
 SUBREQUESTS_MAX = 1000
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _BINDING_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_PATH_RE = re.compile(r"[A-Za-z0-9_\-./]+\.(py|yaml|json|html|txt)")
+_PATH_RE = re.compile(r"[A-Za-z0-9_\-./]+\.(py|yaml|json|jsonc|toml|html|txt)")
+# Folders never deployed: tools' caches and installs (wrangler's, npm's, a venv's, git's).
+SKIPPED_DIRS = frozenset(
+    {"__pycache__", "node_modules", ".wrangler", ".venv", "venv", ".git", ".mypy_cache"}
+)
 _CONFIG_FIELDS = {
     "name",
     "routes",
@@ -79,11 +88,20 @@ class WorkerConfig:
     route_patterns: tuple[str, ...]
     kv_namespaces: dict[str, str] = field(default_factory=dict)
     durable_objects: dict[str, str] = field(default_factory=dict)
-    vars: dict[str, str] = field(default_factory=dict)
+    # Values are text in worker.yaml; a wrangler config's vars may be any JSON value.
+    vars: dict[str, Any] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)
     analytics: dict[str, str] = field(default_factory=dict)
     cpu_ms: float = CPU_MS_DEFAULT
     subrequests: int = SUBREQUESTS_DEFAULT
+    # The entry module's path in the bundle (wrangler's `main`).
+    main: str = ENTRY_FILE
+    # Durable Object classes whose migrations ask for SQLite storage (`new_sqlite_classes`).
+    sqlite_classes: frozenset[str] = frozenset()
+    # Cron schedules (wrangler's `triggers.crons`).
+    crons: tuple[str, ...] = ()
+    # Config fields read but without effect here, for the deployer to show.
+    ignored: tuple[str, ...] = ()
 
 
 def parse_route(pattern: str) -> Route:
@@ -170,12 +188,26 @@ def check_bundle(bundle: workers_pb2.WorkerBundle) -> WorkerConfig:
         total += len(file.content)
     if total > BUNDLE_BYTES_MAX:
         raise BundleError(f"the bundle is over {BUNDLE_BYTES_MAX} bytes")
-    files = {file.path: file.content for file in bundle.files}
-    if ENTRY_FILE not in files:
-        raise BundleError(f"a bundle needs {ENTRY_FILE}")
-    if CONFIG_FILE not in files:
-        raise BundleError(f"a bundle needs {CONFIG_FILE}")
-    return parse_config(files[CONFIG_FILE])
+    files = {file.path: bytes(file.content) for file in bundle.files}
+    wrangler = [path for path in WRANGLER_FILES if path in files]
+    if CONFIG_FILE in files and wrangler:
+        raise BundleError(f"a bundle has one config: found both {CONFIG_FILE} and {wrangler[0]}")
+    if wrangler:
+        from edgepop import wrangler as wrangler_config  # its parsers load only when needed
+
+        if len(wrangler) > 1:
+            raise BundleError(f"a bundle has one config: found {' and '.join(wrangler)}")
+        config = wrangler_config.parse(wrangler[0], files[wrangler[0]])
+        wrangler_config.check_pyproject(files.get(wrangler_config.PYPROJECT_FILE))
+    elif CONFIG_FILE in files:
+        config = parse_config(files[CONFIG_FILE])
+    else:
+        raise BundleError(
+            f"a bundle needs {CONFIG_FILE} or a wrangler config ({WRANGLER_FILES[0]})"
+        )
+    if config.main not in files:
+        raise BundleError(f"a bundle needs {config.main} (its entry module)")
+    return config
 
 
 def bundle_version(bundle: workers_pb2.WorkerBundle) -> str:
@@ -187,13 +219,19 @@ def bundle_version(bundle: workers_pb2.WorkerBundle) -> str:
     return digest.hexdigest()
 
 
+def is_bundle_folder(folder: Path) -> bool:
+    """Whether `folder` holds a worker's config (worker.yaml or a wrangler config)."""
+    return any((folder / name).is_file() for name in (CONFIG_FILE, *WRANGLER_FILES))
+
+
 def read_bundle(folder: Path) -> workers_pb2.WorkerBundle:
-    """The deployable files of a folder (Python, YAML, JSON, HTML, text; no caches)."""
+    """The deployable files of a folder (Python, YAML, JSON, TOML, HTML, text; no caches)."""
     if not folder.is_dir():
         raise BundleError(f"{folder}: not a folder")
     bundle = workers_pb2.WorkerBundle()
     for path in sorted(folder.rglob("*")):
-        if not path.is_file() or "__pycache__" in path.parts:
+        relative_parts = path.relative_to(folder).parts
+        if not path.is_file() or SKIPPED_DIRS.intersection(relative_parts[:-1]):
             continue
         relative = path.relative_to(folder).as_posix()
         if _PATH_RE.fullmatch(relative):

@@ -145,8 +145,8 @@ def callable_methods(cls: type[DurableObject]) -> frozenset[str]:
         return cached
     names = set()
     for klass in cls.__mro__:
-        if klass is DurableObject or klass is object:
-            continue
+        if klass is DurableObject or klass is object or vars(klass).get("platform_base"):
+            continue  # a platform base (Cloudflare's `workers.DurableObject`) adds no method
         for name, member in vars(klass).items():
             if name.startswith("_") or name in HOOKS:
                 continue

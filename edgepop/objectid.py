@@ -71,3 +71,34 @@ def resolve(namespace: str, name: str, id_text: str) -> bytes:
     if bool(name) == bool(id_text):
         raise InvalidArgumentError("give exactly one of an object name and an object id")
     return id_from_name(namespace, name) if name else id_from_string(namespace, id_text)
+
+
+class DurableObjectId:
+    """Cloudflare's id object (`idFromName`, `ctx.id`): 64 hex characters, and the name
+    it was made from when there is one. Equal to another id, or to its hex text."""
+
+    __slots__ = ("_hex", "name")
+
+    def __init__(self, hex_id: str, name: str | None = None) -> None:
+        self._hex = hex_id
+        self.name = name
+
+    def toString(self) -> str:
+        return self._hex
+
+    def equals(self, other: object) -> bool:
+        return self == other
+
+    def __str__(self) -> str:
+        return self._hex
+
+    def __repr__(self) -> str:
+        return f"DurableObjectId({self._hex!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, DurableObjectId):
+            return self._hex == other._hex
+        return isinstance(other, str) and self._hex == other
+
+    def __hash__(self) -> int:
+        return hash(self._hex)

@@ -4,9 +4,12 @@
 
     async def fetch_handler(request: Request, env, ctx) -> Response: ...
 
-A worker module defines `async def fetch(request, env, ctx)`. `env` carries its bindings
+A worker module defines `async def fetch(request, env, ctx)` (or, written for Cloudflare,
+a `Default(workers.WorkerEntrypoint)` class: see `sdk/workers`). `env` carries its bindings
 (KV namespaces, Durable Object namespaces, vars, secrets, analytics datasets); `ctx`
-offers `wait_until`. Module-level `fetch(...)` here makes a subrequest (to the origin,
+offers `wait_until` (`waitUntil`). Request and Response take Cloudflare's arguments too
+(`Response(body, status, status_text, headers)`, `Response.redirect`, `request.bytes()`).
+Module-level `fetch(...)` here makes a subrequest (to the origin,
 through this PoP's HTTP cache); `caches.default` is that cache. Both act for the request
 being handled (a context variable), so limits apply per request.
 """
@@ -89,6 +92,17 @@ class Request:
     async def json(self) -> Any:
         return json.loads(self.body or b"null")
 
+    async def bytes(self) -> bytes:
+        return self.body
+
+    def clone(self) -> Request:
+        return self.with_url(self.url)
+
+    @property
+    def js_object(self) -> Request:
+        """Cloudflare's ASGI adapter reads the JS request here; ours is the request itself."""
+        return self
+
     def with_url(self, url: str) -> Request:
         """The same request for another URL (a rewrite)."""
         return Request(
@@ -102,11 +116,15 @@ class Response:
     def __init__(
         self,
         body: bytes | str | AsyncIterator[bytes] | None = None,
-        *,
-        status: int = 200,
+        status: int | None = 200,
+        status_text: str = "",
         headers: HeadersInit = None,
+        web_socket: Any = None,
     ) -> None:
-        self.status = status
+        # Cloudflare's order (body, status, status_text, headers); status None means 200.
+        self.status = int(status) if status is not None else 200
+        self.status_text = status_text
+        self.web_socket = web_socket
         self.headers = _headers(headers)
         self._stream: AsyncIterator[bytes] | None = None
         if body is None:
@@ -124,6 +142,14 @@ class Response:
         response = cls(json.dumps(data), status=status, headers=headers)
         response.headers["Content-Type"] = "application/json"
         return response
+
+    from_json = json  # Cloudflare's SDK names it both ways
+
+    @classmethod
+    def redirect(cls, url: str, status: int = 302) -> Response:
+        if status not in (301, 302, 303, 307, 308):
+            raise ValueError(f"redirect status must be 301, 302, 303, 307 or 308, not {status}")
+        return cls(None, status=status, headers={"Location": url})
 
     @property
     def ok(self) -> bool:
@@ -155,6 +181,26 @@ class Response:
         if self._stream is not None:
             raise RuntimeError("read a streaming response before copying it")
         return Response(self.body, status=self.status, headers=self.headers.copy())
+
+
+class JsDict(dict[str, Any]):
+    """A dict whose keys also read as attributes (`row.quote`): what an object's RPC
+    result is, as Cloudflare's conversion of a JavaScript object gives it."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        try:
+            del self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 class KVNamespace(Protocol):
@@ -199,8 +245,26 @@ class RequestScope(Protocol):
     @property
     def cache(self) -> Cache: ...
 
+    @property
+    def env(self) -> Any: ...
+
+    @property
+    def context(self) -> ExecutionContext: ...
+
 
 current: ContextVar[RequestScope] = ContextVar("edgepop_request_scope")
+
+
+def current_env() -> Any | None:
+    """The bindings of the worker handling this request (None outside one)."""
+    scope = current.get(None)
+    return None if scope is None else scope.env
+
+
+def current_context() -> ExecutionContext | None:
+    """The `ctx` of the request being handled (None outside one)."""
+    scope = current.get(None)
+    return None if scope is None else scope.context
 
 
 async def fetch(
@@ -233,6 +297,12 @@ class ExecutionContext:
 
     def __init__(self) -> None:
         self.pending: list[Awaitable[Any]] = []
+        self.props: dict[str, Any] = {}
 
     def wait_until(self, work: Awaitable[Any]) -> None:
         self.pending.append(work)
+
+    waitUntil = wait_until  # Cloudflare's name
+
+    def passThroughOnException(self) -> None:
+        """Cloudflare forwards to the origin when the worker raises; edgepop answers 1101."""

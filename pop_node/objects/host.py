@@ -147,6 +147,8 @@ class ObjectHost:
         self.metrics = metrics
         self.classes = dict(classes)
         self.env = env
+        # namespace -> the env its objects get (a worker's own classes get the worker's).
+        self.envs: dict[str, Any] = {}
         self._lease = lease
         self._control_plane = control_plane
         self.internal_metadata = internal_metadata
@@ -164,6 +166,14 @@ class ObjectHost:
         self._standby_sync_slots = asyncio.Semaphore(STANDBY_SYNCS_IN_FLIGHT_MAX)
         self._check_copies = not buggify.enabled(buggify.PROMOTE_UNSYNCED)
         self._background: set[asyncio.Future[None]] = set()
+
+    def register_class(self, namespace: str, cls: type[DurableObject], env: Any) -> None:
+        """Serve `namespace` with `cls`; its instances get `env`."""
+        self.classes[namespace] = cls
+        self.envs[namespace] = env
+
+    def env_for(self, namespace: str) -> Any:
+        return self.envs.get(namespace, self.env)
 
     # -- plumbing ------------------------------------------------------------------------
 

@@ -290,7 +290,7 @@ class ObjectInstance:
         self.recent_requests: OrderedDict[str, tuple[str, int, str]] = OrderedDict()
         self._durable = asyncio.Event()
         self.state = InstanceState(self)
-        self.obj: DurableObject = cls(self.state, host.env)
+        self.obj: DurableObject = cls(self.state, host.env_for(namespace))
         self.alarm_task: asyncio.Task[None] | None = None
         self.created_at = time.monotonic()
 

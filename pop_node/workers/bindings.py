@@ -1,6 +1,12 @@
 """What a worker's `env` holds: KV namespaces, Durable Object namespaces, vars, secrets,
 analytics datasets. Bindings call the PoP's own frontends (the same code as the gRPC API),
 so a worker's KV read is a local replica read and its object calls are routed like any.
+
+Bindings answer Cloudflare's call forms as well as edgepop's: camelCase names
+(`getWithMetadata`, `idFromName`), options as a trailing dict or as keywords
+(`get(key, {"type": "json", "cacheTtl": 60})`, `put(key, value, expirationTtl=60)`), a
+list of keys to `get`. Beyond Cloudflare: `consistency` / `min_seq` on reads, and writes
+return their seq (a bookmark); Cloudflare's return None.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from edge.v1 import kv_pb2, objects_pb2
 from edgepop import objectid
 from edgepop.bundle import WorkerConfig
 from edgepop.metrics import NodeMetrics
+from edgepop.objectid import DurableObjectId
+from edgepop.worker_api import JsDict
 
 if TYPE_CHECKING:
     from pop_node.kv import KvFrontend
@@ -25,6 +33,22 @@ CONSISTENCY = {
 # Distinct analytics label values kept per process before the rest become "other".
 ANALYTICS_LABEL_VALUES_MAX = 100
 BINDING_CALL_TIMEOUT_S = 10.0
+# Cloudflare's bounds: a multi-key get takes at most 100 keys; cacheTtl is at least 30 s.
+GET_KEYS_MAX = 100
+CACHE_TTL_S_MIN = 30
+
+
+def _options(options: Any, where: str, allowed: set[str], **given: Any) -> dict[str, Any]:
+    """Cloudflare's trailing options dict merged with keywords; unknown names refused."""
+    merged = {key: value for key, value in given.items() if value is not None}
+    if options is not None:
+        if not isinstance(options, dict):
+            raise TypeError(f"{where}: options must be a dict, not {type(options).__name__}")
+        merged.update(options)
+    unknown = set(merged) - allowed
+    if unknown:
+        raise TypeError(f"{where}: unknown option(s) {sorted(unknown)}")
+    return merged
 
 
 def _decode(value: bytes, kind: str) -> Any:
@@ -45,14 +69,45 @@ class KvBinding:
         self.namespace = namespace
 
     async def get(
-        self, key: str, type: str = "text", *, consistency: str = "eventual", min_seq: int = 0
+        self,
+        key: str | list[str],
+        type: str | dict[str, Any] = "text",
+        *,
+        consistency: str = "eventual",
+        min_seq: int = 0,
+        cacheTtl: int | None = None,
     ) -> Any:
-        found = await self.get_with_metadata(key, type, consistency=consistency, min_seq=min_seq)
+        """A value (None when missing); for a list of keys, a dict of key -> value."""
+        if isinstance(key, list):
+            if not 0 < len(key) <= GET_KEYS_MAX:
+                raise ValueError(f"get: 1 to {GET_KEYS_MAX} keys at once")
+            return {
+                one: await self.get(
+                    one, type, consistency=consistency, min_seq=min_seq, cacheTtl=cacheTtl
+                )
+                for one in key
+            }
+        found = await self.get_with_metadata(
+            key, type, consistency=consistency, min_seq=min_seq, cacheTtl=cacheTtl
+        )
         return found["value"]
 
     async def get_with_metadata(
-        self, key: str, type: str = "text", *, consistency: str = "eventual", min_seq: int = 0
+        self,
+        key: str,
+        type: str | dict[str, Any] = "text",
+        *,
+        consistency: str = "eventual",
+        min_seq: int = 0,
+        cacheTtl: int | None = None,
     ) -> dict[str, Any]:
+        kind = type
+        if isinstance(kind, dict):
+            options = _options(kind, "get", {"type", "cacheTtl"}, cacheTtl=cacheTtl)
+            kind, cacheTtl = options.get("type", "text"), options.get("cacheTtl")
+        if cacheTtl is not None and (not isinstance(cacheTtl, int) or cacheTtl < CACHE_TTL_S_MIN):
+            raise ValueError(f"cacheTtl must be an integer of at least {CACHE_TTL_S_MIN} seconds")
+        # A replicated namespace has no read cache: cacheTtl is accepted and has no effect.
         if consistency == "eventual" and min_seq == 0 and key.__class__ is str and key.isascii():
             # The common read, without protobuf messages. Other keys take the general path
             # so that odd ones (not text, not UTF-8) fail exactly as they always did.
@@ -61,7 +116,7 @@ class KvBinding:
                 return {"value": None, "metadata": None}
             value, metadata_json = found
             metadata = json.loads(metadata_json) if metadata_json else None
-            return {"value": _decode(value, type), "metadata": metadata}
+            return {"value": _decode(value, kind), "metadata": metadata}
         response = await self._kv.get(
             kv_pb2.KvGetRequest(
                 namespace=self.namespace,
@@ -74,17 +129,31 @@ class KvBinding:
         if not response.found:
             return {"value": None, "metadata": None}
         metadata = json.loads(response.metadata_json) if response.metadata_json else None
-        return {"value": _decode(response.value, type), "metadata": metadata}
+        return {"value": _decode(response.value, kind), "metadata": metadata}
+
+    getWithMetadata = get_with_metadata
 
     async def put(
         self,
         key: str,
         value: str | bytes,
+        options: dict[str, Any] | None = None,
         *,
         expiration: int = 0,
         expiration_ttl: int = 0,
         metadata: Any = None,
+        expirationTtl: int | None = None,
     ) -> int:
+        if options is not None or expirationTtl is not None:
+            given = _options(
+                options,
+                "put",
+                {"expiration", "expirationTtl", "metadata"},
+                expirationTtl=expirationTtl,
+            )
+            expiration = given.get("expiration", expiration)
+            expiration_ttl = given.get("expirationTtl", expiration_ttl)
+            metadata = given.get("metadata", metadata)
         response = await self._kv.put(
             kv_pb2.KvPutRequest(
                 namespace=self.namespace,
@@ -105,8 +174,18 @@ class KvBinding:
         return int(response.seq)
 
     async def list(
-        self, *, prefix: str = "", limit: int = 1000, cursor: str = ""
+        self,
+        options: dict[str, Any] | None = None,
+        *,
+        prefix: str = "",
+        limit: int = 1000,
+        cursor: str = "",
     ) -> dict[str, Any]:
+        if options is not None:
+            given = _options(options, "list", {"prefix", "limit", "cursor"})
+            prefix = given.get("prefix", prefix) or ""
+            limit = given.get("limit", limit)
+            cursor = given.get("cursor", cursor) or ""
         response = await self._kv.list(
             kv_pb2.KvListRequest(
                 namespace=self.namespace, prefix=prefix, limit=limit, cursor=cursor
@@ -130,9 +209,12 @@ class KvBinding:
 class ObjectStub:
     """A handle on one object: `await stub.call("increment", by=2)`, or `stub.increment(by=2)`."""
 
-    def __init__(self, binding: ObjectNamespaceBinding, object_id: str) -> None:
+    def __init__(
+        self, binding: ObjectNamespaceBinding, object_id: str, name: str | None = None
+    ) -> None:
         self._binding = binding
         self.id = object_id
+        self.name = name
 
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if args and kwargs:
@@ -146,7 +228,7 @@ class ObjectStub:
             caller_region=router.region,
             time_remaining=BINDING_CALL_TIMEOUT_S,
         )
-        return json.loads(response.result_json)
+        return json.loads(response.result_json, object_hook=JsDict)
 
     def __getattr__(self, method: str) -> Any:
         if method.startswith("_"):
@@ -174,8 +256,26 @@ class ObjectNamespaceBinding:
     def id_from_string(self, text: str) -> str:
         return objectid.id_from_string(self.namespace, text).hex()
 
-    def get(self, object_id: str) -> ObjectStub:
+    def get(self, object_id: str | DurableObjectId, options: Any = None) -> ObjectStub:
+        """A stub; `options` (Cloudflare's `locationHint`) is accepted: placement is the
+        control plane's (nearest to the first caller)."""
+        if isinstance(object_id, DurableObjectId):
+            return ObjectStub(self, str(object_id), object_id.name)
         return ObjectStub(self, object_id)
+
+    # Cloudflare's names: ids are objects (`toString()`, `name`, `equals`).
+
+    def idFromName(self, name: str) -> DurableObjectId:
+        return DurableObjectId(self.id_from_name(name), name)
+
+    def newUniqueId(self, options: Any = None) -> DurableObjectId:
+        return DurableObjectId(self.new_unique_id())
+
+    def idFromString(self, text: str) -> DurableObjectId:
+        return DurableObjectId(self.id_from_string(text))
+
+    def getByName(self, name: str, options: Any = None) -> ObjectStub:
+        return self.get(self.idFromName(name))
 
 
 class AnalyticsBinding:

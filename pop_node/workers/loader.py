@@ -2,7 +2,13 @@
 
 Each version gets a package `_edgepop_worker_<name>_<version[:12]>`: two versions of one
 worker live side by side (requests in flight finish on the old one), and the bundle's
-own modules import each other relatively (`from . import helpers`).
+own modules import each other relatively (`from . import helpers`). A folder of the
+bundle is a package even without `__init__.py` (Cloudflare's `main = "src/entry.py"`).
+
+The entry module answers requests in one of three forms, tried in this order: edgepop's
+`async def fetch(request, env, ctx)`; Cloudflare's `class Default(WorkerEntrypoint)`
+with `async def fetch(self, request)` (an instance per request, given `ctx` and `env`);
+Cloudflare's older `async def on_fetch(request, env[, ctx])`.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ class _BundleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             return f"{relative}.py", False
         if f"{relative}/__init__.py" in self.files:
             return f"{relative}/__init__.py", True
+        if any(path.startswith(f"{relative}/") for path in self.files):
+            return f"{relative}/__init__.py", True  # a folder: an empty package
         return None
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
@@ -87,7 +95,34 @@ class LoadedModule:
             del sys.modules[name]
 
 
-def load_bundle(name: str, version: str, files: dict[str, bytes]) -> LoadedModule:
+def entry_fetch(module: types.ModuleType) -> Callable[..., Any] | None:
+    """`fetch(request, env, ctx)` for the entry module's form, or None if it has none."""
+    fetch = getattr(module, "fetch", None)
+    if fetch is not None and inspect.iscoroutinefunction(fetch):
+        return fetch  # type: ignore[no-any-return]
+    default = getattr(module, "Default", None)
+    if inspect.isclass(default) and inspect.iscoroutinefunction(getattr(default, "fetch", None)):
+        entrypoint: Any = default
+
+        async def fetch_default(request: Any, env: Any, ctx: Any) -> Any:
+            return await entrypoint(ctx, env).fetch(request)
+
+        return fetch_default
+    on_fetch = getattr(module, "on_fetch", None)
+    if on_fetch is not None and inspect.iscoroutinefunction(on_fetch):
+        handler = on_fetch
+        takes_ctx = len(inspect.signature(handler).parameters) >= 3
+
+        async def fetch_legacy(request: Any, env: Any, ctx: Any) -> Any:
+            return await (handler(request, env, ctx) if takes_ctx else handler(request, env))
+
+        return fetch_legacy
+    return None
+
+
+def load_bundle(
+    name: str, version: str, files: dict[str, bytes], main: str = "worker.py"
+) -> LoadedModule:
     package = f"_edgepop_worker_{name.replace('-', '_')}_{version[:12]}"
     finder = _BundleFinder(package, files, f"{name}@{version[:12]}")
     sys.meta_path.insert(0, finder)
@@ -96,15 +131,17 @@ def load_bundle(name: str, version: str, files: dict[str, bytes]) -> LoadedModul
         import importlib
 
         importlib.import_module(package)
-        module = importlib.import_module(f"{package}.worker")
+        entry_module = main.removesuffix(".py").replace("/", ".")
+        module = importlib.import_module(f"{package}.{entry_module}")
     except Exception as error:
         loaded.unload()
         raise WorkerLoadError(f"worker {name}: {type(error).__name__}: {error}") from error
-    fetch = getattr(module, "fetch", None)
-    if fetch is None or not inspect.iscoroutinefunction(fetch):
+    fetch = entry_fetch(module)
+    if fetch is None:
         loaded.unload()
         raise WorkerLoadError(
-            f"worker {name}: worker.py needs `async def fetch(request, env, ctx)`"
+            f"worker {name}: {main} needs `async def fetch(request, env, ctx)` or a "
+            "`class Default(WorkerEntrypoint)` with `async def fetch(self, request)`"
         )
     loaded.fetch = fetch
     loaded.classes = {
@@ -119,7 +156,7 @@ def load_bundle(name: str, version: str, files: dict[str, bytes]) -> LoadedModul
 
 
 async def load_bundle_bounded(
-    name: str, version: str, files: dict[str, bytes], timeout_s: float
+    name: str, version: str, files: dict[str, bytes], timeout_s: float, main: str = "worker.py"
 ) -> LoadedModule:
     """`load_bundle` on its own thread, stopped if its module code runs past `timeout_s`."""
     loop = asyncio.get_running_loop()
@@ -136,7 +173,7 @@ async def load_bundle_bounded(
 
     def work() -> None:
         try:
-            loaded = load_bundle(name, version, files)
+            loaded = load_bundle(name, version, files, main)
         except _LoadInterrupted:
             loop.call_soon_threadsafe(
                 settle, None, WorkerLoadError(f"worker {name}: loading took over {timeout_s} s")

@@ -97,6 +97,11 @@ class _Scope:
     runtime: WorkerRuntime
     version: WorkerVersion
     subrequests_left: int
+    context: ExecutionContext
+
+    @property
+    def env(self) -> Env:
+        return self.version.env
 
     async def fetch(self, request: Request) -> Response:
         if self.subrequests_left <= 0:
@@ -244,14 +249,12 @@ class WorkerRuntime:
             raise WorkerLoadError(f"bundle of {name} does not hash to {version[:12]}")
         config = check_bundle(response.bundle)
         files = {file.path: bytes(file.content) for file in response.bundle.files}
-        module = await load_bundle_bounded(name, version, files, LOAD_TIMEOUT_S)
+        module = await load_bundle_bounded(name, version, files, LOAD_TIMEOUT_S, config.main)
         try:
             namespaces = resolve_classes(config, set(module.classes), set(BUILTIN_CLASSES))
         except BindingError as error:
             module.unload()
             raise WorkerLoadError(str(error)) from error
-        for class_name, cls in module.classes.items():
-            self.node.objects.classes[worker_class_namespace(name, class_name)] = cls
         env = build_env(
             config,
             kv=self.node.kv,
@@ -259,6 +262,9 @@ class WorkerRuntime:
             metrics=self.metrics,
             object_namespaces=namespaces,
         )
+        for class_name, cls in module.classes.items():
+            # A worker's own objects see its env, as on Cloudflare.
+            self.node.objects.register_class(worker_class_namespace(name, class_name), cls, env)
         cold_start_s = time.perf_counter() - started
         self.metrics.worker_cold_start.labels(self.metrics.node, self.metrics.region, name).observe(
             cold_start_s
@@ -305,8 +311,8 @@ class WorkerRuntime:
         assert self._watchdog is not None
         version.in_flight += 1
         budget = CpuBudget(version.config.cpu_ms / 1000.0)
-        scope = _Scope(self, version, version.config.subrequests)
         context = ExecutionContext()
+        scope = _Scope(self, version, version.config.subrequests, context)
         token = current.set(scope)
         error_code = ""
         try:

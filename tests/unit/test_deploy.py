@@ -505,8 +505,16 @@ def test_dockerfile_generates_the_grpc_code_with_the_pinned_tools() -> None:
     pins = dict(pin.split("==") for pin in project["project"]["optional-dependencies"]["dev"])
     assert f"grpcio-tools=={pins['grpcio-tools']}" in runs
     # Every package the project installs is copied into the build.
+    # Every package the project installs is copied into the build: a package at the top
+    # level by its own folder, one under another `where` root (sdk/) by that root.
     copied = {args.split()[0].rstrip("/") for op, args in instructions if op == "COPY"}
-    packages = project["tool"]["setuptools"]["packages"]["find"]["include"]
-    assert {package.rstrip("*") for package in packages} <= copied
+    find = project["tool"]["setuptools"]["packages"]["find"]
+    needed = set()
+    for pattern in find["include"]:
+        top = pattern.split(".")[0].rstrip("*")
+        roots = [r for r in find["where"] if (REPO / r / top / "__init__.py").is_file()]
+        assert roots, f"{top}: in none of {find['where']}"
+        needed.add(top if roots[0] == "." else roots[0])
+    assert needed <= copied
     dockerignore = (REPO / ".dockerignore").read_text().splitlines()
-    assert all(f"!{package.rstrip('*')}/" in dockerignore for package in packages)
+    assert all(f"!{folder}/" in dockerignore for folder in needed)

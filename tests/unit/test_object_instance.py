@@ -79,6 +79,9 @@ class FakeHost:
         self.queue_depth = 0
         self.alarms: list[bytes | None] = []
 
+    def env_for(self, namespace: str) -> Any:
+        return self.env
+
     def lease_current(self, generation: int) -> bool:
         return self.lease_ok
 

@@ -216,3 +216,74 @@ def test_a_bundle_cannot_import_files_of_another_bundle_relatively(
     loaded.append(other)
     with pytest.raises(WorkerLoadError, match="ImportError"):
         load_bundle("demo", VERSION_B, {"worker.py": b"from . import secret\n"})
+
+
+# -- Cloudflare's entry forms ---------------------------------------------------------
+
+CF_DEFAULT = b"""
+from workers import Response, WorkerEntrypoint
+from .helpers import greeting
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response(greeting() + self.env["who"] + (await request.text()), status=201)
+"""
+CF_ON_FETCH = b"""
+from js import Response
+
+
+async def on_fetch(request, env):
+    return Response.new("legacy " + env["who"], status=202)
+"""
+CF_DURABLE_OBJECT = b"""
+from workers import DurableObject, Response, WorkerEntrypoint
+
+
+class Room(DurableObject):
+    async def hello(self):
+        return "hi"
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response("ok")
+"""
+
+
+def test_a_cloudflare_default_class_answers_from_its_main_module_in_a_folder(
+    loaded: list[LoadedModule],
+) -> None:
+    files = {
+        "src/entry.py": CF_DEFAULT,
+        "src/helpers.py": b"def greeting():\n    return 'hello '\n",
+        "wrangler.jsonc": b"{}",
+    }
+    module = load_bundle("cf", VERSION_A, files, "src/entry.py")
+    loaded.append(module)
+    request = Request("http://x.test/", method="POST", body=b"!")
+    response = asyncio.run(module.fetch(request, {"who": "tokyo"}, None))
+    assert (response.status, response.body) == (201, b"hello tokyo!")
+
+
+def test_cloudflares_older_on_fetch_form_answers(loaded: list[LoadedModule]) -> None:
+    module = load_bundle("cf", VERSION_A, {"entry.py": CF_ON_FETCH}, "entry.py")
+    loaded.append(module)
+    response = asyncio.run(module.fetch(Request("http://x.test/"), {"who": "me"}, None))
+    assert (response.status, response.body) == (202, b"legacy me")
+
+
+def test_a_cloudflare_durable_object_class_is_found_and_only_its_own_methods_are_rpc(
+    loaded: list[LoadedModule],
+) -> None:
+    from edgepop.durable import callable_methods
+
+    module = load_bundle("cf", VERSION_A, {"entry.py": CF_DURABLE_OBJECT}, "entry.py")
+    loaded.append(module)
+    assert set(module.classes) == {"Room"}
+    assert callable_methods(module.classes["Room"]) == {"hello"}
+
+
+def test_a_main_module_without_an_entry_point_is_refused(loaded: list[LoadedModule]) -> None:
+    with pytest.raises(WorkerLoadError, match=r"src/entry.py needs `async def fetch"):
+        load_bundle("cf", VERSION_A, {"src/entry.py": b"x = 1\n"}, "src/entry.py")

@@ -1,0 +1,169 @@
+"""Cloudflare's entry point classes over edgepop's runtime.
+
+`WorkerEntrypoint` is built per request with `(ctx, env)`, as Cloudflare does. A
+`DurableObject` is edgepop's (`edgepop.durable`): the host builds it with the object's
+state, and it sees that state as Cloudflare's `ctx`: `ctx.storage` with Cloudflare's
+method names and units (alarms in milliseconds), `ctx.id` as an id object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from edgepop import durable
+from edgepop.objectid import DurableObjectId
+from edgepop.worker_api import ExecutionContext
+
+T = TypeVar("T")
+
+
+class WorkerEntrypoint:
+    """Base of a worker's `Default` class: `fetch(self, request)`, `self.env`, `self.ctx`."""
+
+    def __init__(self, ctx: ExecutionContext, env: Any) -> None:
+        self.ctx = ctx
+        self.env = env
+
+
+class WorkflowEntrypoint(WorkerEntrypoint):
+    """Cloudflare Workflows are not emulated: a class may be defined, not run."""
+
+
+def handler(func: Callable[..., T]) -> Callable[..., T]:
+    """Cloudflare's decorator for module-level `on_fetch`; the loader needs no wrapping."""
+    return func
+
+
+class _Rollback(Exception):
+    """Raised inside `transaction` after `txn.rollback()`: discards the closure's writes."""
+
+
+class DurableObjectStorage:
+    """`ctx.storage`: edgepop's object storage under Cloudflare's names."""
+
+    def __init__(self, storage: durable.Storage) -> None:
+        self._storage = storage
+        self._rolled_back = False
+
+    async def get(self, key: str | Sequence[str], options: Any = None) -> Any:
+        return await self._storage.get(key)
+
+    async def put(self, key: str | dict[str, Any], value: Any = None, options: Any = None) -> None:
+        if isinstance(key, dict):
+            await self._storage.put(key)
+        else:
+            await self._storage.put(key, value)
+
+    async def delete(self, key: str | Sequence[str], options: Any = None) -> bool | int:
+        return await self._storage.delete(key)
+
+    async def list(self, options: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+        """Keys in order; options `prefix`, `start`, `startAfter`, `end`, `reverse`, `limit`."""
+        given = {**(options or {}), **kwargs}
+        unknown = set(given) - {"prefix", "start", "startAfter", "end", "reverse", "limit"}
+        if unknown:
+            raise TypeError(f"storage.list: unknown option(s) {sorted(unknown)}")
+        start_after = given.get("startAfter")
+        limit = given.get("limit")
+        found = await self._storage.list(
+            prefix=given.get("prefix", ""),
+            start=start_after if start_after is not None else given.get("start"),
+            end=given.get("end"),
+            reverse=bool(given.get("reverse", False)),
+            limit=None if limit is None else limit + (1 if start_after is not None else 0),
+        )
+        if start_after is not None:
+            found.pop(start_after, None)
+            if limit is not None:
+                found = dict(list(found.items())[:limit])
+        return found
+
+    async def deleteAll(self, options: Any = None) -> None:
+        await self._storage.delete_all()
+
+    delete_all = deleteAll
+
+    async def getAlarm(self, options: Any = None) -> int | None:
+        """The alarm time in milliseconds since the epoch (Cloudflare's unit), or None."""
+        at = await self._storage.get_alarm()
+        return None if at is None else round(at * 1000)
+
+    async def setAlarm(
+        self, scheduled_time: float | datetime.datetime, options: Any = None
+    ) -> None:
+        if isinstance(scheduled_time, datetime.datetime):
+            at_s = scheduled_time.timestamp()
+        else:
+            at_s = float(scheduled_time) / 1000.0
+        await self._storage.set_alarm(at_s)
+
+    async def deleteAlarm(self, options: Any = None) -> None:
+        await self._storage.delete_alarm()
+
+    async def transaction(self, closure: Callable[[Any], Awaitable[T]]) -> T | None:
+        """Run `closure(txn)`; a raise or `txn.rollback()` discards its writes."""
+        outer = self
+
+        async def body(storage: durable.Storage) -> T:
+            txn = DurableObjectStorage(storage)
+            result = await closure(txn)
+            if txn._rolled_back:
+                raise _Rollback()
+            return result
+
+        try:
+            return await outer._storage.transaction(body)
+        except _Rollback:
+            return None
+
+    def rollback(self) -> None:
+        """In a `transaction` closure: discard its writes when it returns."""
+        self._rolled_back = True
+
+    async def sync(self) -> None:
+        """Writes are durable when the call's reply leaves (the output gate): nothing to wait."""
+
+    @property
+    def sql(self) -> Any:
+        raise NotImplementedError("ctx.storage.sql: SQLite-backed objects are not supported yet")
+
+
+class DurableObjectContext:
+    """`self.ctx` of a Durable Object: its storage, id and concurrency controls."""
+
+    def __init__(self, state: durable.ObjectState) -> None:
+        self._state = state
+        self.storage = DurableObjectStorage(state.storage)
+        self.id = DurableObjectId(state.id)
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def blockConcurrencyWhile(self, body: Callable[[], Awaitable[T]]) -> T:
+        return await self._state.block_concurrency_while(body)
+
+    def waitUntil(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def acceptWebSocket(self, ws: Any, tags: Sequence[str] = ()) -> None:
+        raise NotImplementedError("ctx.acceptWebSocket: Durable Object WebSockets come later")
+
+    def getWebSockets(self, tag: str | None = None) -> list[Any]:
+        return []
+
+    def abort(self, reason: str | None = None) -> None:
+        raise RuntimeError(reason or "Durable Object abort requested")
+
+
+class DurableObject(durable.DurableObject):
+    """Base of a Cloudflare-style Durable Object class: `self.ctx`, `self.env`."""
+
+    # Not a user class: none of its methods is callable by RPC (edgepop.durable).
+    platform_base = True
+
+    def __init__(self, ctx: Any, env: Any) -> None:
+        super().__init__(ctx, env)
+        self.ctx = ctx if isinstance(ctx, DurableObjectContext) else DurableObjectContext(ctx)

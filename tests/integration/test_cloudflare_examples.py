@@ -1,0 +1,109 @@
+"""Cloudflare's own Python Workers examples, deployed unmodified, answering at every PoP.
+
+The folders are read from `../shared/cf-examples/` (tests/cf_examples.py), never copied.
+One cluster of real processes (tokyo, london and sydney PoPs, the seed's delays on),
+started by `edgectl cluster up --detach --workers DIR...` as a user would, each example
+deployed from its own folder; requests go over HTTP to each PoP's ingress with the
+worker's `NAME.workers.dev` Host header, as on Cloudflare's workers.dev subdomain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgectl.launcher import Cluster, ClusterError
+from tests.cf_examples import cf_example
+
+pytestmark = pytest.mark.cluster
+
+TOPOLOGY = {
+    "regions": [
+        {"name": "us-east-1"},
+        {"name": "tokyo", "pop_nodes": 1},
+        {"name": "london", "pop_nodes": 1},
+        {"name": "sydney", "pop_nodes": 1},
+    ],
+}
+POPS = ("tokyo-1", "london-1", "sydney-1")
+EXAMPLES = ("01-hello", "02-binding", "07-durable-objects")
+COMMAND_TIMEOUT_S = 90.0
+HTTP_TIMEOUT_S = 10.0
+
+
+def edgectl(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgectl", "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_S,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    folders = [cf_example(name) for name in EXAMPLES]
+    directory = tmp_path_factory.mktemp("cf-examples")
+    topology = directory / "topology.yaml"
+    topology.write_text(yaml.safe_dump(TOPOLOGY))
+    workers = [arg for folder in folders for arg in ("--workers", str(folder))]
+    try:
+        started = edgectl(
+            directory, "cluster", "up", "--detach", "--topology", str(topology), *workers
+        )
+        assert started.returncode == 0, started.stderr
+        for name in ("hello-python", "hello-python-bindings", "python-durable-object"):
+            assert f"deployed {name} " in started.stderr, started.stderr
+        yield Cluster.open(directory)
+    finally:
+        edgectl(directory, "cluster", "down")
+        with contextlib.suppress(ClusterError):
+            Cluster.open(directory).down()
+
+
+def get(cluster: Cluster, node: str, worker: str, path: str = "/") -> tuple[int, str]:
+    request = urllib.request.Request(
+        f"http://{cluster.node(node).http_address}{path}",
+        headers={"Host": f"{worker}.workers.dev"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_hello_answers_at_every_pop(cluster: Cluster) -> None:
+    for node in POPS:
+        assert get(cluster, node, "hello-python") == (200, "Hello world!")
+
+
+def test_the_kv_binding_example_writes_and_reads_back_at_every_pop(cluster: Cluster) -> None:
+    # Each request puts "baz" through the origin and reads it back at its own PoP: the
+    # write is read at once there (read-your-writes at one PoP), whatever the region.
+    for node in POPS:
+        assert get(cluster, node, "hello-python-bindings") == (200, "baz")
+
+
+def test_the_durable_object_list_is_one_list_from_every_region(cluster: Cluster) -> None:
+    worker = "python-durable-object"
+    assert get(cluster, "sydney-1", worker, "/groceries/show") == (200, "No messages")
+    for node, item in (("tokyo-1", "rice"), ("london-1", "tea"), ("sydney-1", "lamingtons")):
+        assert get(cluster, node, worker, f"/groceries/add/{item}") == (200, "Message sent")
+    for node in POPS:
+        assert get(cluster, node, worker, "/groceries/show") == (200, "rice\ntea\nlamingtons")
+    # Another name is another object; the example's own answers for other paths.
+    assert get(cluster, "london-1", worker, "/chores/show") == (200, "No messages")
+    status, text = get(cluster, "tokyo-1", worker, "/")
+    assert status == 400 and text.startswith("Go to /<list_id>/show")
+    assert get(cluster, "tokyo-1", worker, "/groceries/other") == (404, "Not Found")

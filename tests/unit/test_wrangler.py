@@ -1,0 +1,178 @@
+"""Cloudflare wrangler configs (`edgepop/wrangler.py`): Cloudflare's own examples read as
+they are, every Cloudflare field edgepop honours, and errors that name the field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgepop.bundle import BundleError, check_bundle, is_bundle_folder, read_bundle
+from edgepop.wrangler import check_pyproject, parse
+from tests.cf_examples import cf_example
+
+
+def jsonc(config: dict[str, object]) -> bytes:
+    return json.dumps(config).encode()
+
+
+BASE = {"name": "demo", "main": "src/entry.py"}
+
+
+def test_cloudflares_hello_example_reads_as_it_is() -> None:
+    folder = cf_example("01-hello")
+    assert is_bundle_folder(folder)
+    config = check_bundle(read_bundle(folder))
+    assert config.name == "hello-python" and config.main == "src/entry.py"
+    assert config.routes == () and config.kv_namespaces == {}
+    assert set(config.ignored) >= {"compatibility_date", "observability", "$schema"}
+
+
+def test_cloudflares_kv_example_binds_its_namespace_by_id() -> None:
+    config = check_bundle(read_bundle(cf_example("02-binding")))
+    # The example's placeholder id, kept to the characters a namespace allows.
+    assert config.kv_namespaces == {"FOO": "YOUR_KV_NAMESPACE_ID"}
+
+
+def test_cloudflares_durable_object_example_binds_its_sqlite_class() -> None:
+    config = check_bundle(read_bundle(cf_example("07-durable-objects")))
+    assert config.durable_objects == {"LISTS": "List"}
+    assert config.sqlite_classes == frozenset({"List"})
+
+
+def test_cloudflares_d1_example_is_refused_naming_the_field() -> None:
+    with pytest.raises(BundleError, match=r"wrangler.jsonc: d1_databases: "):
+        check_bundle(read_bundle(cf_example("04-query-d1")))
+
+
+def test_comments_and_trailing_commas_are_jsonc() -> None:
+    text = b"""{
+        // a comment, and a URL that is not one
+        "name": "demo", /* block */ "main": "src/entry.py",
+        "vars": {"URL": "https://example.com/x",},
+    }"""
+    assert parse("wrangler.jsonc", text).vars == {"URL": "https://example.com/x"}
+
+
+def test_toml_configs_read_the_same() -> None:
+    text = b"""name = "demo"
+main = "src/entry.py"
+routes = ["api.example.com/*"]
+[vars]
+LIMIT = 100
+[limits]
+cpu_ms = 20
+[[kv_namespaces]]
+binding = "CACHE"
+id = "0f2ac74b498b48028cb68387c421e279"
+[triggers]
+crons = ["*/5 * * * *"]
+"""
+    config = parse("wrangler.toml", text)
+    assert config.vars == {"LIMIT": 100} and config.cpu_ms == 20.0
+    assert config.kv_namespaces == {"CACHE": "0f2ac74b498b48028cb68387c421e279"}
+    assert config.route_patterns == ("api.example.com/*",)
+    assert config.crons == ("*/5 * * * *",)
+
+
+def test_routes_take_cloudflares_object_form_and_drop_the_scheme() -> None:
+    config = parse(
+        "wrangler.json",
+        jsonc(
+            {**BASE, "routes": [{"pattern": "https://shop.example.com/api/*", "zone_name": "x"}]}
+        ),
+    )
+    assert config.route_patterns == ("shop.example.com/api/*",)
+
+
+def test_migrations_rename_and_delete_classes() -> None:
+    config = parse(
+        "wrangler.json",
+        jsonc(
+            {
+                **BASE,
+                "durable_objects": {"bindings": [{"name": "ROOMS", "class_name": "Room"}]},
+                "migrations": [
+                    {"tag": "v1", "new_sqlite_classes": ["Chat", "Old"]},
+                    {"tag": "v2", "renamed_classes": [{"from": "Chat", "to": "Room"}]},
+                    {"tag": "v3", "deleted_classes": ["Old"]},
+                ],
+            }
+        ),
+    )
+    assert config.durable_objects == {"ROOMS": "Room"}
+    assert config.sqlite_classes == frozenset({"Room"})
+
+
+@pytest.mark.parametrize(
+    ("config", "names"),
+    [
+        ({"main": "src/entry.py"}, r"name: must be"),
+        ({"name": "Bad Name", "main": "a.py"}, r"name: must be"),
+        ({"name": "demo"}, r"main: must name"),
+        ({**BASE, "r2_buckets": []}, r"r2_buckets: R2 is not emulated"),
+        ({**BASE, "surprise": 1}, r"unknown field\(s\) \['surprise'\]"),
+        ({**BASE, "kv_namespaces": [{"binding": "FOO"}]}, r"kv_namespaces\[0\]\.id: "),
+        ({**BASE, "kv_namespaces": [{"binding": "1x", "id": "a"}]}, r"kv_namespaces\[0\]\.binding"),
+        (
+            {**BASE, "durable_objects": {"bindings": [{"name": "L", "class_name": "List"}]}},
+            r"durable_objects\.bindings\[0\]\.class_name: 'List' has no migration",
+        ),
+        (
+            {
+                **BASE,
+                "durable_objects": {
+                    "bindings": [{"name": "L", "class_name": "List", "script_name": "other"}]
+                },
+            },
+            r"durable_objects\.bindings\[0\]\.script_name: ",
+        ),
+        (
+            {**BASE, "migrations": [{"tag": "v1"}, {"tag": "v1"}]},
+            r"migrations\[1\]\.tag: 'v1' appears twice",
+        ),
+        ({**BASE, "triggers": {"crons": ["every minute"]}}, r"triggers\.crons\[0\]: "),
+        ({**BASE, "limits": {"cpu_ms": -1}}, r"limits\.cpu_ms: "),
+    ],
+)
+def test_bad_configs_are_refused_naming_the_field(config: dict[str, object], names: str) -> None:
+    with pytest.raises(BundleError, match=r"^wrangler\.json: " + names):
+        parse("wrangler.json", jsonc(config))
+
+
+def test_a_config_that_is_not_jsonc_names_the_file() -> None:
+    with pytest.raises(BundleError, match=r"^wrangler\.jsonc: not valid jsonc"):
+        parse("wrangler.jsonc", b'{"name": ')
+
+
+def test_a_folder_has_one_config(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "entry.py").write_text("")
+    (tmp_path / "wrangler.jsonc").write_text(json.dumps(BASE))
+    (tmp_path / "wrangler.toml").write_text('name = "demo"\nmain = "src/entry.py"\n')
+    with pytest.raises(BundleError, match=r"found wrangler\.jsonc and wrangler\.toml"):
+        read_bundle(tmp_path)
+
+
+def test_the_entry_module_must_be_in_the_bundle(tmp_path: Path) -> None:
+    (tmp_path / "wrangler.jsonc").write_text(json.dumps(BASE))
+    with pytest.raises(BundleError, match=r"needs src/entry.py \(its entry module\)"):
+        read_bundle(tmp_path)
+
+
+def test_tool_folders_are_not_deployed(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "entry.py").write_text("")
+    (tmp_path / "wrangler.jsonc").write_text(json.dumps(BASE))
+    for tool in ("node_modules", ".wrangler", ".venv"):
+        (tmp_path / tool).mkdir()
+        (tmp_path / tool / "big.json").write_text("{}")
+    paths = {file.path for file in read_bundle(tmp_path).files}
+    assert paths == {"src/entry.py", "wrangler.jsonc"}
+
+
+def test_a_worker_needing_packages_is_refused_until_they_can_be_installed() -> None:
+    check_pyproject(b'[project]\nname = "x"\ndependencies = []\n')
+    with pytest.raises(BundleError, match=r"pyproject.toml: project.dependencies \['fastapi'\]"):
+        check_pyproject(b'[project]\nname = "x"\ndependencies = ["fastapi"]\n')
