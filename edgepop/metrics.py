@@ -108,6 +108,20 @@ class NodeMetrics:
             labels,
             registry=registry,
         ).labels(node, region)
+        self.kv_read_cache_requests = Counter(
+            "edge_kv_read_cache_requests_total",
+            "Reads of KV namespaces in Cloudflare mode at this PoP, by result: hit (answered "
+            "by the PoP's cache, possibly stale up to cacheTtl) or miss (fetched from the "
+            "origin, then cached).",
+            (*labels, "result"),
+            registry=registry,
+        )
+        self.kv_read_cache_entries = Gauge(
+            "edge_kv_read_cache_entries",
+            "Keys held by this PoP's KV read cache (namespaces in Cloudflare mode).",
+            labels,
+            registry=registry,
+        ).labels(node, region)
         self.kv_snapshots = Counter(
             "edge_kv_snapshots_total",
             "Snapshots installed (replica) or sent (origin).",

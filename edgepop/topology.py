@@ -3,7 +3,11 @@
 Pure data and rules (no I/O but `load_topology`, which reads a YAML file). The default
 reproduces the seed's latency table; pairs it does not give use the great-circle rule
 `2 x km / 200 km per ms x 1.5`. A YAML file may override any part; it is validated with
-errors that name the offending field.
+errors that name the offending field. It also says how KV namespaces read at the PoPs:
+
+    kv_namespaces:
+      prices: {mode: cloudflare}   # through a per-PoP cache, as Cloudflare's KV (cacheTtl)
+      carts: {mode: replicated}    # the default: the PoP's replica, pushed by the stream
 """
 
 from __future__ import annotations
@@ -110,6 +114,9 @@ class Topology:
     emulate_delay: bool = True
     # Nodes with fixed addresses (a deployment on an orchestrator); empty = generated.
     nodes: tuple[NodeSpec, ...] = ()
+    # KV namespaces read as Cloudflare's KV is (KV_MODE_CLOUDFLARE: through a per-PoP
+    # cache with cacheTtl); every other namespace is a replica pushed by the stream.
+    kv_cached_namespaces: frozenset[str] = frozenset()
 
     def region(self, name: str) -> Region:
         for region in self.regions:
@@ -200,7 +207,32 @@ _TOP_FIELDS = {
     "rtt_ms",
     "emulate_delay",
     "nodes",
+    "kv_namespaces",
 }
+KV_MODE_REPLICATED = "replicated"
+KV_MODE_CLOUDFLARE = "cloudflare"
+KV_MODES = (KV_MODE_REPLICATED, KV_MODE_CLOUDFLARE)
+
+
+def _parse_kv_namespaces(raw: Any, source: str) -> frozenset[str]:
+    """`kv_namespaces: {NAME: {mode: cloudflare}}`: the namespaces read through a cache."""
+    where = f"{source}: kv_namespaces"
+    if not isinstance(raw, dict):
+        raise TopologyError(f"{where}: must be a mapping of namespace -> {{mode: ...}}")
+    cached = set()
+    for name, options in raw.items():
+        if not isinstance(name, str) or not name:
+            raise TopologyError(f"{where}: {name!r} is not a namespace name")
+        if not isinstance(options, dict) or set(options) - {"mode"}:
+            raise TopologyError(f"{where}.{name}: takes only `mode`")
+        mode = options.get("mode", KV_MODE_REPLICATED)
+        if mode not in KV_MODES:
+            raise TopologyError(f"{where}.{name}.mode: one of {list(KV_MODES)}, not {mode!r}")
+        if mode == KV_MODE_CLOUDFLARE:
+            cached.add(name)
+    return frozenset(cached)
+
+
 _NODE_FIELDS = {"name", "role", "region", "grpc_address", "http_address", "metrics_address"}
 _ADDRESS_RE = re.compile(r"[A-Za-z0-9_.\-]+:[0-9]{1,5}")
 
@@ -340,6 +372,7 @@ def parse_topology(raw: Any, source: str = "topology") -> Topology:
         overrides[frozenset((a, b))] = rtt
 
     nodes = _parse_nodes(raw["nodes"], source, names) if "nodes" in raw else ()
+    cached = _parse_kv_namespaces(raw["kv_namespaces"], source) if "kv_namespaces" in raw else None
     topology = Topology(
         regions=regions,
         origin_region=origin_region,
@@ -347,6 +380,7 @@ def parse_topology(raw: Any, source: str = "topology") -> Topology:
         rtt_overrides_ms=overrides,
         emulate_delay=emulate,
         nodes=nodes,
+        kv_cached_namespaces=cached or frozenset(),
     )
     if not topology.pop_regions():
         raise TopologyError(f"{source}: regions: at least one region needs pop_nodes >= 1")

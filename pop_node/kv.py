@@ -19,6 +19,7 @@ from edgepop import kvapi, limits, retry
 from edgepop.errors import DeadlineError, from_upstream
 from edgepop.kvstore import Record
 from pop_node.deadline import answer_budget_s
+from pop_node.kv_cache import CACHE_TTL_S_DEFAULT, Found, ReadCache
 from pop_node.overlay import newer
 
 if TYPE_CHECKING:
@@ -45,6 +46,21 @@ class KvFrontend:
         self.node = node
         self.store = node.store
         self.overlay = node.overlay
+        # Namespaces in Cloudflare mode (topology `kv_namespaces`), and their read cache.
+        self.cached_namespaces = node.config.topology.kv_cached_namespaces
+        self.read_cache = ReadCache()
+        metrics = node.metrics
+        self._cache_hits = metrics.kv_read_cache_requests.labels(
+            metrics.node, metrics.region, "hit"
+        )
+        self._cache_misses = metrics.kv_read_cache_requests.labels(
+            metrics.node, metrics.region, "miss"
+        )
+        metrics.kv_read_cache_entries.set_function(lambda: len(self.read_cache))
+
+    def is_cached(self, namespace: str) -> bool:
+        """Whether EVENTUAL reads of `namespace` go through the Cloudflare-mode cache."""
+        return namespace in self.cached_namespaces
 
     # -- upstream --------------------------------------------------------------------------
 
@@ -109,7 +125,12 @@ class KvFrontend:
         ):
             return await self._at_origin(self.node.origin.KvGet, request, time_remaining)
         applied_seq = self.node.replication.applied_seq
-        found = self._read_local(request.namespace, request.key, key)
+        if request.namespace in self.cached_namespaces:
+            found = await self.get_cached(
+                request.namespace, request.key, CACHE_TTL_S_DEFAULT, time_remaining
+            )
+        else:
+            found = self._read_local(request.namespace, request.key, key)
         if found is None:
             return kv_pb2.KvGetResponse(found=False, applied_seq=applied_seq)
         value, metadata_json, expiration = found
@@ -127,6 +148,41 @@ class KvFrontend:
         limits.check_namespace(namespace)
         found = self._read_local(namespace, key, limits.check_key(key))
         return None if found is None else (found[0], found[1])
+
+    async def get_cached(
+        self, namespace: str, key: str, cache_ttl_s: int, time_remaining: float | None
+    ) -> Found:
+        """An EVENTUAL read in Cloudflare mode (pop_node.kv_cache): this PoP's cached
+        answer while it lives, else the origin's (paying the delay), kept `cache_ttl_s`."""
+        limits.check_namespace(namespace)
+        limits.check_key(key)
+        cached = self.read_cache.lookup(namespace, key, time.monotonic())
+        if cached is not None:
+            self._cache_hits.inc()
+            found = cached.found
+            if found is not None and found[2] and found[2] <= time.time():
+                return None  # the key's own expiration passed while cached
+            return found
+        self._cache_misses.inc()
+        response = await self._at_origin(
+            self.node.origin.KvGet,
+            kv_pb2.KvGetRequest(
+                namespace=namespace, key=key, consistency=kv_pb2.CONSISTENCY_STRONG
+            ),
+            time_remaining,
+        )
+        found = (
+            (bytes(response.value), response.metadata_json, response.expiration)
+            if response.found
+            else None
+        )
+        self.read_cache.store(namespace, key, found, cache_ttl_s, time.monotonic())
+        return found
+
+    def _cache_own_write(self, namespace: str, key: str, found: Found) -> None:
+        # Cloudflare: a write is visible at once where it was made.
+        if namespace in self.cached_namespaces:
+            self.read_cache.store(namespace, key, found, CACHE_TTL_S_DEFAULT, time.monotonic())
 
     def _read_local(
         self, namespace: str, key: str, encoded: bytes
@@ -235,6 +291,9 @@ class KvFrontend:
             response.seq,
         )  # fmt: skip
         self.node.remember_write(request.namespace, request.key, response.seq, record)
+        self._cache_own_write(
+            request.namespace, request.key, (request.value, request.metadata_json, expiration)
+        )
         return response
 
     async def put_many(
@@ -259,6 +318,9 @@ class KvFrontend:
                 request.namespace, entry.key, entry.value, entry.metadata_json, expiration, seq
             )
             self.node.remember_write(request.namespace, entry.key, seq, record)
+            self._cache_own_write(
+                request.namespace, entry.key, (entry.value, entry.metadata_json, expiration)
+            )
         return response
 
     async def delete(
@@ -275,4 +337,5 @@ class KvFrontend:
             ),
         )
         self.node.remember_write(request.namespace, request.key, response.seq, None)
+        self._cache_own_write(request.namespace, request.key, None)
         return response

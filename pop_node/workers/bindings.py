@@ -20,6 +20,7 @@ from edgepop.bundle import WorkerConfig
 from edgepop.metrics import NodeMetrics
 from edgepop.objectid import DurableObjectId
 from edgepop.worker_api import JsDict
+from pop_node.kv_cache import CACHE_TTL_S_DEFAULT, check_cache_ttl
 
 if TYPE_CHECKING:
     from pop_node.kv import KvFrontend
@@ -33,9 +34,8 @@ CONSISTENCY = {
 # Distinct analytics label values kept per process before the rest become "other".
 ANALYTICS_LABEL_VALUES_MAX = 100
 BINDING_CALL_TIMEOUT_S = 10.0
-# Cloudflare's bounds: a multi-key get takes at most 100 keys; cacheTtl is at least 30 s.
+# Cloudflare's bound: a multi-key get takes at most 100 keys.
 GET_KEYS_MAX = 100
-CACHE_TTL_S_MIN = 30
 
 
 def _options(options: Any, where: str, allowed: set[str], **given: Any) -> dict[str, Any]:
@@ -105,9 +105,17 @@ class KvBinding:
         if isinstance(kind, dict):
             options = _options(kind, "get", {"type", "cacheTtl"}, cacheTtl=cacheTtl)
             kind, cacheTtl = options.get("type", "text"), options.get("cacheTtl")
-        if cacheTtl is not None and (not isinstance(cacheTtl, int) or cacheTtl < CACHE_TTL_S_MIN):
-            raise ValueError(f"cacheTtl must be an integer of at least {CACHE_TTL_S_MIN} seconds")
-        # A replicated namespace has no read cache: cacheTtl is accepted and has no effect.
+        cache_ttl_s = CACHE_TTL_S_DEFAULT if cacheTtl is None else check_cache_ttl(cacheTtl)
+        if consistency == "eventual" and min_seq == 0 and self._kv.is_cached(self.namespace):
+            # Cloudflare mode: through this PoP's read cache (pop_node.kv_cache). In the
+            # replicated mode there is no cache, and cacheTtl has no effect.
+            cached = await self._kv.get_cached(
+                self.namespace, key, cache_ttl_s, BINDING_CALL_TIMEOUT_S
+            )
+            if cached is None:
+                return {"value": None, "metadata": None}
+            metadata = json.loads(cached[1]) if cached[1] else None
+            return {"value": _decode(cached[0], kind), "metadata": metadata}
         if consistency == "eventual" and min_seq == 0 and key.__class__ is str and key.isascii():
             # The common read, without protobuf messages. Other keys take the general path
             # so that odd ones (not text, not UTF-8) fail exactly as they always did.

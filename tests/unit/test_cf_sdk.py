@@ -201,8 +201,18 @@ def test_a_transaction_rolls_back_on_request_or_on_a_raise() -> None:
 class RecordingKv:
     """The KvFrontend calls a binding makes, recorded; every key holds b'"v"'."""
 
-    def __init__(self) -> None:
+    def __init__(self, cached: bool = False) -> None:
         self.requests: list[Any] = []
+        self.cached = cached
+
+    def is_cached(self, namespace: str) -> bool:
+        return self.cached
+
+    async def get_cached(
+        self, namespace: str, key: str, cache_ttl_s: int, time_remaining: float
+    ) -> tuple[bytes, str, int] | None:
+        self.requests.append(("cached", key, cache_ttl_s))
+        return (b'"c"', "", 0)
 
     def get_eventual(self, namespace: str, key: str) -> tuple[bytes, str] | None:
         self.requests.append(("get", key))
@@ -230,6 +240,16 @@ def test_kv_reads_take_cloudflares_type_forms() -> None:
         asyncio.run(kv.get("k", cacheTtl=10))
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['cache'\]"):
         asyncio.run(kv.get("k", {"cache": 1}))
+
+
+def test_a_cloudflare_mode_namespace_reads_through_the_cache_with_cacheTtl() -> None:
+    frontend = RecordingKv(cached=True)
+    kv = KvBinding(frontend, "ns")  # type: ignore[arg-type]
+    assert asyncio.run(kv.get("k", "json")) == "c"
+    assert asyncio.run(kv.get("k", {"type": "json", "cacheTtl": 45})) == "c"
+    # Other consistency levels are edgepop's own and bypass Cloudflare's cache.
+    assert asyncio.run(kv.get("k", "json", consistency="eventual", min_seq=0)) == "c"
+    assert frontend.requests == [("cached", "k", 60), ("cached", "k", 45), ("cached", "k", 60)]
 
 
 def test_kv_writes_and_lists_take_options_dicts_or_keywords() -> None:

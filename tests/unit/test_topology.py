@@ -455,3 +455,24 @@ def test_listed_nodes_are_the_node_specs_with_their_addresses() -> None:
 def test_a_bad_node_list_is_refused_naming_the_problem(change: Any, words: str) -> None:
     with pytest.raises(TopologyError, match=words):
         parse_topology({"nodes": change(_LISTED)})
+
+
+def test_kv_namespaces_name_those_read_as_cloudflares_kv() -> None:
+    topology = parse_topology(
+        {"kv_namespaces": {"prices": {"mode": "cloudflare"}, "carts": {"mode": "replicated"}}}
+    )
+    assert topology.kv_cached_namespaces == frozenset({"prices"})
+    assert parse_topology({}).kv_cached_namespaces == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("raw", "names"),
+    [
+        ({"kv_namespaces": ["prices"]}, r"kv_namespaces: must be a mapping"),
+        ({"kv_namespaces": {"prices": {"mode": "lazy"}}}, r"kv_namespaces\.prices\.mode: "),
+        ({"kv_namespaces": {"prices": {"ttl": 5}}}, r"kv_namespaces\.prices: takes only"),
+    ],
+)
+def test_bad_kv_namespace_modes_name_the_field(raw: dict[str, Any], names: str) -> None:
+    with pytest.raises(TopologyError, match=names):
+        parse_topology(raw)
