@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
 import logging
 import os
 import time
 from dataclasses import dataclass
 
+import aiohttp
 import grpc
 
 from control_plane import placement as placement_rules
+from control_plane.crons import CRON_CHECK_S_MAX, CronRun, next_runs, pick_pop
 from control_plane.placement import ConfirmRefusedError, Placement
 from control_plane.registry import NODE_LEASE_S_DEFAULT, ROLE_POP, NodeEntry, NodeRegistry
 from control_plane.service import ControlPlaneService
@@ -23,8 +27,10 @@ from edgepop.bundle import bundle_version, check_bundle
 from edgepop.config import HEARTBEAT_INTERVAL_S_DEFAULT, NodeConfig
 from edgepop.errors import FailedPreconditionError
 from edgepop.faults import FaultTable, fault_to_pb
+from edgepop.http import origin_session
 from edgepop.lifecycle import Node
 from edgepop.storage import Storage
+from edgepop.tls import process_tls
 from edgepop.topology import topology_to_pb
 
 log = logging.getLogger(__name__)
@@ -38,6 +44,9 @@ FAULT_EXPIRY_CHECK_S = 0.5
 OBJECT_FAILOVER_MARGIN_S = 0.5
 # Objects named to an owner per heartbeat for a standby copy (the rest follow next time).
 OBJECTS_TO_SYNC_PER_HEARTBEAT_MAX = 64
+# A cron run found this late (the loop was busy) still fires; later ones are skipped.
+CRON_LATE_S_MAX = 5.0
+CRON_CALL_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -81,6 +90,9 @@ class ControlPlane(Node):
         # name -> versions in the order they were made active; the last one is active.
         self.worker_history = self.state.load_worker_history()
         self.deploy_lock = asyncio.Lock()
+        # (worker, version) -> its cron schedules; set when a deploy changes them.
+        self._crons: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._crons_changed = asyncio.Event()
 
     def add_services(self, server: grpc.aio.Server) -> list[str]:
         pb_grpc.add_ControlPlaneServicer_to_server(ControlPlaneService(self), server)
@@ -102,6 +114,7 @@ class ControlPlane(Node):
         self._healthy = self.registry.healthy_names(time.time())
         self.spawn(self._watch_health(), "watch-health")
         self.spawn(self._expire_faults(), "expire-faults")
+        self.spawn(self._run_crons(), "cron-triggers")
 
     async def on_drain(self) -> None:
         # Topology watches never end on their own: end them now, so that stopping takes
@@ -401,6 +414,7 @@ class ControlPlane(Node):
             await self.state.save_worker(record, None if known else bundle, history)
             self.worker_versions[(config.name, version)] = record
             self.worker_history[config.name] = history
+        self._crons_changed.set()
         await self.bump_topology()
         log.info("deployed worker %s version %s", config.name, version[:12])
         return config.name, version, True
@@ -416,6 +430,70 @@ class ControlPlane(Node):
             record = self.worker_versions[(name, history[-1])]
             await self.state.save_worker(record, None, history)
             self.worker_history[name] = history
+        self._crons_changed.set()
         await self.bump_topology()
         log.info("rolled worker %s back to %s", name, history[-1][:12])
         return history[-1]
+
+    # -- cron triggers (control_plane.crons) ---------------------------------------------
+
+    def _cron_schedules(self) -> dict[str, tuple[str, ...]]:
+        """worker -> the cron schedules of its active version."""
+        assert self.state is not None
+        schedules = {}
+        for name in self.worker_history:
+            version = self.active_worker(name)
+            key = (name, version)
+            if key not in self._crons:
+                bundle = self.state.load_worker_bundle(name, version)
+                self._crons[key] = check_bundle(bundle).crons if bundle is not None else ()
+            if self._crons[key]:
+                schedules[name] = self._crons[key]
+        return schedules
+
+    async def _run_crons(self) -> None:
+        """Fire each due cron trigger at one healthy PoP (its `/__scheduled`)."""
+        session = origin_session(connections_max=16)
+        last_fired = datetime.datetime.now(datetime.UTC)
+        try:
+            while True:
+                self._crons_changed.clear()
+                now = datetime.datetime.now(datetime.UTC)
+                after = max(last_fired, now - datetime.timedelta(seconds=CRON_LATE_S_MAX))
+                at, due = next_runs(self._cron_schedules(), after)
+                wait_s = CRON_CHECK_S_MAX if at is None else (at - now).total_seconds()
+                if wait_s > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._crons_changed.wait(), min(wait_s, CRON_CHECK_S_MAX)
+                        )
+                    continue  # look again: the time came, or the schedules changed
+                for run in due:
+                    self.spawn(self._fire_cron(session, run), f"cron-{run.worker}")
+                last_fired = at or now
+        finally:
+            await session.close()
+
+    async def _fire_cron(self, session: aiohttp.ClientSession, run: CronRun) -> None:
+        pops = {entry.name: entry for entry in self.healthy_pops(time.time())}
+        chosen = pick_pop(run, list(pops))
+        if chosen is None:
+            log.warning("cron %r of %s: no healthy PoP to run it", run.cron, run.worker)
+            return
+        scheme = "https" if process_tls() is not None else "http"
+        url = f"{scheme}://{pops[chosen].http_address}/__scheduled"
+        try:
+            async with session.post(
+                url,
+                params={"cron": run.cron, "time": str(int(run.at.timestamp() * 1000))},
+                headers={
+                    "Host": f"{run.worker}.workers.dev",
+                    "Authorization": f"Bearer {self.token}",
+                },
+                timeout=aiohttp.ClientTimeout(total=CRON_CALL_TIMEOUT_S),
+            ) as reply:
+                text = (await reply.text()).strip()
+        except (aiohttp.ClientError, TimeoutError) as error:
+            log.warning("cron %r of %s at %s failed: %r", run.cron, run.worker, chosen, error)
+            return
+        log.info("cron %r of %s at %s: %s %s", run.cron, run.worker, chosen, reply.status, text)

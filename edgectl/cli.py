@@ -543,12 +543,28 @@ def register_deploy(commands: CommandSet) -> None:
 
 
 def register_workers(commands: CommandSet) -> None:
-    commands.add(
+    workers = commands.add(
         "workers",
         cmd_workers,
         "every deployed worker: its versions, the active one, and the PoPs serving each now "
-        "with their cold starts",
+        "with their cold starts; `workers trigger NAME --cron EXPR` runs a worker's "
+        "scheduled handler now",
         json_output=True,
+    )
+    workers.usage = "edgectl workers [--json] | edgectl workers trigger NAME [--cron EXPR]"
+    workers.add_argument("action", nargs="?", choices=["trigger"], help=argparse.SUPPRESS)
+    workers.add_argument("name", nargs="?", metavar="NAME", help=argparse.SUPPRESS)
+    workers.add_argument(
+        "--cron",
+        default="* * * * *",
+        metavar="EXPR",
+        help="trigger: the cron expression the handler is told fired (default: * * * * *)",
+    )
+    workers.add_argument(
+        "--from",
+        dest="from_region",
+        metavar="REGION",
+        help="trigger: run it at the PoP nearest REGION (default: any healthy PoP)",
     )
 
 
@@ -1452,6 +1468,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
+    if args.action == "trigger":
+        return cmd_workers_trigger(args)
+    if args.name is not None:
+        raise CliError("INVALID_ARGUMENT", f"unexpected argument {args.name!r}")
     with _client(args) as client:
         versions = client.list_workers()
         pops = deploys.poll_pops(client, deploys.healthy_pops(client))
@@ -1463,6 +1483,29 @@ def cmd_workers(args: argparse.Namespace) -> int:
         views.stderr.print("no workers deployed (edgectl deploy DIR)", markup=False)
         return 0
     views.stdout.print(views.workers_table(summaries))
+    return 0
+
+
+def cmd_workers_trigger(args: argparse.Namespace) -> int:
+    """Run NAME's `scheduled` handler now at one PoP, as a cron trigger would."""
+    if not args.name:
+        raise CliError("INVALID_ARGUMENT", "workers trigger needs the worker's NAME")
+    if len(args.cron.split()) != 5:
+        raise CliError("INVALID_ARGUMENT", f"--cron {args.cron!r}: a 5-field cron expression")
+    with _client(args) as client:
+        if args.from_region is not None:
+            route = client.route(args.from_region)
+            node, address = route.name, route.http_address
+        else:
+            pops = deploys.healthy_pops(client)
+            if not pops:
+                raise CliError("UNAVAILABLE", "no healthy PoP to run it")
+            node, address = pops[0].name, pops[0].http_address
+        answer = client.trigger_scheduled(address, args.name, args.cron, int(time.time() * 1000))
+    if args.json:
+        views.print_json({"worker": args.name, "cron": args.cron, "node": node, "answer": answer})
+    else:
+        views.stdout.print(answer, markup=False, highlight=False)
     return 0
 
 

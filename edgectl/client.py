@@ -26,6 +26,7 @@ import contextlib
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -347,6 +348,33 @@ class EdgeClient:
         if not isinstance(answer, dict) or not isinstance(answer.get("token"), str):
             raise CliError("INTERNAL", f"the {where} answered no token")
         return str(answer["token"])
+
+    def trigger_scheduled(
+        self, http_address: str, worker: str, cron: str, scheduled_time_ms: int
+    ) -> str:
+        """Run a worker's `scheduled` handler now at one PoP (its `/__scheduled`, with the
+        cluster token); the PoP's one-line answer."""
+        token = self.cluster_token()
+        scheme = "https" if self.tls is not None else "http"
+        query = urllib.parse.urlencode({"cron": cron, "time": str(scheduled_time_ms)})
+        request = urllib.request.Request(
+            f"{scheme}://{http_address}/__scheduled?{query}",
+            data=b"",
+            method="POST",
+            headers={"Authorization": f"Bearer {token}", "Host": f"{worker}.workers.dev"},
+        )
+        where = f"PoP at {http_address}"
+        try:
+            context = self.tls.client_ssl_context() if self.tls is not None else None
+            with urllib.request.urlopen(request, timeout=self.timeout_s, context=context) as reply:
+                return str(reply.read().decode().strip())
+        except urllib.error.HTTPError as error:
+            code = {404: "NOT_FOUND", 401: "UNAUTHENTICATED"}.get(error.code, "INTERNAL")
+            text = _http_error_text(error)
+            raise CliError(code, f"HTTP {error.code}: {text} ({where})") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+            reason = getattr(error, "reason", error)
+            raise CliError("UNAVAILABLE", f"cannot reach the {where}: {reason}") from None
 
     def node_info(self, name: str) -> cp_pb2.NodeInfo:
         for info in self.list_nodes():

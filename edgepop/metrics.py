@@ -271,6 +271,13 @@ class NodeMetrics:
             (*labels, "worker", "cache"),
             registry=registry,
         )
+        self.worker_cron_runs = Counter(
+            "edge_worker_cron_runs_total",
+            "Runs of a worker's scheduled handler at this PoP (cron triggers, on schedule or "
+            "triggered by hand), by result (ok, error).",
+            (*labels, "worker", "result"),
+            registry=registry,
+        )
         self.cache_requests = Counter(
             "edge_cache_requests_total",
             "Lookups in this PoP's HTTP cache, by result (hit, miss).",

@@ -292,6 +292,22 @@ class _Caches:
 caches = _Caches()
 
 
+class ScheduledController:
+    """What a cron run's `scheduled(controller, env, ctx)` is given (Cloudflare's shape):
+    the cron expression that fired and the scheduled time in ms since the epoch."""
+
+    type = "scheduled"
+
+    def __init__(self, cron: str, scheduled_time_ms: int) -> None:
+        self.cron = cron
+        self.scheduledTime = scheduled_time_ms
+        self.retry = True
+
+    def noRetry(self) -> None:
+        """Cloudflare's hint not to retry a failed run; edgepop never retries one."""
+        self.retry = False
+
+
 class ExecutionContext:
     """`ctx`: work that may outlive the response."""
 

@@ -14,11 +14,13 @@ namespace allows (`<YOUR_KV_NAMESPACE_ID>`, the examples' placeholder, becomes
 
 from __future__ import annotations
 
+import datetime
 import re
 import tomllib
 from typing import Any
 
 import json5
+from cronsim import CronSim, CronSimError
 
 from edgepop.bundle import (
     CPU_MS_DEFAULT,
@@ -294,4 +296,8 @@ def _crons(raw: Any) -> tuple[str, ...]:
     for index, cron in enumerate(crons):
         if not isinstance(cron, str) or len(cron.split()) != 5:
             raise BundleError(f"triggers.crons[{index}]: {cron!r} is not a 5-field cron")
+        try:
+            CronSim(cron, datetime.datetime.now(datetime.UTC))
+        except CronSimError as error:
+            raise BundleError(f"triggers.crons[{index}]: {cron!r}: {error}") from None
     return tuple(crons)

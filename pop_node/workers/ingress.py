@@ -15,11 +15,16 @@ connection for seconds, not for aiohttp's default hour.
 
 The request's `cf` fields describe the simulated user's location (`x-edge-region`, or
 this PoP's region) and `colo` names this PoP.
+
+`/__scheduled?cron=EXPR[&time=MS]` on a worker's host runs its `scheduled` handler now
+(wrangler's form): how the control plane fires cron triggers and how `edgectl workers
+trigger` does; it needs the cluster token (`Authorization: Bearer ...`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -53,6 +58,8 @@ REQUEST_HEADERS_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 10.0
 BODY_RATE_BYTES_S_MIN = 64 * 1024
 HTTP_VERSIONS = frozenset({HttpVersion10, HttpVersion11})
+SCHEDULED_PATH = "/__scheduled"
+DEFAULT_CRON = "* * * * *"
 
 
 class BodyTimeoutError(Exception):
@@ -195,6 +202,10 @@ def build_app(node: PopNode) -> web.Application:
                     {"error": f"no worker route matches {host}{request.path}"}, status=404
                 )
             worker_name = version.name
+            if request.path == SCHEDULED_PATH:
+                answer = await run_scheduled(node, version, request)
+                status = answer.status
+                return answer
             body = await read_body(request)
             headers = CIMultiDict(request.headers)
             headers["CF-Connecting-IP"] = request.remote or ""
@@ -240,6 +251,27 @@ def build_app(node: PopNode) -> web.Application:
     install_netem(app, netem, inbound=False)  # the inbound leg is held in `guard`
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
+
+
+async def run_scheduled(node: PopNode, version: Any, request: web.Request) -> web.Response:
+    """`/__scheduled`: run the worker's cron handler now, for the token's holder only."""
+    given = request.headers.get("Authorization", "")
+    expected = f"Bearer {node.token}" if node.token else ""
+    if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+        return web.Response(
+            status=401, text=f"{SCHEDULED_PATH} runs cron handlers: it needs the cluster token\n"
+        )
+    cron = request.query.get("cron") or (version.config.crons or (DEFAULT_CRON,))[0]
+    try:
+        scheduled_ms = int(request.query.get("time") or time.time() * 1000)
+    except ValueError:
+        return web.Response(status=400, text="time: milliseconds since the epoch\n")
+    if version.module.scheduled is None:
+        return web.Response(status=404, text=f"worker {version.name} has no scheduled handler\n")
+    outcome = await node.workers.run_scheduled(version, cron, scheduled_ms)
+    if outcome:
+        return web.Response(status=500, text=f"scheduled {cron!r}: {outcome}\n")
+    return web.Response(text=f"ran scheduled {cron!r} of {version.name} at {node.name}\n")
 
 
 def handler_args() -> dict[str, float]:

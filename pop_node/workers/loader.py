@@ -8,7 +8,8 @@ bundle is a package even without `__init__.py` (Cloudflare's `main = "src/entry.
 The entry module answers requests in one of three forms, tried in this order: edgepop's
 `async def fetch(request, env, ctx)`; Cloudflare's `class Default(WorkerEntrypoint)`
 with `async def fetch(self, request)` (an instance per request, given `ctx` and `env`);
-Cloudflare's older `async def on_fetch(request, env[, ctx])`.
+Cloudflare's older `async def on_fetch(request, env[, ctx])`. Cron triggers call
+`scheduled(controller, env, ctx)` in the same three forms (`on_scheduled` the older).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class LoadedModule:
     fetch: Callable[..., Any]
     classes: dict[str, type[DurableObject]] = field(default_factory=dict)
     finder: _BundleFinder | None = None
+    # `scheduled(controller, env, ctx)` for cron triggers, when the worker has one.
+    scheduled: Callable[..., Any] | None = None
 
     def unload(self) -> None:
         if self.finder is not None and self.finder in sys.meta_path:
@@ -120,6 +123,28 @@ def entry_fetch(module: types.ModuleType) -> Callable[..., Any] | None:
     return None
 
 
+def entry_scheduled(module: types.ModuleType) -> Callable[..., Any] | None:
+    """`scheduled(controller, env, ctx)` for the entry module's form, or None."""
+    scheduled = getattr(module, "scheduled", None)
+    if scheduled is not None and inspect.iscoroutinefunction(scheduled):
+        return scheduled  # type: ignore[no-any-return]
+    default = getattr(module, "Default", None)
+    if inspect.isclass(default) and inspect.iscoroutinefunction(
+        getattr(default, "scheduled", None)
+    ):
+        entrypoint: Any = default
+
+        async def scheduled_default(controller: Any, env: Any, ctx: Any) -> Any:
+            # Cloudflare's SDK passes (controller, env, ctx) to the method as well.
+            return await entrypoint(ctx, env).scheduled(controller, env, ctx)
+
+        return scheduled_default
+    on_scheduled = getattr(module, "on_scheduled", None)
+    if on_scheduled is not None and inspect.iscoroutinefunction(on_scheduled):
+        return on_scheduled  # type: ignore[no-any-return]
+    return None
+
+
 def load_bundle(
     name: str, version: str, files: dict[str, bytes], main: str = "worker.py"
 ) -> LoadedModule:
@@ -144,6 +169,7 @@ def load_bundle(
             "`class Default(WorkerEntrypoint)` with `async def fetch(self, request)`"
         )
     loaded.fetch = fetch
+    loaded.scheduled = entry_scheduled(module)
     loaded.classes = {
         member_name: member
         for member_name, member in vars(module).items()

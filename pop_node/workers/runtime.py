@@ -29,7 +29,13 @@ from edgepop.bundle import Route, WorkerConfig, bundle_version, check_bundle
 from edgepop.http import origin_session
 from edgepop.netem import NODE_HEADER, REGION_HEADER, sent_at_metadata
 from edgepop.tls import process_tls
-from edgepop.worker_api import ExecutionContext, Request, Response, current
+from edgepop.worker_api import (
+    ExecutionContext,
+    Request,
+    Response,
+    ScheduledController,
+    current,
+)
 from pop_node.objects.builtin import BUILTIN_CLASSES
 from pop_node.workers.bindings import (
     BindingError,
@@ -351,6 +357,39 @@ class WorkerRuntime:
                 headers=response.headers,
             )
         return response, error_code
+
+    async def run_scheduled(self, version: WorkerVersion, cron: str, scheduled_time_ms: int) -> str:
+        """Run the worker's `scheduled` handler once (a cron trigger); "" when it ran to
+        the end, else what went wrong. The same CPU budget and scope as a request."""
+        assert self._watchdog is not None
+        scheduled = version.module.scheduled
+        if scheduled is None:
+            raise WorkerError(f"worker {version.name} has no scheduled handler")
+        version.in_flight += 1
+        budget = CpuBudget(version.config.cpu_ms / 1000.0)
+        context = ExecutionContext()
+        scope = _Scope(self, version, version.config.subrequests, context)
+        controller = ScheduledController(cron, scheduled_time_ms)
+        token = current.set(scope)
+        outcome = ""
+        try:
+            await metered(scheduled(controller, version.env, context), budget, self._watchdog)
+        except CpuLimitExceeded:
+            outcome = "exceeded its CPU limit"
+        except Exception as error:
+            log.exception("worker %s raised in scheduled", version.name)
+            outcome = f"raised {type(error).__name__}: {error}"
+        finally:
+            current.reset(token)
+            version.in_flight -= 1
+            if version.retired and version.in_flight == 0:
+                version.module.unload()
+        for work in context.pending:
+            self._spawn_background(work, scope)
+        self.metrics.worker_cron_runs.labels(
+            self.metrics.node, self.metrics.region, version.name, "error" if outcome else "ok"
+        ).inc()
+        return outcome
 
     def _cpu_child(self, worker: str) -> Any:
         child = self._cpu_children.get(worker)

@@ -287,3 +287,38 @@ def test_a_cloudflare_durable_object_class_is_found_and_only_its_own_methods_are
 def test_a_main_module_without_an_entry_point_is_refused(loaded: list[LoadedModule]) -> None:
     with pytest.raises(WorkerLoadError, match=r"src/entry.py needs `async def fetch"):
         load_bundle("cf", VERSION_A, {"src/entry.py": b"x = 1\n"}, "src/entry.py")
+
+
+CF_SCHEDULED = b"""
+from workers import Response, WorkerEntrypoint
+
+RUNS = []
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response("ok")
+
+    async def scheduled(self, controller, env, ctx):
+        RUNS.append((controller.cron, controller.scheduledTime, env["who"]))
+"""
+
+
+def test_cron_handlers_load_in_each_form(loaded: list[LoadedModule]) -> None:
+    from edgepop.worker_api import ScheduledController
+
+    cloudflare = load_bundle("cf", VERSION_A, {"entry.py": CF_SCHEDULED}, "entry.py")
+    loaded.append(cloudflare)
+    assert cloudflare.scheduled is not None
+    asyncio.run(cloudflare.scheduled(ScheduledController("0 * * * *", 60_000), {"who": "x"}, None))
+    runs = sys.modules[f"{cloudflare.package}.entry"].RUNS
+    assert runs == [("0 * * * *", 60_000, "x")]
+    plain = load_bundle("demo", VERSION_B, simple_worker("hi"))
+    loaded.append(plain)
+    assert plain.scheduled is None
+    legacy = {
+        "entry.py": CF_ON_FETCH + b"\nasync def on_scheduled(controller, env, ctx):\n    pass\n"
+    }
+    older = load_bundle("cf-old", VERSION_A, legacy, "entry.py")
+    loaded.append(older)
+    assert older.scheduled is not None
