@@ -262,6 +262,13 @@ def register_kv(commands: CommandSet) -> None:
     put.add_argument("--ttl", type=int, metavar="SECONDS", help="expire this long from now")
     put.add_argument("--expiration", type=int, metavar="UNIX", help="expire at this unix time")
     put.add_argument("--metadata", metavar="JSON", help="metadata stored with the value")
+    put.add_argument(
+        "--if-seq",
+        type=int,
+        metavar="N",
+        help="compare-and-set: write only if the key is still at version N (the `seq` "
+        "`kv get --json` shows; 0 = only if absent), else FAILED_PRECONDITION",
+    )
 
     delete = kv.add("delete", cmd_kv_delete, "delete a key", json_output=True, parents=(common,))
     delete.add_argument("key", metavar="KEY")
@@ -980,6 +987,7 @@ def cmd_kv_get(args: argparse.Namespace) -> int:
                 "value_encoding": encoding,
                 "metadata": views.metadata_value(got.metadata_json),
                 "expiration": got.expiration,
+                "seq": got.seq,
                 "applied_seq": got.applied_seq,
                 **_route_json(target, timed.latency_ms),
             }
@@ -993,7 +1001,7 @@ def cmd_kv_get(args: argparse.Namespace) -> int:
     if sys.stdout.isatty() and not got.value.endswith(b"\n"):
         sys.stdout.buffer.write(b"\n")
     sys.stdout.flush()
-    details = [via, f"applied_seq {got.applied_seq}"]
+    details = [via, f"seq {got.seq}", f"applied_seq {got.applied_seq}"]
     if got.metadata_json:
         details.append(f"metadata {got.metadata_json}")
     if got.expiration:
@@ -1028,6 +1036,10 @@ def cmd_kv_put(args: argparse.Namespace) -> int:
         expiration=args.expiration or 0,
         expiration_ttl=args.ttl or 0,
     )
+    if args.if_seq is not None:
+        if args.if_seq < 0:
+            raise CliError("INVALID_ARGUMENT", "--if-seq must not be negative")
+        request.if_seq = args.if_seq
     with _client(args) as client:
         target = _target(client, args)
         timed = client.kv_put(target, request)

@@ -87,6 +87,7 @@ def get_response(record: Record | None, applied_seq: int) -> kv_pb2.KvGetRespons
         metadata_json=record.metadata_json,
         expiration=record.expiration,
         applied_seq=applied_seq,
+        seq=record.seq,
     )
 
 

@@ -203,6 +203,11 @@ class JsDict(dict[str, Any]):
             raise AttributeError(name) from None
 
 
+class KvConflictError(Exception):
+    """A compare-and-set put (`put(..., only_if_seq=N)`) lost: the key moved on since
+    version N was read, and nothing was written."""
+
+
 class KVNamespace(Protocol):
     async def get(
         self, key: str, type: str = "text", *, consistency: str = "eventual", min_seq: int = 0

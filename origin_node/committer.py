@@ -72,7 +72,11 @@ class Committer:
         self.metrics.kv_commit_duration.observe(time.perf_counter() - started)
         self.on_commit(head, first)
         for request, future in batch:
-            if not future.done():
+            if future.done():
+                continue
+            if request.error is not None:
+                future.set_exception(request.error)  # refused alone; the batch committed
+            else:
                 future.set_result(request)
 
     def _work(self, requests: list[WriteRequest]) -> Callable[[Any], tuple[int, int]]:

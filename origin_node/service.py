@@ -70,7 +70,12 @@ class OriginService(pb_grpc.OriginServicer):
     ) -> kv_pb2.KvPutResponse:
         expiration = kvapi.validate_put(request, time.time())
         change = Change(
-            kv_pb2.LOG_OP_PUT, request.key, request.value, request.metadata_json, expiration
+            kv_pb2.LOG_OP_PUT,
+            request.key,
+            request.value,
+            request.metadata_json,
+            expiration,
+            if_seq=request.if_seq if request.HasField("if_seq") else None,
         )
         done = await self.node.committer.submit(
             WriteRequest(request.namespace, [change], request.request_id)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.v1 import kv_pb2
+from edgepop.errors import FailedPreconditionError
 from edgepop.kvstore import KvStore, decode_u64, encode_u64
 
 HEAD_SEQ_KEY = b"head_seq"
@@ -32,6 +33,8 @@ class Change:
     expiration: int = 0
     # Sweeper deletes: only if the key is still expired when the commit runs.
     only_if_expired: bool = False
+    # Compare-and-set: only if the key's live version is this seq (0: absent).
+    if_seq: int | None = None
 
 
 @dataclass
@@ -42,6 +45,8 @@ class WriteRequest:
     # Filled by commit: the seq of the request's last change (0 if it changed nothing).
     seq: int = 0
     entries: list[kv_pb2.LogEntry] = field(default_factory=list)
+    # Filled by commit when the request was refused (a compare-and-set that lost).
+    error: Exception | None = None
 
 
 class WriteLog:
@@ -71,6 +76,10 @@ class WriteLog:
                 if seen is not None:
                     request.seq = decode_u64(seen)
                     continue
+            refused = self._refused(txn, request, now)
+            if refused is not None:
+                request.error = refused
+                continue
             for change in request.changes:
                 if change.only_if_expired:
                     record = self.store.get(txn, request.namespace, change.key.encode(), 0)
@@ -98,6 +107,24 @@ class WriteLog:
         self.store.put_u64(txn, HEAD_SEQ_KEY, head)
         self.store.put_u64(txn, LOG_FIRST_SEQ_KEY, first)
         return head, first
+
+    def _refused(self, txn: Any, request: WriteRequest, now: float) -> Exception | None:
+        """Why a request's compare-and-set fails (None when every change may go ahead).
+
+        Checked for all of a request's changes before any applies: it commits whole or
+        not at all, and other requests of the batch are not affected.
+        """
+        for change in request.changes:
+            if change.if_seq is None:
+                continue
+            record = self.store.get(txn, request.namespace, change.key.encode(), now)
+            current = record.seq if record is not None else 0
+            if current != change.if_seq:
+                where = f"at seq {current}" if current else "absent"
+                return FailedPreconditionError(
+                    f"key {change.key!r} is {where}, not at if_seq {change.if_seq}: not written"
+                )
+        return None
 
     def _truncate(self, txn: Any, head: int, first: int) -> int:
         """Drop the oldest entries beyond the retention bound (and their request ids)."""

@@ -129,25 +129,30 @@ class KvFrontend:
             found = await self.get_cached(
                 request.namespace, request.key, CACHE_TTL_S_DEFAULT, time_remaining
             )
+            if found is None:
+                return kv_pb2.KvGetResponse(found=False, applied_seq=applied_seq)
+            value, metadata_json, expiration = found
+            seq = 0  # a cached answer carries no version
         else:
-            found = self._read_local(request.namespace, request.key, key)
-        if found is None:
-            return kv_pb2.KvGetResponse(found=False, applied_seq=applied_seq)
-        value, metadata_json, expiration = found
+            local = self._read_local(request.namespace, request.key, key)
+            if local is None:
+                return kv_pb2.KvGetResponse(found=False, applied_seq=applied_seq)
+            value, metadata_json, expiration, seq = local
         return kv_pb2.KvGetResponse(
             found=True,
             value=value,
             metadata_json=metadata_json,
             expiration=expiration,
             applied_seq=applied_seq,
+            seq=seq,
         )
 
-    def get_eventual(self, namespace: str, key: str) -> tuple[bytes, str] | None:
+    def get_eventual(self, namespace: str, key: str) -> tuple[bytes, str, int] | None:
         """`get` at EVENTUAL consistency without protobuf messages, for workers' KV
-        bindings (hot, per request): (value, metadata_json), or None when not found."""
+        bindings (hot, per request): (value, metadata_json, seq), or None when not found."""
         limits.check_namespace(namespace)
         found = self._read_local(namespace, key, limits.check_key(key))
-        return None if found is None else (found[0], found[1])
+        return None if found is None else (found[0], found[1], found[3])
 
     async def get_cached(
         self, namespace: str, key: str, cache_ttl_s: int, time_remaining: float | None
@@ -186,19 +191,18 @@ class KvFrontend:
 
     def _read_local(
         self, namespace: str, key: str, encoded: bytes
-    ) -> tuple[bytes, str, int] | None:
-        """(value, metadata_json, expiration) of a live key in the replica, this PoP's own
-        pending writes included; None when not found."""
+    ) -> tuple[bytes, str, int, int] | None:
+        """(value, metadata_json, expiration, seq) of a live key in the replica, this PoP's
+        own pending writes included; None when not found."""
         now = time.time()
         with self.node.storage.read() as txn:
             if self.overlay:  # own writes pending: the general path
                 record = self._local_get(txn, namespace, key, encoded, now)
                 if record is None:
                     return None
-                return record.value, record.metadata_json, record.expiration
+                return record.value, record.metadata_json, record.expiration, record.seq
             # The hot path: one lookup, no Record built.
-            fields = self.store.get_fields(txn, namespace, encoded, now)
-        return None if fields is None else (fields[0], fields[1], fields[2])
+            return self.store.get_fields(txn, namespace, encoded, now)
 
     async def get_many(
         self, request: kv_pb2.KvGetManyRequest, time_remaining: float | None

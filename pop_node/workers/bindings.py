@@ -14,12 +14,15 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+import grpc
+
 from edge.v1 import kv_pb2, objects_pb2
 from edgepop import objectid
 from edgepop.bundle import WorkerConfig
+from edgepop.errors import EdgeError
 from edgepop.metrics import NodeMetrics
 from edgepop.objectid import DurableObjectId
-from edgepop.worker_api import JsDict
+from edgepop.worker_api import JsDict, KvConflictError
 from pop_node.kv_cache import CACHE_TTL_S_DEFAULT, check_cache_ttl
 
 if TYPE_CHECKING:
@@ -113,18 +116,18 @@ class KvBinding:
                 self.namespace, key, cache_ttl_s, BINDING_CALL_TIMEOUT_S
             )
             if cached is None:
-                return {"value": None, "metadata": None}
+                return {"value": None, "metadata": None, "seq": 0}
             metadata = json.loads(cached[1]) if cached[1] else None
-            return {"value": _decode(cached[0], kind), "metadata": metadata}
+            return {"value": _decode(cached[0], kind), "metadata": metadata, "seq": 0}
         if consistency == "eventual" and min_seq == 0 and key.__class__ is str and key.isascii():
             # The common read, without protobuf messages. Other keys take the general path
             # so that odd ones (not text, not UTF-8) fail exactly as they always did.
             found = self._kv.get_eventual(self.namespace, key)
             if found is None:
-                return {"value": None, "metadata": None}
-            value, metadata_json = found
+                return {"value": None, "metadata": None, "seq": 0}
+            value, metadata_json, seq = found
             metadata = json.loads(metadata_json) if metadata_json else None
-            return {"value": _decode(value, kind), "metadata": metadata}
+            return {"value": _decode(value, kind), "metadata": metadata, "seq": seq}
         response = await self._kv.get(
             kv_pb2.KvGetRequest(
                 namespace=self.namespace,
@@ -135,9 +138,9 @@ class KvBinding:
             BINDING_CALL_TIMEOUT_S,
         )
         if not response.found:
-            return {"value": None, "metadata": None}
+            return {"value": None, "metadata": None, "seq": 0}
         metadata = json.loads(response.metadata_json) if response.metadata_json else None
-        return {"value": _decode(response.value, kind), "metadata": metadata}
+        return {"value": _decode(response.value, kind), "metadata": metadata, "seq": response.seq}
 
     getWithMetadata = get_with_metadata
 
@@ -151,7 +154,11 @@ class KvBinding:
         expiration_ttl: int = 0,
         metadata: Any = None,
         expirationTtl: int | None = None,
+        only_if_seq: int | None = None,
     ) -> int:
+        """Store a value; returns its seq. `only_if_seq` (beyond Cloudflare): write only if
+        the key is still at that version (`getWithMetadata(...)["seq"]`; 0 = absent), else
+        raise `KvConflictError` and write nothing."""
         if options is not None or expirationTtl is not None:
             given = _options(
                 options,
@@ -162,17 +169,22 @@ class KvBinding:
             expiration = given.get("expiration", expiration)
             expiration_ttl = given.get("expirationTtl", expiration_ttl)
             metadata = given.get("metadata", metadata)
-        response = await self._kv.put(
-            kv_pb2.KvPutRequest(
-                namespace=self.namespace,
-                key=key,
-                value=value.encode() if isinstance(value, str) else value,
-                metadata_json=json.dumps(metadata) if metadata is not None else "",
-                expiration=expiration,
-                expiration_ttl=expiration_ttl,
-            ),
-            BINDING_CALL_TIMEOUT_S,
+        request = kv_pb2.KvPutRequest(
+            namespace=self.namespace,
+            key=key,
+            value=value.encode() if isinstance(value, str) else value,
+            metadata_json=json.dumps(metadata) if metadata is not None else "",
+            expiration=expiration,
+            expiration_ttl=expiration_ttl,
         )
+        if only_if_seq is not None:
+            request.if_seq = only_if_seq
+        try:
+            response = await self._kv.put(request, BINDING_CALL_TIMEOUT_S)
+        except EdgeError as error:
+            if only_if_seq is not None and error.code == grpc.StatusCode.FAILED_PRECONDITION:
+                raise KvConflictError(error.message) from None
+            raise
         return int(response.seq)
 
     async def delete(self, key: str) -> int:

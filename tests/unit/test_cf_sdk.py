@@ -8,11 +8,14 @@ import datetime
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+import grpc
 import pytest
 
 from edge.v1 import kv_pb2
 from edgepop import durable
+from edgepop.errors import UpstreamError
 from edgepop.objectid import DurableObjectId
+from edgepop.worker_api import KvConflictError
 from pop_node.workers.bindings import KvBinding, ObjectNamespaceBinding
 from pyodide.ffi import create_proxy, to_js
 from workers import DurableObject, JsDict, Request, Response, python_from_rpc, python_to_rpc
@@ -214,12 +217,14 @@ class RecordingKv:
         self.requests.append(("cached", key, cache_ttl_s))
         return (b'"c"', "", 0)
 
-    def get_eventual(self, namespace: str, key: str) -> tuple[bytes, str] | None:
+    def get_eventual(self, namespace: str, key: str) -> tuple[bytes, str, int] | None:
         self.requests.append(("get", key))
-        return (b'"v"', '{"m": 1}') if key != "missing" else None
+        return (b'"v"', '{"m": 1}', 5) if key != "missing" else None
 
     async def put(self, request: kv_pb2.KvPutRequest, timeout: float) -> kv_pb2.KvPutResponse:
         self.requests.append(request)
+        if request.HasField("if_seq") and request.if_seq != 5:
+            raise UpstreamError(grpc.StatusCode.FAILED_PRECONDITION, "key 'k' is at seq 5")
         return kv_pb2.KvPutResponse(seq=7)
 
     async def list(self, request: kv_pb2.KvListRequest, timeout: float) -> kv_pb2.KvListResponse:
@@ -235,7 +240,7 @@ def test_kv_reads_take_cloudflares_type_forms() -> None:
     assert asyncio.run(kv.get("k", type="json", cacheTtl=30)) == "v"
     assert asyncio.run(kv.get(["k", "missing"], "json")) == {"k": "v", "missing": None}
     found = asyncio.run(kv.getWithMetadata("k", "json"))
-    assert found == {"value": "v", "metadata": {"m": 1}}
+    assert found == {"value": "v", "metadata": {"m": 1}, "seq": 5}
     with pytest.raises(ValueError, match="cacheTtl must be an integer of at least 30"):
         asyncio.run(kv.get("k", cacheTtl=10))
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['cache'\]"):
@@ -262,6 +267,18 @@ def test_kv_writes_and_lists_take_options_dicts_or_keywords() -> None:
     assert (first.expiration_ttl, first.metadata_json) == (60, '{"x": 1}')
     assert second.expiration == 2_000_000_000
     assert (listed.prefix, listed.limit) == ("a", 5)
+
+
+def test_a_compare_and_set_put_fails_cleanly_when_the_key_moved_on() -> None:
+    frontend = RecordingKv()
+    kv = KvBinding(frontend, "ns")  # type: ignore[arg-type]
+    seq = asyncio.run(kv.getWithMetadata("k"))["seq"]
+    assert asyncio.run(kv.put("k", "new", only_if_seq=seq)) == 7
+    with pytest.raises(KvConflictError, match="is at seq 5"):
+        asyncio.run(kv.put("k", "lost", only_if_seq=4))
+    assert [r.if_seq for r in frontend.requests if isinstance(r, kv_pb2.KvPutRequest)] == [5, 4]
+    asyncio.run(kv.put("k", "plain"))
+    assert not frontend.requests[-1].HasField("if_seq")
 
 
 def test_object_namespaces_make_cloudflare_ids_and_stubs() -> None:

@@ -268,3 +268,36 @@ def test_log_stays_gap_free_and_bounded_for_any_batches(
         assert seqs == list(range(first, head + 1))
     finally:
         storage.close()
+
+
+def _cas(key: str, if_seq: int, value: bytes) -> Change:
+    return Change(PUT, key, value, "", 0, if_seq=if_seq)
+
+
+def test_a_compare_and_set_writes_only_at_the_version_it_read(log: WriteLog) -> None:
+    created = WriteRequest("app", [_cas("k", 0, b"one")])  # 0: only if absent
+    _commit(log, created)
+    assert created.error is None and created.seq == 1
+    again = WriteRequest("app", [_cas("k", 0, b"again")])
+    _commit(log, again)
+    assert again.error is not None and "is at seq 1, not at if_seq 0" in str(again.error)
+    assert again.seq == 0 and again.entries == []
+    updated = WriteRequest("app", [_cas("k", 1, b"two")])
+    stale = WriteRequest("app", [_cas("k", 1, b"lost")])
+    other = WriteRequest("app", [_put("other")])
+    # One batch: the first CAS wins, the second sees its seq and loses, alone.
+    _commit(log, updated, stale, other)
+    assert (updated.error, updated.seq) == (None, 2)
+    assert stale.error is not None and stale.seq == 0
+    assert (other.error, other.seq) == (None, 3)
+    with log.store.storage.read() as txn:
+        record = log.store.get(txn, "app", b"k", NOW)
+    assert record is not None and (record.value, record.seq) == (b"two", 2)
+    assert [entry.key for entry in _read(log, 1)] == ["k", "k", "other"]
+
+
+def test_a_compare_and_set_on_an_expired_key_sees_it_absent(log: WriteLog) -> None:
+    _commit(log, WriteRequest("app", [_put("k", expiration=int(NOW) - 1)]), now=NOW - 10)
+    revived = WriteRequest("app", [_cas("k", 0, b"new")])
+    _commit(log, revived)
+    assert revived.error is None and revived.seq == 2
