@@ -9,19 +9,15 @@ worker's `NAME.workers.dev` Host header, as on Cloudflare's workers.dev subdomai
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import yaml
 
-from edgectl.launcher import Cluster, ClusterError
+from edgectl.launcher import Cluster
 from tests.cf_examples import cf_example
+from tests.integration.cli import cluster_up
 
 pytestmark = pytest.mark.cluster
 
@@ -35,40 +31,19 @@ TOPOLOGY = {
 }
 POPS = ("tokyo-1", "london-1", "sydney-1")
 EXAMPLES = ("01-hello", "02-binding", "07-durable-objects")
-COMMAND_TIMEOUT_S = 90.0
 HTTP_TIMEOUT_S = 10.0
-
-
-def edgectl(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgectl", "--data-dir", str(data_dir), *args],
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_TIMEOUT_S,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     folders = [cf_example(name) for name in EXAMPLES]
-    directory = tmp_path_factory.mktemp("cf-examples")
-    topology = directory / "topology.yaml"
-    topology.write_text(yaml.safe_dump(TOPOLOGY))
-    workers = [arg for folder in folders for arg in ("--workers", str(folder))]
-    try:
-        started = edgectl(
-            directory, "cluster", "up", "--detach", "--topology", str(topology), *workers
-        )
-        assert started.returncode == 0, started.stderr
+    with cluster_up(tmp_path_factory.mktemp("cf-examples"), TOPOLOGY, folders) as (
+        cluster,
+        started,
+    ):
         for name in ("hello-python", "hello-python-bindings", "python-durable-object"):
-            assert f"deployed {name} " in started.stderr, started.stderr
-        yield Cluster.open(directory)
-    finally:
-        edgectl(directory, "cluster", "down")
-        with contextlib.suppress(ClusterError):
-            Cluster.open(directory).down()
+            assert f"deployed {name} " in started, started
+        yield cluster
 
 
 def get(cluster: Cluster, node: str, worker: str, path: str = "/") -> tuple[int, str]:

@@ -9,20 +9,16 @@ the next minute boundary: up to about a minute.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import yaml
 
-from edgectl.launcher import Cluster, ClusterError
+from edgectl.launcher import Cluster
 from tests.conftest import poll_until
+from tests.integration.cli import cluster_up, edgectl, write_wrangler_worker
 
 pytestmark = pytest.mark.cluster
 
@@ -59,36 +55,12 @@ WRANGLER = {
 ON_SCHEDULE_S_MAX = 75.0
 
 
-def edgectl(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgectl", "--data-dir", str(data_dir), *args],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     directory = tmp_path_factory.mktemp("crons")
-    (directory / "topology.yaml").write_text(yaml.safe_dump(TOPOLOGY))
-    worker = directory / "cron-demo"
-    (worker / "src").mkdir(parents=True)
-    (worker / "src" / "entry.py").write_text(ENTRY)
-    (worker / "wrangler.jsonc").write_text(json.dumps(WRANGLER))
-    try:
-        started = edgectl(
-            directory, "cluster", "up", "--detach",
-            "--topology", str(directory / "topology.yaml"), "--workers", str(worker),
-        )  # fmt: skip
-        assert started.returncode == 0, started.stderr
-        yield Cluster.open(directory)
-    finally:
-        edgectl(directory, "cluster", "down")
-        with contextlib.suppress(ClusterError):
-            Cluster.open(directory).down()
+    worker = write_wrangler_worker(directory / "cron-demo", WRANGLER, ENTRY)
+    with cluster_up(directory, TOPOLOGY, [worker]) as (cluster, _):
+        yield cluster
 
 
 def runs(cluster: Cluster, node: str = "tokyo-1") -> list[dict[str, object]]:
