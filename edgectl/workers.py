@@ -23,10 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import workers_pb2
 from edgectl.client import CliError, EdgeClient
-from edgepop.bundle import CONFIG_FILE, BundleError, is_bundle_folder, read_bundle
+from edgepop import packages
+from edgepop.bundle import (
+    CONFIG_FILE,
+    BundleError,
+    WorkerConfig,
+    check_bundle,
+    is_bundle_folder,
+    read_bundle,
+)
 
 # The issue's promise is 2 s; this leaves room for a busy machine before calling it lag.
 ROLLOUT_TIMEOUT_S_DEFAULT = 10.0
@@ -82,11 +92,34 @@ def read(folder: Path) -> workers_pb2.WorkerBundle:
             "or all with `edgectl cluster up --workers`",
         )
     try:
-        return read_bundle(folder)
+        bundle = read_bundle(folder)
     except BundleError as error:
         raise CliError("INVALID_ARGUMENT", f"bundle {folder}: {error}") from None
     except OSError as error:
         raise CliError("INVALID_ARGUMENT", f"bundle {folder}: {error.strerror or error}") from None
+    install_packages(folder, check_bundle(bundle))
+    return bundle
+
+
+def install_packages(folder: Path, config: WorkerConfig) -> None:
+    """Install the worker's own packages on this machine before it is deployed: a package
+    that cannot be had fails here, with pip's reason, and PoPs on this machine find them
+    ready (`edgepop.packages`)."""
+    if not config.dependencies or packages.is_installed(config.dependencies):
+        return
+    listed = ", ".join(config.dependencies)
+    console = Console(stderr=True)
+    try:
+        with console.status(f"installing {config.name}'s packages: {listed}"):
+            started = time.perf_counter()
+            packages.install(config.dependencies)
+    except packages.PackageError as error:
+        raise CliError("FAILED_PRECONDITION", f"bundle {folder}: {error}") from None
+    console.print(
+        f"installed {config.name}'s packages ({listed}) in {time.perf_counter() - started:.1f} s",
+        markup=False,
+        highlight=False,
+    )
 
 
 # -- what the PoPs serve (pure) --------------------------------------------------------

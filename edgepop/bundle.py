@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,8 @@ class WorkerConfig:
     crons: tuple[str, ...] = ()
     # Config fields read but without effect here, for the deployer to show.
     ignored: tuple[str, ...] = ()
+    # The worker's own packages (pyproject.toml's project.dependencies; edgepop.packages).
+    dependencies: tuple[str, ...] = ()
 
 
 def parse_route(pattern: str) -> Route:
@@ -198,7 +200,8 @@ def check_bundle(bundle: workers_pb2.WorkerBundle) -> WorkerConfig:
         if len(wrangler) > 1:
             raise BundleError(f"a bundle has one config: found {' and '.join(wrangler)}")
         config = wrangler_config.parse(wrangler[0], files[wrangler[0]])
-        wrangler_config.check_pyproject(files.get(wrangler_config.PYPROJECT_FILE))
+        dependencies = wrangler_config.dependencies_of(files.get(wrangler_config.PYPROJECT_FILE))
+        config = replace(config, dependencies=dependencies)
     elif CONFIG_FILE in files:
         config = parse_config(files[CONFIG_FILE])
     else:

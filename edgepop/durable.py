@@ -26,7 +26,20 @@ from edgepop.errors import InvalidArgumentError
 T = TypeVar("T")
 
 # Methods of the base class that are hooks, never callable by name.
-HOOKS = frozenset({"setup", "alarm", "on_connect", "on_message", "on_close"})
+HOOKS = frozenset(
+    {
+        "setup",
+        "alarm",
+        "on_connect",
+        "on_message",
+        "on_close",
+        # Cloudflare's: `stub.fetch(request)` and the hibernatable WebSocket handlers.
+        "fetch",
+        "webSocketMessage",
+        "webSocketClose",
+        "webSocketError",
+    }
+)
 STORAGE_KEYS_PER_CALL_MAX = 128
 
 
@@ -106,6 +119,23 @@ class ObjectState(abc.ABC):
     @abc.abstractmethod
     def sessions(self) -> list[Session]:
         """The sessions connected now."""
+
+    # Cloudflare's hibernatable WebSockets; runtimes without them refuse.
+
+    def accept_websocket(self, ws: Any, tags: Sequence[str] = ()) -> None:
+        raise NotImplementedError("this runtime has no WebSockets")
+
+    def websockets(self, tag: str | None = None) -> list[Any]:
+        return []
+
+    def websocket_tags(self, ws: Any) -> list[str]:
+        return []
+
+    def set_websocket_auto_response(self, pair: Any) -> None:
+        raise NotImplementedError("this runtime has no WebSockets")
+
+    def websocket_auto_response(self) -> Any:
+        return None
 
     def broadcast(self, data: str, exclude: Session | None = None) -> None:
         """Send `data` to every session (but `exclude`), in one order for everyone."""

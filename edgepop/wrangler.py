@@ -21,6 +21,7 @@ from typing import Any
 
 import json5
 from cronsim import CronSim, CronSimError
+from packaging.requirements import InvalidRequirement, Requirement
 
 from edgepop.bundle import (
     CPU_MS_DEFAULT,
@@ -31,6 +32,7 @@ from edgepop.bundle import (
 )
 
 PYPROJECT_FILE = "pyproject.toml"
+DEPENDENCIES_MAX = 100
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _BINDING_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NAMESPACE_CHAR_RE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -99,20 +101,36 @@ def parse(file_name: str, content: bytes) -> WorkerConfig:
         raise BundleError(f"{file_name}: {error}") from None
 
 
-def check_pyproject(content: bytes | None) -> None:
-    """A worker's own packages are not installed yet: refuse a folder that needs some."""
+def dependencies_of(content: bytes | None) -> tuple[str, ...]:
+    """The worker's own packages (`project.dependencies`), each a checked PEP 508
+    requirement from a registry (no URLs or paths); installed by `edgepop.packages`."""
     if content is None:
-        return
+        return ()
     try:
         project = tomllib.loads(content.decode()).get("project", {})
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise BundleError(f"{PYPROJECT_FILE}: not valid TOML: {error}") from error
     dependencies = project.get("dependencies") or []
-    if dependencies:
+    if not isinstance(dependencies, list) or len(dependencies) > DEPENDENCIES_MAX:
         raise BundleError(
-            f"{PYPROJECT_FILE}: project.dependencies {dependencies}: installing a worker's "
-            "own packages is not supported yet"
+            f"{PYPROJECT_FILE}: project.dependencies must be a list of at most "
+            f"{DEPENDENCIES_MAX} requirements"
         )
+    checked = []
+    for text in dependencies:
+        try:
+            requirement = Requirement(text) if isinstance(text, str) else None
+        except InvalidRequirement as error:
+            raise BundleError(f"{PYPROJECT_FILE}: project.dependencies: {error}") from None
+        if requirement is None:
+            raise BundleError(f"{PYPROJECT_FILE}: project.dependencies: {text!r} is not text")
+        if requirement.url:
+            raise BundleError(
+                f"{PYPROJECT_FILE}: project.dependencies: {text!r}: packages come from a "
+                "registry, not a URL or path"
+            )
+        checked.append(str(requirement))
+    return tuple(checked)
 
 
 def _load(file_name: str, content: bytes) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from edgepop.metrics import NodeMetrics
 from edgepop.rpc import channel
 from edgepop.storage import Storage
 from pop_node.objects.committer import ObjectCommitter
+from pop_node.objects.fetch import FETCH_METHOD, decode_request, run_fetch
 from pop_node.objects.instance import (
     REQUEST_PREFIX,
     InstanceBrokenError,
@@ -542,14 +543,27 @@ class ObjectHost:
     ) -> tuple[str, int, str]:
         """Run a call here: (result JSON, epoch, node) of its one run."""
         cls = self.class_of(namespace)
-        if method not in callable_methods(cls):
-            raise UnimplementedError(f"{namespace} has no callable method {method!r}")
         args, kwargs = parse_args(args_json)
-        check_call_arguments(cls, method, args, kwargs)
+        if method == FETCH_METHOD:
+            # `stub.fetch(request)`: the object's `fetch` handler, with the request.
+            if not callable(getattr(cls, "fetch", None)):
+                raise UnimplementedError(f"{namespace} has no fetch handler")
+            if len(args) != 1 or not isinstance(args[0], str):
+                raise InvalidArgumentError("fetch takes one request (its JSON form)")
+            request = decode_request(args[0])
+        elif method not in callable_methods(cls):
+            raise UnimplementedError(f"{namespace} has no callable method {method!r}")
+        else:
+            check_call_arguments(cls, method, args, kwargs)
         started = time.perf_counter()
         code = "OK"
         try:
             instance = await self.instance(namespace, object_id, region, location_hint)
+            if method == FETCH_METHOD:
+                return await instance.execute(
+                    lambda: run_fetch(instance.obj, request, upgrade=False),
+                    request_id=request_id,
+                )
             handler = getattr(instance.obj, method)
             return await instance.execute(lambda: handler(*args, **kwargs), request_id=request_id)
         except EdgeError as error:

@@ -34,6 +34,7 @@ from edgepop.durable import (
     Storage,
 )
 from edgepop.errors import EdgeError, InvalidArgumentError, OverloadedError, UnavailableError
+from edgepop.websocket import CloseEvent, WebSocket, WebSocketRequestResponsePair
 from pop_node.objects.store import (
     ALARM_KEY,
     INTERNAL_PREFIX,
@@ -60,6 +61,10 @@ REQUEST_IDS_MAX = 512
 REQUEST_PREFIX = INTERNAL_PREFIX + b"req:"
 REMEMBERED_RESULT_BYTES_MAX = 16 * 1024
 SESSION_QUEUE_MAX = 10_000
+# Cloudflare's bounds on hibernatable WebSockets.
+WEBSOCKETS_MAX = 32_768
+WEBSOCKET_TAGS_MAX = 10
+WEBSOCKET_TAG_CHARS_MAX = 256
 
 
 class RemoteError(EdgeError):
@@ -208,10 +213,13 @@ class SessionChannel(Session):
     def __init__(self, instance: ObjectInstance) -> None:
         self.id = uuid.uuid4().hex
         self._instance = instance
-        self.queue: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue(SESSION_QUEUE_MAX)
+        self.queue: asyncio.Queue[tuple[int, str | bytes | CloseEvent] | None] = asyncio.Queue(
+            SESSION_QUEUE_MAX
+        )
         self.closed_reason = ""
 
-    def send(self, data: str) -> None:
+    def send(self, data: str | bytes | CloseEvent) -> None:
+        """Queue a message (for a WebSocket session: a frame, or its close)."""
         if self.closed_reason:
             return
         instance = self._instance
@@ -220,7 +228,7 @@ class SessionChannel(Session):
         else:
             self.enqueue(instance.seq, data)
 
-    def enqueue(self, required_seq: int, data: str) -> None:
+    def enqueue(self, required_seq: int, data: str | bytes | CloseEvent) -> None:
         try:
             self.queue.put_nowait((required_seq, data))
         except asyncio.QueueFull:
@@ -249,6 +257,39 @@ class InstanceState(ObjectState):
 
     def sessions(self) -> list[Session]:
         return list(self._instance.sessions.values())
+
+    # Cloudflare's hibernatable WebSockets (`ctx.acceptWebSocket`): the instance keeps them.
+
+    def accept_websocket(self, ws: WebSocket, tags: Sequence[str] = ()) -> None:
+        sockets = self._instance.websockets
+        if not isinstance(ws, WebSocket) or ws.accepted:
+            raise TypeError("acceptWebSocket takes the server end of a new WebSocketPair")
+        if len(sockets) >= WEBSOCKETS_MAX:
+            raise RuntimeError(f"an object holds at most {WEBSOCKETS_MAX} WebSockets")
+        checked = [str(tag) for tag in tags]
+        if len(checked) > WEBSOCKET_TAGS_MAX or any(
+            not tag or len(tag) > WEBSOCKET_TAG_CHARS_MAX for tag in checked
+        ):
+            raise ValueError(
+                f"at most {WEBSOCKET_TAGS_MAX} tags, each 1 to {WEBSOCKET_TAG_CHARS_MAX} chars"
+            )
+        sockets[ws] = checked
+
+    def websockets(self, tag: str | None = None) -> list[WebSocket]:
+        return [
+            ws
+            for ws, tags in self._instance.websockets.items()
+            if ws.readyState == WebSocket.OPEN and (tag is None or tag in tags)
+        ]
+
+    def websocket_tags(self, ws: WebSocket) -> list[str]:
+        return list(self._instance.websockets.get(ws, []))
+
+    def set_websocket_auto_response(self, pair: WebSocketRequestResponsePair | None) -> None:
+        self._instance.auto_response = pair
+
+    def websocket_auto_response(self) -> WebSocketRequestResponsePair | None:
+        return self._instance.auto_response
 
 
 class ObjectInstance:
@@ -282,8 +323,11 @@ class ObjectInstance:
         self.gate = asyncio.Lock()
         self.waiting = 0
         self.call_buffer: dict[bytes, bytes | None] | None = None
-        self.outbox: list[tuple[SessionChannel, str]] = []
+        self.outbox: list[tuple[SessionChannel, str | bytes | CloseEvent]] = []
         self.sessions: dict[str, SessionChannel] = {}
+        # Server ends accepted with `ctx.acceptWebSocket`, with their tags.
+        self.websockets: dict[WebSocket, list[str]] = {}
+        self.auto_response: WebSocketRequestResponsePair | None = None
         self.broken: str = ""
         self.request_ids: list[tuple[int, bytes]] = []
         # request id -> (result JSON, epoch, node) of the call's first and only run.

@@ -11,16 +11,36 @@ client reconnects and the object (e.g. DocumentSession) replays what it missed.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import functools
+import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 import grpc
 
 from edge.v1 import objects_pb2, pop_pb2_grpc
 from edgepop import objectid
-from edgepop.errors import DeadlineError, EdgeError, InvalidArgumentError, UnavailableError
+from edgepop.errors import (
+    DeadlineError,
+    EdgeError,
+    InvalidArgumentError,
+    UnavailableError,
+    UnimplementedError,
+)
+from edgepop.websocket import (
+    CLOSE_ABNORMAL,
+    CLOSE_NO_STATUS,
+    CLOSE_NORMAL,
+    CLOSE_SERVICE_RESTART,
+    CloseEvent,
+    MessageEvent,
+    WebSocket,
+)
+from edgepop.worker_api import Response
+from pop_node.objects.fetch import decode_request, run_fetch
 from pop_node.objects.host import NotOwnerError, ObjectHost
 from pop_node.objects.instance import ObjectInstance, RemoteError, SessionChannel
 from pop_node.objects.router import RETRY_BACKOFF_S, ObjectRouter
@@ -28,6 +48,11 @@ from pop_node.objects.router import RETRY_BACKOFF_S, ObjectRouter
 log = logging.getLogger(__name__)
 
 OPEN_TIMEOUT_S = 10.0
+# Close notices still being delivered after their stream went away (kept referenced).
+_CLOSING: set[asyncio.Task[None]] = set()
+UNACCEPTED_SOCKET = (
+    "the object returned a WebSocket it did not accept (ctx.acceptWebSocket or accept())"
+)
 
 
 async def serve_session(
@@ -35,18 +60,20 @@ async def serve_session(
     host: ObjectHost,
     requests: AsyncIterator[objects_pb2.ObjectClientMessage],
     caller_region: str,
-) -> AsyncIterator[objects_pb2.ObjectServerMessage]:
+) -> AsyncGenerator[objects_pb2.ObjectServerMessage, None]:
     first = await anext(aiter(requests), None)
     if first is None or not first.HasField("open"):
         raise InvalidArgumentError("the first session message must be `open`")
     opening = first.open
     object_id = objectid.resolve(opening.namespace, opening.name, opening.id)
-    host.class_of(opening.namespace)
+    cls = host.class_of(opening.namespace)
+    if opening.fetch_json and not callable(getattr(cls, "fetch", None)):
+        raise UnimplementedError(f"{opening.namespace} has no fetch handler")
     region = caller_region or host.region
     if opening.hops:
         # Proxied here as the owner: serve, or fail at once (the entry PoP relocates).
         instance = await host.instance(opening.namespace, object_id, region, opening.location_hint)
-        async for message in _local(instance, requests):
+        async for message in _serve_here(instance, opening, requests):
             yield message
         return
     deadline = time.monotonic() + OPEN_TIMEOUT_S
@@ -61,7 +88,7 @@ async def serve_session(
                 instance = await host.instance(
                     opening.namespace, object_id, region, opening.location_hint
                 )
-                async for message in _local(instance, requests):
+                async for message in _serve_here(instance, opening, requests):
                     yield message
                 return
             proxied = _proxy(router, host, located, opening, object_id, requests)
@@ -82,6 +109,16 @@ async def serve_session(
         if time.monotonic() + backoff >= deadline:
             raise DeadlineError("could not reach the object's owner to open a session")
         await asyncio.sleep(backoff)
+
+
+def _serve_here(
+    instance: ObjectInstance,
+    opening: objects_pb2.ObjectOpen,
+    requests: AsyncIterator[objects_pb2.ObjectClientMessage],
+) -> AsyncIterator[objects_pb2.ObjectServerMessage]:
+    if opening.fetch_json:
+        return _local_websocket(instance, opening.fetch_json, requests)
+    return _local(instance, requests)
 
 
 async def _local(
@@ -135,6 +172,151 @@ def _deliver(
     instance: ObjectInstance, session: SessionChannel, data: str
 ) -> Callable[[], Awaitable[None]]:
     return lambda: instance.obj.on_message(session, data)
+
+
+async def _local_websocket(
+    instance: ObjectInstance,
+    fetch_json: str,
+    requests: AsyncIterator[objects_pb2.ObjectClientMessage],
+) -> AsyncIterator[objects_pb2.ObjectServerMessage]:
+    """Cloudflare's WebSocket through a stub: run the object's `fetch`; if it answers 101
+    with a socket it accepted, carry that socket's frames over this session.
+
+    Frames from the client reach the object through the input gate (`webSocketMessage`
+    for a socket given to `ctx.acceptWebSocket`, else the socket's listeners); what the
+    object sends leaves through the output gate, like a session's messages.
+    """
+    request = decode_request(fetch_json)
+    answered: list[Response] = []
+    result_json, epoch, _ = await instance.execute(
+        lambda: run_fetch(instance.obj, request, upgrade=True, answered=answered)
+    )
+    opened = objects_pb2.ObjectOpened(
+        node=instance.host.node_name,
+        epoch=epoch,
+        id=instance.object_id.hex(),
+        response_json=result_json,
+    )
+    response = answered[0]
+    client = response.web_socket
+    if response.status != 101 or client is None:
+        yield objects_pb2.ObjectServerMessage(opened=opened)
+        return
+    server = client.peer if isinstance(client, WebSocket) else None
+    if server is None or not (server in instance.websockets or server.accepted):
+        # Cloudflare refuses a socket nobody will serve; so does edgepop.
+        opened.response_json = json.dumps(
+            {
+                "status": 500,
+                "headers": [["Content-Type", "text/plain; charset=utf-8"]],
+                "body": base64.b64encode(UNACCEPTED_SOCKET.encode()).decode(),
+            }
+        )
+        yield objects_pb2.ObjectServerMessage(opened=opened)
+        return
+    session = instance.open_session()
+    opened.session_id = session.id
+    # The object's sends, released through the output gate.
+    client.attach(
+        lambda event: session.send(event.data if isinstance(event, MessageEvent) else event)
+    )
+    yield objects_pb2.ObjectServerMessage(opened=opened)
+    reader = asyncio.ensure_future(_websocket_frames(instance, session, server, requests))
+    try:
+        async for item in instance.session_messages(session):
+            if isinstance(item, CloseEvent):
+                # The object closed its end: tell the client, and end the session.
+                yield objects_pb2.ObjectServerMessage(
+                    closed=objects_pb2.ObjectClosed(reason=item.reason, code=item.code)
+                )
+                return
+            if isinstance(item, bytes):
+                yield objects_pb2.ObjectServerMessage(binary=item)
+            else:
+                yield objects_pb2.ObjectServerMessage(data=item)
+        code = CLOSE_SERVICE_RESTART if instance.broken else CLOSE_NORMAL
+        yield objects_pb2.ObjectServerMessage(
+            closed=objects_pb2.ObjectClosed(reason=session.closed_reason[:120], code=code)
+        )
+    finally:
+        reader.cancel()
+        session.close("session ended")
+        server.readyState = WebSocket.CLOSED
+        instance.websockets.pop(server, None)
+
+
+async def _websocket_frames(
+    instance: ObjectInstance,
+    session: SessionChannel,
+    server: WebSocket,
+    requests: AsyncIterator[objects_pb2.ObjectClientMessage],
+) -> None:
+    """The client's frames, each an event of the object, until the client closes."""
+    closing = CloseEvent(CLOSE_ABNORMAL, "connection lost", wasClean=False)
+    try:
+        async for message in requests:
+            kind = message.WhichOneof("kind")
+            if kind == "close":
+                closing = CloseEvent(message.close.code or CLOSE_NO_STATUS, message.close.reason)
+                break
+            if kind not in ("data", "binary"):
+                continue
+            payload: str | bytes = message.data if kind == "data" else bytes(message.binary)
+            auto = instance.auto_response
+            if auto is not None and payload == auto.request and server.readyState == WebSocket.OPEN:
+                # Answered by the runtime, without waking the object (Cloudflare's
+                # setWebSocketAutoResponse).
+                server.send(auto.response)
+                server.auto_response_at_ms = int(time.time() * 1000)
+                continue
+            try:
+                await instance.execute(
+                    functools.partial(_websocket_event, instance, server, payload)
+                )
+            except RemoteError as error:
+                log.warning("webSocketMessage raised in %s: %s", instance.namespace, error.message)
+    except (EdgeError, grpc.aio.AioRpcError):
+        pass
+    except asyncio.CancelledError:
+        # The stream went away under us: the object still hears of the close.
+        task = asyncio.ensure_future(_websocket_closed(instance, session, server, closing))
+        _CLOSING.add(task)
+        task.add_done_callback(_CLOSING.discard)
+        raise
+    await _websocket_closed(instance, session, server, closing)
+
+
+async def _websocket_event(
+    instance: ObjectInstance, server: WebSocket, event: str | bytes | CloseEvent
+) -> None:
+    """One client event at the object: a hibernatable socket's handler, else listeners."""
+    obj = instance.obj
+    hibernatable = server in instance.websockets
+    if isinstance(event, CloseEvent):
+        if not hibernatable:
+            await server.deliver(event)
+            return
+        handler = getattr(obj, "webSocketClose", None)
+        if handler is not None:
+            await handler(server, event.code, event.reason, event.wasClean)
+        return
+    if hibernatable:
+        handler = getattr(obj, "webSocketMessage", None)
+        if handler is not None:
+            await handler(server, event)
+    else:
+        await server.deliver(MessageEvent(event))
+
+
+async def _websocket_closed(
+    instance: ObjectInstance, session: SessionChannel, server: WebSocket, closing: CloseEvent
+) -> None:
+    server.readyState = WebSocket.CLOSED
+    if not instance.broken:
+        with contextlib.suppress(EdgeError):
+            await instance.execute(lambda: _websocket_event(instance, server, closing))
+    instance.websockets.pop(server, None)
+    session.close("client closed the WebSocket")
 
 
 async def _proxy(

@@ -11,7 +11,9 @@ return their seq (a bookmark); Cloudflare's return None.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -22,8 +24,24 @@ from edgepop.bundle import WorkerConfig
 from edgepop.errors import EdgeError
 from edgepop.metrics import NodeMetrics
 from edgepop.objectid import DurableObjectId
-from edgepop.worker_api import JsDict, KvConflictError
+from edgepop.websocket import (
+    CLOSE_ABNORMAL,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_NORMAL,
+    CLOSE_REASON_BYTES_MAX,
+    CLOSE_SERVICE_RESTART,
+    CloseEvent,
+    Event,
+    MessageEvent,
+    WebSocket,
+    check_close,
+    is_upgrade,
+    message_payload,
+)
+from edgepop.worker_api import JsDict, KvConflictError, Request, Response
 from pop_node.kv_cache import CACHE_TTL_S_DEFAULT, check_cache_ttl
+from pop_node.objects.fetch import FETCH_METHOD, decode_response, encode_request
+from pop_node.objects.sessions import serve_session
 
 if TYPE_CHECKING:
     from pop_node.kv import KvFrontend
@@ -250,6 +268,33 @@ class ObjectStub:
         )
         return json.loads(response.result_json, object_hook=JsDict)
 
+    async def fetch(self, request: Request | str, init: dict[str, Any] | None = None) -> Response:
+        """Cloudflare's `stub.fetch`: the object's `fetch` handler answers `request`. An
+        upgrade (`Upgrade: websocket`) answered 101 gives a Response whose `web_socket`
+        carries the object's socket to this PoP."""
+        if not isinstance(request, Request):
+            init = init or {}
+            request = Request(
+                str(request),
+                method=init.get("method", "GET"),
+                headers=init.get("headers"),
+                body=init.get("body"),
+            )
+        if is_upgrade(request.headers):
+            return await open_object_socket(self, request)
+        router = self._binding.router
+        response = await router.call(
+            objects_pb2.ObjectCallRequest(
+                namespace=self._binding.namespace,
+                id=self.id,
+                method=FETCH_METHOD,
+                args_json=json.dumps([encode_request(request)]),
+            ),
+            caller_region=router.region,
+            time_remaining=BINDING_CALL_TIMEOUT_S,
+        )
+        return decode_response(response.result_json)
+
     def __getattr__(self, method: str) -> Any:
         if method.startswith("_"):
             raise AttributeError(method)
@@ -258,6 +303,91 @@ class ObjectStub:
             return await self.call(method, *args, **kwargs)
 
         return invoke
+
+
+async def open_object_socket(stub: ObjectStub, request: Request) -> Response:
+    """Open a session that runs the object's `fetch` with an upgrade request; a 101 comes
+    back with a `SessionSocket` as its `web_socket`."""
+    router = stub._binding.router
+    outgoing: asyncio.Queue[objects_pb2.ObjectClientMessage | None] = asyncio.Queue()
+    opening = objects_pb2.ObjectOpen(
+        namespace=stub._binding.namespace, id=stub.id, fetch_json=encode_request(request)
+    )
+
+    async def requests() -> AsyncIterator[objects_pb2.ObjectClientMessage]:
+        yield objects_pb2.ObjectClientMessage(open=opening)
+        while (message := await outgoing.get()) is not None:
+            yield message
+
+    replies = serve_session(router, router.host, requests(), router.region)
+    first = await anext(replies)
+    response = decode_response(first.opened.response_json)
+    if response.status == 101 and first.opened.session_id:
+        response.web_socket = SessionSocket(outgoing, replies)
+    else:
+        await replies.aclose()
+    return response
+
+
+class SessionSocket:
+    """The client end of an object's WebSocket, at the PoP holding the connection: what
+    is sent here travels to the object over its session (to the owner, wherever it is);
+    `events()` yields what the object sends, then the close."""
+
+    def __init__(
+        self,
+        outgoing: asyncio.Queue[objects_pb2.ObjectClientMessage | None],
+        replies: AsyncGenerator[objects_pb2.ObjectServerMessage, None],
+    ) -> None:
+        self.readyState = WebSocket.OPEN
+        self._outgoing = outgoing
+        self._replies = replies
+
+    def send(self, message: str | bytes) -> None:
+        if self.readyState != WebSocket.OPEN:
+            raise RuntimeError("WebSocket send() after close")
+        payload = message_payload(message)
+        if isinstance(payload, bytes):
+            self._outgoing.put_nowait(objects_pb2.ObjectClientMessage(binary=payload))
+        else:
+            self._outgoing.put_nowait(objects_pb2.ObjectClientMessage(data=payload))
+
+    def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        check_close(code, reason)
+        self.close_unchecked(code, reason)
+
+    def close_unchecked(self, code: int, reason: str, was_clean: bool = True) -> None:
+        """Close with any code (the ingress passes on the client's: 1001, 1006 ...)."""
+        if self.readyState != WebSocket.OPEN:
+            return
+        self.readyState = WebSocket.CLOSED
+        self._outgoing.put_nowait(
+            objects_pb2.ObjectClientMessage(close=objects_pb2.ObjectClose(code=code, reason=reason))
+        )
+        self._outgoing.put_nowait(None)
+
+    async def events(self) -> AsyncIterator[Event]:
+        try:
+            async for reply in self._replies:
+                kind = reply.WhichOneof("kind")
+                if kind == "data":
+                    yield MessageEvent(reply.data)
+                elif kind == "binary":
+                    yield MessageEvent(bytes(reply.binary))
+                elif kind == "closed":
+                    self.readyState = WebSocket.CLOSED
+                    code = reply.closed.code or CLOSE_SERVICE_RESTART
+                    yield CloseEvent(code, reply.closed.reason[:CLOSE_REASON_BYTES_MAX])
+                    return
+        except EdgeError as error:
+            reason = error.message.encode()[:CLOSE_REASON_BYTES_MAX].decode(errors="ignore")
+            yield CloseEvent(CLOSE_INTERNAL_ERROR, reason, wasClean=False)
+            return
+        finally:
+            self.readyState = WebSocket.CLOSED
+            self._outgoing.put_nowait(None)
+            await self._replies.aclose()
+        yield CloseEvent(CLOSE_ABNORMAL, "", wasClean=False)
 
 
 class ObjectNamespaceBinding:

@@ -16,6 +16,10 @@ connection for seconds, not for aiohttp's default hour.
 The request's `cf` fields describe the simulated user's location (`x-edge-region`, or
 this PoP's region) and `colo` names this PoP.
 
+A worker that answers 101 with a WebSocket (`Response(None, status=101, web_socket=
+client)`, e.g. from a Durable Object through `stub.fetch`) gets the connection upgraded
+and its frames carried both ways (`bridge_websocket`).
+
 `/__scheduled?cron=EXPR[&time=MS]` on a worker's host runs its `scheduled` handler now
 (wrangler's form): how the control plane fires cron triggers and how `edgectl workers
 trigger` does; it needs the cluster token (`Authorization: Bearer ...`).
@@ -27,13 +31,22 @@ import asyncio
 import hmac
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import HttpVersion10, HttpVersion11, web
+from aiohttp import HttpVersion10, HttpVersion11, WSMsgType, web
 from multidict import CIMultiDict
 
 from edgepop.http import Handler, hold_inbound, install_netem
 from edgepop.netem import REGION_HEADER, caller_from_headers
+from edgepop.websocket import (
+    CLOSE_ABNORMAL,
+    CLOSE_NORMAL,
+    MESSAGE_BYTES_MAX,
+    CloseEvent,
+    Event,
+    MessageEvent,
+)
 from edgepop.worker_api import Request
 
 if TYPE_CHECKING:
@@ -218,6 +231,8 @@ def build_app(node: PopNode) -> web.Application:
             )
             response, _ = await runtime.handle(version, worker_request)
             status = response.status
+            if status == 101 and response.web_socket is not None:
+                return await bridge_websocket(node, request, response.web_socket)
             if response.streaming:
                 stream = web.StreamResponse(status=response.status, headers=response.headers)
                 await stream.prepare(request)
@@ -251,6 +266,59 @@ def build_app(node: PopNode) -> web.Application:
     install_netem(app, netem, inbound=False)  # the inbound leg is held in `guard`
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
+
+
+async def bridge_websocket(node: PopNode, request: web.Request, end: Any) -> web.StreamResponse:
+    """Carry a worker's WebSocket (the client end it answered 101 with) to the client.
+
+    Frames cross the user's emulated link each way, one by one (in order, each delayed
+    like a stream message of gRPC). Either side's close ends both directions.
+    """
+    ws = web.WebSocketResponse(max_msg_size=MESSAGE_BYTES_MAX)
+    if not ws.can_prepare(request).ok:
+        end.close_unchecked(CLOSE_NORMAL, "not a WebSocket request")
+        return web.Response(
+            status=426, text="Upgrade Required: the worker answered with a WebSocket\n"
+        )
+    await ws.prepare(request)
+    caller = caller_from_headers(request.headers.get)
+    into, back = node.netem.legs(caller) if caller is not None else (None, None)
+
+    async def from_client() -> AsyncIterator[Event]:
+        async for message in ws:
+            if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                yield MessageEvent(message.data)
+        yield CloseEvent(ws.close_code or CLOSE_ABNORMAL, "", wasClean=ws.close_code is not None)
+
+    async def inbound() -> None:
+        frames = from_client() if into is None else node.netem.delay_stream(into, from_client())
+        async for event in frames:
+            if isinstance(event, CloseEvent):
+                end.close_unchecked(event.code, event.reason, event.wasClean)
+                return
+            try:
+                end.send(event.data)
+            except RuntimeError:
+                return  # the worker's side closed meanwhile
+
+    pump = asyncio.ensure_future(inbound())
+    try:
+        frames = end.events() if back is None else node.netem.delay_stream(back, end.events())
+        async for event in frames:
+            if isinstance(event, CloseEvent):
+                await ws.close(code=event.code, message=event.reason.encode())
+                break
+            if isinstance(event.data, bytes):
+                await ws.send_bytes(event.data)
+            else:
+                await ws.send_str(event.data)
+    except ConnectionResetError:
+        end.close_unchecked(CLOSE_ABNORMAL, "", was_clean=False)
+    finally:
+        pump.cancel()
+        if not ws.closed:
+            await ws.close()
+    return ws
 
 
 async def run_scheduled(node: PopNode, version: Any, request: web.Request) -> web.Response:

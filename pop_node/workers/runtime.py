@@ -24,7 +24,7 @@ import grpc
 from multidict import CIMultiDict
 
 from edge.v1 import control_plane_pb2, control_plane_pb2_grpc, workers_pb2
-from edgepop import seeding
+from edgepop import packages, seeding
 from edgepop.bundle import Route, WorkerConfig, bundle_version, check_bundle
 from edgepop.http import origin_session
 from edgepop.netem import NODE_HEADER, REGION_HEADER, sent_at_metadata
@@ -254,6 +254,15 @@ class WorkerRuntime:
         if bundle_version(response.bundle) != version:
             raise WorkerLoadError(f"bundle of {name} does not hash to {version[:12]}")
         config = check_bundle(response.bundle)
+        if config.dependencies:
+            # Usually already installed by `edgectl deploy` on this machine; else now
+            # (outside the load's time bound: a first install downloads).
+            try:
+                env_dir = await packages.ensure_installed(config.dependencies)
+            except packages.PackageError as error:
+                raise WorkerLoadError(str(error)) from error
+            packages.activate(env_dir)
+            started = time.perf_counter()
         files = {file.path: bytes(file.content) for file in response.bundle.files}
         module = await load_bundle_bounded(name, version, files, LOAD_TIMEOUT_S, config.main)
         try:

@@ -1,8 +1,9 @@
 """The `js` globals Python Workers commonly use, for CPython on edgepop.
 
 Only those that mean something without a JavaScript engine: `Response.new(...)` (the
-older handler form's response), `Object.fromEntries`, `JSON`, `console`, `Date.now()`
-and `fetch`. Anything else is an AttributeError naming it.
+older handler form's response), `WebSocketPair` (and `WebSocketRequestResponsePair` for
+automatic replies), `Object.fromEntries`, `JSON`, `console`, `Date.now()` and `fetch`.
+Anything else is an AttributeError naming it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from edgepop.websocket import WebSocket, WebSocketPair, WebSocketRequestResponsePair
 from edgepop.worker_api import Response as _Response
 from edgepop.worker_api import fetch
 
@@ -27,6 +29,7 @@ class Response:
             status=init.get("status", 200),
             status_text=init.get("statusText", ""),
             headers=init.get("headers"),
+            web_socket=init.get("webSocket"),
         )
 
 
@@ -72,4 +75,14 @@ class Date:
         return int(time.time() * 1000)
 
 
-__all__ = ["JSON", "Date", "Object", "Response", "console", "fetch"]
+__all__ = [
+    "JSON",
+    "Date",
+    "Object",
+    "Response",
+    "WebSocket",
+    "WebSocketPair",
+    "WebSocketRequestResponsePair",
+    "console",
+    "fetch",
+]

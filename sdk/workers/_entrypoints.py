@@ -148,11 +148,35 @@ class DurableObjectContext:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def acceptWebSocket(self, ws: Any, tags: Sequence[str] = ()) -> None:
-        raise NotImplementedError("ctx.acceptWebSocket: Durable Object WebSockets come later")
+    # Hibernatable WebSockets: the runtime holds accepted sockets and calls the object's
+    # `webSocketMessage(ws, message)` / `webSocketClose(ws, code, reason, wasClean)`.
+
+    def acceptWebSocket(self, ws: Any, tags: Sequence[str] | None = None) -> None:
+        self._state.accept_websocket(ws, tags or ())
 
     def getWebSockets(self, tag: str | None = None) -> list[Any]:
-        return []
+        return self._state.websockets(tag)
+
+    def getTags(self, ws: Any) -> list[str]:
+        return self._state.websocket_tags(ws)
+
+    def setWebSocketAutoResponse(self, pair: Any = None) -> None:
+        self._state.set_websocket_auto_response(pair)
+
+    def getWebSocketAutoResponse(self) -> Any:
+        return self._state.websocket_auto_response()
+
+    def getWebSocketAutoResponseTimestamp(self, ws: Any) -> datetime.datetime | None:
+        at_ms = getattr(ws, "auto_response_at_ms", None)
+        if at_ms is None:
+            return None
+        return datetime.datetime.fromtimestamp(at_ms / 1000, tz=datetime.UTC)
+
+    def setHibernatableWebSocketEventTimeout(self, timeout_ms: int | None = None) -> None:
+        """Accepted for compatibility: handlers here run under the call deadline."""
+
+    def getHibernatableWebSocketEventTimeout(self) -> int | None:
+        return None
 
     def abort(self, reason: str | None = None) -> None:
         raise RuntimeError(reason or "Durable Object abort requested")

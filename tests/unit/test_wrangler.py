@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgepop.bundle import BundleError, check_bundle, is_bundle_folder, read_bundle
-from edgepop.wrangler import check_pyproject, parse
+from edgepop.wrangler import dependencies_of, parse
 from tests.cf_examples import cf_example
 
 
@@ -172,7 +172,33 @@ def test_tool_folders_are_not_deployed(tmp_path: Path) -> None:
     assert paths == {"src/entry.py", "wrangler.jsonc"}
 
 
-def test_a_worker_needing_packages_is_refused_until_they_can_be_installed() -> None:
-    check_pyproject(b'[project]\nname = "x"\ndependencies = []\n')
-    with pytest.raises(BundleError, match=r"pyproject.toml: project.dependencies \['fastapi'\]"):
-        check_pyproject(b'[project]\nname = "x"\ndependencies = ["fastapi"]\n')
+def test_a_workers_packages_are_read_from_its_pyproject() -> None:
+    assert dependencies_of(None) == ()
+    assert dependencies_of(b'[project]\nname = "x"\ndependencies = []\n') == ()
+    found = dependencies_of(
+        b'[project]\nname = "x"\ndependencies = ["FastAPI >= 0.110", "anyio[trio]"]\n'
+    )
+    assert found == ("FastAPI>=0.110", "anyio[trio]")
+
+
+@pytest.mark.parametrize(
+    ("dependencies", "message"),
+    [
+        ('["fastapi @ https://example.com/f.whl"]', "not a URL or path"),
+        ('["fast api!"]', "project.dependencies"),
+        ("[3]", "is not text"),
+        ('"fastapi"', "must be a list"),
+    ],
+)
+def test_a_bad_dependency_is_refused_by_name(dependencies: str, message: str) -> None:
+    content = f'[project]\nname = "x"\ndependencies = {dependencies}\n'.encode()
+    with pytest.raises(BundleError, match=message):
+        dependencies_of(content)
+
+
+def test_a_wrangler_bundle_carries_its_dependencies(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "entry.py").write_text("")
+    (tmp_path / "wrangler.jsonc").write_text(json.dumps(BASE))
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\ndependencies = ["six"]\n')
+    assert check_bundle(read_bundle(tmp_path)).dependencies == ("six",)
