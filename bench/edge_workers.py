@@ -77,11 +77,12 @@ def _auth(cluster: Cluster) -> tuple[tuple[str, str], ...]:
 
 
 def bench_bundle(folder: str, marker: str = "") -> workers_pb2.WorkerBundle:
-    """A bench worker's bundle; a `marker` comment in worker.py makes it a new version."""
+    """A bench worker's bundle; a `marker` comment in its entry module makes it a new
+    version."""
     bundle = read_bundle(WORKERS_DIR / folder)
     if marker:
         for file in bundle.files:
-            if file.path == "worker.py":
+            if file.path == "src/entry.py":
                 file.content = bytes(file.content) + f"\n# {marker}\n".encode()
     return bundle
 
@@ -403,8 +404,9 @@ async def run_worker_kv(context: Context) -> BenchResult:
             f"{CONNECTIONS} keep-alive connections for {duration:g} s per side "
             f"({rounds} alternating round(s), 1 s warm-up before each side's "
             f"first) against {pop.name}'s HTTP ingress with `Host: {KV_HOST}`, routed to the "
-            f"`bench-kv-read` worker (bench/workers/kv-read), which answers "
-            f"`await env.DATA.get(key, 'bytes')`: a {VALUE_BYTES}-byte value from the PoP's "
+            f"`bench-kv-read` worker (bench/workers/kv-read, Cloudflare's API: a "
+            "`Default(WorkerEntrypoint)` built per request), which answers "
+            f"`await self.env.DATA.get(key, 'bytes')`: a {VALUE_BYTES}-byte value from the PoP's "
             "replica. Baseline in the same run: `bench.bare_http`, one aiohttp handler doing "
             "one LMDB get of the same value, access log off as at the PoP. Both are one "
             "Python process on the default asyncio loop. Server CPU is the server "
@@ -554,8 +556,8 @@ async def run_worker_counter(context: Context) -> BenchResult:
         method=(
             f"{CONNECTIONS} keep-alive connections for {duration:g} s (after 1 s warm-up) to "
             f"{owner.name}'s HTTP ingress with `Host: {COUNTER_HOST}`, routed to the "
-            "`bench-counter` worker (bench/workers/counter): `await "
-            "env.COUNTER.get(env.COUNTER.id_from_name('bench-hot')).increment(1)` per "
+            "`bench-counter` worker (bench/workers/counter, Cloudflare's API): `await "
+            "env.COUNTER.get(env.COUNTER.idFromName('bench-hot')).increment(1)` per "
             f"request, the same hot Counter as `do-hot`, owned by this PoP (standby "
             f"{standby.name}; each reply waits for the durable commit on both). The "
             "baseline column is `do-hot`'s gRPC `ObjectCall` rate at 64 in flight, when it "
@@ -637,7 +639,7 @@ async def run_coldstart(context: Context) -> BenchResult:
         plots=[plot],
         method=(
             f"`ControlPlane.Deploy` of `bench-hello` (bench/workers/hello) {deploys} times, "
-            "each with a unique comment appended to worker.py so that it is a new version; "
+            "each with a unique comment appended to its entry module so that it is a new version; "
             "after each, `Pop.Status` of every PoP is polled every "
             f"{STATUS_POLL_S * 1e3:.0f} ms until all report the version, and each PoP's "
             "`workers[].cold_start_ms` is read: the PoP's own measure of loading the version "

@@ -527,7 +527,8 @@ def register_deploy(commands: CommandSet) -> None:
     deploy = commands.add(
         "deploy",
         cmd_deploy,
-        "deploy the worker bundle in DIR (worker.py + worker.yaml) to every PoP, or roll a "
+        "deploy the worker bundle in DIR (a wrangler config and its main module, or worker.py "
+        "+ worker.yaml) to every PoP, or roll a "
         "worker back to its previous version; waits until every healthy PoP serves it",
         json_output=True,
     )

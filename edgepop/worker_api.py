@@ -110,6 +110,19 @@ class Request:
         )
 
 
+class _ClassOrInstance:
+    """One name, two methods: `on_class` when looked up on the class, else `on_instance`."""
+
+    def __init__(self, on_class: str, on_instance: str) -> None:
+        self.on_class = on_class
+        self.on_instance = on_instance
+
+    def __get__(self, instance: Any, owner: type) -> Any:
+        if instance is None:
+            return getattr(owner, self.on_class)
+        return getattr(instance, self.on_instance)
+
+
 class Response:
     """An HTTP response; `body` may be bytes, text, or an async iterator of bytes (streaming)."""
 
@@ -138,12 +151,14 @@ class Response:
             self._stream = body
 
     @classmethod
-    def json(cls, data: Any, *, status: int = 200, headers: HeadersInit = None) -> Response:
+    def from_json(cls, data: Any, *, status: int = 200, headers: HeadersInit = None) -> Response:
         response = cls(json.dumps(data), status=status, headers=headers)
         response.headers["Content-Type"] = "application/json"
         return response
 
-    from_json = json  # Cloudflare's SDK names it both ways
+    # `Response.json(data)` makes a JSON response; `await response.json()` parses one (a
+    # fetch's answer), as Cloudflare's SDK has both under one name.
+    json = _ClassOrInstance("from_json", "json_body")
 
     @classmethod
     def redirect(cls, url: str, status: int = 302) -> Response:
@@ -175,6 +190,10 @@ class Response:
 
     async def json_body(self) -> Any:
         return json.loads(await self.read())
+
+    async def bytes(self) -> bytes:
+        """The whole body (Cloudflare's name; `read()` is the same)."""
+        return await self.read()
 
     def copy(self) -> Response:
         """A new response with the same status, headers and (read) body."""

@@ -26,6 +26,8 @@ from packaging.requirements import InvalidRequirement, Requirement
 from edgepop.bundle import (
     CPU_MS_DEFAULT,
     CPU_MS_MAX,
+    SUBREQUESTS_DEFAULT,
+    SUBREQUESTS_MAX,
     BundleError,
     WorkerConfig,
     parse_route,
@@ -75,7 +77,6 @@ UNSUPPORTED_FIELDS = {
     "vectorize": "Vectorize is not emulated",
     "hyperdrive": "Hyperdrive is not emulated",
     "browser": "Browser Rendering is not emulated",
-    "analytics_engine_datasets": "use worker.yaml's `analytics` for Analytics Engine",
     "env": "named environments are not supported: deploy the top-level config",
 }
 KNOWN_FIELDS = {
@@ -89,6 +90,7 @@ KNOWN_FIELDS = {
     "route",
     "triggers",
     "limits",
+    "analytics_engine_datasets",
 }
 
 
@@ -162,6 +164,7 @@ def _config(raw: dict[str, Any]) -> WorkerConfig:
     main = main.removeprefix("./")
     patterns = _routes(raw)
     own_classes, sqlite_classes = _migrations(raw.get("migrations"))
+    cpu_ms, subrequests = _limits(raw.get("limits"))
     return WorkerConfig(
         name=name,
         routes=tuple(parse_route(pattern) for pattern in patterns),
@@ -169,7 +172,9 @@ def _config(raw: dict[str, Any]) -> WorkerConfig:
         kv_namespaces=_kv_namespaces(raw.get("kv_namespaces")),
         durable_objects=_durable_objects(raw.get("durable_objects"), own_classes),
         vars=_vars(raw.get("vars")),
-        cpu_ms=_cpu_ms(raw.get("limits")),
+        analytics=_analytics(raw.get("analytics_engine_datasets")),
+        cpu_ms=cpu_ms,
+        subrequests=subrequests,
         main=main,
         sqlite_classes=frozenset(sqlite_classes),
         crons=_crons(raw.get("triggers")),
@@ -297,14 +302,35 @@ def _vars(raw: Any) -> dict[str, Any]:
     return dict(raw)
 
 
-def _cpu_ms(raw: Any) -> float:
+def _limits(raw: Any) -> tuple[float, int]:
+    """CPU milliseconds per request, and subrequests per request (an edgepop extension:
+    Cloudflare's is fixed by plan)."""
     if raw is None:
-        return CPU_MS_DEFAULT
+        return CPU_MS_DEFAULT, SUBREQUESTS_DEFAULT
     raw = _object(raw, "limits")
+    unknown = sorted(set(raw) - {"cpu_ms", "subrequests"})
+    if unknown:
+        raise BundleError(f"limits: unknown field(s) {unknown} (cpu_ms, subrequests)")
     cpu_ms = raw.get("cpu_ms", CPU_MS_DEFAULT)
     if not isinstance(cpu_ms, int | float) or not 0 < cpu_ms <= CPU_MS_MAX:
         raise BundleError(f"limits.cpu_ms: must be within (0, {CPU_MS_MAX:.0f}]")
-    return float(cpu_ms)
+    subrequests = raw.get("subrequests", SUBREQUESTS_DEFAULT)
+    if not isinstance(subrequests, int) or not 0 <= subrequests <= SUBREQUESTS_MAX:
+        raise BundleError(f"limits.subrequests: must be within 0..{SUBREQUESTS_MAX}")
+    return float(cpu_ms), subrequests
+
+
+def _analytics(raw: Any) -> dict[str, str]:
+    """Analytics Engine bindings: binding -> dataset (exported as metrics here)."""
+    datasets = {}
+    for index, entry in enumerate(_list(raw, "analytics_engine_datasets")):
+        where = f"analytics_engine_datasets[{index}]"
+        entry = _object(entry, where)
+        binding = _text(entry, "binding", where)
+        if not _BINDING_RE.fullmatch(binding):
+            raise BundleError(f"{where}.binding: {binding!r} is not a valid name")
+        datasets[binding] = str(entry.get("dataset") or binding)
+    return datasets
 
 
 def _crons(raw: Any) -> tuple[str, ...]:

@@ -459,6 +459,14 @@ class AnalyticsBinding:
         if doubles:
             self._metrics.analytics_value.labels(*labels).inc(float(doubles[0]))
 
+    def writeDataPoint(self, point: dict[str, Any] | None = None) -> None:
+        """Cloudflare's form: one dict with `blobs`, `doubles` and `indexes`."""
+        point = point or {}
+        unknown = set(point) - {"blobs", "doubles", "indexes"}
+        if unknown:
+            raise TypeError(f"writeDataPoint: unknown field(s) {sorted(unknown)}")
+        self.write_data_point(point.get("blobs"), point.get("doubles"), point.get("indexes"))
+
 
 class Env:
     """Attribute access to bindings, like `env.AUTH_CACHE` in a Cloudflare worker."""

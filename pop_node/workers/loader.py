@@ -2,8 +2,10 @@
 
 Each version gets a package `_edgepop_worker_<name>_<version[:12]>`: two versions of one
 worker live side by side (requests in flight finish on the old one), and the bundle's
-own modules import each other relatively (`from . import helpers`). A folder of the
-bundle is a package even without `__init__.py` (Cloudflare's `main = "src/entry.py"`).
+own modules import each other relatively (`from . import helpers`), or by name from the
+entry module's folder (`import helpers` beside `src/entry.py`, as on Cloudflare), which
+resolves to the bundle's own module, never another worker's. A folder of the bundle is a
+package even without `__init__.py` (Cloudflare's `main = "src/entry.py"`).
 
 The entry module answers requests in one of three forms, tried in this order: edgepop's
 `async def fetch(request, env, ctx)`; Cloudflare's `class Default(WorkerEntrypoint)`
@@ -15,6 +17,8 @@ Cloudflare's older `async def on_fetch(request, env[, ctx])`. Cron triggers call
 from __future__ import annotations
 
 import asyncio
+import builtins
+import importlib
 import importlib.abc
 import importlib.machinery
 import inspect
@@ -26,7 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgepop.durable import DurableObject
+from edgepop.worker_api import fetch as subrequest
 from pop_node.workers.cpu import interrupt_thread
+
+_builtin_import = builtins.__import__
 
 
 class WorkerLoadError(Exception):
@@ -38,10 +45,39 @@ class _LoadInterrupted(BaseException):
 
 
 class _BundleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def __init__(self, package: str, files: dict[str, bytes], label: str) -> None:
+    def __init__(
+        self, package: str, files: dict[str, bytes], label: str, main: str = "worker.py"
+    ) -> None:
         self.package = package
         self.files = files
         self.label = label
+        # The modules beside `main` import each other by name (`import helpers`), as
+        # Cloudflare puts main's folder on the path. Resolved to this bundle's own
+        # package by the bundle's `__import__`, so two workers' `helpers` never meet in
+        # sys.modules.
+        main_dir = main.rpartition("/")[0]
+        self.sibling_prefix = (
+            f"{package}.{main_dir.replace('/', '.')}." if main_dir else (f"{package}.")
+        )
+        self.siblings = _top_level_names(files, main_dir)
+        self.builtins = dict(vars(builtins))
+        self.builtins["__import__"] = self._import
+
+    def _import(
+        self,
+        name: str,
+        globals: Any = None,
+        locals: Any = None,
+        fromlist: Any = (),
+        level: int = 0,
+    ) -> types.ModuleType:
+        head = name.partition(".")[0]
+        if level != 0 or head not in self.siblings:
+            return _builtin_import(name, globals, locals, fromlist, level)
+        module = importlib.import_module(self.sibling_prefix + name)
+        if fromlist:
+            return module
+        return importlib.import_module(self.sibling_prefix + head)
 
     def _path_of(self, fullname: str) -> tuple[str, bool] | None:
         if fullname == self.package:
@@ -77,7 +113,23 @@ class _BundleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             module.__path__ = []
         source = self.files.get(file_path, b"")
         code = compile(source, f"<worker {self.label}>/{file_path}", "exec")
+        module.__dict__["__builtins__"] = self.builtins
         exec(code, module.__dict__)
+
+
+def _top_level_names(files: dict[str, bytes], folder: str) -> frozenset[str]:
+    """Names importable from `folder` of a bundle: its .py modules and subfolders."""
+    prefix = f"{folder}/" if folder else ""
+    names = set()
+    for path in files:
+        if not path.startswith(prefix):
+            continue
+        first, slash, _ = path[len(prefix) :].partition("/")
+        if slash and first.isidentifier():
+            names.add(first)
+        elif first.endswith(".py") and first[:-3].isidentifier():
+            names.add(first[:-3])
+    return frozenset(names)
 
 
 @dataclass
@@ -101,7 +153,8 @@ class LoadedModule:
 def entry_fetch(module: types.ModuleType) -> Callable[..., Any] | None:
     """`fetch(request, env, ctx)` for the entry module's form, or None if it has none."""
     fetch = getattr(module, "fetch", None)
-    if fetch is not None and inspect.iscoroutinefunction(fetch):
+    # `from workers import fetch` (the subrequest function) is not a handler.
+    if fetch is not None and fetch is not subrequest and inspect.iscoroutinefunction(fetch):
         return fetch  # type: ignore[no-any-return]
     default = getattr(module, "Default", None)
     if inspect.isclass(default) and inspect.iscoroutinefunction(getattr(default, "fetch", None)):
@@ -149,12 +202,10 @@ def load_bundle(
     name: str, version: str, files: dict[str, bytes], main: str = "worker.py"
 ) -> LoadedModule:
     package = f"_edgepop_worker_{name.replace('-', '_')}_{version[:12]}"
-    finder = _BundleFinder(package, files, f"{name}@{version[:12]}")
+    finder = _BundleFinder(package, files, f"{name}@{version[:12]}", main)
     sys.meta_path.insert(0, finder)
     loaded = LoadedModule(package=package, fetch=lambda *a: None, finder=finder)
     try:
-        import importlib
-
         importlib.import_module(package)
         entry_module = main.removesuffix(".py").replace("/", ".")
         module = importlib.import_module(f"{package}.{entry_module}")

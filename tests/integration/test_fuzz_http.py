@@ -118,7 +118,11 @@ def parse_responses(raw: bytes) -> tuple[list[Response], bytes]:
         else:
             length = int(headers.get(b"content-length", b"0"))
             if len(rest) < body_start + length:
-                break
+                # A complete head and a short body: the server answered, then closed while
+                # we were still sending, and TCP's reset dropped the rest of the answer
+                # (an answer to a 1 MiB request line, say). Its status still counts.
+                responses.append(Response(int(match.group(1)), rest[body_start:]))
+                return responses, b""
             body = rest[body_start : body_start + length]
             rest = rest[body_start + length :]
         responses.append(Response(int(match.group(1)), body))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import socket
 import statistics
 import threading
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import json5
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -95,7 +97,8 @@ def bundle(
     vars: Mapping[str, str] | None = None,
     replace: Mapping[str, bytes] | None = None,
 ) -> workers_pb2.WorkerBundle:
-    """A folder's bundle, with worker.yaml vars overridden and files replaced in memory."""
+    """A folder's bundle, with its config's vars overridden (worker.yaml or wrangler.jsonc)
+    and files replaced in memory."""
     read = read_bundle(folder)
     for file in read.files:
         if replace and file.path in replace:
@@ -104,6 +107,10 @@ def bundle(
             config = yaml.safe_load(file.content)
             config["vars"] = {**(config.get("vars") or {}), **vars}
             file.content = yaml.safe_dump(config).encode()
+        elif vars and file.path == "wrangler.jsonc":
+            config = json5.loads(file.content.decode())
+            config["vars"] = {**(config.get("vars") or {}), **vars}
+            file.content = json.dumps(config).encode()
     return read
 
 

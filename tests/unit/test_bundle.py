@@ -277,8 +277,13 @@ def test_path_and_content_boundaries_cannot_be_shifted_to_collide() -> None:
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_every_example_reads_and_checks(example: str) -> None:
     bundle = read_bundle(REPO / "workers" / example)
-    assert check_bundle(bundle).name == example
-    assert {f.path for f in bundle.files} >= {"worker.py", "worker.yaml"}
+    config = check_bundle(bundle)
+    assert (config.name, config.main) == (example, "src/entry.py")
+    # Written against Cloudflare's API only: a wrangler config and a Default class.
+    assert {f.path for f in bundle.files} == {"wrangler.jsonc", "src/entry.py"}
+    entry = next(f.content for f in bundle.files if f.path == "src/entry.py")
+    assert b"class Default(WorkerEntrypoint)" in entry
+    assert b"edgepop" not in entry
 
 
 def test_reading_a_folder_skips_caches_and_other_file_types(tmp_path: Path) -> None:

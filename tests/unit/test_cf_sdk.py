@@ -12,10 +12,10 @@ import grpc
 import pytest
 
 from edge.v1 import kv_pb2
-from edgepop import durable
+from edgepop import durable, worker_api
 from edgepop.errors import UpstreamError
 from edgepop.objectid import DurableObjectId
-from edgepop.worker_api import KvConflictError
+from edgepop.worker_api import ExecutionContext, KvConflictError
 from pop_node.workers.bindings import KvBinding, ObjectNamespaceBinding
 from pyodide.ffi import create_proxy, to_js
 from workers import DurableObject, JsDict, Request, Response, python_from_rpc, python_to_rpc
@@ -290,3 +290,44 @@ def test_object_namespaces_make_cloudflare_ids_and_stubs() -> None:
     stub = namespace.get(by_name)
     assert (stub.id, stub.name) == (str(by_name), "groceries")
     assert namespace.getByName("groceries").id == str(by_name)
+
+
+class FakeScope:
+    """The request scope the runtime sets while a worker runs (edgepop.worker_api.current)."""
+
+    def __init__(self, env: Any) -> None:
+        self.env = env
+        self.context = ExecutionContext()
+
+    async def fetch(self, request: Any) -> Any:
+        raise AssertionError("no subrequests here")
+
+    @property
+    def cache(self) -> Any:
+        raise AssertionError("no cache here")
+
+
+def test_workers_env_and_wait_until_act_for_the_request_being_handled() -> None:
+    import workers
+
+    with pytest.raises(RuntimeError, match="only available while a request is handled"):
+        _ = workers.env
+    outside = asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="outside a request"):
+        workers.wait_until(outside)
+    outside.close()
+
+    async def handle(scope: FakeScope) -> Any:
+        token = worker_api.current.set(scope)
+        try:
+            work = asyncio.sleep(0)
+            workers.wait_until(work)
+            return workers.env, scope.context.pending == [work]
+        finally:
+            worker_api.current.reset(token)
+
+    scope = FakeScope({"NAME": "tokyo"})
+    env, queued = asyncio.run(handle(scope))
+    assert env == {"NAME": "tokyo"} and queued
+    for pending in scope.context.pending:
+        pending.close()  # never awaited: the runtime would have

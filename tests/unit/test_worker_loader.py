@@ -322,3 +322,62 @@ def test_cron_handlers_load_in_each_form(loaded: list[LoadedModule]) -> None:
     older = load_bundle("cf-old", VERSION_A, legacy, "entry.py")
     loaded.append(older)
     assert older.scheduled is not None
+
+
+SIBLING_ENTRY = b"""
+import helpers
+import pkg.tools
+from helpers import greeting
+from pkg import tools as same_tools
+
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        import json  # a module that is not a sibling still comes from the path
+        late = __import__("helpers")
+        assert late is helpers and same_tools is pkg.tools
+        return Response(json.dumps([greeting(), pkg.tools.shout("hi"), helpers.__name__]))
+"""
+
+
+def test_modules_beside_main_import_by_name_and_stay_the_bundles_own(
+    loaded: list[LoadedModule],
+) -> None:
+    def bundle(word: bytes) -> dict[str, bytes]:
+        return {
+            "src/entry.py": SIBLING_ENTRY,
+            "src/helpers.py": b"def greeting():\n    return '" + word + b"'\n",
+            "src/pkg/tools.py": b"def shout(text):\n    return text.upper()\n",
+        }
+
+    first = load_bundle("one", VERSION_A, bundle(b"hello"), "src/entry.py")
+    second = load_bundle("two", VERSION_B, bundle(b"bonjour"), "src/entry.py")
+    loaded.extend([first, second])
+    answers = [
+        asyncio.run(module.fetch(Request("http://x.test/"), {}, None)).body
+        for module in (first, second)
+    ]
+    assert answers == [
+        f'["hello", "HI", "{first.package}.src.helpers"]'.encode(),
+        f'["bonjour", "HI", "{second.package}.src.helpers"]'.encode(),
+    ]
+    assert "helpers" not in sys.modules  # nothing leaked to the process's own names
+
+
+def test_importing_the_subrequest_fetch_does_not_make_it_the_handler(
+    loaded: list[LoadedModule],
+) -> None:
+    source = b"""
+from workers import Response, WorkerEntrypoint, fetch
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response("from Default")
+"""
+    module = load_bundle("cf", VERSION_A, {"src/entry.py": source}, "src/entry.py")
+    loaded.append(module)
+    response = asyncio.run(module.fetch(Request("http://x.test/"), {}, None))
+    assert response.body == b"from Default"

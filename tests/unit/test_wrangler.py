@@ -134,6 +134,12 @@ def test_migrations_rename_and_delete_classes() -> None:
         ),
         ({**BASE, "triggers": {"crons": ["every minute"]}}, r"triggers\.crons\[0\]: "),
         ({**BASE, "limits": {"cpu_ms": -1}}, r"limits\.cpu_ms: "),
+        ({**BASE, "limits": {"subrequests": -1}}, r"limits\.subrequests: "),
+        ({**BASE, "limits": {"memory_mb": 1}}, r"limits: unknown field\(s\) \['memory_mb'\]"),
+        (
+            {**BASE, "analytics_engine_datasets": [{"dataset": "d"}]},
+            r"analytics_engine_datasets\[0\]\.binding: ",
+        ),
     ],
 )
 def test_bad_configs_are_refused_naming_the_field(config: dict[str, object], names: str) -> None:
@@ -202,3 +208,21 @@ def test_a_wrangler_bundle_carries_its_dependencies(tmp_path: Path) -> None:
     (tmp_path / "wrangler.jsonc").write_text(json.dumps(BASE))
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\ndependencies = ["six"]\n')
     assert check_bundle(read_bundle(tmp_path)).dependencies == ("six",)
+
+
+def test_analytics_datasets_and_subrequest_limits_are_read() -> None:
+    config = parse(
+        "wrangler.json",
+        jsonc(
+            {
+                **BASE,
+                "analytics_engine_datasets": [
+                    {"binding": "ANALYTICS", "dataset": "checkout-experiment"},
+                    {"binding": "PLAIN"},
+                ],
+                "limits": {"cpu_ms": 20, "subrequests": 2},
+            }
+        ),
+    )
+    assert config.analytics == {"ANALYTICS": "checkout-experiment", "PLAIN": "PLAIN"}
+    assert (config.cpu_ms, config.subrequests) == (20.0, 2)

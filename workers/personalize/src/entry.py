@@ -2,9 +2,10 @@
 
 import math
 from datetime import datetime
+from urllib.parse import urlparse
 from zoneinfo import ZoneInfo
 
-from edgepop import worker_api as edge
+from workers import Response, WorkerEntrypoint, fetch
 
 CURRENCY = {
     "US": "USD", "GB": "GBP", "JP": "JPY", "AU": "AUD", "IN": "INR", "BR": "BRL",
@@ -46,18 +47,18 @@ def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     return 2 * EARTH_RADIUS_KM * math.asin(math.sqrt(a))
 
 
-async def personalize_api(request: edge.Request, env) -> edge.Response:
+async def personalize_api(request, env) -> Response:
     cf = request.cf
     country = cf.get("country") or "US"
     language = LANGUAGE.get(country, "en")
-    stores = (await (await edge.fetch(env.STORES_URL)).json_body())["stores"]
+    stores = (await (await fetch(env.STORES_URL)).json())["stores"]
     for store in stores:
         store["distance_km"] = round(
             distance_km(cf["latitude"], cf["longitude"], store["latitude"], store["longitude"]), 1
         )
     nearest = sorted(stores, key=lambda store: store["distance_km"])[:3]
-    deals = (await (await edge.fetch(f"{env.DEALS_URL}?country={country}")).json_body())["deals"]
-    return edge.Response.json(
+    deals = (await (await fetch(f"{env.DEALS_URL}?country={country}")).json())["deals"]
+    return Response.json(
         {
             "currency": CURRENCY.get(country, "USD"),
             "language": language,
@@ -68,25 +69,27 @@ async def personalize_api(request: edge.Request, env) -> edge.Response:
     )
 
 
-async def fetch(request: edge.Request, env, ctx) -> edge.Response:
-    if request.path == "/api/personalize":
-        return await personalize_api(request, env)
-    cf = request.cf
-    country = cf.get("country") or "US"
-    language = LANGUAGE.get(country, "en")
-    template = await (await edge.fetch(env.TEMPLATE_URL)).text()
-    html = (
-        template.replace("{{CURRENCY}}", CURRENCY.get(country, "USD"))
-        .replace("{{LANGUAGE}}", language)
-        .replace("{{GREETING}}", greeting(language, cf.get("timezone") or "UTC"))
-        .replace("{{LOCAL_PHONE}}", SUPPORT_PHONE.get(country, "+1-800-123-4567"))
-        .replace("{{PRIVACY_BANNER}}", GDPR_BANNER if cf.get("is_eu_country") else "")
-    )
-    return edge.Response(
-        html,
-        headers={
-            "Content-Type": "text/html; charset=utf-8",
-            "Cache-Control": "public, max-age=60",
-            "Vary": "Accept-Language",
-        },
-    )
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        env = self.env
+        if urlparse(request.url).path == "/api/personalize":
+            return await personalize_api(request, env)
+        cf = request.cf
+        country = cf.get("country") or "US"
+        language = LANGUAGE.get(country, "en")
+        template = await (await fetch(env.TEMPLATE_URL)).text()
+        html = (
+            template.replace("{{CURRENCY}}", CURRENCY.get(country, "USD"))
+            .replace("{{LANGUAGE}}", language)
+            .replace("{{GREETING}}", greeting(language, cf.get("timezone") or "UTC"))
+            .replace("{{LOCAL_PHONE}}", SUPPORT_PHONE.get(country, "+1-800-123-4567"))
+            .replace("{{PRIVACY_BANNER}}", GDPR_BANNER if cf.get("is_eu_country") else "")
+        )
+        return Response(
+            html,
+            headers={
+                "Content-Type": "text/html; charset=utf-8",
+                "Cache-Control": "public, max-age=60",
+                "Vary": "Accept-Language",
+            },
+        )
