@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import pytest
 
 from pop_node.workers.cpu import (
+    SHORT_STEP_S,
     WATCHDOG_INTERVAL_S,
     CpuBudget,
     CpuLimitExceeded,
@@ -319,3 +320,25 @@ def test_a_worker_that_catches_the_limit_and_keeps_spinning_is_stopped_again() -
     assert budget.exceeded
     assert cpu_s < LIMIT_S + 2 * OVERRUN_S_MAX, f"the loop was blocked for {cpu_s:.2f} s of CPU"
     assert isinstance(outcome, CpuLimitExceeded)
+
+
+def test_a_long_step_is_charged_its_cpu_time_not_its_wall_time() -> None:
+    async def blocks_without_cpu() -> str:
+        # Wall time without CPU, well past SHORT_STEP_S: the end is read exactly.
+        time.sleep(0.02)  # noqa: ASYNC251
+        return "done"
+
+    outcome, budget, _ = run_metered(blocks_without_cpu)
+    assert outcome == "done"
+    assert budget.used_s < 0.01
+
+
+def test_a_short_step_is_charged_no_more_than_its_wall_time() -> None:
+    async def quick() -> int:
+        return sum(range(100))
+
+    started = time.perf_counter()
+    outcome, budget, _ = run_metered(quick)
+    assert outcome == 4950
+    assert 0 < budget.used_s < SHORT_STEP_S
+    assert budget.used_s <= time.perf_counter() - started
