@@ -31,7 +31,7 @@ _OUTBOUND = web.RequestKey("edge_outbound", tuple)
 
 
 async def hold_inbound(
-    netem: NetworkEmulator, request: web.Request, caller: Caller
+    netem: NetworkEmulator, request: web.BaseRequest, caller: Caller
 ) -> web.StreamResponse | None:
     """Hold the request for its inbound leg and note its outbound leg; a 504 when the
     link is partitioned (the request never reaches the handler), else None."""
@@ -44,9 +44,9 @@ async def hold_inbound(
     return None
 
 
-async def hold_outbound(netem: NetworkEmulator, request: web.Request) -> None:
-    """Hold the response for its outbound leg, if the request has one."""
-    leg = request.get(_OUTBOUND)
+async def hold_outbound(netem: NetworkEmulator, request: web.BaseRequest) -> None:
+    """Hold the response for its outbound leg, if the request has one (once)."""
+    leg = request.pop(_OUTBOUND, None)
     if leg is None:
         return
     back, transit_s = leg
@@ -84,13 +84,20 @@ def install_netem(app: web.Application, netem: NetworkEmulator, *, inbound: bool
     app.on_response_prepare.append(outbound_leg)
 
 
-async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Serve `app` on host:port (0 = any free port); returns the runner and the bound port.
+async def start_site(
+    app: web.Application | web.Server, host: str, port: int
+) -> tuple[web.BaseRunner, int]:
+    """Serve `app` (an application, or a low-level server) on host:port (0 = any free
+    port); returns the runner and the bound port.
 
     HTTPS when the process has TLS on; client certificates as its `http_client_cert`.
     """
     tls = process_tls()
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner: web.BaseRunner
+    if isinstance(app, web.Server):
+        runner = web.ServerRunner(app, handle_signals=False)
+    else:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(
         runner,

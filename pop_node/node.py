@@ -25,7 +25,7 @@ from pop_node.objects.router import ObjectRouter
 from pop_node.overlay import Overlay
 from pop_node.replication import STREAM_IDLE_TIMEOUT_S_DEFAULT, ReplicationClient
 from pop_node.service import PopService
-from pop_node.workers.ingress import build_app as build_ingress
+from pop_node.workers.ingress import build_server as build_ingress
 from pop_node.workers.runtime import FIRST_LOAD_WAIT_S_MAX, WorkerRuntime
 
 log = logging.getLogger(__name__)
