@@ -7,8 +7,9 @@ use) with 64 connections over HTTP/1.1 keep-alive, to the PoP's HTTP ingress wit
 
 - `worker-kv`: `bench-kv-read` answers each request with one `env.DATA.get(key)` (a
   100-byte value replicated to the PoP), against `bench.bare_http`, a bare aiohttp
-  handler answering one LMDB get, and Miniflare's KV GET of the same value (the peer,
-  `bench.miniflare`, when node is present), in alternating rounds.
+  handler answering one LMDB get, Cloudflare's own `01-hello` example deployed unmodified
+  (when `../shared/cf-examples` is there), and Miniflare's KV GET of the same value (the
+  peer, `bench.miniflare`, when node is present), in alternating rounds.
 - `worker-counter`: `bench-counter` increments the hot Counter (owned by this PoP,
   standby sync included) once per request; then Miniflare's worker does the same to
   its Durable Object Counter, under the same load.
@@ -32,6 +33,7 @@ import grpc
 
 from bench import miniflare, plots
 from bench.bare_http import BareHttpServer
+from bench.cf_examples import CF_EXAMPLES_DEFAULT, cf_examples_dir
 from bench.loadgen import HttpLoad, HttpResult, http_closed_loop, pooled_http
 from bench.objects import IDLE_WINDOW_S, hot_roles, objects_cluster
 from bench.probe import idle_cores
@@ -65,6 +67,9 @@ ISSUE_BARE_PER_S = 8751
 BARE_SIDE = "bare aiohttp + LMDB"
 WORKER_KV_SIDE = "PoP worker + KV"
 MINIFLARE_KV_SIDE = "Miniflare KV GET"
+CF_HELLO_SIDE = "Cloudflare's 01-hello"
+CF_HELLO_EXAMPLE = "01-hello"
+CF_HELLO_HOST = "hello-python.workers.dev"
 LOAD_TIMEOUT_S = 30.0
 STATUS_POLL_S = 0.01
 
@@ -243,6 +248,42 @@ async def bare_server(context: Context, value: bytes) -> BareHttpServer:
     return await context.resource(BARE_KEY, start)
 
 
+async def _deploy_cf_hello(context: Context, cluster: Cluster, pop: NodeState) -> str:
+    """Deploy Cloudflare's 01-hello example as it is; "" when it answers, else why not."""
+    examples = cf_examples_dir()
+    if examples is None:
+        return f"Cloudflare's examples are not at {CF_EXAMPLES_DEFAULT}"
+    if "deployed-cf-hello" not in context.state:
+        response = await deploy(cluster, read_bundle(examples / CF_HELLO_EXAMPLE))
+        await wait_loaded(cluster, response.name, response.version)
+        context.state["deployed-cf-hello"] = response.version
+    status, body = await http_get(pop.http_address, CF_HELLO_HOST)
+    if status != 200 or body != b"Hello world!":
+        raise RuntimeError(f"{CF_HELLO_EXAMPLE} at {pop.name} answered {status} {body[:60]!r}")
+    return ""
+
+
+def _cf_hello_row(
+    measured: dict[str, dict[str, Any]], baseline: dict[str, Any], skipped: str
+) -> Row:
+    """Cloudflare's own example against the bare handler: the worker-path goal holds for
+    code written for Cloudflare, not only for edgepop's bench worker."""
+    metric = f"Cloudflare's {CF_HELLO_EXAMPLE} (unmodified): requests/s, {CONNECTIONS} connections"
+    side = measured.get(CF_HELLO_SIDE)
+    if side is None:
+        return Row("worker-kv", metric, "req/s", status="skipped", note=skipped)
+    return Row(
+        "worker-kv",
+        metric,
+        "req/s",
+        value=side["rate_per_s"],
+        baseline=baseline["rate_per_s"],
+        baseline_name="bare",
+        goal=Goal(">=", KV_RATIO_GOAL, on="ratio"),
+        note=f"server CPU {side['server_cpu_per_request_us']:.0f} µs/req",
+    )
+
+
 async def _compare_with_peer(
     context: Context, targets: dict[str, HttpLoad], rounds: int, peer_side: str
 ) -> dict[str, dict[str, Any]]:
@@ -303,6 +344,7 @@ async def run_worker_kv(context: Context) -> BenchResult:
         status, body = await http_get(address, host or "bare")
         if status != 200 or body != value:
             raise RuntimeError(f"{name} at {address} answered {status} {body[:60]!r}")
+    hello_skip = await _deploy_cf_hello(context, cluster, pop)
     peer = await miniflare.checked_peer(
         context, miniflare.KV_PATH, lambda body: body == value, f"the {VALUE_BYTES}-byte value"
     )
@@ -318,6 +360,10 @@ async def run_worker_kv(context: Context) -> BenchResult:
             f"http://{pop.http_address}/", KV_HOST, CONNECTIONS, duration, warmup, pop.pid
         ),
     }
+    if not hello_skip:
+        targets[CF_HELLO_SIDE] = HttpLoad(
+            f"http://{pop.http_address}/", CF_HELLO_HOST, CONNECTIONS, duration, warmup, pop.pid
+        )
     if peer is not None:
         targets[MINIFLARE_KV_SIDE] = peer.load(miniflare.KV_PATH, CONNECTIONS, duration, warmup)
     measured = await _compare_with_peer(context, targets, rounds, MINIFLARE_KV_SIDE)
@@ -359,6 +405,7 @@ async def run_worker_kv(context: Context) -> BenchResult:
             baseline_name="bare",
         ),
         *_kv_peer_rows(measured, miniflare.skip_reason(context)),
+        _cf_hello_row(measured, baseline, hello_skip),
     ]
     series = {BARE_SIDE: [baseline["rate_per_s"]], WORKER_KV_SIDE: [worker["rate_per_s"]]}
     annotation = f"worker / bare {worker['rate_per_s'] / baseline['rate_per_s']:.2f}x"
@@ -410,7 +457,10 @@ async def run_worker_kv(context: Context) -> BenchResult:
             "replica. Baseline in the same run: `bench.bare_http`, one aiohttp handler doing "
             "one LMDB get of the same value, access log off as at the PoP. Both are one "
             "Python process on the default asyncio loop. Server CPU is the server "
-            f"process's utime+stime over the run. {_tool_note(context)} {peer_method} For "
+            f"process's utime+stime over the run. In the same rounds, Cloudflare's own "
+            f"`{CF_HELLO_EXAMPLE}` example, deployed unmodified from {CF_EXAMPLES_DEFAULT} "
+            f"(`Host: {CF_HELLO_HOST}`), against the same goal. "
+            f"{_tool_note(context)} {peer_method} For "
             f"scale, the issue's figure for the bare handler on this machine class: "
             f"{ISSUE_BARE_PER_S:,}/s."
         ),

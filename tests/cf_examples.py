@@ -7,24 +7,18 @@ them are skipped, saying why (and a skip is a feature not shown working).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-CF_EXAMPLES_ENV = "EDGEPOP_CF_EXAMPLES"
+from bench.cf_examples import CF_EXAMPLES_DEFAULT, cf_examples_dir
 
-
-def cf_examples_dir() -> Path | None:
-    given = os.environ.get(CF_EXAMPLES_ENV)
-    folder = Path(given) if given else REPO.parent / "shared" / "cf-examples"
-    return folder if folder.is_dir() else None
+__all__ = ["cf_example", "cf_examples_dir"]
 
 
 def cf_example(name: str) -> Path:
     """One example's folder (e.g. "01-hello"), or skip the test with the reason."""
     folder = cf_examples_dir()
     if folder is None:
-        pytest.skip(f"Cloudflare's examples are not here: {REPO.parent / 'shared/cf-examples'}")
+        pytest.skip(f"Cloudflare's examples are not here: {CF_EXAMPLES_DEFAULT}")
     return folder / name
