@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import re
 import tomllib
+from collections.abc import Iterator
 from typing import Any
 
 import json5
@@ -219,14 +220,20 @@ def _routes(raw: dict[str, Any]) -> list[str]:
     return patterns
 
 
-def _kv_namespaces(raw: Any) -> dict[str, str]:
-    namespaces = {}
-    for index, entry in enumerate(_list(raw, "kv_namespaces")):
-        where = f"kv_namespaces[{index}]"
+def _bindings(raw: Any, field: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(where, binding name, entry) of each `{binding, ...}` entry of a binding list."""
+    for index, entry in enumerate(_list(raw, field)):
+        where = f"{field}[{index}]"
         entry = _object(entry, where)
         binding = _text(entry, "binding", where)
         if not _BINDING_RE.fullmatch(binding):
             raise BundleError(f"{where}.binding: {binding!r} is not a valid name")
+        yield where, binding, entry
+
+
+def _kv_namespaces(raw: Any) -> dict[str, str]:
+    namespaces = {}
+    for where, binding, entry in _bindings(raw, "kv_namespaces"):
         namespace = _NAMESPACE_CHAR_RE.sub("_", _text(entry, "id", where)).strip("_")
         if not namespace or len(namespace) > NAMESPACE_CHARS_MAX:
             raise BundleError(f"{where}.id: {entry['id']!r} cannot name a namespace")
@@ -322,15 +329,10 @@ def _limits(raw: Any) -> tuple[float, int]:
 
 def _analytics(raw: Any) -> dict[str, str]:
     """Analytics Engine bindings: binding -> dataset (exported as metrics here)."""
-    datasets = {}
-    for index, entry in enumerate(_list(raw, "analytics_engine_datasets")):
-        where = f"analytics_engine_datasets[{index}]"
-        entry = _object(entry, where)
-        binding = _text(entry, "binding", where)
-        if not _BINDING_RE.fullmatch(binding):
-            raise BundleError(f"{where}.binding: {binding!r} is not a valid name")
-        datasets[binding] = str(entry.get("dataset") or binding)
-    return datasets
+    return {
+        binding: str(entry.get("dataset") or binding)
+        for _, binding, entry in _bindings(raw, "analytics_engine_datasets")
+    }
 
 
 def _crons(raw: Any) -> tuple[str, ...]:

@@ -11,7 +11,6 @@ client reconnects and the object (e.g. DocumentSession) replays what it missed.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
 import json
@@ -40,7 +39,7 @@ from edgepop.websocket import (
     WebSocket,
 )
 from edgepop.worker_api import Response
-from pop_node.objects.fetch import decode_request, run_fetch
+from pop_node.objects.fetch import decode_request, encode_response, run_fetch
 from pop_node.objects.host import NotOwnerError, ObjectHost
 from pop_node.objects.instance import ObjectInstance, RemoteError, SessionChannel
 from pop_node.objects.router import RETRY_BACKOFF_S, ObjectRouter
@@ -205,13 +204,8 @@ async def _local_websocket(
     server = client.peer if isinstance(client, WebSocket) else None
     if server is None or not (server in instance.websockets or server.accepted):
         # Cloudflare refuses a socket nobody will serve; so does edgepop.
-        opened.response_json = json.dumps(
-            {
-                "status": 500,
-                "headers": [["Content-Type", "text/plain; charset=utf-8"]],
-                "body": base64.b64encode(UNACCEPTED_SOCKET.encode()).decode(),
-            }
-        )
+        refusal = await encode_response(Response(UNACCEPTED_SOCKET, status=500))
+        opened.response_json = json.dumps(refusal)
         yield objects_pb2.ObjectServerMessage(opened=opened)
         return
     session = instance.open_session()

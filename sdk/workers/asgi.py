@@ -42,13 +42,18 @@ ASGI = {"version": "3.0", "spec_version": "2.3"}
 Message = MutableMapping[str, Any]
 App = Callable[..., Awaitable[None]]
 
-# Tasks that outlive the request that started them (kept referenced until done).
+# Tasks that outlive the code that started them (kept referenced until done).
 _background: set[asyncio.Future[Any]] = set()
 
 
-def _keep(task: asyncio.Future[Any]) -> None:
+def _hold(task: asyncio.Future[Any]) -> None:
     _background.add(task)
     task.add_done_callback(_background.discard)
+
+
+def _keep(task: asyncio.Future[Any]) -> None:
+    """Hold a task that outlives its request, under the request's `ctx.waitUntil`."""
+    _hold(task)
     context = current_context()
     if context is not None:
         context.wait_until(asyncio.shield(task))
@@ -99,7 +104,7 @@ class _Lifespan:
         """The lifespan state once startup completed (None: the app has no lifespan)."""
         if self._started is None:
             self._started = asyncio.get_running_loop().create_future()
-            _keep_forever(asyncio.ensure_future(self._run(self._started)))
+            _hold(asyncio.ensure_future(self._run(self._started)))
         await self._started
         return self.state if self._supported else None
 
@@ -129,12 +134,6 @@ class _Lifespan:
 
 
 _LIFESPANS: dict[int, tuple[App, _Lifespan]] = {}
-_forever: set[asyncio.Future[Any]] = set()
-
-
-def _keep_forever(task: asyncio.Future[Any]) -> None:
-    _forever.add(task)
-    task.add_done_callback(_forever.discard)
 
 
 async def _lifespan_state(app: App) -> dict[str, Any] | None:

@@ -36,6 +36,13 @@ def edgectl_json(data_dir: Path, *args: str) -> Any:
     return json.loads(result.stdout)
 
 
+def origin_and_pops(*pop_regions: str, **extra: Any) -> dict[str, Any]:
+    """A topology: the origin's region (us-east-1) and one PoP in each of `pop_regions`;
+    `extra` adds top-level fields (e.g. `kv_namespaces`)."""
+    regions = [{"name": "us-east-1"}, *({"name": name, "pop_nodes": 1} for name in pop_regions)]
+    return {"regions": regions, **extra}
+
+
 @contextlib.contextmanager
 def cluster_up(
     directory: Path, topology: dict[str, Any], worker_dirs: Sequence[Path] = ()

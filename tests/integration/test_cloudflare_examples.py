@@ -17,18 +17,11 @@ import pytest
 
 from edgectl.launcher import Cluster
 from tests.cf_examples import cf_example
-from tests.integration.cli import cluster_up
+from tests.integration.cli import cluster_up, origin_and_pops
 
 pytestmark = pytest.mark.cluster
 
-TOPOLOGY = {
-    "regions": [
-        {"name": "us-east-1"},
-        {"name": "tokyo", "pop_nodes": 1},
-        {"name": "london", "pop_nodes": 1},
-        {"name": "sydney", "pop_nodes": 1},
-    ],
-}
+TOPOLOGY = origin_and_pops("tokyo", "london", "sydney")
 POPS = ("tokyo-1", "london-1", "sydney-1")
 EXAMPLES = ("01-hello", "02-binding", "07-durable-objects")
 HTTP_TIMEOUT_S = 10.0

@@ -19,7 +19,7 @@ import pytest
 
 from edgectl.launcher import Cluster
 from tests.conftest import poll_until
-from tests.integration.cli import cluster_up, write_wrangler_worker
+from tests.integration.cli import cluster_up, origin_and_pops, write_wrangler_worker
 
 pytestmark = pytest.mark.cluster
 
@@ -28,14 +28,7 @@ TOLERANCE_S = 1.0
 PROPAGATION_S_MAX = 5.0
 POLL_S = 0.2
 HOST = "kv-modes.workers.dev"
-TOPOLOGY = {
-    "regions": [
-        {"name": "us-east-1"},
-        {"name": "tokyo", "pop_nodes": 1},
-        {"name": "london", "pop_nodes": 1},
-    ],
-    "kv_namespaces": {"cf-prices": {"mode": "cloudflare"}},
-}
+TOPOLOGY = origin_and_pops("tokyo", "london", kv_namespaces={"cf-prices": {"mode": "cloudflare"}})
 ENTRY = f"""
 from urllib.parse import parse_qs, urlparse
 

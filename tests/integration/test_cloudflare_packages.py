@@ -20,18 +20,12 @@ import pytest
 
 from edgectl.launcher import Cluster
 from edgepop import packages
-from tests.integration.cli import cluster_up, edgectl, write_wrangler_worker
+from tests.integration.cli import cluster_up, edgectl, origin_and_pops, write_wrangler_worker
 
 pytestmark = pytest.mark.cluster
 
 HOST = "fastapi-app.workers.dev"
-TOPOLOGY = {
-    "regions": [
-        {"name": "us-east-1"},
-        {"name": "tokyo", "pop_nodes": 1},
-        {"name": "london", "pop_nodes": 1},
-    ],
-}
+TOPOLOGY = origin_and_pops("tokyo", "london")
 DEPENDENCIES = ["fastapi>=0.110"]
 ENTRY = """
 from fastapi import FastAPI, Request

@@ -21,7 +21,7 @@ import pytest
 
 from edgectl.launcher import Cluster
 from edgepop.topology import load_topology
-from tests.integration.cli import cluster_up, edgectl_json, write_wrangler_worker
+from tests.integration.cli import cluster_up, edgectl_json, origin_and_pops, write_wrangler_worker
 
 pytestmark = pytest.mark.cluster
 
@@ -33,12 +33,7 @@ RECEIVE_TIMEOUT_S = 20.0
 # that plus this machine's own overhead.
 RTT_TOLERANCE = 0.05
 RTT_SLACK_MS = 100.0
-TOPOLOGY = {
-    "regions": [
-        {"name": "us-east-1"},
-        *({"name": region, "pop_nodes": 1} for region in REGIONS),
-    ],
-}
+TOPOLOGY = origin_and_pops(*REGIONS)
 ENTRY = """
 import json
 from urllib.parse import parse_qs, urlparse

@@ -18,17 +18,11 @@ import pytest
 
 from edgectl.launcher import Cluster
 from tests.conftest import poll_until
-from tests.integration.cli import cluster_up, edgectl, write_wrangler_worker
+from tests.integration.cli import cluster_up, edgectl, origin_and_pops, write_wrangler_worker
 
 pytestmark = pytest.mark.cluster
 
-TOPOLOGY = {
-    "regions": [
-        {"name": "us-east-1"},
-        {"name": "tokyo", "pop_nodes": 1},
-        {"name": "london", "pop_nodes": 1},
-    ],
-}
+TOPOLOGY = origin_and_pops("tokyo", "london")
 POPS = ("tokyo-1", "london-1")
 ENTRY = """
 from workers import Response, WorkerEntrypoint

@@ -56,13 +56,18 @@ def test_accepted_end_runs_listeners_sync_and_async_in_arrival_order() -> None:
 
         server.onmessage = lambda event: seen.append(("onmessage", event.data))
         server.addEventListener("message", later)
-        server.addEventListener("close", lambda event: seen.append(("close", event.code)))
+        closed = asyncio.Event()
+
+        def on_close(event: Any) -> None:
+            seen.append(("close", event.code))
+            closed.set()
+
+        server.addEventListener("close", on_close)
         client.send("queued before accept")
         server.accept()
         client.send("after")
         client.close(1000)
-        for _ in range(20):
-            await asyncio.sleep(0)
+        await asyncio.wait_for(closed.wait(), 1)  # the close comes last, after the rest
         return seen
 
     assert asyncio.run(run()) == [
