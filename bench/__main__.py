@@ -10,7 +10,17 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import edge_workers, kv_reads, miniflare, network, objects, replication, scale, startup
+from bench import (
+    edge_workers,
+    kv_reads,
+    miniflare,
+    network,
+    objects,
+    replication,
+    scale,
+    sql,
+    startup,
+)
 from bench.report import load_line, rich_table, write_outputs
 from bench.runner import Benchmark, Settings, run_benchmarks
 
@@ -43,6 +53,17 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark(
         "plain", "Delay seen by clients that stamp nothing (gRPC stub, curl)",
         network.run_plain_delay, (network.DEFAULT_KEY,),
+    ),
+    Benchmark(
+        "sql",
+        "SQL databases: reads at the replica vs the primary, writes vs bare SQLite, replication",
+        sql.run_sql,
+        (
+            network.DEFAULT_KEY,
+            kv_reads.SINGLE_POP_KEY,
+            kv_reads.ECHO_KEY,
+            replication.DEFAULT_NODELAY_KEY,
+        ),
     ),
     Benchmark(
         "wan", "Replication at 0 / 50 / 100 / 200 ms one-way", network.run_wan_replication,

@@ -30,7 +30,7 @@ from rich.table import Table
 
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import kv_pb2, objects_pb2, workers_pb2
-from edgectl import net, observe, probe, views
+from edgectl import d1, net, observe, probe, views
 from edgectl import objects as do
 from edgectl import workers as deploys
 from edgectl.chaos import cli as chaos_cli
@@ -644,6 +644,7 @@ COMMAND_GROUPS: tuple[Callable[[CommandSet], None], ...] = (
     register_net,
     register_probe,
     register_do,
+    d1.register_d1,
     register_deploy,
     register_workers,
     register_token,

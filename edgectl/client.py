@@ -47,6 +47,7 @@ from edge.v1 import (
     origin_pb2_grpc,
     pop_pb2,
     pop_pb2_grpc,
+    sql_pb2,
     workers_pb2,
 )
 from edgectl.launcher import (
@@ -504,6 +505,23 @@ class EdgeClient:
         self, target: Target, request: kv_pb2.KvListRequest
     ) -> Timed[kv_pb2.KvListResponse]:
         return self._timed(target, lambda stub: stub.KvList, request)
+
+    # -- SQL databases -----------------------------------------------------------------
+
+    def sql_query(
+        self, target: Target, request: sql_pb2.SqlQueryRequest
+    ) -> Timed[sql_pb2.SqlQueryResponse]:
+        if not request.request_id:
+            # A retried write applies once (the origin's log remembers the id).
+            request.request_id = uuid.uuid4().hex
+        return self._timed(target, lambda stub: stub.SqlQuery, request)
+
+    def sql_create(self, target: Target, name: str) -> Timed[sql_pb2.SqlCreateResponse]:
+        stub = origin_pb2_grpc.OriginStub(self.channel(target.grpc_address, name=target.name))
+        return self._timed_method(target, stub.SqlCreate, sql_pb2.SqlCreateRequest(name=name))
+
+    def sql_list(self, target: Target) -> Timed[sql_pb2.SqlListResponse]:
+        return self._timed(target, lambda stub: stub.SqlList, sql_pb2.SqlListRequest())
 
     # -- Durable Objects ---------------------------------------------------------------
 

@@ -87,6 +87,8 @@ class WorkerConfig:
     routes: tuple[Route, ...]
     route_patterns: tuple[str, ...]
     kv_namespaces: dict[str, str] = field(default_factory=dict)
+    # binding -> SQL database name (wrangler's d1_databases).
+    d1_databases: dict[str, str] = field(default_factory=dict)
     durable_objects: dict[str, str] = field(default_factory=dict)
     # Values are text in worker.yaml; a wrangler config's vars may be any JSON value.
     vars: dict[str, Any] = field(default_factory=dict)

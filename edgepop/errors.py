@@ -36,8 +36,19 @@ class MetadataInvalidError(InvalidArgumentError):
     pass
 
 
+class SqlError(InvalidArgumentError):
+    """A SQL statement failed (D1's "D1_ERROR"); the transaction was rolled back."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"D1_ERROR: {message}")
+
+
 class NotFoundError(EdgeError):
     code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExistsError(EdgeError):
+    code = grpc.StatusCode.ALREADY_EXISTS
 
 
 class StorageFullError(EdgeError):

@@ -245,6 +245,8 @@ class KvStore:
                 recorded.add(namespace)
             elif entry.op == kv_pb2.LOG_OP_DELETE:
                 self.delete(txn, namespace, entry.key)
+            elif entry.op == kv_pb2.LOG_OP_SQL:
+                continue  # SQL databases apply their own entries (edgepop.sqldb)
             else:
                 raise ValueError(f"log entry {entry.seq} has no op")
 

@@ -108,6 +108,14 @@ class NodeMetrics:
             labels,
             registry=registry,
         ).labels(node, region)
+        self.sql_queries = Counter(
+            "edge_sql_queries_total",
+            "SQL queries taken by this PoP, by where they were served: replica (the local "
+            "copy, as the session allowed) or primary (at the origin: writes, queries "
+            "outside a session, first-primary, a bookmark the replica did not reach).",
+            (*labels, "served_by"),
+            registry=registry,
+        )
         self.kv_read_cache_requests = Counter(
             "edge_kv_read_cache_requests_total",
             "Reads of KV namespaces in Cloudflare mode at this PoP, by result: hit (answered "

@@ -33,6 +33,8 @@ from edgepop.bundle import (
     WorkerConfig,
     parse_route,
 )
+from edgepop.errors import InvalidArgumentError
+from edgepop.sqldb import check_database_name
 
 PYPROJECT_FILE = "pyproject.toml"
 DEPENDENCIES_MAX = 100
@@ -68,7 +70,6 @@ IGNORED_FIELDS = frozenset(
 )
 # Bindings Cloudflare offers and edgepop does not (yet): refused by name.
 UNSUPPORTED_FIELDS = {
-    "d1_databases": "D1 databases are not supported yet (the SQL issue)",
     "r2_buckets": "R2 is not emulated",
     "queues": "Queues are not emulated",
     "services": "service bindings are not supported yet",
@@ -92,6 +93,7 @@ KNOWN_FIELDS = {
     "triggers",
     "limits",
     "analytics_engine_datasets",
+    "d1_databases",
 }
 
 
@@ -171,6 +173,7 @@ def _config(raw: dict[str, Any]) -> WorkerConfig:
         routes=tuple(parse_route(pattern) for pattern in patterns),
         route_patterns=tuple(patterns),
         kv_namespaces=_kv_namespaces(raw.get("kv_namespaces")),
+        d1_databases=_d1_databases(raw.get("d1_databases")),
         durable_objects=_durable_objects(raw.get("durable_objects"), own_classes),
         vars=_vars(raw.get("vars")),
         analytics=_analytics(raw.get("analytics_engine_datasets")),
@@ -239,6 +242,20 @@ def _kv_namespaces(raw: Any) -> dict[str, str]:
             raise BundleError(f"{where}.id: {entry['id']!r} cannot name a namespace")
         namespaces[binding] = namespace
     return namespaces
+
+
+def _d1_databases(raw: Any) -> dict[str, str]:
+    """binding -> database name (`edgectl d1 create NAME`). The `database_id` Cloudflare
+    needs is not: names are unique in a cluster."""
+    databases = {}
+    for where, binding, entry in _bindings(raw, "d1_databases"):
+        name = _text(entry, "database_name", where)
+        try:
+            check_database_name(name)
+        except InvalidArgumentError as error:
+            raise BundleError(f"{where}.database_name: {error.message}") from None
+        databases[binding] = name
+    return databases
 
 
 def _migrations(raw: Any) -> tuple[set[str], set[str]]:

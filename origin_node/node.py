@@ -20,6 +20,7 @@ from edgepop.storage import Storage
 from origin_node.app import SigningKeys, build_app
 from origin_node.committer import Committer
 from origin_node.service import OriginService
+from origin_node.sql import SqlPrimaries
 from origin_node.stream import STREAM_HEARTBEAT_INTERVAL_S_DEFAULT, HeadWatch, ReplicationStream
 from origin_node.writelog import LOG_RETAIN_ENTRIES_DEFAULT, Change, WriteLog, WriteRequest
 
@@ -54,8 +55,21 @@ class OriginNode(Node):
         self.head = HeadWatch(head)
         self._export_positions(head, first)
         self.committer = Committer(self.storage, self.log, self.metrics, self._on_commit)
+        self.sql = SqlPrimaries(
+            self.config.data_dir / "sql",
+            self.storage,
+            self.log,
+            self.committer,
+            self.name,
+            self.region,
+        )
+        self.sql.recover()
         self.stream = ReplicationStream(
-            self.store, self.log, self.head, self.config.stream_heartbeat_interval_s
+            self.store,
+            self.log,
+            self.head,
+            self.config.stream_heartbeat_interval_s,
+            sql_images=self.sql.images,
         )
 
     async def start_extra_servers(self) -> None:
@@ -88,6 +102,7 @@ class OriginNode(Node):
         self.head.close()  # replication streams end now, not after the grace period
 
     def close_storage(self) -> None:
+        self.sql.close()
         self.storage.close()
 
     def _on_commit(self, head: int, first: int) -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from edge.v1 import kv_pb2, origin_pb2
+from edge.v1 import kv_pb2, origin_pb2, sql_pb2
 from edge.v1 import origin_pb2_grpc as pb_grpc
 from edgepop import kvapi
 from edgepop.rpc import RpcEnv, rpc
@@ -147,3 +147,29 @@ class OriginService(pb_grpc.OriginServicer):
             log_first_seq=first,
             subscribers=self.node.subscribers,
         )
+
+    # -- SQL databases (the primaries) ---------------------------------------------------------
+
+    @rpc()
+    async def SqlCreate(
+        self, request: sql_pb2.SqlCreateRequest, context: grpc.aio.ServicerContext
+    ) -> sql_pb2.SqlCreateResponse:
+        return await self.node.sql.create(request.name)
+
+    @rpc()
+    async def SqlList(
+        self, request: sql_pb2.SqlListRequest, context: grpc.aio.ServicerContext
+    ) -> sql_pb2.SqlListResponse:
+        return sql_pb2.SqlListResponse(databases=self.node.sql.catalog())
+
+    @rpc()
+    async def SqlQuery(
+        self, request: sql_pb2.SqlQueryRequest, context: grpc.aio.ServicerContext
+    ) -> sql_pb2.SqlQueryResponse:
+        return await self.node.sql.query(request)
+
+    @rpc(internal=True)
+    async def SqlDump(
+        self, request: sql_pb2.SqlDumpRequest, context: grpc.aio.ServicerContext
+    ) -> sql_pb2.SqlDumpResponse:
+        return await self.node.sql.dump(request.database)

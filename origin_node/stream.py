@@ -12,7 +12,7 @@ import asyncio
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from edge.v1 import origin_pb2
 from edgepop.kvapi import chunked
@@ -107,7 +107,10 @@ class ReplicationStream:
         log: WriteLog,
         head: HeadWatch,
         heartbeat_interval_s: float = STREAM_HEARTBEAT_INTERVAL_S_DEFAULT,
+        sql_images: Callable[[], AsyncIterator[origin_pb2.SqlImagePiece]] | None = None,
     ) -> None:
+        """`sql_images`: the SQL databases' images, for snapshots."""
+        self.sql_images = sql_images
         self.store = store
         self.log = log
         self.head = head
@@ -180,8 +183,19 @@ class ReplicationStream:
                 yield origin_pb2.SubscribeResponse(
                     head_seq=snapshot_seq, origin_time=origin_time, snapshot=part
                 )
-            yield origin_pb2.SubscribeResponse(
-                head_seq=snapshot_seq,
-                origin_time=origin_time,
-                snapshot=origin_pb2.SnapshotPart(snapshot_seq=snapshot_seq, first=first, last=True),
-            )
+        if self.sql_images is not None:
+            # After snapshot_seq was fixed: each image holds at least every commit of its
+            # database up to it (SqlPrimaries.images).
+            async for piece in self.sql_images():
+                part = origin_pb2.SnapshotPart(
+                    snapshot_seq=snapshot_seq, sql_images=[piece], first=first
+                )
+                first = False
+                yield origin_pb2.SubscribeResponse(
+                    head_seq=snapshot_seq, origin_time=origin_time, snapshot=part
+                )
+        yield origin_pb2.SubscribeResponse(
+            head_seq=snapshot_seq,
+            origin_time=origin_time,
+            snapshot=origin_pb2.SnapshotPart(snapshot_seq=snapshot_seq, first=first, last=True),
+        )

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.v1 import kv_pb2
-from edgepop.errors import FailedPreconditionError
+from edge.v1 import kv_pb2, sql_pb2
+from edgepop.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
 from edgepop.kvstore import KvStore, decode_u64, encode_u64
 
 HEAD_SEQ_KEY = b"head_seq"
@@ -35,6 +35,10 @@ class Change:
     only_if_expired: bool = False
     # Compare-and-set: only if the key's live version is this seq (0: absent).
     if_seq: int | None = None
+    # LOG_OP_SQL: a SQL commit (or a new database) of the database named `key`, and the
+    # id of the request it answers (a SQL group commit logs several in one request).
+    sql: sql_pb2.SqlCommit | None = None
+    request_id: str = ""
 
 
 @dataclass
@@ -59,6 +63,8 @@ class WriteLog:
         self.log_db = storage.db("kv_log")
         self.requests_db = storage.db("kv_requests")
         self.requests_by_seq_db = storage.db("kv_requests_by_seq")
+        # SQL database name -> SqlDatabase (with the seq of its last logged commit).
+        self.sql_databases_db = storage.db("sql_databases")
 
     def positions(self, txn: Any) -> tuple[int, int]:
         """(head_seq, log_first_seq): the newest seq and the oldest one still logged."""
@@ -81,6 +87,12 @@ class WriteLog:
                 request.error = refused
                 continue
             for change in request.changes:
+                if change.sql is not None:
+                    head += 1
+                    request.entries.append(self._log_sql(txn, head, now, change.sql))
+                    if change.request_id:
+                        self._remember(txn, change.request_id, head)
+                    continue
                 if change.only_if_expired:
                     record = self.store.get(txn, request.namespace, change.key.encode(), 0)
                     if record is None or not record.expired(now):
@@ -101,8 +113,7 @@ class WriteLog:
                 request.entries.append(entry)
             request.seq = head if request.entries else 0
             if request.request_id and request.entries:
-                txn.put(request.request_id.encode(), encode_u64(head), db=self.requests_db)
-                txn.put(encode_u64(head), request.request_id.encode(), db=self.requests_by_seq_db)
+                self._remember(txn, request.request_id, head)
         first = self._truncate(txn, head, first)
         self.store.put_u64(txn, HEAD_SEQ_KEY, head)
         self.store.put_u64(txn, LOG_FIRST_SEQ_KEY, first)
@@ -115,6 +126,13 @@ class WriteLog:
         not at all, and other requests of the batch are not affected.
         """
         for change in request.changes:
+            if change.sql is not None:
+                found = self.sql_database(txn, change.sql.database)
+                if change.sql.HasField("created") and found is not None:
+                    return AlreadyExistsError(f"database {change.sql.database!r} already exists")
+                if not change.sql.HasField("created") and found is None:
+                    return NotFoundError(f"no database {change.sql.database!r}")
+                continue
             if change.if_seq is None:
                 continue
             record = self.store.get(txn, request.namespace, change.key.encode(), now)
@@ -125,6 +143,45 @@ class WriteLog:
                     f"key {change.key!r} is {where}, not at if_seq {change.if_seq}: not written"
                 )
         return None
+
+    def _remember(self, txn: Any, request_id: str, seq: int) -> None:
+        """A retry of `request_id` answers `seq` (until the log is truncated past it)."""
+        txn.put(request_id.encode(), encode_u64(seq), db=self.requests_db)
+        txn.put(encode_u64(seq), request_id.encode(), db=self.requests_by_seq_db)
+
+    def request_seq(self, txn: Any, request_id: str) -> int | None:
+        """The seq a request id was committed at, if the log remembers it."""
+        seen = txn.get(request_id.encode(), db=self.requests_db) if request_id else None
+        return decode_u64(seen) if seen is not None else None
+
+    def _log_sql(
+        self, txn: Any, seq: int, now: float, commit: sql_pb2.SqlCommit
+    ) -> kv_pb2.LogEntry:
+        """Log a SQL commit and record it in the catalog (the SQLite file follows it)."""
+        if commit.HasField("created"):
+            database = sql_pb2.SqlDatabase()
+            database.CopyFrom(commit.created)
+            database.created_seq = seq
+            database.created_at = now
+            commit.created.CopyFrom(database)
+        else:
+            found = self.sql_database(txn, commit.database)
+            if found is None:  # checked by _refused in this transaction
+                raise AssertionError(f"no database {commit.database!r}")
+            database = found
+        database.last_seq = seq
+        txn.put(commit.database.encode(), database.SerializeToString(), db=self.sql_databases_db)
+        entry = kv_pb2.LogEntry(seq=seq, commit_time=now, op=kv_pb2.LOG_OP_SQL, sql=commit)
+        txn.put(encode_u64(seq), entry.SerializeToString(), db=self.log_db)
+        return entry
+
+    def sql_database(self, txn: Any, name: str) -> sql_pb2.SqlDatabase | None:
+        raw = txn.get(name.encode(), db=self.sql_databases_db)
+        return sql_pb2.SqlDatabase.FromString(raw) if raw is not None else None
+
+    def sql_databases(self, txn: Any) -> list[sql_pb2.SqlDatabase]:
+        cursor = txn.cursor(db=self.sql_databases_db)
+        return [sql_pb2.SqlDatabase.FromString(raw) for raw in cursor.iternext(keys=False)]
 
     def _truncate(self, txn: Any, head: int, first: int) -> int:
         """Drop the oldest entries beyond the retention bound (and their request ids)."""

@@ -25,6 +25,7 @@ from pop_node.objects.router import ObjectRouter
 from pop_node.overlay import Overlay
 from pop_node.replication import STREAM_IDLE_TIMEOUT_S_DEFAULT, ReplicationClient
 from pop_node.service import PopService
+from pop_node.sql import SqlReplicas
 from pop_node.workers.ingress import build_server as build_ingress
 from pop_node.workers.runtime import FIRST_LOAD_WAIT_S_MAX, WorkerRuntime
 
@@ -67,6 +68,10 @@ class PopNode(Node):
             )
         self.store = KvStore(self.storage, track_expiry=False)
         self.node_metadata = node_metadata(self.name, self.region)
+        # SQL replicas: rebuilt with the KV replica when that was discarded.
+        self.sql = SqlReplicas(self, self.config.data_dir / "sql")
+        if self.storage.discarded_because:
+            self.sql.reset()
         self.replication = ReplicationClient(
             node=self.name,
             storage=self.storage,
@@ -77,6 +82,8 @@ class PopNode(Node):
             on_applied=self._on_applied,
             idle_timeout_s=self.config.stream_idle_timeout_s,
             rebuild=bool(self.storage.discarded_because),
+            on_entries=self.sql.apply_entries,
+            snapshot_sink=self.sql.snapshot,
         )
 
         # Durable Objects live in their own environment, fsynced on every commit.
@@ -158,6 +165,7 @@ class PopNode(Node):
             await self.storage.flush()
 
     def close_storage(self) -> None:
+        self.sql.close()
         self.objects_storage.close()
         self.storage.close()
 

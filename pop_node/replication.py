@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import grpc
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential_jitter
 
-from edge.v1 import origin_pb2
+from edge.v1 import kv_pb2, origin_pb2
 from edge.v1 import origin_pb2_grpc as origin_grpc
 from edgepop.kvstore import KvStore
 from edgepop.metrics import NodeMetrics, observe_ages
@@ -39,6 +39,16 @@ APPLY_MESSAGES_MAX = 64
 # While messages wait to be applied (the reader may be blocked on a full inbox, which is
 # not silence), the silence check looks again this many times per idle timeout.
 SILENCE_CHECKS_PER_TIMEOUT = 10
+
+
+class SnapshotSink(Protocol):
+    """What takes a snapshot's other content (the SQL databases' images)."""
+
+    def begin(self) -> None: ...
+
+    def add(self, part: origin_pb2.SnapshotPart) -> None: ...
+
+    async def install(self) -> None: ...
 
 
 class StreamEnded(Exception):
@@ -74,8 +84,12 @@ class ReplicationClient:
         on_applied: Callable[[int], None],
         idle_timeout_s: float = STREAM_IDLE_TIMEOUT_S_DEFAULT,
         rebuild: bool = False,
+        on_entries: Callable[[Sequence[kv_pb2.LogEntry]], None] | None = None,
+        snapshot_sink: SnapshotSink | None = None,
     ) -> None:
-        """`rebuild`: the replica was discarded (it may have been torn) and starts empty."""
+        """`rebuild`: the replica was discarded (it may have been torn) and starts empty.
+        `on_entries`: sees each batch before it commits (SQL databases replay theirs);
+        `snapshot_sink`: takes what a snapshot carries beside KV records."""
         self.node = node
         self.storage = storage
         self.store = store
@@ -83,6 +97,8 @@ class ReplicationClient:
         self.origin_address = origin_address
         self.metadata = metadata
         self.on_applied = on_applied
+        self.on_entries = on_entries
+        self.snapshot_sink = snapshot_sink
         self.idle_timeout_s = idle_timeout_s
         with storage.read() as txn:
             self.applied_seq, self.complete_as_of = replica.read_position(store, txn)
@@ -260,6 +276,8 @@ class ReplicationClient:
             ),
         )
         if planned:
+            if self.on_entries is not None:
+                self.on_entries(planned)
             applied = self.storage.write_inline(
                 lambda txn: replica.apply_batch(self.store, txn, planned, complete_as_of)
             )
@@ -274,6 +292,8 @@ class ReplicationClient:
         if part.first:
             await self._abort_snapshot()
             log.info("installing a snapshot at seq %d", part.snapshot_seq)
+            if self.snapshot_sink is not None:
+                self.snapshot_sink.begin()
 
             def begin() -> Any:
                 txn = env.begin(write=True)
@@ -288,7 +308,13 @@ class ReplicationClient:
         await self.storage.run_on_writer(
             lambda: replica.apply_snapshot_part(self.store, txn, records)
         )
+        if self.snapshot_sink is not None and part.sql_images:
+            self.snapshot_sink.add(part)
         if part.last:
+            if self.snapshot_sink is not None:
+                # Before the KV replica commits: should the node stop in between, the
+                # replica resumes below the images, and replay skips what they hold.
+                await self.snapshot_sink.install()
 
             def finish() -> None:
                 replica.finish_snapshot(self.store, txn, part.snapshot_seq, message.origin_time)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from edge.v1 import kv_pb2, objects_pb2, pop_pb2
+from edge.v1 import kv_pb2, objects_pb2, pop_pb2, sql_pb2
 from edge.v1 import pop_pb2_grpc as pb_grpc
 from edgepop import kvapi, objectid
 from edgepop.netem import caller_from_metadata
@@ -141,3 +141,23 @@ class PopService(pb_grpc.PopServicer):
     ) -> objects_pb2.ObjectReplicateResponse:
         results = await self.node.objects.apply_replica(list(request.updates))
         return objects_pb2.ObjectReplicateResponse(results=results)
+
+    # -- SQL databases -------------------------------------------------------------------------
+
+    @rpc()
+    async def SqlQuery(
+        self, request: sql_pb2.SqlQueryRequest, context: grpc.aio.ServicerContext
+    ) -> sql_pb2.SqlQueryResponse:
+        return await self.node.sql.query(request, context.time_remaining())
+
+    @rpc()
+    async def SqlList(
+        self, request: sql_pb2.SqlListRequest, context: grpc.aio.ServicerContext
+    ) -> sql_pb2.SqlListResponse:
+        return sql_pb2.SqlListResponse(databases=self.node.sql.catalog())
+
+    @rpc(internal=True)
+    async def SqlDump(
+        self, request: sql_pb2.SqlDumpRequest, context: grpc.aio.ServicerContext
+    ) -> sql_pb2.SqlDumpResponse:
+        return await self.node.sql.dump(request.database)

@@ -42,10 +42,12 @@ from edgepop.worker_api import JsDict, KvConflictError, Request, Response
 from pop_node.kv_cache import CACHE_TTL_S_DEFAULT, check_cache_ttl
 from pop_node.objects.fetch import FETCH_METHOD, decode_response, encode_request
 from pop_node.objects.sessions import serve_session
+from pop_node.workers.d1 import D1Binding
 
 if TYPE_CHECKING:
     from pop_node.kv import KvFrontend
     from pop_node.objects.router import ObjectRouter
+    from pop_node.sql import SqlReplicas
 
 CONSISTENCY = {
     "eventual": kv_pb2.CONSISTENCY_EVENTUAL,
@@ -512,6 +514,7 @@ def build_env(
     router: ObjectRouter,
     metrics: NodeMetrics,
     object_namespaces: dict[str, str],
+    sql: SqlReplicas | None = None,
 ) -> Env:
     bindings: dict[str, Any] = {}
     bindings.update(config.vars)
@@ -520,6 +523,10 @@ def build_env(
         bindings[binding] = KvBinding(kv, namespace)
     for binding, namespace in object_namespaces.items():
         bindings[binding] = ObjectNamespaceBinding(router, namespace)
+    for binding, database in config.d1_databases.items():
+        if sql is None:
+            raise BindingError(f"d1_databases.{binding}: no SQL databases on this node")
+        bindings[binding] = D1Binding(sql, database)
     for binding, dataset in config.analytics.items():
         bindings[binding] = AnalyticsBinding(metrics, config.name, dataset)
     return Env(bindings)

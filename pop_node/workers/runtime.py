@@ -276,6 +276,7 @@ class WorkerRuntime:
             router=self.node.router,
             metrics=self.metrics,
             object_namespaces=namespaces,
+            sql=self.node.sql,
         )
         for class_name, cls in module.classes.items():
             # A worker's own objects see its env, as on Cloudflare.

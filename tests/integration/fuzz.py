@@ -161,6 +161,25 @@ SESSION_DATA = [
 ]
 
 
+# Statements for SQL queries: reads, writes, errors, and what is refused.
+SQL_STATEMENTS = (
+    "SELECT * FROM t",
+    "SELECT v FROM t WHERE id = ?",
+    "SELECT count(*) FROM t",
+    "INSERT INTO t (v) VALUES (?)",
+    "UPDATE t SET v = ? WHERE id = 1",
+    "DELETE FROM t WHERE id > 5",
+    "SELECT * FROM missing",
+    "SELEKT 1",
+    "BEGIN",
+    "PRAGMA journal_mode=DELETE",
+    "ATTACH DATABASE 'x' AS x",
+    "SELECT * FROM _edgepop_meta",
+    "CREATE TEMP TABLE tmp (x)",
+    "",
+)
+
+
 @dataclass(frozen=True)
 class FuzzContext:
     """What exists in the cluster under test: the valid values requests are built from."""
@@ -176,6 +195,8 @@ class FuzzContext:
     # Classes whose objects ObjectReplicate may write to (never the ones the fuzz calls:
     # a trusted caller with the token can depose an owner, which is not what is tested).
     replicate_namespaces: tuple[str, ...] = ("FuzzReplica",)
+    # SQL databases that exist (each with a table t (id, v)).
+    sql_databases: tuple[str, ...] = ()
 
 
 # -- generic values by type ------------------------------------------------------------------
@@ -574,6 +595,7 @@ def field_hints(ctx: FuzzContext) -> dict[tuple[str, str], Strategy[Any]]:
     metadata = st.sampled_from(["", "{}", '{"a": 1}', "[1, 2]", '"s"', "null", "1.5"])
     consistency = st.sampled_from([0, 1, 2])
     version = st.one_of(st.sampled_from(ctx.worker_versions or ("0" * 64,)), st.just("f" * 64))
+    database = st.sampled_from(ctx.sql_databases or ("none",))
     return {
         ("*", "namespace"): st.sampled_from(ctx.kv_namespaces),
         ("*", "key"): kv_key,
@@ -612,6 +634,15 @@ def field_hints(ctx: FuzzContext) -> dict[tuple[str, str], Strategy[Any]]:
         ("ObjectReplicateRequest", "owner"): node,
         ("GetWorkerBundleRequest", "name"): st.sampled_from(ctx.worker_names or ("none",)),
         ("GetWorkerBundleRequest", "version"): version,
+        ("SqlQueryRequest", "database"): database,
+        ("SqlDumpRequest", "database"): database,
+        ("SqlCreateRequest", "name"): st.one_of(
+            database, st.text("abcdef-_", min_size=1, max_size=8).map(lambda t: "fuzz-" + t)
+        ),
+        ("SqlQueryRequest", "bookmark"): st.sampled_from(
+            ["", "0000000000000001", "00000000000000ff", "ffffffffffffffff", "bookmark"]
+        ),
+        ("SqlStatement", "sql"): st.sampled_from(SQL_STATEMENTS),
         ("ObjectWrite", "key"): st.binary(min_size=1, max_size=16),
         ("ObjectWrite", "value"): st.binary(max_size=32),
     }

@@ -9,6 +9,7 @@ worker's `NAME.workers.dev` Host header, as on Cloudflare's workers.dev subdomai
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -17,13 +18,13 @@ import pytest
 
 from edgectl.launcher import Cluster
 from tests.cf_examples import cf_example
-from tests.integration.cli import cluster_up, origin_and_pops
+from tests.integration.cli import cluster_up, edgectl, origin_and_pops
 
 pytestmark = pytest.mark.cluster
 
 TOPOLOGY = origin_and_pops("tokyo", "london", "sydney")
 POPS = ("tokyo-1", "london-1", "sydney-1")
-EXAMPLES = ("01-hello", "02-binding", "07-durable-objects")
+EXAMPLES = ("01-hello", "02-binding", "04-query-d1", "07-durable-objects")
 HTTP_TIMEOUT_S = 10.0
 
 
@@ -34,7 +35,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         cluster,
         started,
     ):
-        for name in ("hello-python", "hello-python-bindings", "python-durable-object"):
+        for name in ("hello-python", "hello-python-bindings", "python-d1", "python-durable-object"):
             assert f"deployed {name} " in started, started
         yield cluster
 
@@ -75,3 +76,20 @@ def test_the_durable_object_list_is_one_list_from_every_region(cluster: Cluster)
     status, text = get(cluster, "tokyo-1", worker, "/")
     assert status == 400 and text.startswith("Go to /<list_id>/show")
     assert get(cluster, "tokyo-1", worker, "/groceries/other") == (404, "Not Found")
+
+
+def test_the_d1_example_answers_a_quote_from_every_pop(cluster: Cluster) -> None:
+    # As its README says: create the database, apply db_init.sql, then query.
+    example = cf_example("04-query-d1")
+    created = edgectl(cluster.data_dir, "d1", "create", "quotes")
+    assert created.returncode == 0, created.stderr
+    applied = edgectl(
+        cluster.data_dir, "d1", "execute", "quotes", "--file", str(example / "db_init.sql")
+    )
+    assert applied.returncode == 0, applied.stderr
+    authors = {"Hood Chatham", "Dominik Picheta", "Wikipedia"}
+    for node in POPS:
+        status, text = get(cluster, node, "python-d1")
+        assert status == 200, text
+        quote = json.loads(text)
+        assert set(quote) == {"quote", "author"} and quote["author"] in authors

@@ -37,7 +37,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import strategies as st
 
-from edge.v1 import control_plane_pb2, kv_pb2, objects_pb2, origin_pb2, workers_pb2
+from edge.v1 import control_plane_pb2, kv_pb2, objects_pb2, origin_pb2, sql_pb2, workers_pb2
 from edgectl.launcher import Cluster
 from edgepop import limits
 from tests.conftest import _make_factory, poll_until
@@ -70,6 +70,7 @@ KV_NAMESPACES = ("fuzz", "fuzz-b")
 KV_KEYS = ("fuzz-a", "fuzz-b", "fuzz-c/d", "fuzz-é", "k")
 OBJECT_NAMES = ("fuzz-1", "fuzz-2", "fuzz-3")
 WORKER_NAMES = ("fuzz-w1", "fuzz-w2")
+SQL_DATABASES = ("fuzz-db", "fuzz-db2")
 
 # The acceptance bound: generated requests per run, over all RPCs.
 REQUESTS_MIN = 10_000
@@ -127,6 +128,7 @@ FORWARDING = frozenset(
         "Pop/KvDelete",
         "Pop/ObjectCall",
         "Pop/ObjectConnect",
+        "Pop/SqlQuery",
     }
 )
 # A Durable Object's own exception reaches its caller as UNKNOWN "remote <Type>: ...".
@@ -141,6 +143,8 @@ KV_WRITES = frozenset(
         "Origin/KvDelete",
     }
 )
+# Calls that may log a SQL commit (or a new database) of the database they name.
+SQL_WRITES = frozenset({"Pop/SqlQuery", "Origin/SqlQuery", "Origin/SqlCreate"})
 # Token methods that only read, or write nothing the rest of the fuzz relies on (a
 # heartbeat renews a lease; ObjectReplicate writes only to the fuzz's own object class):
 # sent concurrently with the rest. Every other token method changes the control plane
@@ -150,7 +154,9 @@ BULK_SAFE_INTERNAL = frozenset(
     {
         "Pop/Dump",
         "Pop/ObjectReplicate",
+        "Pop/SqlDump",
         "Origin/Dump",
+        "Origin/SqlDump",
         "Origin/Subscribe",
         "ControlPlane/Heartbeat",
         "ControlPlane/WatchTopology",
@@ -407,12 +413,19 @@ def assert_clear(batch: list[FuzzCall], outcomes: list[Outcome]) -> None:
 
 
 def write_keys(request: Any) -> list[tuple[str, str]]:
+    """What a write may log: (namespace, key) for KV; ("sql", database) for SQL."""
+    if isinstance(request, sql_pb2.SqlCreateRequest):
+        return [("sql", request.name)]
+    if isinstance(request, sql_pb2.SqlQueryRequest):
+        return [("sql", request.database)]
     if isinstance(request, kv_pb2.KvPutManyRequest):
         return [(request.namespace, entry.key) for entry in request.entries]
     return [(request.namespace, request.key)]
 
 
 def expires(request: Any) -> list[tuple[str, str]]:
+    if isinstance(request, sql_pb2.SqlCreateRequest | sql_pb2.SqlQueryRequest):
+        return []
     if isinstance(request, kv_pb2.KvPutManyRequest):
         return [
             (request.namespace, entry.key)
@@ -437,7 +450,7 @@ class KvLedger:
         refused: dict[tuple[str, str], tuple[FuzzCall, Outcome]] = {}
         for call, outcome in zip(batch, outcomes, strict=True):
             request = call.request
-            if call.rpc.key not in KV_WRITES or request is None:
+            if call.rpc.key not in KV_WRITES | SQL_WRITES or request is None:
                 continue
             # UNAVAILABLE: the write may or may not have committed.
             if outcome.code in (Code.OK, Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED):
@@ -449,6 +462,8 @@ class KvLedger:
         found = []
         for entry in entries:
             key = (entry.namespace, entry.key)
+            if entry.op == kv_pb2.LOG_OP_SQL:
+                key = ("sql", entry.sql.database)
             if key in accepted:
                 continue
             if entry.op == kv_pb2.LOG_OP_DELETE and key in self.expiring:
@@ -493,6 +508,19 @@ def ctx(cluster: Cluster, driver: Driver) -> FuzzContext:
                 "origin",
                 kv_pb2.KvPutRequest(namespace=namespace, key=key, value=b"seed"),
             )
+    for database in SQL_DATABASES:
+        driver.call("Origin/SqlCreate", "origin", sql_pb2.SqlCreateRequest(name=database))
+        driver.call(
+            "Origin/SqlQuery",
+            "origin",
+            sql_pb2.SqlQueryRequest(
+                database=database,
+                statements=[
+                    sql_pb2.SqlStatement(sql="CREATE TABLE t (id INTEGER PRIMARY KEY, v)"),
+                    sql_pb2.SqlStatement(sql="INSERT INTO t (v) VALUES ('seed')"),
+                ],
+            ),
+        )
     pops = tuple(node.name for node in cluster.pops)
     for name in OBJECT_NAMES:
         driver.call(
@@ -524,6 +552,7 @@ def ctx(cluster: Cluster, driver: Driver) -> FuzzContext:
         object_names=OBJECT_NAMES,
         worker_names=WORKER_NAMES,
         worker_versions=(deployed.version,),
+        sql_databases=SQL_DATABASES,
     )
 
 

@@ -41,9 +41,19 @@ def test_cloudflares_durable_object_example_binds_its_sqlite_class() -> None:
     assert config.sqlite_classes == frozenset({"List"})
 
 
-def test_cloudflares_d1_example_is_refused_naming_the_field() -> None:
-    with pytest.raises(BundleError, match=r"wrangler.jsonc: d1_databases: "):
-        check_bundle(read_bundle(cf_example("04-query-d1")))
+def test_cloudflares_d1_example_binds_its_database_by_name() -> None:
+    config = check_bundle(read_bundle(cf_example("04-query-d1")))
+    assert config.d1_databases == {"DB": "quotes"}
+
+
+def test_a_d1_binding_needs_a_valid_database_name() -> None:
+    for entry, error in (
+        ({"binding": "DB"}, r"d1_databases\[0\]\.database_name: must be a non-empty string"),
+        ({"binding": "DB", "database_name": "no spaces"}, r"database_name: database name"),
+    ):
+        raw = json.dumps({**BASE, "d1_databases": [entry]}).encode()
+        with pytest.raises(BundleError, match=error):
+            parse("wrangler.jsonc", raw)
 
 
 def test_comments_and_trailing_commas_are_jsonc() -> None:

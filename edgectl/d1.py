@@ -1,0 +1,225 @@
+"""`edgectl d1 …`: SQL databases, with wrangler's verbs (create, list, execute).
+
+`execute` goes where a user in `--from REGION` would: to that region's PoP, which answers
+from its replica when the session allows (`--first-unconstrained`, `--bookmark B`) and
+from the primary at the origin otherwise (outside a session, `--first-primary`, and every
+write). `--json` prints D1's result shape: one `{results, success, meta}` per statement,
+the session's bookmark in `meta.bookmark`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+
+from edge.v1 import sql_pb2
+from edgectl import views
+from edgectl.client import CliError, EdgeClient
+from edgepop import sqldb
+
+if TYPE_CHECKING:
+    from edgectl.cli import CommandSet
+
+
+def register_d1(commands: CommandSet) -> None:
+    d1 = commands.group(
+        "d1", "SQL databases (D1-style): a primary at the origin, a replica per PoP"
+    )
+    create = d1.add("create", cmd_create, "create a database (at the origin)", json_output=True)
+    create.add_argument("name", metavar="NAME")
+    d1.add("list", cmd_list, "the cluster's databases", json_output=True)
+    execute = d1.add(
+        "execute",
+        cmd_execute,
+        "run SQL (statements separated by ';'); one result per statement",
+        json_output=True,
+    )
+    execute.add_argument("name", metavar="NAME")
+    sql = execute.add_mutually_exclusive_group(required=True)
+    sql.add_argument("--command", metavar="SQL", help="the SQL to run")
+    sql.add_argument("--file", type=Path, metavar="FILE", help="run the SQL in FILE")
+    where = execute.add_mutually_exclusive_group()
+    where.add_argument(
+        "--from",
+        dest="from_region",
+        metavar="REGION",
+        help="the caller's region: its nearest PoP takes the query and pays that RTT",
+    )
+    where.add_argument("--pop", metavar="NODE", help="send the query to this PoP")
+    session = execute.add_mutually_exclusive_group()
+    session.add_argument(
+        "--bookmark",
+        metavar="B",
+        help="withSession(B): any copy at least as new as bookmark B answers reads",
+    )
+    session.add_argument(
+        "--first-primary",
+        action="store_true",
+        help='withSession("first-primary"): reads start at the primary',
+    )
+    session.add_argument(
+        "--first-unconstrained",
+        action="store_true",
+        help="withSession(): reads may be served by the local replica, however stale",
+    )
+
+
+def _client(args: argparse.Namespace) -> EdgeClient:
+    return EdgeClient.for_data_dir(
+        args.data_dir, control_plane=args.control_plane, timeout_s=args.timeout
+    )
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        target = client.resolve(origin=True)
+        created = client.sql_create(target, args.name).response
+    database = created.database
+    if args.json:
+        views.print_json({**_database_json(database), "bookmark": created.bookmark})
+    else:
+        views.stdout.print(
+            f"created database {database.name} ({database.uuid}) at seq {database.created_seq}",
+            markup=False,
+        )
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        target = client.resolve(origin=True)
+        databases = client.sql_list(target).response.databases
+    if args.json:
+        views.print_json([_database_json(database) for database in databases])
+        return 0
+    table = Table()
+    for column in ("name", "uuid", "created", "last commit seq"):
+        table.add_column(column)
+    for database in databases:
+        table.add_row(
+            database.name,
+            database.uuid,
+            views.fmt_expiration(int(database.created_at)),
+            str(database.last_seq),
+        )
+    views.stdout.print(table)
+    return 0
+
+
+def _database_json(database: sql_pb2.SqlDatabase) -> dict[str, Any]:
+    return {
+        "name": database.name,
+        "uuid": database.uuid,
+        "created_seq": database.created_seq,
+        "created_at": database.created_at,
+        "last_seq": database.last_seq,
+    }
+
+
+def _session(args: argparse.Namespace) -> sql_pb2.SqlSession.ValueType:
+    if args.bookmark:
+        return sql_pb2.SQL_SESSION_BOOKMARK
+    if args.first_primary:
+        return sql_pb2.SQL_SESSION_FIRST_PRIMARY
+    if args.first_unconstrained:
+        return sql_pb2.SQL_SESSION_FIRST_UNCONSTRAINED
+    return sql_pb2.SQL_SESSION_UNSPECIFIED
+
+
+def cmd_execute(args: argparse.Namespace) -> int:
+    if args.file is not None:
+        try:
+            text = args.file.read_text()
+        except OSError as error:
+            raise CliError("INVALID_ARGUMENT", f"cannot read {args.file}: {error}") from None
+    else:
+        text = args.command
+    statements = sqldb.split_statements(text)
+    if not statements:
+        raise CliError("INVALID_ARGUMENT", "no SQL statement to run")
+    session = _session(args)
+    bookmark = args.bookmark or ""
+    printed: list[dict[str, Any]] = []
+    with _client(args) as client:
+        target = client.resolve(from_region=args.from_region, pop=args.pop)
+        # D1 takes at most STATEMENTS_PER_QUERY_MAX per batch: a longer file runs in
+        # batches, each in the session of the one before (its bookmark).
+        step = sqldb.STATEMENTS_PER_QUERY_MAX
+        for first in range(0, len(statements), step):
+            request = sql_pb2.SqlQueryRequest(
+                database=args.name,
+                statements=[
+                    sql_pb2.SqlStatement(sql=sql) for sql in statements[first : first + step]
+                ],
+                session=session,
+                bookmark=bookmark,
+            )
+            timed = client.sql_query(target, request)
+            response = timed.response
+            bookmark = response.bookmark
+            if session != sql_pb2.SQL_SESSION_UNSPECIFIED:
+                session = sql_pb2.SQL_SESSION_BOOKMARK
+            for result in response.results:
+                printed.append(_result_json(result, response.bookmark))
+                if not args.json:
+                    _print_result(result, response.bookmark)
+            if not args.json:
+                views.stderr.print(
+                    f"{len(response.results)} statement(s) · {views.via(target, timed.latency_ms)}",
+                    style="dim",
+                    markup=False,
+                )
+    if args.json:
+        views.print_json(printed)
+    return 0
+
+
+def _result_json(result: sql_pb2.SqlResult, bookmark: str) -> dict[str, Any]:
+    meta = result.meta
+    return {
+        "results": [
+            {name: _json_value(value) for name, value in row.items()}
+            for row in sqldb.result_dicts(result)
+        ],
+        "success": True,
+        "meta": {
+            "served_by": meta.served_by,
+            "served_by_region": meta.served_by_region,
+            "served_by_primary": meta.served_by_primary,
+            "duration": round(meta.duration_ms, 3),
+            "changes": meta.changes,
+            "last_row_id": meta.last_row_id,
+            "changed_db": meta.changed_db,
+            "size_after": meta.size_after,
+            "rows_read": meta.rows_read,
+            "rows_written": meta.rows_written,
+            "bookmark": bookmark,
+        },
+    }
+
+
+def _json_value(value: Any) -> Any:
+    # D1 returns a blob as an array of byte values.
+    return list(value) if isinstance(value, bytes) else value
+
+
+def _print_result(result: sql_pb2.SqlResult, bookmark: str) -> None:
+    meta = result.meta
+    if result.columns:
+        table = Table()
+        for column in result.columns:
+            table.add_column(column)
+        for row in sqldb.result_dicts(result):
+            table.add_row(
+                *(repr(value) if isinstance(value, bytes) else str(value) for value in row.values())
+            )
+        views.stdout.print(table)
+    where = "primary" if meta.served_by_primary else "replica"
+    views.stdout.print(
+        f"{where} {meta.served_by} ({meta.served_by_region}) · rows read {meta.rows_read}, "
+        f"written {meta.rows_written} · {meta.duration_ms:.2f} ms · bookmark {bookmark}",
+        markup=False,
+    )

@@ -1,0 +1,311 @@
+"""The SQL databases' primaries, at the origin.
+
+Writes to a database are committed in groups (as the KV committer does): the writes
+queued while a group commits all go into the next one. A group runs in one SQLite
+transaction that stays open while its steps go through the committer into the
+replication log (durable, one entry and seq per write), and commits after: the database
+records the last seq in the same SQLite transaction. So the log never lacks a write the
+primary holds; if the origin dies between the two commits, `recover` replays the group
+at start (a database's groups are serialised by its lock, so only its last one can be
+missing). Each write is all or nothing on its own (a savepoint): one that fails leaves
+the others of its group. Reads run on their own connection (WAL): they never wait for a
+write.
+
+SQLite calls run on two threads (one for writes and replays, one for reads); the event
+loop only waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from edge.v1 import kv_pb2, origin_pb2, sql_pb2
+from edgepop import sqldb
+from edgepop.errors import NotFoundError, SqlError
+from edgepop.storage import Storage
+from origin_node.committer import Committer
+from origin_node.writelog import Change, WriteLog, WriteRequest
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A database image travels in pieces of at most this size (gRPC messages stay small).
+IMAGE_PIECE_BYTES = 1024 * 1024
+# Writes to one database committed together at most (one SQLite and one log fsync).
+GROUP_WRITES_MAX = 64
+
+
+@dataclass
+class _PendingWrite:
+    statements: list[sql_pb2.SqlStatement]
+    request_id: str
+    future: asyncio.Future[tuple[list[sql_pb2.SqlResult], int]]
+
+
+def _resolve(write: _PendingWrite, results: list[sql_pb2.SqlResult], seq: int) -> None:
+    if not write.future.done():
+        write.future.set_result((results, seq))
+
+
+def _run_group(
+    database: sqldb.Database, writes: list[_PendingWrite]
+) -> list[sqldb.WriteResult | Exception]:
+    """On the write thread: every write of a group in one open transaction; a write whose
+    statement fails is rolled back alone and answers its error."""
+    database.begin()
+    outcomes: list[sqldb.WriteResult | Exception] = []
+    try:
+        for write in writes:
+            try:
+                outcomes.append(database.run(write.statements))
+            except SqlError as error:
+                outcomes.append(error)
+    except BaseException:
+        database.rollback()
+        raise
+    return outcomes
+
+
+class SqlPrimaries:
+    def __init__(
+        self,
+        directory: Path,
+        storage: Storage,
+        log_: WriteLog,
+        committer: Committer,
+        node: str,
+        region: str,
+    ) -> None:
+        self.databases = sqldb.Databases(directory, primary=True)
+        self.storage = storage
+        self.log = log_
+        self.committer = committer
+        self.node = node
+        self.region = region
+        self._writes = ThreadPoolExecutor(1, thread_name_prefix="sql-write")
+        self._reads = ThreadPoolExecutor(1, thread_name_prefix="sql-read")
+        self._locks: dict[str, asyncio.Lock] = {}
+        # Writes waiting for their database's next group commit, and its writer task.
+        self._queues: dict[str, list[_PendingWrite]] = {}
+        self._writers: dict[str, asyncio.Task[None]] = {}
+
+    def recover(self) -> None:
+        """Bring every database up to its last logged commit (before serving).
+
+        Only its last group can be missing (a group's writes are logged together, with
+        consecutive seqs, before SQLite commits them): read back from the last one.
+        """
+        with self.storage.read() as txn:
+            catalog = self.log.sql_databases(txn)
+            missing: list[kv_pb2.LogEntry] = []
+            for database in catalog:
+                copy = self.databases.create(database.name)
+                group: list[kv_pb2.LogEntry] = []
+                seq = database.last_seq
+                while seq > copy.applied_seq:
+                    entries = self.log.read(txn, seq, 1, 1 << 30)
+                    if not entries or entries[0].seq != seq:
+                        raise AssertionError(
+                            f"database {database.name!r}: its logged commit {seq} is no "
+                            "longer in the log"
+                        )
+                    entry = entries[0]
+                    if entry.op != kv_pb2.LOG_OP_SQL or entry.sql.database != database.name:
+                        break
+                    group.append(entry)
+                    seq -= 1
+                missing.extend(reversed(group))
+        for entry in missing:
+            self._replay(entry)
+            log.warning(
+                "database %r: replayed logged commit %d (the origin stopped before it "
+                "reached SQLite)",
+                entry.sql.database,
+                entry.seq,
+            )
+
+    def _replay(self, entry: kv_pb2.LogEntry) -> None:
+        database = self.databases.create(entry.sql.database)
+        created = entry.sql.created if entry.sql.HasField("created") else None
+        database.apply(entry.seq, entry.sql.steps, created)
+
+    def close(self) -> None:
+        self._writes.shutdown(wait=True)
+        self._reads.shutdown(wait=True)
+        self.databases.close()
+
+    async def _on(self, executor: ThreadPoolExecutor, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(executor, work)
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    # -- the API -----------------------------------------------------------------------------
+
+    def catalog(self) -> list[sql_pb2.SqlDatabase]:
+        with self.storage.read() as txn:
+            return sorted(self.log.sql_databases(txn), key=lambda database: database.name)
+
+    def info(self, name: str) -> sql_pb2.SqlDatabase:
+        sqldb.check_database_name(name)
+        with self.storage.read() as txn:
+            found = self.log.sql_database(txn, name)
+        if found is None:
+            raise NotFoundError(f"no database {name!r}")
+        return found
+
+    async def create(self, name: str) -> sql_pb2.SqlCreateResponse:
+        sqldb.check_database_name(name)
+        async with self._lock(name):
+            commit = sql_pb2.SqlCommit(
+                database=name, created=sql_pb2.SqlDatabase(name=name, uuid=str(uuid.uuid4()))
+            )
+            done = await self.committer.submit(
+                WriteRequest("", [Change(kv_pb2.LOG_OP_SQL, name, sql=commit)])
+            )
+            entry = done.entries[0]
+            await self._on(self._writes, lambda: self._replay(entry))
+        return sql_pb2.SqlCreateResponse(
+            database=self.info(name), bookmark=sqldb.format_bookmark(done.seq)
+        )
+
+    async def query(self, request: sql_pb2.SqlQueryRequest) -> sql_pb2.SqlQueryResponse:
+        """Run a query at the primary: reads on the read connection, writes logged first."""
+        sqldb.check_query(request)
+        floor = sqldb.parse_bookmark(request.bookmark) if request.bookmark else 0
+        self.info(request.database)  # NOT_FOUND before anything runs
+        database = self.databases.get(request.database)
+        statements = list(request.statements)
+        try:
+            if not sqldb.may_read_only(statements):
+                raise sqldb.WriteNeeded()
+            results, seq = await self._on(self._reads, lambda: database.read(statements))
+        except sqldb.WriteNeeded:
+            results, seq = await self._write(database, statements, request.request_id)
+        for result in results:
+            result.meta.served_by = self.node
+            result.meta.served_by_region = self.region
+            result.meta.served_by_primary = True
+        return sql_pb2.SqlQueryResponse(
+            results=results, bookmark=sqldb.format_bookmark(max(seq, floor))
+        )
+
+    async def _write(
+        self, database: sqldb.Database, statements: list[sql_pb2.SqlStatement], request_id: str
+    ) -> tuple[list[sql_pb2.SqlResult], int]:
+        """Queue a write for its database's group commit; (results, its seq) once durable."""
+        future: asyncio.Future[tuple[list[sql_pb2.SqlResult], int]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._queues.setdefault(database.name, []).append(
+            _PendingWrite(statements, request_id, future)
+        )
+        writer = self._writers.get(database.name)
+        if writer is None or writer.done():
+            self._writers[database.name] = asyncio.ensure_future(self._drain(database))
+        return await future
+
+    async def _drain(self, database: sqldb.Database) -> None:
+        """Commit a database's queued writes, a group at a time, until none are left."""
+        queue = self._queues[database.name]
+        while queue:
+            group = queue[:GROUP_WRITES_MAX]
+            del queue[:GROUP_WRITES_MAX]
+            async with self._lock(database.name):
+                try:
+                    await self._commit_group(database, group)
+                except BaseException as error:
+                    for write in group:
+                        if not write.future.done():
+                            write.future.set_exception(error)
+                    if not isinstance(error, Exception):
+                        raise
+
+    async def _commit_group(self, database: sqldb.Database, group: list[_PendingWrite]) -> None:
+        """One SQLite transaction, one log commit (with fsync) and one SQLite commit for
+        every write of the group; each write is all or nothing on its own (a savepoint)."""
+        with self.storage.read() as txn:
+            fresh = []
+            for write in group:
+                first_seq = self.log.request_seq(txn, write.request_id)
+                if first_seq is None:
+                    fresh.append(write)
+                else:
+                    # A retry of a write the log holds: not run again (its statements would
+                    # apply twice, or fail on what they did the first time). Its rows are
+                    # not kept: it answers empty results and the first write's bookmark.
+                    _resolve(write, [sql_pb2.SqlResult() for _ in write.statements], first_seq)
+        if not fresh:
+            return
+        outcomes = await self._on(self._writes, lambda: _run_group(database, fresh))
+        logged: list[tuple[_PendingWrite, sqldb.WriteResult]] = []
+        unchanged: list[tuple[_PendingWrite, sqldb.WriteResult]] = []
+        for write, outcome in zip(fresh, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                write.future.set_exception(outcome)
+            elif outcome.steps:
+                logged.append((write, outcome))
+            else:  # nothing changed (an UPDATE that matched no row)
+                unchanged.append((write, outcome))
+        if not logged:
+            await self._on(self._writes, database.rollback)
+            for write, outcome in unchanged:
+                _resolve(write, outcome.results, database.applied_seq)
+            return
+        changes = [
+            Change(
+                kv_pb2.LOG_OP_SQL,
+                database.name,
+                sql=sql_pb2.SqlCommit(database=database.name, steps=outcome.steps),
+                request_id=write.request_id,
+            )
+            for write, outcome in logged
+        ]
+        try:
+            # One request: its entries commit together (consecutive seqs) or not at all.
+            done = await self.committer.submit(WriteRequest("", changes))
+        except BaseException:
+            await self._on(self._writes, database.rollback)
+            raise
+        last_seq = done.entries[-1].seq
+        # On the loop: a COMMIT (one fsync of the WAL) blocks it for less than a hop to
+        # the write thread and back costs; the write thread is idle (we hold the lock).
+        database.commit(last_seq)
+        for (write, outcome), entry in zip(logged, done.entries, strict=True):
+            _resolve(write, outcome.results, entry.seq)
+        for write, outcome in unchanged:
+            _resolve(write, outcome.results, last_seq)  # it saw the group's earlier writes
+
+    async def images(self) -> AsyncIterator[origin_pb2.SqlImagePiece]:
+        """Every database as a whole SQLite file, in pieces (for a replica's snapshot).
+
+        Each is taken under its database's lock, so no commit is half done (logged, not
+        yet in SQLite): an image holds every commit its database's log entries name up to
+        the moment it is taken.
+        """
+        for info in self.catalog():
+            async with self._lock(info.name):
+                database = self.databases.get(info.name)
+                image = await self._on(self._reads, database.serialize)
+            for offset in range(0, max(1, len(image)), IMAGE_PIECE_BYTES):
+                piece = image[offset : offset + IMAGE_PIECE_BYTES]
+                yield origin_pb2.SqlImagePiece(
+                    database=info,
+                    offset=offset,
+                    data=piece,
+                    last=offset + IMAGE_PIECE_BYTES >= len(image),
+                )
+
+    async def dump(self, name: str) -> sql_pb2.SqlDumpResponse:
+        self.info(name)
+        database = self.databases.get(name)
+        text, seq = await self._on(self._reads, database.dump)
+        return sql_pb2.SqlDumpResponse(dump=text, applied_seq=seq)
