@@ -31,6 +31,7 @@ def register_d1(commands: CommandSet) -> None:
     create = d1.add("create", cmd_create, "create a database (at the origin)", json_output=True)
     create.add_argument("name", metavar="NAME")
     d1.add("list", cmd_list, "the cluster's databases", json_output=True)
+    register_migrations(d1)
     execute = d1.add(
         "execute",
         cmd_execute,
@@ -65,6 +66,108 @@ def register_d1(commands: CommandSet) -> None:
         action="store_true",
         help="withSession(): reads may be served by the local replica, however stale",
     )
+
+
+MIGRATIONS_TABLE = "d1_migrations"  # wrangler's name and shape
+
+
+def register_migrations(d1: CommandSet) -> None:
+    migrations = d1.group("migrations", "schema migrations from a folder of .sql files")
+    for verb, handler, help in (
+        ("list", cmd_migrations_list, "the folder's migrations and whether each is applied"),
+        (
+            "apply",
+            cmd_migrations_apply,
+            "apply the folder's unapplied migrations in name order, each in one transaction "
+            f"with its record in {MIGRATIONS_TABLE}",
+        ),
+    ):
+        parser = migrations.add(verb, handler, help, json_output=True)
+        parser.add_argument("name", metavar="NAME")
+        parser.add_argument("directory", type=Path, metavar="DIR", help="e.g. migrations/")
+
+
+def _migration_files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        raise CliError("INVALID_ARGUMENT", f"{directory} is not a folder")
+    return sorted(path for path in directory.iterdir() if path.suffix == ".sql")
+
+
+def _applied_migrations(client: EdgeClient, name: str) -> set[str]:
+    target = client.resolve(origin=True)
+    setup = sql_pb2.SqlQueryRequest(
+        database=name,
+        statements=[
+            sql_pb2.SqlStatement(
+                sql=f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
+                "id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE, "
+                "applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL)"
+            ),
+            sql_pb2.SqlStatement(sql=f"SELECT name FROM {MIGRATIONS_TABLE}"),
+        ],
+    )
+    response = client.sql_query(target, setup).response
+    return {str(row["name"]) for row in sqldb.result_dicts(response.results[-1])}
+
+
+def cmd_migrations_list(args: argparse.Namespace) -> int:
+    files = _migration_files(args.directory)
+    with _client(args) as client:
+        applied = _applied_migrations(client, args.name)
+    rows = [{"name": path.name, "applied": path.name in applied} for path in files]
+    if args.json:
+        views.print_json(rows)
+        return 0
+    table = Table()
+    table.add_column("migration")
+    table.add_column("applied")
+    for row in rows:
+        table.add_row(str(row["name"]), "yes" if row["applied"] else "no")
+    views.stdout.print(table)
+    return 0
+
+
+def cmd_migrations_apply(args: argparse.Namespace) -> int:
+    files = _migration_files(args.directory)
+    done: list[dict[str, Any]] = []
+    with _client(args) as client:
+        applied = _applied_migrations(client, args.name)
+        target = client.resolve(origin=True)
+        for path in files:
+            if path.name in applied:
+                continue
+            statements = sqldb.split_statements(path.read_text())
+            if len(statements) >= sqldb.STATEMENTS_PER_QUERY_MAX:
+                raise CliError(
+                    "INVALID_ARGUMENT",
+                    f"{path.name}: {len(statements)} statements; a migration runs as one "
+                    f"transaction of at most {sqldb.STATEMENTS_PER_QUERY_MAX - 1} "
+                    "(STATEMENTS_PER_QUERY_MAX, one is its record)",
+                )
+            request = sql_pb2.SqlQueryRequest(
+                database=args.name,
+                statements=[
+                    *(sql_pb2.SqlStatement(sql=sql) for sql in statements),
+                    sql_pb2.SqlStatement(
+                        sql=f"INSERT INTO {MIGRATIONS_TABLE} (name) VALUES (?)",
+                        params=[sqldb.to_value(path.name)],
+                    ),
+                ],
+            )
+            try:
+                response = client.sql_query(target, request).response
+            except CliError as error:
+                raise CliError(error.code, f"{path.name}: {error.details}") from None
+            done.append({"name": path.name, "bookmark": response.bookmark})
+            if not args.json:
+                views.stdout.print(
+                    f"applied {path.name} · bookmark {response.bookmark}", markup=False
+                )
+    if args.json:
+        views.print_json(done)
+    elif not done:
+        views.stdout.print("no migrations to apply", markup=False)
+    return 0
 
 
 def _client(args: argparse.Namespace) -> EdgeClient:

@@ -49,7 +49,8 @@ PROGRESS_STEPS = 10_000
 META_TABLE = "_edgepop_meta"
 FILE_SUFFIX = ".sqlite"
 
-_DDL_ACTIONS = frozenset(
+# SQLite authorizer actions that change the schema.
+DDL_ACTIONS = frozenset(
     {
         apsw.SQLITE_CREATE_TABLE,
         apsw.SQLITE_CREATE_INDEX,
@@ -64,7 +65,7 @@ _DDL_ACTIONS = frozenset(
         apsw.SQLITE_DROP_VTABLE,
     }
 )
-_WRITE_ACTIONS = _DDL_ACTIONS | {apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE}
+_WRITE_ACTIONS = DDL_ACTIONS | {apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE}
 # Per-connection state would outlive the request and differ between primary and replicas.
 _REFUSED_ACTIONS = {
     apsw.SQLITE_CREATE_TEMP_TABLE: "temporary tables",
@@ -345,10 +346,10 @@ class Database:
             if execution.read_only:
                 execution.wrote = True  # the caller turns the denial into WriteNeeded
                 return apsw.SQLITE_DENY
-            if action in _DDL_ACTIONS and table.lower() == META_TABLE:
+            if action in DDL_ACTIONS and table.lower() == META_TABLE:
                 execution.refused = f"changing {META_TABLE} (reserved)"
                 return apsw.SQLITE_DENY
-            if action in _DDL_ACTIONS:
+            if action in DDL_ACTIONS:
                 execution.ddl_pending = True
         return apsw.SQLITE_OK
 

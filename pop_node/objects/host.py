@@ -147,6 +147,8 @@ class ObjectHost:
         self.store = ObjectStore(storage)
         self.metrics = metrics
         self.classes = dict(classes)
+        # Namespaces whose classes are SQLite-backed (wrangler's new_sqlite_classes).
+        self.sqlite_namespaces: set[str] = set()
         self.env = env
         # namespace -> the env its objects get (a worker's own classes get the worker's).
         self.envs: dict[str, Any] = {}
@@ -168,10 +170,17 @@ class ObjectHost:
         self._check_copies = not buggify.enabled(buggify.PROMOTE_UNSYNCED)
         self._background: set[asyncio.Future[None]] = set()
 
-    def register_class(self, namespace: str, cls: type[DurableObject], env: Any) -> None:
-        """Serve `namespace` with `cls`; its instances get `env`."""
+    def register_class(
+        self, namespace: str, cls: type[DurableObject], env: Any, *, sqlite: bool = False
+    ) -> None:
+        """Serve `namespace` with `cls`; its instances get `env` (and `ctx.storage.sql`
+        when `sqlite`)."""
         self.classes[namespace] = cls
         self.envs[namespace] = env
+        if sqlite:
+            self.sqlite_namespaces.add(namespace)
+        else:
+            self.sqlite_namespaces.discard(namespace)
 
     def env_for(self, namespace: str) -> Any:
         return self.envs.get(namespace, self.env)
@@ -309,6 +318,7 @@ class ObjectHost:
             standby="",
             standby_address="",
             lease_generation=generation,
+            sqlite=namespace in self.sqlite_namespaces,
         )
         instance.load_request_ids(self._stored_request_ids(object_key))
         await self._bring_in_standby(instance, located, region, location_hint)

@@ -35,6 +35,7 @@ from edgepop.durable import (
 )
 from edgepop.errors import EdgeError, InvalidArgumentError, OverloadedError, UnavailableError
 from edgepop.websocket import CloseEvent, WebSocket, WebSocketRequestResponsePair
+from pop_node.objects.sql_storage import SqlStorage, SqlStorageError
 from pop_node.objects.store import (
     ALARM_KEY,
     INTERNAL_PREFIX,
@@ -185,6 +186,32 @@ class InstanceStorage(Storage):
             writes[key] = None
         writes[ALARM_KEY] = None
 
+    @property
+    def sql(self) -> SqlStorage:
+        """The object's SQL database (classes in wrangler's `new_sqlite_classes`)."""
+        if self._instance.sql is None:
+            raise RuntimeError(
+                "storage.sql is only for SQLite-backed classes (new_sqlite_classes in "
+                "the migrations of wrangler.jsonc)"
+            )
+        return self._instance.sql
+
+    def transactionSync(self, body: Callable[[], T]) -> T:
+        """Run `body` atomically: if it raises, none of its writes (SQL or key-value) stay."""
+        instance = self._instance
+        saved_writes = dict(self._writes())
+        saved_outbox = list(instance.outbox)
+        try:
+            if instance.sql is None:
+                return body()
+            return instance.sql.transaction_sync(body)
+        except BaseException:
+            instance.call_buffer = saved_writes
+            instance.outbox = saved_outbox
+            raise
+
+    transaction_sync = transactionSync
+
     async def transaction(self, body: Callable[[Storage], Awaitable[T]]) -> T:
         instance = self._instance
         saved_writes = dict(self._writes())
@@ -305,7 +332,9 @@ class ObjectInstance:
         standby: str,
         standby_address: str,
         lease_generation: int,
+        sqlite: bool = False,
     ) -> None:
+        """`sqlite`: the class is SQLite-backed (`ctx.storage.sql`)."""
         self.host = host
         self.namespace = namespace
         self.object_id = object_id
@@ -333,8 +362,12 @@ class ObjectInstance:
         # request id -> (result JSON, epoch, node) of the call's first and only run.
         self.recent_requests: OrderedDict[str, tuple[str, int, str]] = OrderedDict()
         self._durable = asyncio.Event()
+        self.sql = SqlStorage(self.read_internal) if sqlite else None
         self.state = InstanceState(self)
-        self.obj: DurableObject = cls(self.state, host.env_for(namespace))
+        # A Cloudflare-style class takes its `ctx` (workers.DurableObject.context_for).
+        context_for = getattr(cls, "context_for", None)
+        context = context_for(self.state) if context_for is not None else self.state
+        self.obj: DurableObject = cls(context, host.env_for(namespace))
         self.alarm_task: asyncio.Task[None] | None = None
         self.created_at = time.monotonic()
 
@@ -348,6 +381,20 @@ class ObjectInstance:
             return pending[1]
         with self.host.storage.read() as txn:
             return self.host.store.get(txn, self.okey, key)
+
+    def read_internal(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        """Internal keys under `prefix` (SQL rows), merging durable, pending and call writes."""
+        overrides: dict[bytes, bytes | None] = {k: v for k, (_, v) in self.pending.items()}
+        if self.call_buffer is not None:
+            overrides.update(self.call_buffer)
+        merged: dict[bytes, bytes | None] = {}
+        with self.host.storage.read() as txn:
+            end = prefix[:-1] + bytes([prefix[-1] + 1])
+            merged.update(self.host.store.scan(txn, self.okey, start=prefix, end=end))
+        for key, override in overrides.items():
+            if key.startswith(prefix):
+                merged[key] = override
+        return sorted((k, v) for k, v in merged.items() if v is not None)
 
     def scan(
         self,
@@ -460,15 +507,27 @@ class ObjectInstance:
         self.call_buffer = {}
         self.outbox = []
         try:
-            result = await handler()
-        except EdgeError:
+            try:
+                result = await handler()
+            except EdgeError:
+                raise
+            except Exception as error:
+                raise RemoteError(type(error).__name__, str(error)) from error
+            try:
+                result_json = json.dumps(result, separators=(",", ":"), allow_nan=False)
+            except (TypeError, ValueError) as error:
+                raise RemoteError("TypeError", f"result is not JSON data: {error}") from error
+            if self.sql is not None:
+                try:
+                    # The call's SQL becomes its writes (one per changed row).
+                    self.sql.end_call(self.call_buffer)
+                except SqlStorageError as error:
+                    raise RemoteError("Error", error.message) from error
+        except BaseException:
+            if self.sql is not None:
+                self.sql.abort_call()
             raise
-        except Exception as error:
-            raise RemoteError(type(error).__name__, str(error)) from error
-        try:
-            return json.dumps(result, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as error:
-            raise RemoteError("TypeError", f"result is not JSON data: {error}") from error
+        return result_json
 
     def _remember_request(self, request_key: bytes, result_json: str) -> None:
         assert self.call_buffer is not None
@@ -527,6 +586,8 @@ class ObjectInstance:
             return
         self.broken = reason
         self.pending.clear()
+        if self.sql is not None:
+            self.sql.forget()  # it may hold what never became durable
         for session in list(self.sessions.values()):
             session.close(reason)
         if self.alarm_task is not None:

@@ -280,7 +280,12 @@ class WorkerRuntime:
         )
         for class_name, cls in module.classes.items():
             # A worker's own objects see its env, as on Cloudflare.
-            self.node.objects.register_class(worker_class_namespace(name, class_name), cls, env)
+            self.node.objects.register_class(
+                worker_class_namespace(name, class_name),
+                cls,
+                env,
+                sqlite=class_name in config.sqlite_classes,
+            )
         cold_start_s = time.perf_counter() - started
         self.metrics.worker_cold_start.labels(self.metrics.node, self.metrics.region, name).observe(
             cold_start_s

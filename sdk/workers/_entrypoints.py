@@ -128,7 +128,13 @@ class DurableObjectStorage:
 
     @property
     def sql(self) -> Any:
-        raise NotImplementedError("ctx.storage.sql: SQLite-backed objects are not supported yet")
+        """The SQL database of a SQLite-backed class (`new_sqlite_classes`)."""
+        return self._storage.sql  # type: ignore[attr-defined]
+
+    def transactionSync(self, closure: Callable[[], T]) -> T:
+        """Run `closure()` atomically: if it raises, none of its writes stay."""
+        result: T = self._storage.transactionSync(closure)  # type: ignore[attr-defined]
+        return result
 
 
 class DurableObjectContext:
@@ -189,5 +195,12 @@ class DurableObject(durable.DurableObject):
     platform_base = True
 
     def __init__(self, ctx: Any, env: Any) -> None:
-        super().__init__(ctx, env)
+        state = ctx._state if isinstance(ctx, DurableObjectContext) else ctx
+        super().__init__(state, env)
         self.ctx = ctx if isinstance(ctx, DurableObjectContext) else DurableObjectContext(ctx)
+
+    @classmethod
+    def context_for(cls, state: durable.ObjectState) -> DurableObjectContext:
+        """What the runtime passes as `ctx` to the class: the same object as `self.ctx`
+        (a constructor that uses `ctx.storage` sees Cloudflare's API)."""
+        return DurableObjectContext(state)

@@ -385,3 +385,27 @@ def test_a_worker_uses_d1s_binding_api(cluster: Cluster) -> None:
     poll_until(lambda: replicas_match(cluster, "shop"), timeout=10, what="replicas")
     local = json.loads(shop(cluster, "sydney-1", "/")[1])
     assert local["primary"] is False and local["region"] == "sydney" and local["before"] is None
+
+
+def test_migrations_apply_once_in_order_and_a_failing_one_leaves_nothing(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    database = new_database(cluster)
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    (folder / "0001_init.sql").write_text("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);")
+    (folder / "0002_seed.sql").write_text("INSERT INTO users (name) VALUES ('ada');")
+    data_dir = cluster.data_dir
+    applied = edgectl_json(data_dir, "d1", "migrations", "apply", database, str(folder))
+    assert [entry["name"] for entry in applied] == ["0001_init.sql", "0002_seed.sql"]
+    assert edgectl_json(data_dir, "d1", "migrations", "apply", database, str(folder)) == []
+    (folder / "0003_email.sql").write_text("ALTER TABLE users ADD COLUMN email TEXT;")
+    (folder / "0004_broken.sql").write_text(
+        "UPDATE users SET email = 'a@b';\nINSERT INTO nowhere VALUES (1);"
+    )
+    failed = edgectl(data_dir, "d1", "migrations", "apply", database, str(folder))
+    assert failed.returncode == 1 and "0004_broken.sql" in failed.stderr
+    listed = edgectl_json(data_dir, "d1", "migrations", "list", database, str(folder))
+    assert [entry["applied"] for entry in listed] == [True, True, True, False]
+    emails, _ = query(cluster, "origin", database, "SELECT email FROM users")
+    assert rows(emails) == [{"email": None}]  # 0004's UPDATE was rolled back with it
