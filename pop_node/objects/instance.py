@@ -131,7 +131,10 @@ class InstanceStorage(Storage):
     def _read(self, key: bytes) -> bytes | None:
         return self._instance.read(key)
 
-    async def get(self, key: str | Sequence[str]) -> Any:
+    # Storage is synchronous underneath (reads from memory and LMDB, writes to the call's
+    # buffer): the `*_now` forms serve Cloudflare's synchronous `ctx.storage.kv`.
+
+    def get_now(self, key: str | Sequence[str]) -> Any:
         if isinstance(key, str):
             raw = self._read(_encode_key(key))
             return None if raw is None else json.loads(raw)
@@ -144,13 +147,13 @@ class InstanceStorage(Storage):
                 found[name] = json.loads(raw)
         return found
 
-    async def put(self, key: str | dict[str, Any], value: Any = None) -> None:
+    def put_now(self, key: str | dict[str, Any], value: Any = None) -> None:
         entries = {key: value} if isinstance(key, str) else dict(key)
         _check_batch(len(entries))
         encoded = {_encode_key(name): _encode_value(name, item) for name, item in entries.items()}
         self._writes().update(encoded)
 
-    async def delete(self, key: str | Sequence[str]) -> bool | int:
+    def delete_now(self, key: str | Sequence[str]) -> bool | int:
         keys = [key] if isinstance(key, str) else list(key)
         _check_batch(len(keys))
         writes = self._writes()
@@ -162,7 +165,7 @@ class InstanceStorage(Storage):
             writes[raw_key] = None
         return bool(existed) if isinstance(key, str) else existed
 
-    async def list(
+    def list_now(
         self,
         *,
         prefix: str = "",
@@ -179,6 +182,18 @@ class InstanceStorage(Storage):
             limit=limit,
         )
         return {key.decode(): json.loads(value) for key, value in items}
+
+    async def get(self, key: str | Sequence[str]) -> Any:
+        return self.get_now(key)
+
+    async def put(self, key: str | dict[str, Any], value: Any = None) -> None:
+        self.put_now(key, value)
+
+    async def delete(self, key: str | Sequence[str]) -> bool | int:
+        return self.delete_now(key)
+
+    async def list(self, **options: Any) -> dict[str, Any]:
+        return self.list_now(**options)
 
     async def delete_all(self) -> None:
         writes = self._writes()

@@ -62,24 +62,7 @@ class DurableObjectStorage:
 
     async def list(self, options: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
         """Keys in order; options `prefix`, `start`, `startAfter`, `end`, `reverse`, `limit`."""
-        given = {**(options or {}), **kwargs}
-        unknown = set(given) - {"prefix", "start", "startAfter", "end", "reverse", "limit"}
-        if unknown:
-            raise TypeError(f"storage.list: unknown option(s) {sorted(unknown)}")
-        start_after = given.get("startAfter")
-        limit = given.get("limit")
-        found = await self._storage.list(
-            prefix=given.get("prefix", ""),
-            start=start_after if start_after is not None else given.get("start"),
-            end=given.get("end"),
-            reverse=bool(given.get("reverse", False)),
-            limit=None if limit is None else limit + (1 if start_after is not None else 0),
-        )
-        if start_after is not None:
-            found.pop(start_after, None)
-            if limit is not None:
-                found = dict(list(found.items())[:limit])
-        return found
+        return _listed(await self._storage.list(**_list_range(options, kwargs)), options, kwargs)
 
     async def deleteAll(self, options: Any = None) -> None:
         await self._storage.delete_all()
@@ -131,10 +114,73 @@ class DurableObjectStorage:
         """The SQL database of a SQLite-backed class (`new_sqlite_classes`)."""
         return self._storage.sql  # type: ignore[attr-defined]
 
+    @property
+    def kv(self) -> SyncKvStorage:
+        """The synchronous key-value API of SQLite-backed objects (`ctx.storage.kv`)."""
+        return SyncKvStorage(self._storage)
+
     def transactionSync(self, closure: Callable[[], T]) -> T:
         """Run `closure()` atomically: if it raises, none of its writes stay."""
         result: T = self._storage.transactionSync(closure)  # type: ignore[attr-defined]
         return result
+
+
+class SyncKvStorage:
+    """`ctx.storage.kv`: get, put, delete and list without awaiting (same keys as the
+    asynchronous API)."""
+
+    def __init__(self, storage: durable.Storage) -> None:
+        self._storage: Any = storage
+
+    def get(self, key: str) -> Any:
+        return self._storage.get_now(key)
+
+    def put(self, key: str, value: Any) -> None:
+        self._storage.put_now(key, value)
+
+    def delete(self, key: str) -> bool:
+        return bool(self._storage.delete_now(key))
+
+    def list(self, options: dict[str, Any] | None = None, **kwargs: Any) -> list[list[Any]]:
+        """[key, value] pairs in key order; options as the asynchronous `list`."""
+        found = _listed(self._storage.list_now(**_list_range(options, kwargs)), options, kwargs)
+        return [[key, value] for key, value in found.items()]
+
+
+def _list_options(options: dict[str, Any] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    given = {**(options or {}), **kwargs}
+    unknown = set(given) - {"prefix", "start", "startAfter", "end", "reverse", "limit"}
+    if unknown:
+        raise TypeError(f"storage.list: unknown option(s) {sorted(unknown)}")
+    return given
+
+
+def _list_range(options: dict[str, Any] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Cloudflare's list options as edgepop's storage takes them (startAfter: one more key,
+    dropped by `_listed`)."""
+    given = _list_options(options, kwargs)
+    start_after = given.get("startAfter")
+    limit = given.get("limit")
+    return {
+        "prefix": given.get("prefix", ""),
+        "start": start_after if start_after is not None else given.get("start"),
+        "end": given.get("end"),
+        "reverse": bool(given.get("reverse", False)),
+        "limit": None if limit is None else limit + (1 if start_after is not None else 0),
+    }
+
+
+def _listed(
+    found: dict[str, Any], options: dict[str, Any] | None, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    given = _list_options(options, kwargs)
+    start_after = given.get("startAfter")
+    limit = given.get("limit")
+    if start_after is not None:
+        found.pop(start_after, None)
+        if limit is not None:
+            found = dict(list(found.items())[:limit])
+    return found
 
 
 class DurableObjectContext:

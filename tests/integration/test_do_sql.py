@@ -57,6 +57,13 @@ class Notes(DurableObject):
     async def bodies(self):
         return [row["body"] for row in self.sql.exec("SELECT body FROM notes ORDER BY id")]
 
+    async def tag(self, key, value):
+        kv = self.ctx.storage.kv
+        before = kv.get(key)
+        notes = self.sql.exec("SELECT count(*) AS n FROM notes").one()["n"]
+        kv.put(key, {"value": value, "notes": notes})
+        return {"before": before, "listed": kv.list({"prefix": "t"}), "gone": kv.delete("nothing")}
+
 
 class Default(WorkerEntrypoint):
     async def fetch(self, request):
@@ -64,6 +71,8 @@ class Default(WorkerEntrypoint):
         stub = self.env.NOTES.get(self.env.NOTES.idFromName(query.get("name", "n")))
         if query["op"] == "add":
             return Response.json({"id": await stub.add(query["body"])})
+        if query["op"] == "tag":
+            return Response.json(await stub.tag(query["key"], query["value"]))
         if query["op"] == "fail":
             return Response.json({"result": await stub.add_then_fail(query["body"])})
         return Response.json({"bodies": await stub.bodies()})
@@ -145,3 +154,13 @@ def test_kill_9_of_the_owner_keeps_every_acknowledged_write(cluster: Cluster) ->
         assert (status, added) == (200, {"id": 21})
     finally:
         cluster.start(owner)
+
+
+def test_the_synchronous_kv_api_shares_the_objects_storage(cluster: Cluster) -> None:
+    assert call(cluster, "sydney-1", op="add", name="kv", body="one")[0] == 200
+    status, first = call(cluster, "sydney-1", op="tag", name="kv", key="t1", value="a")
+    assert status == 200, first
+    assert first == {"before": None, "listed": [["t1", {"value": "a", "notes": 1}]], "gone": False}
+    status, second = call(cluster, "tokyo-1", op="tag", name="kv", key="t1", value="b")
+    assert second["before"] == {"value": "a", "notes": 1}
+    assert second["listed"] == [["t1", {"value": "b", "notes": 1}]]
