@@ -113,7 +113,14 @@ class NodeMetrics:
             "SQL queries taken by this PoP, by where they were served: replica (the local "
             "copy, as the session allowed) or primary (at the origin: writes, queries "
             "outside a session, first-primary, a bookmark the replica did not reach).",
-            (*labels, "served_by"),
+            (*labels, "database", "served_by"),
+            registry=registry,
+        )
+        self.sql_replica_applied_seq = Gauge(
+            "edge_sql_replica_applied_seq",
+            "The log seq of the newest commit of each SQL database this PoP's replica holds "
+            "(its staleness is the replication stream's: edge_kv_replication_lag_seconds).",
+            (*labels, "database"),
             registry=registry,
         )
         self.kv_read_cache_requests = Counter(

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -95,11 +95,18 @@ class SqlReplicas:
         self.databases = sqldb.Databases(directory, primary=False)
         self.snapshot = SqlSnapshot(self)
         self._reads = ThreadPoolExecutor(1, thread_name_prefix="sql-read")
-        metrics = node.metrics
-        self._served = {
-            where: metrics.sql_queries.labels(metrics.node, metrics.region, where)
-            for where in ("replica", "primary")
-        }
+        self.metrics = node.metrics
+
+    def _served(self, database: str, where: str) -> Any:
+        metrics = self.metrics
+        # Only names of databases that exist: a label per name a client makes up would
+        # grow without bound.
+        label = database if self.databases.exists(database) else "(unknown)"
+        return metrics.sql_queries.labels(metrics.node, metrics.region, label, where)
+
+    def _applied_seq(self, database: str) -> Any:
+        metrics = self.metrics
+        return metrics.sql_replica_applied_seq.labels(metrics.node, metrics.region, database)
 
     def close(self) -> None:
         self._reads.shutdown(wait=True)
@@ -115,7 +122,8 @@ class SqlReplicas:
             commit = entry.sql
             database = self.databases.create(commit.database)
             created = commit.created if commit.HasField("created") else None
-            database.apply(entry.seq, commit.steps, created)
+            if database.apply(entry.seq, commit.steps, created):
+                self._applied_seq(commit.database).set(entry.seq)
 
     def reset(self) -> None:
         """Forget every database: a snapshot is about to replace the replica."""
@@ -182,11 +190,11 @@ class SqlReplicas:
                     result.meta.served_by = self.node.name
                     result.meta.served_by_region = self.node.region
                     result.meta.served_by_primary = False
-                self._served["replica"].inc()
+                self._served(request.database, "replica").inc()
                 return sql_pb2.SqlQueryResponse(
                     results=results, bookmark=sqldb.format_bookmark(seen)
                 )
-        self._served["primary"].inc()
+        self._served(request.database, "primary").inc()
         return await self._at_primary(request, time_remaining)
 
     async def _at_primary(
