@@ -57,6 +57,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 cluster: install
 	$(VENV)/bin/edgectl cluster up --data-dir $(DATA_DIR) --workers workers $(CLUSTER_ARGS)

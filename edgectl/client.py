@@ -21,6 +21,7 @@ its own row stale instead of freezing the whole view.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
 import json
@@ -152,6 +153,14 @@ class EdgeClient:
         # Where the token was looked for: named in the error when an admin call lacks it.
         self.token_file = token_file
         self._channels: dict[str, grpc.Channel] = {}
+
+    @classmethod
+    def for_args(cls, args: argparse.Namespace) -> EdgeClient:
+        """A client as every command's global options ask (--data-dir, --control-plane,
+        --timeout)."""
+        return cls.for_data_dir(
+            args.data_dir, control_plane=args.control_plane, timeout_s=args.timeout
+        )
 
     @classmethod
     def for_data_dir(

@@ -171,9 +171,7 @@ def cmd_migrations_apply(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> EdgeClient:
-    return EdgeClient.for_data_dir(
-        args.data_dir, control_plane=args.control_plane, timeout_s=args.timeout
-    )
+    return EdgeClient.for_args(args)
 
 
 def cmd_create(args: argparse.Namespace) -> int:

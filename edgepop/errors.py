@@ -11,9 +11,14 @@ import grpc
 
 
 class EdgeError(Exception):
-    """Base of every error a client may see; `code` is the gRPC status it maps to."""
+    """Base of every error a client may see; `code` is the gRPC status it maps to.
+
+    `reason`, when set, travels as trailing metadata (REASON_KEY): another node tells this
+    error from others of the same code by it, never by its message (`reason_of`).
+    """
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = ""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -110,6 +115,18 @@ def clip_message(message: str, limit: int = STATUS_MESSAGE_BYTES_MAX) -> str:
     suffix = f" … ({len(encoded)} bytes, clipped)"
     head = encoded[: limit - len(suffix.encode())].decode("utf-8", errors="ignore")
     return head + suffix
+
+
+# The trailing metadata key that carries an error's `reason`.
+REASON_KEY = "edge-error-reason"
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    """The `reason` a node sent with an error status ("" when none)."""
+    for key, value in error.trailing_metadata() or ():
+        if key == REASON_KEY:
+            return value if isinstance(value, str) else value.decode()
+    return ""
 
 
 def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:

@@ -31,10 +31,23 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from edgepop.errors import EdgeError, InvalidArgumentError, UnauthenticatedError, status_of
+from edgepop.errors import (
+    REASON_KEY,
+    EdgeError,
+    InvalidArgumentError,
+    UnauthenticatedError,
+    status_of,
+)
 from edgepop.limits import MESSAGE_BYTES_MAX
 from edgepop.metrics import NodeMetrics
-from edgepop.netem import NODE_HEADER, REGION_HEADER, NetworkEmulator, caller_from_metadata
+from edgepop.netem import (
+    NODE_HEADER,
+    REGION_HEADER,
+    Caller,
+    Leg,
+    NetworkEmulator,
+    caller_from_metadata,
+)
 from edgepop.tls import TlsConfig, process_tls
 
 log = logging.getLogger(__name__)
@@ -183,7 +196,29 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> Non
     code, message = status_of(error)
     if code == grpc.StatusCode.INTERNAL:
         log.exception("unexpected error in handler", exc_info=error)
+    reason = error.reason if isinstance(error, EdgeError) else ""
+    if reason:
+        await context.abort(code, message, trailing_metadata=((REASON_KEY, reason),))
     await context.abort(code, message)
+
+
+async def _arrive(
+    env: RpcEnv, context: grpc.aio.ServicerContext, internal: bool, arrived_at: float
+) -> tuple[Caller | None, Leg | None, Leg | None]:
+    """Every call's way in, unary or streaming, in one order: the request crosses the
+    inbound leg first (a partition holds it, its delay counts from when the caller sent
+    it), then the cluster token is checked, as a real server sees a request only once it
+    arrived. Returns the caller and the (inbound, outbound) legs (None without a caller).
+    """
+    metadata = context.invocation_metadata() or ()
+    caller = caller_from_metadata(metadata)
+    inbound = outbound = None
+    if caller is not None:
+        inbound, outbound = env.netem.legs(caller)
+        await env.netem.cross(inbound, arrived_at - caller.transit_s, context.time_remaining())
+    if internal:
+        _check_token(env, metadata)
+    return caller, inbound, outbound
 
 
 def rpc(
@@ -216,14 +251,8 @@ def rpc(
                         request = aiter(client_stream)
                     else:
                         _refuse_malformed(request)
-                    metadata = context.invocation_metadata() or ()
-                    if internal:
-                        _check_token(env, metadata)
-                    caller = caller_from_metadata(metadata)
-                    if caller is not None:
-                        inbound, outbound = env.netem.legs(caller)
-                        sent_at = started_mono - caller.transit_s
-                        await env.netem.cross(inbound, sent_at, context.time_remaining())
+                    _, inbound, outbound = await _arrive(env, context, internal, started_mono)
+                    if inbound is not None and outbound is not None:
                         if bidi:
                             request = env.netem.delay_stream(inbound, request)
                         messages = env.netem.delay_stream(
@@ -260,20 +289,11 @@ def rpc(
             code = "OK"
             try:
                 _refuse_malformed(request)
-                metadata = context.invocation_metadata() or ()
-                caller = caller_from_metadata(metadata)
-                if caller is not None:
-                    # Never reaches the handler across a partition. The request left the
-                    # caller `transit_s` ago: that time already counts towards the delay.
-                    inbound, outbound = env.netem.legs(caller)
-                    sent_at = time.monotonic() - caller.transit_s
-                    await env.netem.cross(inbound, sent_at, context.time_remaining())
-                if internal:
-                    _check_token(env, metadata)
+                caller, _, outbound = await _arrive(env, context, internal, time.monotonic())
                 try:
                     return await unary_method(self, request, context)
                 finally:
-                    if caller is not None:
+                    if caller is not None and outbound is not None:
                         await env.netem.cross(
                             outbound, time.monotonic() - caller.transit_s, context.time_remaining()
                         )

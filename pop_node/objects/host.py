@@ -81,10 +81,10 @@ class NotOwnerError(EdgeError):
     """This node does not own the object (anymore); the caller should ask again."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
-    marker = "not the owner"
+    reason = "not-owner"
 
     def __init__(self, owner: str, epoch: int) -> None:
-        super().__init__(f"{self.marker}: the owner is {owner or '(none)'} at epoch {epoch}")
+        super().__init__(f"not the owner: the owner is {owner or '(none)'} at epoch {epoch}")
         self.owner = owner
         self.epoch = epoch
 

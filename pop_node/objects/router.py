@@ -22,7 +22,7 @@ import grpc
 
 from edge.v1 import objects_pb2, pop_pb2_grpc
 from edgepop import objectid
-from edgepop.errors import DeadlineError, EdgeError, UnavailableError, UpstreamError
+from edgepop.errors import DeadlineError, EdgeError, UnavailableError, UpstreamError, reason_of
 from edgepop.limits import check_request_id
 from edgepop.rpc import node_metadata
 from pop_node.deadline import answer_budget_s
@@ -170,7 +170,7 @@ class ObjectRouter:
         except grpc.aio.AioRpcError as error:
             code = error.code()
             details = error.details() or ""
-            if code == grpc.StatusCode.FAILED_PRECONDITION and NotOwnerError.marker in details:
+            if reason_of(error) == NotOwnerError.reason:
                 raise NotOwnerError(located.node, located.epoch) from error
             if code in RETRYABLE:
                 raise UnavailableError(f"owner {located.node} unreachable: {code.name}") from error

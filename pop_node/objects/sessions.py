@@ -28,6 +28,7 @@ from edgepop.errors import (
     InvalidArgumentError,
     UnavailableError,
     UnimplementedError,
+    reason_of,
 )
 from edgepop.websocket import (
     CLOSE_ABNORMAL,
@@ -334,7 +335,7 @@ async def _proxy(
     except grpc.aio.AioRpcError as error:
         call.cancel()
         details = error.details() or ""
-        if error.code() == grpc.StatusCode.FAILED_PRECONDITION and NotOwnerError.marker in details:
+        if reason_of(error) == NotOwnerError.reason:
             raise NotOwnerError(located.node, located.epoch) from error
         raise UnavailableError(f"owner {located.node}: {error.code().name} {details}") from error
     if first is grpc.aio.EOF:
