@@ -7,7 +7,8 @@ messages are each held until their own due time (latency, never bandwidth). Acro
 partition a call never reaches the handler and stream messages stop. Calls without a
 region are not delayed. Decisions live in `edgepop.faults` and `edgepop.topology`.
 
-Accuracy: a hold aims early by the timer lateness this process has been observing (an
+Accuracy: a hold ends on a timerfd (`edgepop.hrtimer`: asyncio's own timers fire up to
+1 ms late) and aims early by the timer lateness this process has been observing (an
 EWMA: it grows when the machine is busy), and when a caller stamps `x-edge-sent-at` the
 transport time of the request (and, by symmetry, of the reply) is counted against the
 delay. Together they keep the median round trip a client measures on the matrix value.
@@ -27,7 +28,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from edgepop import seeding
+from edgepop import hrtimer, seeding
 from edgepop.errors import DeadlineError, UnavailableError
 from edgepop.faults import FaultTable, LinkFault, crossing_delay_s
 from edgepop.metrics import NodeMetrics
@@ -43,11 +44,12 @@ SENT_AT_TRUSTED_S_MAX = 0.05
 # Messages a delayed stream may hold in flight before its producer waits.
 DELAY_LINE_MESSAGES_MAX = 10_000
 DELAY_LINE_BYTES_MAX = 64 * 1024 * 1024
-# Mean lateness of an asyncio timer (epoll rounds its timeout up to whole milliseconds).
-TIMER_LATENESS_S = 0.0005
+# Mean lateness of a hold's timer: a process's wake-up with a timerfd (`edgepop.hrtimer`),
+# else asyncio's (epoll rounds its timeout up to whole milliseconds).
+TIMER_LATENESS_S = 0.0001 if hrtimer.PRECISE else 0.0005
 # The most a hold aims early (its lateness estimate's bound): how far below the requested
 # delay one message can arrive when its timer happens to fire on time.
-TIMER_AIM_EARLY_MAX_S = 0.0015
+TIMER_AIM_EARLY_MAX_S = 0.0005 if hrtimer.PRECISE else 0.0015
 # A call across a partition without a deadline gives up like a TCP connect would.
 PARTITION_HOLD_S_MAX = 20.0
 # How often a held call looks again at a partition that has an expiry time.
@@ -153,9 +155,8 @@ _timer_lateness = _TimerLateness()
 async def sleep_until(due: float) -> None:
     """Sleep until monotonic time `due`, aiming early by the observed timer lateness."""
     aim = due - _timer_lateness.estimate_s
-    wait = aim - time.monotonic()
-    if wait > 0:
-        await asyncio.sleep(wait)
+    if aim > time.monotonic():
+        await hrtimer.sleep_until(aim)
         _timer_lateness.observe(time.monotonic() - aim)
     elif due > time.monotonic():
         _timer_lateness.skipped()

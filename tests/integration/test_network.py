@@ -31,6 +31,7 @@ import grpc
 import pytest
 import yaml
 
+from bench.network import plain_tolerance_ms
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import kv_pb2, origin_pb2, origin_pb2_grpc, pop_pb2, pop_pb2_grpc
 from edgectl.client import EdgeClient, Target, role_name
@@ -204,33 +205,28 @@ def test_probe_reproduces_the_seed_latency_table(shared_cluster: Cluster) -> Non
 
 
 # Issue 11 asks a client that stamps nothing (grpcurl, curl, a generated stub) to see
-# each emulated round trip within max(0.3 ms, 3%) of the matrix. The present emulation
-# does not meet that on this 2-core machine: such a client sees the table plus 0.2-0.4 ms
-# at the median when the machine is quiet (load ~1), and plus 0.4-0.6 ms over gRPC at
-# load ~2 (each hold's timer wakes late and the reply takes one more pass of the event
-# loop; only a caller that stamps `x-edge-sent-at` is compensated). What it does meet,
-# whatever the load of a shared test machine, is the seed table's own tolerance: the
-# DESIGN promise that any client sees the table (`tolerance_ms`).
+# each emulated round trip within max(0.3 ms, 3%) of the matrix. Holds end on a timerfd
+# (`edgepop.hrtimer`), so that is what this test asserts: with asyncio's timers (epoll's
+# whole milliseconds) such a client saw the table plus 0.2-0.6 ms.
 PLAIN_EDGE_PAIRS = 40
 PLAIN_ORIGIN_PAIRS = 6
 
 
-def test_a_client_that_stamps_nothing_sees_the_seed_table_within_its_tolerance(
+def test_a_client_that_stamps_nothing_sees_the_seed_table_within_0_3_ms_or_3_percent(
     shared_cluster: Cluster,
 ) -> None:
     """The seed's table as a client sees it that sends `x-edge-region` and nothing else:
     per region, the median round trip to its PoP minus the same client's undelayed one
     (see `plain_grpc_rtt_ms`) - over gRPC with a plain generated stub (Pop.Status) and
     over HTTP with curl (the ingress; no worker answers, so the reply is its 404) - and
-    to the origin over gRPC, each within the table's max(1 ms, 5%). The figures are
-    printed (`pytest -rP`): the excess over the table is what issue 11 wants below
-    max(0.3 ms, 3%)."""
+    to the origin over gRPC, each within issue 11's max(0.3 ms, 3%) (the bench's
+    `plain_tolerance_ms`). The figures are printed (`pytest -rP`)."""
     rows = []
     failures = []
 
     def check(what: str, measured: tuple[float, float], target_ms: float) -> None:
         measured_ms, base_ms = measured
-        ok = abs(measured_ms - target_ms) <= tolerance_ms(target_ms)
+        ok = abs(measured_ms - target_ms) <= plain_tolerance_ms(target_ms)
         rows.append(
             f"{what:>24}: {measured_ms:7.2f} ms (target {target_ms:g}, own cost {base_ms:.2f})"
         )
@@ -274,7 +270,7 @@ def test_a_client_that_stamps_nothing_sees_the_seed_table_within_its_tolerance(
         check(f"{region} origin, gRPC", origin_rows[region], origin_ms)
     report = "\n".join(rows)
     print(report)  # shown with `pytest -rP`: the measured figures
-    assert not failures, f"outside max(1 ms, 5%): {failures}\n{report}"
+    assert not failures, f"outside max(0.3 ms, 3%): {failures}\n{report}"
 
 
 # -- delay is latency, not bandwidth -------------------------------------------------------
