@@ -8,7 +8,7 @@ DATA_DIR ?= .cluster
 PYTEST_ARGS ?=
 PROMTOOL ?= promtool
 
-.PHONY: install proto test test-chaos test-tls lint cluster bench chaos clean distclean observe check-observability
+.PHONY: install browser proto test test-chaos test-tls lint cluster bench chaos clean distclean observe check-observability
 
 install: $(VENV)/.installed $(GEN_STAMP)
 
@@ -35,8 +35,18 @@ proto:
 
 # The whole suite except the seeded fault runs (marker `chaos`), which `test-chaos` runs:
 # together they would outgrow the 15 minutes a change may take; CI runs both.
-test: install
+test: install browser
 	$(PY) -m pytest -m "not chaos" $(PYTEST_ARGS)
+
+# The web console's tests drive Debian's Chromium headless through Playwright (issue 14):
+# installed from Debian's packages when missing (as root, or with sudo).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  echo "installing Debian's chromium for the console's browser tests"; \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium; }
 
 # Three short seeded fault runs with the full fault mix, and the planted bug they must
 # catch (issue 10): about 2.5 minutes.

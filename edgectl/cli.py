@@ -43,6 +43,8 @@ from edgectl.client import (
     EdgeClient,
     Target,
 )
+from edgectl.console import cli as console_cli
+from edgectl.console.app import ConsoleConfig, ConsoleServer
 from edgectl.launcher import (
     START_TIMEOUT_S_DEFAULT,
     STATE_FILE_NAME,
@@ -175,6 +177,14 @@ def register_cluster(commands: CommandSet) -> None:
         metavar="N",
         help=f"Prometheus's port (default: {observe.PROMETHEUS_PORT_DEFAULT} if free)",
     )
+    up.add_argument(
+        "--console-port",
+        type=int,
+        metavar="N",
+        help=f"the web console's port (default: {console_cli.PORT_DEFAULT} if free); "
+        "the console runs with the foreground cluster",
+    )
+    up.add_argument("--no-console", action="store_true", help="do not serve the web console")
     up.add_argument(
         "--tls",
         action="store_true",
@@ -559,6 +569,7 @@ def register_http_address(commands: CommandSet) -> None:
 
 COMMAND_GROUPS: tuple[Callable[[CommandSet], None], ...] = (
     register_cluster,
+    console_cli.register_console,
     register_node,
     register_nodes,
     kv_cli.register_kv,
@@ -700,10 +711,13 @@ def _run_foreground(
             _stop_all(cluster, None)
             return 0
         observer: observe.Observer | None = None
+        console: ConsoleServer | None = None
         try:
             _deploy_startup_bundles(cluster, bundles, deploys.ROLLOUT_TIMEOUT_S_DEFAULT)
             if args.prometheus:
                 observer = observe.start_observer(cluster.data_dir, args.prometheus_port)
+            if not args.no_console:
+                console = _start_console(cluster, args.console_port)
             views.stderr.print("Ctrl-C or SIGTERM stops every node")
             if args.json:
                 views.print_json(cluster.status())
@@ -715,8 +729,25 @@ def _run_foreground(
         except BrokenPipeError:
             _silence_output()
         finally:
+            if console is not None:
+                console.stop()
             _stop_all(cluster, observer)
     return 0
+
+
+def _start_console(cluster: Cluster, port: int | None) -> ConsoleServer | None:
+    """The web console beside the live view; a console that cannot start (its port is
+    taken) is said and skipped: the cluster is what the user asked for."""
+    config = ConsoleConfig(
+        cluster.data_dir, "127.0.0.1", console_cli.port_or_free("127.0.0.1", port)
+    )
+    try:
+        server = console_cli.start_console(config)
+    except CliError as error:
+        views.stderr.print(f"console not started: {error.details}", markup=False)
+        return None
+    views.stderr.print(f"console: {server.url}", markup=False, soft_wrap=True)
+    return server
 
 
 def _stop_all(cluster: Cluster, observer: observe.Observer | None) -> None:

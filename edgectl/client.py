@@ -77,10 +77,19 @@ HTTP_STATUS_CODES = {
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
-REQUEST_COUNT_SAMPLE = "edge_request_duration_seconds_count"
-# The live view's own polls: left out of requests/s, so an idle cluster shows ~0.
+REQUEST_HISTOGRAM = "edge_request_duration_seconds"
+REQUEST_COUNT_SAMPLE = f"{REQUEST_HISTOGRAM}_count"
+REQUEST_BUCKET_SAMPLE = f"{REQUEST_HISTOGRAM}_bucket"
+# The live view's and console's own polls: left out of requests/s, so an idle cluster shows ~0.
 MONITOR_METHODS = frozenset(
-    {("Pop", "Status"), ("Origin", "Status"), ("ControlPlane", "ListNodes")}
+    {
+        ("Pop", "Status"),
+        ("Origin", "Status"),
+        ("ControlPlane", "ListNodes"),
+        # The web console's (edgectl/console): the topology and placements once a second.
+        ("ControlPlane", "GetTopology"),
+        ("ControlPlane", "ListPlacements"),
+    }
 )
 
 ROLE_NAMES = {
@@ -612,6 +621,7 @@ class NodeProbe:
     request_count: float | None = None
     # Worker versions the PoP serves now.
     workers: int | None = None
+    latency_buckets: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -635,23 +645,64 @@ class NodeSample:
     http_address: str = ""
     # Worker versions loaded (PoPs; None when unknown).
     workers: int | None = None
+    # Latency quantiles of the requests served since the previous sample (ms).
+    p50_ms: float | None = None
+    p99_ms: float | None = None
 
 
-def request_count(metrics_text: str) -> float:
-    """Requests served so far: the sum of edge_request_duration_seconds_count.
+@dataclass(frozen=True)
+class RequestStats:
+    """Requests served so far and their latency histogram (cumulative, by upper bound)."""
+
+    count: float
+    buckets: tuple[tuple[float, float], ...] = ()
+
+
+def request_stats(metrics_text: str) -> RequestStats:
+    """Requests served so far: the sum of edge_request_duration_seconds over every
+    service and method, count and buckets.
 
     The live view's own status polls are left out so that its presence does not show
     up as traffic.
     """
     total = 0.0
+    buckets: dict[float, float] = {}
     for family in text_string_to_metric_families(metrics_text):
+        if family.name != REQUEST_HISTOGRAM:
+            continue
         for sample in family.samples:
-            if sample.name != REQUEST_COUNT_SAMPLE:
-                continue
             if (sample.labels.get("service"), sample.labels.get("method")) in MONITOR_METHODS:
                 continue
-            total += sample.value
-    return total
+            if sample.name == REQUEST_COUNT_SAMPLE:
+                total += sample.value
+            elif sample.name == REQUEST_BUCKET_SAMPLE:
+                bound = float(sample.labels["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + sample.value
+    return RequestStats(total, tuple(sorted(buckets.items())))
+
+
+def quantile_from_buckets(
+    previous: tuple[tuple[float, float], ...],
+    current: tuple[tuple[float, float], ...],
+    quantile: float,
+) -> float | None:
+    """The `quantile` of the observations between two cumulative histograms, in seconds
+    (linear within the bucket, as Prometheus's histogram_quantile); None without any."""
+    before = dict(previous)
+    deltas = [(bound, count - before.get(bound, 0.0)) for bound, count in current]
+    if not deltas or deltas[-1][1] <= 0 or any(delta < 0 for _, delta in deltas):
+        return None
+    rank = quantile * deltas[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, cumulative in deltas:
+        if cumulative >= rank:
+            if bound == float("inf"):
+                return lower_bound
+            width = cumulative - lower_count
+            share = (rank - lower_count) / width if width > 0 else 1.0
+            return lower_bound + (bound - lower_bound) * share
+        lower_bound, lower_count = bound, cumulative
+    return None
 
 
 def rate_per_s(previous: tuple[float, float] | None, current: tuple[float, float]) -> float | None:
@@ -678,7 +729,10 @@ class _NodeTrack:
     pending: futures.Future[NodeProbe] | None = None
     last: NodeProbe | None = None
     last_count: tuple[float, float] | None = None
+    last_buckets: tuple[tuple[float, float], ...] = ()
     rate: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
     stale: bool = False
 
 
@@ -732,10 +786,12 @@ class ClusterMonitor:
                 seq = head = origin.head_seq
         except grpc.RpcError:
             pass
+        buckets: tuple[tuple[float, float], ...] = ()
         # A node that does not answer in time just shows no rate this round.
         with contextlib.suppress(OSError, ValueError):
-            count = request_count(scrape(node.metrics_address, self.probe_timeout_s))
-        return NodeProbe(time.monotonic(), seq, head, lag, replicating, count, workers)
+            stats = request_stats(scrape(node.metrics_address, self.probe_timeout_s))
+            count, buckets = stats.count, stats.buckets
+        return NodeProbe(time.monotonic(), seq, head, lag, replicating, count, workers, buckets)
 
     def sample(self) -> list[NodeSample]:
         """Start the probes that are not still running, wait briefly, return every row."""
@@ -776,6 +832,12 @@ class ClusterMonitor:
                     current = (probe.at, probe.request_count)
                     track.rate = rate_per_s(track.last_count, current)
                     track.last_count = current
+                    if track.last_buckets:
+                        p50 = quantile_from_buckets(track.last_buckets, probe.latency_buckets, 0.5)
+                        p99 = quantile_from_buckets(track.last_buckets, probe.latency_buckets, 0.99)
+                        track.p50_ms = None if p50 is None else p50 * 1e3
+                        track.p99_ms = None if p99 is None else p99 * 1e3
+                    track.last_buckets = probe.latency_buckets
             elif track.pending is not None:
                 track.stale = True
             if not alive[name]:
@@ -802,6 +864,8 @@ class ClusterMonitor:
                     stale=track.stale,
                     http_address=node.http_address,
                     workers=last.workers if last else None,
+                    p50_ms=track.p50_ms,
+                    p99_ms=track.p99_ms,
                 )
             )
         return rows

@@ -1,0 +1,404 @@
+// edgepop console: renders the snapshots the console streams (/events) and sends the
+// actions a click makes (POST /api/...) with the cluster token. No framework, no
+// network access beyond the console itself.
+"use strict";
+
+const SVG = "http://www.w3.org/2000/svg";
+const HISTORY_POINTS = 300;
+const state = { snapshot: null, history: {}, token: "", turned: new Map(), writing: false };
+
+// The token arrives in the URL's fragment (never sent to a server); keep it for this tab
+// and take it out of the address bar.
+(function takeToken() {
+  const match = /(?:^|[#&])token=([^&]+)/.exec(location.hash);
+  if (match) {
+    sessionStorage.setItem("edgepop-token", decodeURIComponent(match[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  state.token = sessionStorage.getItem("edgepop-token") || "";
+})();
+
+function $(id) { return document.getElementById(id); }
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (name === "class") node.className = value;
+    else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value);
+  }
+  for (const child of children) node.append(child instanceof Node ? child : String(child));
+  return node;
+}
+
+function svg(tag, attrs = {}, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, value);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function fmt(value, unit = "", digits = 1) {
+  if (value === null || value === undefined) return "–";
+  return `${Number(value).toFixed(digits)}${unit}`;
+}
+
+function say(id, text, isError = false) {
+  const node = $(id);
+  node.textContent = text;
+  node.classList.toggle("error", isError);
+}
+
+async function api(method, path, body) {
+  const headers = { "Accept": "application/json" };
+  if (state.token) headers["Authorization"] = `Bearer ${state.token}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(data.error || `${response.status} ${response.statusText}`);
+  return data;
+}
+
+function health(node) {
+  if (!node.alive) return "down";
+  return node.healthy ? "healthy" : "unhealthy";
+}
+
+// -- map -------------------------------------------------------------------------------
+
+function regionIndex(snapshot) {
+  return Object.fromEntries(snapshot.regions.map((region) => [region.name, region]));
+}
+
+// Nodes of one region sit around its point, so that two PoPs of tokyo are both visible.
+function nodePositions(snapshot) {
+  const regions = regionIndex(snapshot);
+  const byRegion = {};
+  for (const node of snapshot.nodes) (byRegion[node.region] ||= []).push(node);
+  const positions = {};
+  for (const [name, nodes] of Object.entries(byRegion)) {
+    const region = regions[name];
+    if (!region) continue;
+    nodes.forEach((node, index) => {
+      const angle = (index / nodes.length) * 2 * Math.PI - Math.PI / 2;
+      const radius = nodes.length > 1 ? 9 : 0;
+      positions[node.name] = { x: region.x + radius * Math.cos(angle), y: region.y + radius * Math.sin(angle) };
+    });
+  }
+  return positions;
+}
+
+function curve(a, b, bend) {
+  const mx = (a.x + b.x) / 2, my = (a.y + b.y) / 2;
+  const dx = b.x - a.x, dy = b.y - a.y;
+  const length = Math.hypot(dx, dy) || 1;
+  const cx = mx - (dy / length) * bend, cy = my + (dx / length) * bend;
+  return `M${a.x},${a.y} Q${cx},${cy} ${b.x},${b.y}`;
+}
+
+function renderMap(snapshot) {
+  const regions = regionIndex(snapshot);
+  const links = $("links"), faults = $("faults"), routes = $("routes"), nodes = $("nodes");
+  links.replaceChildren(); faults.replaceChildren(); routes.replaceChildren(); nodes.replaceChildren();
+  for (const link of snapshot.links) {
+    const a = regions[link.from], b = regions[link.to];
+    if (!a || !b) continue;
+    links.append(svg("line", { class: "link", x1: a.x, y1: a.y, x2: b.x, y2: b.y }));
+    links.append(svg("text", { class: "link-label", x: (a.x + b.x) / 2, y: (a.y + b.y) / 2 - 3 },
+      `${fmt(link.rtt_ms, " ms", 0)}`));
+  }
+  for (const fault of snapshot.faults) {
+    const a = regions[fault.from_region], b = regions[fault.to_region];
+    if (!a || !b) continue;
+    const kind = fault.partitioned ? "partition" : "delay";
+    const path = svg("path", { class: `fault ${kind}`, d: curve(a, b, 18),
+      "data-from": fault.from_region, "data-to": fault.to_region });
+    path.append(svg("title", {}, `${fault.from_region} → ${fault.to_region}: ${describeFault(fault)}`));
+    faults.append(path);
+  }
+  for (const [userRegion, popName] of Object.entries(snapshot.routes)) {
+    const pop = snapshot.nodes.find((node) => node.name === popName);
+    const from = regions[userRegion], to = pop && regions[pop.region];
+    if (from && to && from.name !== to.name) {
+      routes.append(svg("line", { class: "route", x1: from.x, y1: from.y, x2: to.x, y2: to.y }));
+    }
+  }
+  const positions = nodePositions(snapshot);
+  for (const node of snapshot.nodes) {
+    const at = positions[node.name];
+    if (!at) continue;
+    const group = svg("g", { class: `node ${health(node)}`, "data-node": node.name,
+      "data-health": health(node), "data-region": node.region });
+    const turned = state.turned.get(node.name);
+    if (turned !== undefined) group.classList.add("turned");
+    if (node.role === "pop") group.append(svg("circle", { cx: at.x, cy: at.y, r: 5 }));
+    else group.append(svg("rect", { x: at.x - 5, y: at.y - 5, width: 10, height: 10 }));
+    group.append(svg("title", {}, `${node.name} (${node.role}, ${node.region}): ${health(node)}`));
+    const label = node.role === "pop" ? node.name : node.role.replace("_", " ");
+    const labelY = node.role === "pop" ? at.y - 8 : at.y + 16 + (node.role === "control_plane" ? 10 : 0);
+    group.append(svg("text", { x: at.x + 7, y: labelY }, label));
+    if (turned !== undefined && turned !== null) {
+      group.append(svg("text", { class: "delay-label", x: at.x + 7, y: at.y + 12 }, `${fmt(turned, " ms")}`));
+    }
+    nodes.append(group);
+  }
+}
+
+function describeFault(fault) {
+  const parts = [];
+  if (fault.partitioned) parts.push("partitioned");
+  if (fault.delay_ms) parts.push(`+${fault.delay_ms} ms`);
+  if (fault.jitter_ms) parts.push(`jitter ${fault.jitter_ms} ms`);
+  if (fault.loss) parts.push(`loss ${(fault.loss * 100).toFixed(1)}%`);
+  return parts.join(", ") || "no fault";
+}
+
+// -- tables ----------------------------------------------------------------------------
+
+function sparkline(values) {
+  const points = values.map((value, index) => [index, value]).filter(([, value]) => value !== null);
+  const box = svg("svg", { class: "spark", viewBox: `0 0 ${HISTORY_POINTS} 22`, preserveAspectRatio: "none",
+    "aria-hidden": "true" });
+  if (points.length < 2) return box;
+  const top = Math.max(...points.map(([, value]) => value), 0.001);
+  const offset = HISTORY_POINTS - values.length;
+  const line = points.map(([index, value]) => `${index + offset},${(21 - (value / top) * 20).toFixed(1)}`).join(" ");
+  box.append(svg("polyline", { points: line }));
+  return box;
+}
+
+function nodeButtons(node) {
+  const cell = el("td");
+  const act = (action) => el("button", {
+    class: `small${action === "kill" ? " danger" : ""}`, type: "button",
+    "data-action": action, "data-node": node.name, "aria-label": `${action} ${node.name}`,
+    onclick: () => nodeAction(node.name, action),
+  }, action);
+  if (node.alive) cell.append(act("stop"), " ", act("kill"));
+  else cell.append(act("start"));
+  return cell;
+}
+
+function renderNodes(snapshot) {
+  const rows = snapshot.nodes.map((node) => el("tr", { "data-node": node.name },
+    el("th", { scope: "row" }, node.name),
+    el("td", {}, node.region),
+    el("td", { class: `health-${health(node)}` }, health(node)),
+    el("td", {}, node.seq ?? "–"),
+    el("td", {}, node.role === "pop" ? fmt(node.lag_s === null ? null : node.lag_s * 1000, " ms", 0) : "–"),
+    el("td", {}, fmt(node.requests_per_s, "", 1)),
+    el("td", {}, fmt(node.p50_ms, " ms", 2)),
+    el("td", {}, fmt(node.p99_ms, " ms", 2)),
+    el("td", {}, node.workers ?? "–"),
+    el("td", {}, sparkline((state.history[node.name] || {}).lag_s || [])),
+    nodeButtons(node)));
+  $("nodes-table").tBodies[0].replaceChildren(...rows);
+}
+
+function renderFaults(snapshot) {
+  const rows = snapshot.faults.map((fault) => el("tr", {},
+    el("td", {}, fault.from_region), el("td", {}, fault.to_region),
+    el("td", {}, describeFault(fault)),
+    el("td", {}, fault.heals_in_s === null ? "until healed" : `${fault.heals_in_s.toFixed(0)} s`),
+    el("td", {}, el("button", { class: "small", type: "button",
+      "aria-label": `heal ${fault.from_region} to ${fault.to_region}`,
+      onclick: () => sendFault({ action: "heal", from: fault.from_region, to: fault.to_region, one_way: true }),
+    }, "heal"))));
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 5 }, "no link faults in force")));
+  $("faults-table").tBodies[0].replaceChildren(...rows);
+}
+
+function renderLatency(snapshot) {
+  const rtt = {};
+  for (const link of snapshot.rtt) rtt[`${link.from}>${link.to}`] = link.rtt_ms;
+  const rows = snapshot.regions.filter((region) => !region.is_origin).map((region) => el("tr", {},
+    el("th", { scope: "row" }, region.name),
+    el("td", {}, snapshot.routes[region.name] || "–"),
+    el("td", {}, fmt(region.edge_rtt_ms, " ms", 0)),
+    el("td", {}, fmt(rtt[`${region.name}>${snapshot.origin_region}`], " ms", 0))));
+  $("latency-table").tBodies[0].replaceChildren(...rows);
+}
+
+function renderObjects(snapshot) {
+  const rows = snapshot.objects.map((object) => el("tr", {},
+    el("td", {}, object.namespace), el("td", { title: object.id }, object.id.slice(0, 16)),
+    el("td", {}, object.owner), el("td", {}, object.standby || object.next_standby || "–"),
+    el("td", {}, object.epoch), el("td", {}, object.synced_seq)));
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 6 }, "no object placed yet")));
+  $("objects-table").tBodies[0].replaceChildren(...rows);
+}
+
+function fillSelect(select, names) {
+  const current = select.value;
+  const known = [...select.options].map((option) => option.value).join("|");
+  if (known === names.join("|")) return;
+  select.replaceChildren(...names.map((name) => el("option", { value: name }, name)));
+  if (names.includes(current)) select.value = current;
+}
+
+function renderForms(snapshot) {
+  const regions = snapshot.regions.map((region) => region.name);
+  fillSelect($("write-region"), regions.filter((name) => name !== snapshot.origin_region));
+  const fresh = !$("fault-from").options.length;
+  fillSelect($("fault-from"), regions);
+  fillSelect($("fault-to"), regions);
+  if (fresh && regions.length > 1) {
+    // A first suggestion that is a real link: a PoP region and the origin's.
+    $("fault-from").value = regions.find((name) => name !== snapshot.origin_region);
+    $("fault-to").value = snapshot.origin_region;
+  }
+  fillSelect($("kv-pop"), snapshot.nodes.filter((node) => node.role === "pop").map((node) => node.name));
+}
+
+function render(snapshot) {
+  state.snapshot = snapshot;
+  const up = snapshot.nodes.filter((node) => node.alive && node.healthy).length;
+  $("summary").textContent = `${up} of ${snapshot.nodes.length} nodes healthy · ` +
+    `${snapshot.faults.length} link faults · ${snapshot.objects.length} objects placed · ` +
+    `topology v${snapshot.version}`;
+  renderMap(snapshot);
+  renderNodes(snapshot);
+  renderFaults(snapshot);
+  renderLatency(snapshot);
+  renderObjects(snapshot);
+  renderForms(snapshot);
+}
+
+function remember(snapshot) {
+  for (const node of snapshot.nodes) {
+    const series = (state.history[node.name] ||= {});
+    for (const name of ["lag_s", "requests_per_s", "p99_ms"]) {
+      const values = (series[name] ||= []);
+      values.push(node[name]);
+      if (values.length > HISTORY_POINTS) values.shift();
+    }
+  }
+}
+
+// -- actions ---------------------------------------------------------------------------
+
+async function nodeAction(name, action) {
+  say("node-status", `${action} ${name} …`);
+  try {
+    const answer = await api("POST", `/api/nodes/${encodeURIComponent(name)}`, { action });
+    say("node-status", answer.message);
+  } catch (error) {
+    say("node-status", `${action} ${name}: ${error.message}`, true);
+  }
+}
+
+async function sendFault(request) {
+  say("fault-status", `${request.action} ${request.from} → ${request.to} …`);
+  try {
+    const answer = await api("POST", "/api/net", request);
+    say("fault-status", `${request.action} ${request.from} ${request.one_way ? "→" : "↔"} ${request.to}: ` +
+      `${answer.faults.length} faults in force`);
+  } catch (error) {
+    say("fault-status", error.message, true);
+  }
+}
+
+function writeRow(result) {
+  return el("tr", { "data-node": result.node },
+    el("th", { scope: "row" }, result.node), el("td", {}, result.region),
+    el("td", { class: "propagation" }, fmt(result.propagation_ms, " ms", 1)),
+    el("td", {}, fmt(result.seen_after_ms, " ms", 0)));
+}
+
+async function sendWrite(event) {
+  event.preventDefault();
+  if (state.writing) return;
+  const form = new FormData($("write-form"));
+  const request = Object.fromEntries(form.entries());
+  state.writing = true;
+  state.turned = new Map();
+  $("write-table").tBodies[0].replaceChildren();
+  say("write-status", `putting ${request.key} from ${request.region} …`);
+  try {
+    const answer = await api("POST", "/api/write", request);
+    for (const result of answer.pops) state.turned.set(result.node, result.propagation_ms);
+    const rows = [...answer.pops].sort((a, b) => (a.propagation_ms ?? 1e9) - (b.propagation_ms ?? 1e9));
+    $("write-table").tBodies[0].replaceChildren(...rows.map(writeRow));
+    say("write-status", `seq ${answer.seq} via ${answer.via}, acknowledged in ${fmt(answer.ack_ms, " ms")}` +
+      `; visible at ${answer.pops.length} PoPs` + (answer.not_seen.length ? `; not seen at ${answer.not_seen.join(", ")}` : ""));
+    if (state.snapshot) renderMap(state.snapshot);
+  } catch (error) {
+    say("write-status", error.message, true);
+  } finally {
+    state.writing = false;
+  }
+}
+
+function onVisible(result) {
+  state.turned.set(result.node, result.propagation_ms);
+  if (state.snapshot) renderMap(state.snapshot);
+}
+
+async function listKv(event) {
+  event.preventDefault();
+  const query = new URLSearchParams(new FormData($("kv-form")));
+  say("kv-status", "listing …");
+  try {
+    const answer = await api("GET", `/api/kv?${query}`);
+    $("kv-table").tBodies[0].replaceChildren(...answer.keys.map((key) => el("tr", {},
+      el("td", {}, key.key), el("td", { title: key.encoding }, key.value), el("td", {}, key.seq),
+      el("td", {}, key.metadata || "–"))));
+    say("kv-status", `${answer.keys.length} keys in ${answer.namespace} at ${answer.pop}`);
+  } catch (error) {
+    say("kv-status", error.message, true);
+  }
+}
+
+// -- wiring ----------------------------------------------------------------------------
+
+function connect() {
+  const query = state.token ? `?token=${encodeURIComponent(state.token)}` : "";
+  const events = new EventSource(`/events${query}`);
+  events.addEventListener("open", () => {
+    $("connection").textContent = "live";
+    $("connection").className = "badge live";
+  });
+  events.addEventListener("error", () => {
+    $("connection").textContent = "reconnecting…";
+    $("connection").className = "badge lost";
+  });
+  events.addEventListener("state", (event) => {
+    const snapshot = JSON.parse(event.data);
+    remember(snapshot);
+    render(snapshot);
+  });
+  events.addEventListener("visible", (event) => onVisible(JSON.parse(event.data)));
+  events.addEventListener("problem", (event) => {
+    $("connection").textContent = `cluster unreachable: ${JSON.parse(event.data).error}`;
+    $("connection").className = "badge lost";
+  });
+}
+
+async function start() {
+  $("write-form").addEventListener("submit", sendWrite);
+  $("kv-form").addEventListener("submit", listKv);
+  $("fault-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const form = new FormData($("fault-form"));
+    sendFault({
+      action: form.get("action"), from: form.get("from"), to: form.get("to"),
+      delay_ms: Number(form.get("delay_ms") || 0), one_way: form.get("one_way") === "on",
+    });
+  });
+  try {
+    const world = await api("GET", "/api/map");
+    $("map").setAttribute("viewBox", `0 0 ${world.width} ${world.height}`);
+    $("land").setAttribute("d", world.land);
+    const first = await api("GET", "/api/state");
+    state.history = first.history || {};
+    render(first);
+  } catch (error) {
+    $("connection").textContent = error.message;
+    $("connection").className = "badge lost";
+  }
+  connect();
+}
+
+start();

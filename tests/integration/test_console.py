@@ -1,0 +1,266 @@
+"""The web console in a real browser (issue 14): Debian's Chromium, headless, driven by
+Playwright, against `edgectl console` serving a real cluster with delays on.
+
+Every request the page makes is checked to stay on the machine; screenshots of the main
+views go to build/screenshots/ (`EDGEPOP_SCREENSHOT_DIR` elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_playwright
+
+from edgectl.client import scrape
+from edgectl.console import geo
+from edgectl.console.state import propagation_ms, propagation_totals
+from edgectl.launcher import Cluster
+from tests.conftest import poll_until
+from tests.integration.cli import cluster_up, edgectl, edgectl_json, origin_and_pops
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+# As root and on a closed network, Chromium needs these to start quietly.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOT_DIR = Path(
+    os.environ.get("EDGEPOP_SCREENSHOT_DIR", Path(__file__).parents[2] / "build" / "screenshots")
+)
+PAGE_TIMEOUT_MS = 15_000
+PROCESS_TIMEOUT_S = 15.0
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@dataclass
+class Console:
+    cluster: Cluster
+    url: str
+    process: subprocess.Popen[str]
+
+
+@dataclass
+class PageWatch:
+    """What a page did besides rendering: its console errors and every request."""
+
+    errors: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+
+    def on_console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.errors.append(message.text)
+
+    def on_request(self, request: Request) -> None:
+        self.requests.append(request.url)
+
+    def outside(self) -> list[str]:
+        return [url for url in self.requests if urlsplit(url).hostname not in ("127.0.0.1",)]
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    directory = tmp_path_factory.mktemp("console")
+    with cluster_up(directory, origin_and_pops("tokyo", "london", "sydney"), []) as (cluster, _):
+        argv = [sys.executable, "-m", "edgectl", "--data-dir", str(cluster.data_dir)]
+        process = subprocess.Popen(
+            [*argv, "console", "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.search(r"console: (http://\S+)", line)
+        try:
+            assert match, f"no URL from edgectl console: {line!r}"
+            yield Console(cluster, match.group(1), process)
+        finally:
+            process.terminate()
+            process.wait(PROCESS_TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def open_page(
+    browser: Browser, console: Console, width: int = 1280, height: int = 800
+) -> tuple[Page, PageWatch]:
+    watch = PageWatch()
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
+    page.on("console", watch.on_console)
+    page.on("pageerror", lambda error: watch.errors.append(str(error)))
+    page.on("request", watch.on_request)
+    page.goto(console.url)
+    page.wait_for_selector("#nodes-table tbody tr[data-node]")
+    page.wait_for_selector("#connection.live")
+    return page, watch
+
+
+def screenshot(page: Page, name: str) -> None:
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT_DIR / f"console-{name}.png"), full_page=True)
+
+
+def node_health(page: Page, name: str) -> str:
+    return str(page.get_attribute(f'#nodes g.node[data-node="{name}"]', "data-health"))
+
+
+def test_the_page_shows_every_node_at_its_region_with_no_errors_and_nothing_fetched_from_outside(
+    console: Console, browser: Browser
+) -> None:
+    page, watch = open_page(browser, console)
+    topology = edgectl_json(console.cluster.data_dir, "net", "show", "--matrix")
+    assert topology["matrix"]
+    expected = {name: node for name, node in console.cluster.nodes.items()}
+    regions = {region.name: region for region in console.cluster.topology.regions}
+    poll_until(
+        lambda: page.locator("#nodes g.node").count() == len(expected), what="every node drawn"
+    )
+    for name, node in expected.items():
+        shape = page.locator(f'#nodes g.node[data-node="{name}"]').locator("circle, rect").first
+        box = shape.evaluate(
+            "s => { const b = s.getBBox(); return [b.x + b.width / 2, b.y + b.height / 2]; }"
+        )
+        region = regions[node.region]
+        x, y = geo.project(region.latitude, region.longitude)
+        # Two nodes of one region sit on a 9-unit circle around its point.
+        assert abs(box[0] - x) <= 10 and abs(box[1] - y) <= 10, (name, box, (x, y))
+        assert node_health(page, name) == "healthy"
+    rows = page.locator("#latency-table tbody tr")
+    assert rows.count() == 3  # tokyo, london, sydney: each routed to its own PoP
+    assert "tokyo-1" in page.locator("#latency-table").inner_text()
+    screenshot(page, "map")
+    page.set_viewport_size({"width": 420, "height": 900})
+    overflow = page.evaluate("document.scrollingElement.scrollWidth - window.innerWidth")
+    assert overflow <= 1, f"the page is {overflow} px wider than a narrow window"
+    screenshot(page, "narrow")
+    assert watch.errors == []
+    assert watch.outside() == []
+    assert watch.requests, "the page made no request at all"
+    page.close()
+
+
+def test_a_killed_node_turns_unhealthy_on_the_page_within_3_s_and_a_click_starts_it(
+    console: Console, browser: Browser
+) -> None:
+    page, watch = open_page(browser, console)
+    killed = edgectl(console.cluster.data_dir, "node", "kill", "london-1")
+    assert killed.returncode == 0, killed.stderr
+    killed_at = time.monotonic()
+    poll_until(
+        lambda: node_health(page, "london-1") != "healthy", timeout=3.0, what="london-1 shown down"
+    )
+    assert time.monotonic() - killed_at <= 3.0
+    screenshot(page, "node-down")
+    page.click('#nodes-table button[data-node="london-1"][data-action="start"]')
+    poll_until(
+        lambda: node_health(page, "london-1") == "healthy", timeout=30.0, what="london-1 back"
+    )
+    assert "started london-1" in page.inner_text("#node-status")
+    assert watch.errors == [] and watch.outside() == []
+    page.close()
+
+
+def test_a_partition_made_by_keyboard_and_click_shows_in_net_show_and_heals_by_click(
+    console: Console, browser: Browser
+) -> None:
+    page, watch = open_page(browser, console)
+    page.select_option("#fault-from", "tokyo")
+    page.select_option("#fault-to", "us-east-1")
+    page.select_option("#fault-action", "partition")
+    page.focus("#fault-submit")
+    page.keyboard.press("Enter")
+    page.wait_for_selector('#faults path.fault.partition[data-from="tokyo"]')
+    faults = edgectl_json(console.cluster.data_dir, "net", "show")["faults"]
+    pairs = {(fault["from_region"], fault["to_region"], fault["partitioned"]) for fault in faults}
+    assert pairs == {("tokyo", "us-east-1", True), ("us-east-1", "tokyo", True)}
+    screenshot(page, "partition")
+    for _ in range(2):  # one heal button per direction
+        page.click("#faults-table button", timeout=PAGE_TIMEOUT_MS)
+        page.wait_for_function("document.querySelectorAll('#faults-table button').length < 2")
+    poll_until(
+        lambda: edgectl_json(console.cluster.data_dir, "net", "show")["faults"] == [],
+        what="every fault healed",
+    )
+    page.wait_for_selector("#faults path.fault", state="detached")
+    assert watch.errors == [] and watch.outside() == []
+    page.close()
+
+
+def test_a_put_from_tokyo_shows_every_pop_turning_with_the_times_its_metrics_give(
+    console: Console, browser: Browser
+) -> None:
+    page, watch = open_page(browser, console)
+    pops = {name: node for name, node in console.cluster.nodes.items() if node.role == "pop"}
+    before = {name: propagation_totals(scrape(node.metrics_address)) for name, node in pops.items()}
+    page.select_option("#write-region", "tokyo")
+    page.fill("#write-namespace", "console-test")
+    page.fill("#write-key", "travel")
+    page.fill("#write-value", "from tokyo")
+    page.click("#write-submit")
+    poll_until(
+        lambda: page.locator("#write-table tbody tr").count() == len(pops),
+        timeout=15.0,
+        what="every PoP turned",
+    )
+    shown = {
+        row.get_attribute("data-node"): float(row.locator("td.propagation").inner_text().split()[0])
+        for row in page.locator("#write-table tbody tr").all()
+    }
+    topology = console.cluster.topology
+    for name, node in pops.items():
+        after = propagation_totals(scrape(node.metrics_address))
+        from_metrics = propagation_ms(before[name], after)
+        assert from_metrics is not None
+        assert shown[name] == pytest.approx(from_metrics, abs=0.1), name
+        # And it is the emulated WAN's: the origin -> PoP one-way delay.
+        one_way = topology.rtt_ms(topology.origin_region, node.region, caller_is_node=True) / 2
+        assert one_way - 1.0 <= shown[name] <= one_way + 25.0, (name, shown[name], one_way)
+    for name in pops:
+        assert "turned" in str(page.get_attribute(f'#nodes g.node[data-node="{name}"]', "class"))
+    assert "seq" in page.inner_text("#write-status")
+    screenshot(page, "write")
+    page.fill("#kv-namespace", "console-test")
+    page.select_option("#kv-pop", "sydney-1")
+    page.click("#kv-submit")
+    page.wait_for_selector("#kv-table tbody tr")
+    assert "from tokyo" in page.inner_text("#kv-table")
+    assert watch.errors == [] and watch.outside() == []
+    page.close()
+
+
+def test_actions_need_the_cluster_token(console: Console) -> None:
+    base = console.url.split("#")[0]
+    request = urllib.request.Request(
+        f"{base}api/net",
+        data=json.dumps({"action": "partition", "from": "tokyo", "to": "london"}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 401
+    assert edgectl_json(console.cluster.data_dir, "net", "show")["faults"] == []
