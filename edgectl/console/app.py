@@ -3,9 +3,10 @@
 An aiohttp app. `GET /` is the page (static files from this package: nothing is fetched
 from the internet); `GET /api/state` is a snapshot with the sparklines' history;
 `GET /events` streams a snapshot a second as server-sent events, plus each write the page
-asked to watch. Actions are `POST /api/...` with the cluster token as a bearer token
-(the URL the console prints carries it in its fragment, which browsers never send): they
-make the same calls as `edgectl node`, `edgectl net` and `edgectl kv put`. Read-only
+asked to watch. `POST /api/probe` runs `edgectl probe`. Actions are `POST /api/...` with
+the cluster token as a bearer token (the URL the console prints carries it in its
+fragment, which browsers never send): they make the same calls as `edgectl node`,
+`edgectl net` and `edgectl kv put`. Read-only
 views need no token while the console listens on loopback only.
 
 The cluster is sampled only while a page is connected, so a console nobody looks at
@@ -197,6 +198,11 @@ class Console:
         )
         return web.json_response(listing)
 
+    async def probe(self, _: web.Request) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self.executor, self.model.probe)
+        return web.json_response({"regions": results})
+
     # -- actions -----------------------------------------------------------------------
 
     async def node_action(self, request: web.Request) -> web.StreamResponse:
@@ -275,6 +281,7 @@ def build_app(console: Console) -> web.Application:
     app.router.add_post("/api/nodes/{name}", console.node_action)
     app.router.add_post("/api/net", console.fault)
     app.router.add_post("/api/write", console.write)
+    app.router.add_post("/api/probe", console.probe)
     app.router.add_static("/static/", STATIC_DIR)
     app.on_startup.append(console.start)
     app.on_shutdown.append(console.stop)

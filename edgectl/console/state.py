@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import kv_pb2, objects_pb2, pop_pb2, pop_pb2_grpc
-from edgectl import net
+from edgectl import net, probe
 from edgectl.client import (
     CliError,
     ClusterMonitor,
@@ -43,6 +43,8 @@ WATCH_POLL_S = 0.01
 WATCH_TIMEOUT_S = 10.0
 PROPAGATION_HISTOGRAM = "edge_kv_propagation_seconds"
 KV_LIST_LIMIT = 100
+# The latency table's live column: `edgectl probe` with this many calls per target.
+PROBE_CALLS = 5
 ACTIONS = frozenset({"start", "stop", "kill"})
 FAULTS = frozenset({"partition", "delay", "heal"})
 
@@ -252,6 +254,15 @@ class ConsoleModel:
                 }
             )
         return {"pop": pop, "namespace": namespace, "prefix": prefix, "keys": rows}
+
+    def probe(self, calls: int = PROBE_CALLS) -> list[dict[str, Any]]:
+        """`edgectl probe`: each region's round trips to its PoP and to the origin, on a
+        client of its own (the probe takes a second or two; sampling goes on meanwhile)."""
+        with EdgeClient.for_data_dir(self.data_dir) as client:
+            topology = client.topology()
+            plans = probe.plan(client, topology, None)
+            results = probe.run_probe(client, topology, plans, calls, lambda _: None)
+        return [result.to_json() for result in results]
 
     # -- acting ------------------------------------------------------------------------
 

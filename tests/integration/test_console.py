@@ -27,6 +27,7 @@ from edgectl.client import scrape
 from edgectl.console import geo
 from edgectl.console.state import propagation_ms, propagation_totals
 from edgectl.launcher import Cluster
+from edgectl.probe import tolerance_ms
 from tests.conftest import poll_until
 from tests.integration.cli import cluster_up, edgectl, edgectl_json, origin_and_pops
 
@@ -248,6 +249,29 @@ def test_a_put_from_tokyo_shows_every_pop_turning_with_the_times_its_metrics_giv
     page.click("#kv-submit")
     page.wait_for_selector("#kv-table tbody tr")
     assert "from tokyo" in page.inner_text("#kv-table")
+    assert watch.errors == [] and watch.outside() == []
+    page.close()
+
+
+def test_the_latency_table_shows_a_live_probe_beside_each_row(
+    console: Console, browser: Browser
+) -> None:
+    page, watch = open_page(browser, console)
+    page.click("#probe-submit")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#latency-table td.probed-origin')]"
+        ".every(cell => cell.textContent.endsWith(' ms'))"
+    )
+    topology = console.cluster.topology
+    for region in ("tokyo", "london", "sydney"):
+        row = page.locator(f'#latency-table tr[data-region="{region}"]')
+        edge_ms = float(row.locator("td.probed-edge").inner_text().split()[0])
+        origin_ms = float(row.locator("td.probed-origin").inner_text().split()[0])
+        edge_target = topology.rtt_ms(region, region, caller_is_node=False)
+        origin_target = topology.rtt_ms(region, topology.origin_region, caller_is_node=False)
+        assert abs(edge_ms - edge_target) <= tolerance_ms(edge_target), (region, edge_ms)
+        assert abs(origin_ms - origin_target) <= tolerance_ms(origin_target), (region, origin_ms)
+    assert "probed 3 regions" in page.inner_text("#probe-status")
     assert watch.errors == [] and watch.outside() == []
     page.close()
 

@@ -5,7 +5,7 @@
 
 const SVG = "http://www.w3.org/2000/svg";
 const HISTORY_POINTS = 300;
-const state = { snapshot: null, history: {}, token: "", turned: new Map(), writing: false };
+const state = { snapshot: null, history: {}, token: "", turned: new Map(), writing: false, probed: {} };
 
 // The token arrives in the URL's fragment (never sent to a server); keep it for this tab
 // and take it out of the address bar.
@@ -213,11 +213,16 @@ function renderFaults(snapshot) {
 function renderLatency(snapshot) {
   const rtt = {};
   for (const link of snapshot.rtt) rtt[`${link.from}>${link.to}`] = link.rtt_ms;
-  const rows = snapshot.regions.filter((region) => !region.is_origin).map((region) => el("tr", {},
-    el("th", { scope: "row" }, region.name),
-    el("td", {}, snapshot.routes[region.name] || "–"),
-    el("td", {}, fmt(region.edge_rtt_ms, " ms", 0)),
-    el("td", {}, fmt(rtt[`${region.name}>${snapshot.origin_region}`], " ms", 0))));
+  const rows = snapshot.regions.filter((region) => !region.is_origin).map((region) => {
+    const probed = state.probed[region.name] || {};
+    return el("tr", { "data-region": region.name },
+      el("th", { scope: "row" }, region.name),
+      el("td", {}, snapshot.routes[region.name] || "–"),
+      el("td", {}, fmt(region.edge_rtt_ms, " ms", 0)),
+      el("td", { class: "probed-edge" }, fmt(probed.edge_ms, " ms", 1)),
+      el("td", {}, fmt(rtt[`${region.name}>${snapshot.origin_region}`], " ms", 0)),
+      el("td", { class: "probed-origin" }, fmt(probed.origin_ms, " ms", 1)));
+  });
   $("latency-table").tBodies[0].replaceChildren(...rows);
 }
 
@@ -336,6 +341,21 @@ function onVisible(result) {
   if (state.snapshot) renderMap(state.snapshot);
 }
 
+async function runProbe(event) {
+  event.preventDefault();
+  say("probe-status", "probing every region …");
+  try {
+    const answer = await api("POST", "/api/probe", {});
+    state.probed = Object.fromEntries(answer.regions.map((result) => [result.region, result]));
+    const off = answer.regions.filter((result) => !result.within_tolerance).map((result) => result.region);
+    say("probe-status", `probed ${answer.regions.length} regions, ${answer.regions[0]?.calls ?? 0} calls each` +
+      (off.length ? `; outside max(1 ms, 5%): ${off.join(", ")}` : "; every median within max(1 ms, 5%)"));
+    if (state.snapshot) renderLatency(state.snapshot);
+  } catch (error) {
+    say("probe-status", error.message, true);
+  }
+}
+
 async function listKv(event) {
   event.preventDefault();
   const query = new URLSearchParams(new FormData($("kv-form")));
@@ -379,6 +399,7 @@ function connect() {
 async function start() {
   $("write-form").addEventListener("submit", sendWrite);
   $("kv-form").addEventListener("submit", listKv);
+  $("probe-form").addEventListener("submit", runProbe);
   $("fault-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const form = new FormData($("fault-form"));
