@@ -42,6 +42,7 @@ ROUTES_REFRESH_S = 5.0
 WATCH_POLL_S = 0.01
 WATCH_TIMEOUT_S = 10.0
 PROPAGATION_HISTOGRAM = "edge_kv_propagation_seconds"
+PROPAGATION_SAMPLES = (f"{PROPAGATION_HISTOGRAM}_sum", f"{PROPAGATION_HISTOGRAM}_count")
 KV_LIST_LIMIT = 100
 # The latency table's live column: `edgectl probe` with this many calls per target.
 PROBE_CALLS = 5
@@ -381,7 +382,7 @@ class ConsoleModel:
 
     def _propagation(self, info: cp_pb2.NodeInfo) -> tuple[float, float]:
         try:
-            return propagation_totals(scrape(info.metrics_address))
+            return propagation_totals(scrape(info.metrics_address, samples=PROPAGATION_SAMPLES))
         except (OSError, ValueError):
             return 0.0, 0.0
 

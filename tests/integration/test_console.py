@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import grpc
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_playwright
 
-from edgectl.client import scrape
+from edge.v1 import pop_pb2, pop_pb2_grpc
+from edgectl.client import REQUEST_SAMPLES, scrape
 from edgectl.console import geo
 from edgectl.console.state import propagation_ms, propagation_totals
 from edgectl.launcher import Cluster
@@ -274,6 +276,20 @@ def test_the_latency_table_shows_a_live_probe_beside_each_row(
     assert "probed 3 regions" in page.inner_text("#probe-status")
     assert watch.errors == [] and watch.outside() == []
     page.close()
+
+
+def test_the_console_scrapes_only_the_samples_it_shows(console: Console) -> None:
+    """A once-a-second look asks each node for one histogram, not its whole page (which
+    costs the node about 3x more CPU to generate)."""
+    node = console.cluster.node("tokyo-1")
+    with grpc.insecure_channel(node.grpc_address) as channel:  # a request to count
+        pop_pb2_grpc.PopStub(channel).Status(pop_pb2.PopStatusRequest(), timeout=10)
+    address = node.metrics_address
+    page = scrape(address, samples=REQUEST_SAMPLES)
+    assert "edge_request_duration_seconds_bucket" in page
+    assert "edge_request_duration_seconds_count" in page
+    assert "edge_kv_replica_applied_seq" not in page
+    assert "edge_kv_replica_applied_seq" in scrape(address)
 
 
 def test_actions_need_the_cluster_token(console: Console) -> None:
