@@ -203,6 +203,18 @@ class Console:
         results = await loop.run_in_executor(self.executor, self.model.probe)
         return web.json_response({"regions": results})
 
+    async def sql_browse(self, request: web.Request) -> web.StreamResponse:
+        pop = request.query.get("pop", "")
+        if not pop:
+            raise CliError("INVALID_ARGUMENT", "pop is required")
+        browsed = await self.call(
+            self.model.sql_browse,
+            pop,
+            request.query.get("database", ""),
+            request.query.get("table", ""),
+        )
+        return web.json_response(browsed)
+
     # -- actions -----------------------------------------------------------------------
 
     async def node_action(self, request: web.Request) -> web.StreamResponse:
@@ -277,6 +289,7 @@ def build_app(console: Console) -> web.Application:
     app.router.add_get("/api/map", console.world_map)
     app.router.add_get("/api/state", console.state)
     app.router.add_get("/api/kv", console.kv_list)
+    app.router.add_get("/api/sql", console.sql_browse)
     app.router.add_get("/events", console.events)
     app.router.add_post("/api/nodes/{name}", console.node_action)
     app.router.add_post("/api/net", console.fault)

@@ -19,7 +19,7 @@ import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge.v1 import control_plane_pb2 as cp_pb2
-from edge.v1 import kv_pb2, objects_pb2, pop_pb2, pop_pb2_grpc
+from edge.v1 import kv_pb2, objects_pb2, pop_pb2, pop_pb2_grpc, sql_pb2
 from edgectl import net, probe
 from edgectl.client import (
     CliError,
@@ -33,6 +33,7 @@ from edgectl.client import (
 )
 from edgectl.console import geo
 from edgectl.launcher import Cluster
+from edgepop import sqldb
 
 # Sparklines: one point a second, the last five minutes.
 HISTORY_POINTS = 300
@@ -44,6 +45,10 @@ WATCH_TIMEOUT_S = 10.0
 PROPAGATION_HISTOGRAM = "edge_kv_propagation_seconds"
 PROPAGATION_SAMPLES = (f"{PROPAGATION_HISTOGRAM}_sum", f"{PROPAGATION_HISTOGRAM}_count")
 KV_LIST_LIMIT = 100
+SQL_ROWS_LIMIT = 50
+SQL_TABLES = (
+    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+)
 # The latency table's live column: `edgectl probe` with this many calls per target.
 PROBE_CALLS = 5
 ACTIONS = frozenset({"start", "stop", "kill"})
@@ -183,6 +188,22 @@ def propagation_ms(before: tuple[float, float], after: tuple[float, float]) -> f
     return (after[0] - before[0]) / applied * 1e3
 
 
+@dataclass(frozen=True)
+class _SqlRows:
+    columns: list[str]
+    rows: list[list[Any]]
+    served_by: str
+
+
+def _cell(value: Any) -> Any:
+    """A SQL value for JSON: a blob as its hex, text cut at 200 characters."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, str):
+        return value[:200]
+    return value
+
+
 class ConsoleModel:
     """The cluster in `data_dir`, seen and changed the way `edgectl` does it."""
 
@@ -264,6 +285,40 @@ class ConsoleModel:
             plans = probe.plan(client, topology, None)
             results = probe.run_probe(client, topology, plans, calls, lambda _: None)
         return [result.to_json() for result in results]
+
+    def sql_browse(self, pop: str, database: str, table: str) -> dict[str, Any]:
+        """The SQL databases at a PoP's replica; a database's tables; a table's first rows.
+        Read at the replica as it is (D1's first-unconstrained), never at the primary."""
+        target = self._pop_target(pop)
+        databases = [db.name for db in self.client.sql_list(target).response.databases]
+        browsed: dict[str, Any] = {"pop": pop, "databases": databases, "database": database}
+        if not database:
+            return browsed
+        if database not in databases:
+            raise CliError("NOT_FOUND", f"no database {database!r} at {pop}")
+        tables = [str(row[0]) for row in self._sql(target, database, SQL_TABLES).rows]
+        browsed.update(tables=tables, table=table, columns=[], rows=[])
+        if table:
+            if table not in tables:
+                raise CliError("NOT_FOUND", f"no table {table!r} in {database} at {pop}")
+            quoted = '"' + table.replace('"', '""') + '"'
+            result = self._sql(target, database, f"SELECT * FROM {quoted} LIMIT {SQL_ROWS_LIMIT}")
+            browsed.update(
+                columns=result.columns,
+                rows=[[_cell(value) for value in row] for row in result.rows],
+                served_by=result.served_by,
+            )
+        return browsed
+
+    def _sql(self, target: Target, database: str, statement: str) -> _SqlRows:
+        request = sql_pb2.SqlQueryRequest(
+            database=database,
+            statements=[sql_pb2.SqlStatement(sql=statement)],
+            session=sql_pb2.SQL_SESSION_FIRST_UNCONSTRAINED,
+        )
+        result = self.client.sql_query(target, request).response.results[0]
+        rows = [[sqldb.to_python(value) for value in row.values] for row in result.rows]
+        return _SqlRows(list(result.columns), rows, result.meta.served_by)
 
     # -- acting ------------------------------------------------------------------------
 

@@ -304,3 +304,73 @@ def test_actions_need_the_cluster_token(console: Console) -> None:
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 401
     assert edgectl_json(console.cluster.data_dir, "net", "show")["faults"] == []
+
+
+def test_the_sql_inspector_browses_a_database_at_a_replica(
+    console: Console, browser: Browser
+) -> None:
+    data_dir = console.cluster.data_dir
+    created = edgectl(data_dir, "d1", "create", "shop")
+    assert created.returncode == 0, created.stderr
+    statements = "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT); "
+    statements += "INSERT INTO items (name) VALUES ('green tea'), (NULL)"
+    executed = edgectl(data_dir, "d1", "execute", "shop", "--command", statements)
+    assert executed.returncode == 0, executed.stderr
+    page, watch = open_page(browser, console)
+    page.select_option("#sql-pop", "sydney-1")
+
+    def browse_to(select: str, value: str) -> bool:
+        page.click("#sql-submit")
+        page.wait_for_function("!document.getElementById('sql-status').textContent.endsWith('…')")
+        values = page.eval_on_selector_all(
+            f"{select} option", "options => options.map(o => o.value)"
+        )
+        if value not in values:
+            return False  # not replicated to sydney yet
+        page.select_option(select, value)
+        return True
+
+    poll_until(lambda: browse_to("#sql-database", "shop"), timeout=10.0, what="shop at sydney")
+    poll_until(lambda: browse_to("#sql-table", "items"), timeout=10.0, what="items at sydney")
+    page.click("#sql-submit")
+    page.wait_for_selector("#sql-table-rows tbody tr")
+    rows = page.inner_text("#sql-table-rows")
+    assert "green tea" in rows and "NULL" in rows
+    assert "served by sydney-1" in page.inner_text("#sql-status")
+    screenshot(page, "sql")
+    assert watch.errors == [] and watch.outside() == []
+    page.close()
+
+
+def test_an_objects_failover_shows_as_its_owner_moving_on_the_map(
+    console: Console, browser: Browser
+) -> None:
+    """Last in this module: it kills a PoP (and starts it again by click)."""
+    data_dir = console.cluster.data_dir
+    args = ("do", "call", "Counter", "console-moves", "increment")
+    first = edgectl_json(data_dir, *args, "--from", "tokyo")
+    owner = first["node"]
+    key = f"Counter/{first['id']}"
+    page, watch = open_page(browser, console)
+    page.wait_for_selector(f'#objects g.object[data-object="{key}"][data-owner="{owner}"]')
+    page.click(f'#nodes-table button[data-node="{owner}"][data-action="kill"]')
+    poll_until(lambda: node_health(page, owner) == "down", timeout=5.0, what=f"{owner} down")
+
+    def moved() -> bool:
+        # The next call finds the owner gone: its standby takes over (a new epoch).
+        result = edgectl(data_dir, *args, "--from", "london", "--json")
+        return result.returncode == 0 and json.loads(result.stdout)["node"] != owner
+
+    poll_until(moved, timeout=60.0, interval=0.5, what="the object served by a new owner")
+    move = page.wait_for_selector(f'#objects path.move[data-object="{key}"]', timeout=10_000)
+    assert move is not None and move.get_attribute("data-from") == owner
+    new_owner = str(move.get_attribute("data-to"))
+    assert new_owner != owner
+    row = page.locator(f'#objects-table tr[data-object="{key}"]')
+    assert row.locator("td.owner").inner_text() == new_owner
+    assert f"from {owner}" in row.locator("td.moved").inner_text()
+    screenshot(page, "failover")
+    page.click(f'#nodes-table button[data-node="{owner}"][data-action="start"]')
+    poll_until(lambda: node_health(page, owner) == "healthy", timeout=30.0, what=f"{owner} back")
+    assert watch.errors == [] and watch.outside() == []
+    page.close()

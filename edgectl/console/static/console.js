@@ -5,7 +5,12 @@
 
 const SVG = "http://www.w3.org/2000/svg";
 const HISTORY_POINTS = 300;
-const state = { snapshot: null, history: {}, token: "", turned: new Map(), writing: false, probed: {} };
+const state = {
+  snapshot: null, history: {}, token: "", turned: new Map(), writing: false, probed: {},
+  owners: new Map(), moves: [],
+};
+// How long an owner's move stays drawn on the map.
+const MOVE_SHOWN_MS = 60_000;
 
 // The token arrives in the URL's fragment (never sent to a server); keep it for this tab
 // and take it out of the address bar.
@@ -126,6 +131,7 @@ function renderMap(snapshot) {
     }
   }
   const positions = nodePositions(snapshot);
+  renderObjectsOnMap(snapshot, positions);
   for (const node of snapshot.nodes) {
     const at = positions[node.name];
     if (!at) continue;
@@ -144,6 +150,49 @@ function renderMap(snapshot) {
     }
     nodes.append(group);
   }
+}
+
+function objectKey(object) { return `${object.namespace}/${object.id}`; }
+
+// Each object is a small diamond beside its owner; a move (a failover, a migration) is
+// drawn from the old owner to the new one for a minute.
+function renderObjectsOnMap(snapshot, positions) {
+  const layer = $("objects");
+  layer.replaceChildren();
+  const perOwner = {};
+  for (const object of snapshot.objects) {
+    const at = positions[object.owner];
+    if (!at) continue;
+    const slot = (perOwner[object.owner] = (perOwner[object.owner] || 0) + 1) - 1;
+    const x = at.x - 12 - (slot % 4) * 6, y = at.y + 4 + Math.floor(slot / 4) * 6;
+    const group = svg("g", { class: "object", "data-object": objectKey(object), "data-owner": object.owner });
+    group.append(svg("rect", { x: x - 2.5, y: y - 2.5, width: 5, height: 5, transform: `rotate(45 ${x} ${y})` }));
+    group.append(svg("title", {}, `${object.namespace} ${object.id.slice(0, 12)}…: owner ${object.owner}, epoch ${object.epoch}`));
+    layer.append(group);
+  }
+  const now = Date.now();
+  state.moves = state.moves.filter((move) => now - move.at < MOVE_SHOWN_MS);
+  for (const move of state.moves) {
+    const a = positions[move.from], b = positions[move.to];
+    if (!a || !b) continue;
+    const path = svg("path", { class: "move", d: curve(a, b, -25), "data-object": move.key,
+      "data-from": move.from, "data-to": move.to });
+    path.append(svg("title", {}, `${move.key}: owner moved ${move.from} → ${move.to}`));
+    layer.append(path);
+  }
+}
+
+function noteMoves(snapshot) {
+  const seen = new Map();
+  for (const object of snapshot.objects) {
+    const key = objectKey(object);
+    const before = state.owners.get(key);
+    if (before && before !== object.owner) {
+      state.moves.push({ key, from: before, to: object.owner, at: Date.now() });
+    }
+    seen.set(key, object.owner);
+  }
+  state.owners = seen;
 }
 
 function describeFault(fault) {
@@ -226,12 +275,19 @@ function renderLatency(snapshot) {
   $("latency-table").tBodies[0].replaceChildren(...rows);
 }
 
+function movedText(key) {
+  const move = [...state.moves].reverse().find((candidate) => candidate.key === key);
+  if (!move) return "–";
+  return `from ${move.from}, ${Math.round((Date.now() - move.at) / 1000)} s ago`;
+}
+
 function renderObjects(snapshot) {
-  const rows = snapshot.objects.map((object) => el("tr", {},
+  const rows = snapshot.objects.map((object) => el("tr", { "data-object": objectKey(object) },
     el("td", {}, object.namespace), el("td", { title: object.id }, object.id.slice(0, 16)),
-    el("td", {}, object.owner), el("td", {}, object.standby || object.next_standby || "–"),
-    el("td", {}, object.epoch), el("td", {}, object.synced_seq)));
-  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 6 }, "no object placed yet")));
+    el("td", { class: "owner" }, object.owner), el("td", {}, object.standby || object.next_standby || "–"),
+    el("td", {}, object.epoch), el("td", {}, object.synced_seq),
+    el("td", { class: "moved" }, movedText(objectKey(object)))));
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 7 }, "no object placed yet")));
   $("objects-table").tBodies[0].replaceChildren(...rows);
 }
 
@@ -254,11 +310,14 @@ function renderForms(snapshot) {
     $("fault-from").value = regions.find((name) => name !== snapshot.origin_region);
     $("fault-to").value = snapshot.origin_region;
   }
-  fillSelect($("kv-pop"), snapshot.nodes.filter((node) => node.role === "pop").map((node) => node.name));
+  const pops = snapshot.nodes.filter((node) => node.role === "pop").map((node) => node.name);
+  fillSelect($("kv-pop"), pops);
+  fillSelect($("sql-pop"), pops);
 }
 
 function render(snapshot) {
   state.snapshot = snapshot;
+  noteMoves(snapshot);
   const up = snapshot.nodes.filter((node) => node.alive && node.healthy).length;
   $("summary").textContent = `${up} of ${snapshot.nodes.length} nodes healthy · ` +
     `${snapshot.faults.length} link faults · ${snapshot.objects.length} objects placed · ` +
@@ -356,6 +415,38 @@ async function runProbe(event) {
   }
 }
 
+function fillChoices(select, names) {
+  fillSelect(select, ["", ...names]);
+  select.options[0].textContent = "(list)";
+}
+
+async function browseSql(event) {
+  event.preventDefault();
+  const query = new URLSearchParams(new FormData($("sql-form")));
+  say("sql-status", "reading the replica …");
+  try {
+    const answer = await api("GET", `/api/sql?${query}`);
+    fillChoices($("sql-database"), answer.databases);
+    $("sql-database").value = answer.database || "";
+    fillChoices($("sql-table"), answer.tables || []);
+    $("sql-table").value = answer.table || "";
+    const table = $("sql-table-rows");
+    if (answer.columns && answer.table) {
+      table.tHead.replaceChildren(el("tr", {}, ...answer.columns.map((name) => el("th", { scope: "col" }, name))));
+      table.tBodies[0].replaceChildren(...answer.rows.map((row) => el("tr", {},
+        ...row.map((value) => el("td", {}, value === null ? "NULL" : value)))));
+      say("sql-status", `${answer.rows.length} rows of ${answer.table} in ${answer.database}, served by ${answer.served_by}`);
+    } else {
+      table.tHead.replaceChildren();
+      table.tBodies[0].replaceChildren();
+      say("sql-status", answer.database ? `${answer.tables.length} tables in ${answer.database} at ${answer.pop}`
+        : `${answer.databases.length} databases at ${answer.pop}`);
+    }
+  } catch (error) {
+    say("sql-status", error.message, true);
+  }
+}
+
 async function listKv(event) {
   event.preventDefault();
   const query = new URLSearchParams(new FormData($("kv-form")));
@@ -400,6 +491,8 @@ async function start() {
   $("write-form").addEventListener("submit", sendWrite);
   $("kv-form").addEventListener("submit", listKv);
   $("probe-form").addEventListener("submit", runProbe);
+  $("sql-form").addEventListener("submit", browseSql);
+  $("sql-database").addEventListener("change", () => { $("sql-table").value = ""; });
   $("fault-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const form = new FormData($("fault-form"));
