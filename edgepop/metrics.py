@@ -8,10 +8,13 @@ key or an object id. Each process has its own registry, served on its metrics po
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from edge.v1 import node_pb2
 
 # Request latencies from sub-millisecond local reads up to multi-second timeouts.
 LATENCY_BUCKETS_S = (
@@ -24,6 +27,58 @@ PROPAGATION_BUCKETS_S = (
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
 BASE_LABELS = ("node", "region")
+# Calls that only look at a node (the live view's and the console's polls): they are not
+# the cluster's traffic, so RequestTotals leaves them out.
+MONITOR_METHODS = frozenset(
+    {
+        ("Pop", "Status"),
+        ("Origin", "Status"),
+        ("ControlPlane", "ListNodes"),
+        ("ControlPlane", "GetTopology"),
+        ("ControlPlane", "ListPlacements"),
+    }
+)
+
+
+class RequestTotals:
+    """Every request this node served but the monitors', as one latency histogram.
+
+    Kept beside the labelled histogram at observe time (a bisect and two increments), so
+    that Status can say it without collecting every child of the labelled one.
+    """
+
+    def __init__(self, bounds: tuple[float, ...] = ()) -> None:
+        self.bounds = bounds or LATENCY_BUCKETS_S
+        self.counts = [0] * (len(self.bounds) + 1)  # the last: above every bound
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.count += 1
+
+    def cumulative(self) -> tuple[tuple[float, ...], tuple[int, ...]]:
+        """(upper bounds with +Inf last, cumulative counts): Prometheus's buckets."""
+        return (*self.bounds, float("inf")), tuple(itertools.accumulate(self.counts))
+
+    def to_proto(self) -> node_pb2.RequestStats:
+        bounds, counts = self.cumulative()
+        return node_pb2.RequestStats(
+            count=self.count, bucket_bounds=bounds, bucket_counts=[float(n) for n in counts]
+        )
+
+
+class _TotalledChild:
+    """A request-duration child whose observations also go into the RequestTotals."""
+
+    __slots__ = ("_child", "_totals")
+
+    def __init__(self, child: Any, totals: RequestTotals) -> None:
+        self._child = child
+        self._totals = totals
+
+    def observe(self, seconds: float) -> None:
+        self._child.observe(seconds)
+        self._totals.observe(seconds)
 
 
 def observe_repeated(histogram: Histogram, amount: float, count: int) -> None:
@@ -73,6 +128,7 @@ class NodeMetrics:
             registry=registry,
         )
         self._request_children: dict[tuple[str, str, str], Any] = {}
+        self.request_totals = RequestTotals()
 
         # KV replication (PoPs; the origin exports its own head seq).
         self.kv_applied_seq = Gauge(
@@ -347,6 +403,8 @@ class NodeMetrics:
         child = self._request_children.get(key)
         if child is None:
             child = self.request_duration.labels(self.node, self.region, service, method, code)
+            if (service, method) not in MONITOR_METHODS:
+                child = _TotalledChild(child, self.request_totals)
             self._request_children[key] = child
         return child
 

@@ -146,6 +146,7 @@ class OriginService(pb_grpc.OriginServicer):
             head_seq=head,
             log_first_seq=first,
             subscribers=self.node.subscribers,
+            requests=self.node.metrics.request_totals.to_proto(),
         )
 
     # -- SQL databases (the primaries) ---------------------------------------------------------

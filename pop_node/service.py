@@ -81,6 +81,7 @@ class PopService(pb_grpc.PopServicer):
             overlay_entries=len(self.node.overlay),
             workers=self.node.workers.loaded(),
             http_address=self.node.http_address,
+            requests=self.node.metrics.request_totals.to_proto(),
         )
 
     @rpc(internal=True)

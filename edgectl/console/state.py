@@ -37,8 +37,9 @@ from edgepop import sqldb
 
 # Sparklines: one point a second, the last five minutes.
 HISTORY_POINTS = 300
-# The nearest-PoP routing of each user region changes only with nodes: asked this often.
-ROUTES_REFRESH_S = 5.0
+# The nearest-PoP routing of each user region: asked again when the topology's version
+# moves (nodes, health), and at least this often.
+ROUTES_REFRESH_S = 30.0
 # Watching a write: each PoP's applied seq is polled this often, for at most this long.
 WATCH_POLL_S = 0.01
 WATCH_TIMEOUT_S = 10.0
@@ -215,6 +216,7 @@ class ConsoleModel:
         self.history = History()
         self._routes: dict[str, str] = {}
         self._routes_at = 0.0
+        self._routes_version = -1
         self._topology: cp_pb2.Topology | None = None
 
     def close(self) -> None:
@@ -232,7 +234,9 @@ class ConsoleModel:
         return self._topology
 
     def _routes_now(self, topology: cp_pb2.Topology) -> dict[str, str]:
-        if time.monotonic() - self._routes_at >= ROUTES_REFRESH_S or not self._routes:
+        # Routing changes only with nodes and their health, which bump the version.
+        stale = topology.version != self._routes_version or not self._routes
+        if stale or time.monotonic() - self._routes_at >= ROUTES_REFRESH_S:
             routes = {}
             for region in topology.regions:
                 try:
@@ -240,6 +244,7 @@ class ConsoleModel:
                 except CliError:
                     continue
             self._routes, self._routes_at = routes, time.monotonic()
+            self._routes_version = topology.version
         return self._routes
 
     def snapshot(self) -> dict[str, Any]:

@@ -419,7 +419,11 @@ def test_a_wrong_increment_output_without_indeterminate_ops_is_a_violation(
     mutated.output += delta
     result = check_operations(history, CounterModel())
     assert result.verdict == "violation"
-    assert len(result.window) < len(history)
+    # The window holds the changed op. It is usually a part of the history, but not
+    # always: when the changed increment returns after every other op (seed 86,
+    # 8 clients, +1), the smallest window that shows it is the whole history.
+    assert mutated in result.window
+    assert len(result.window) <= len(history)
 
 
 @settings(max_examples=60, deadline=None)

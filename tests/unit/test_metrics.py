@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 
-from edgepop.metrics import PROPAGATION_BUCKETS_S, observe_ages, observe_repeated
+from edgepop.metrics import PROPAGATION_BUCKETS_S, NodeMetrics, observe_ages, observe_repeated
 
 
 def _histogram() -> Histogram:
@@ -51,3 +51,24 @@ def test_observe_ages_matches_observe(now: float, times: list[float]) -> None:
     expected, got = _samples(one_by_one), _samples(grouped)
     for name, value in expected.items():
         assert abs(got[name] - value) <= 1e-6 * max(1.0, abs(value)), name
+
+
+def test_request_totals_match_the_labelled_histogram_but_leave_the_monitors_out() -> None:
+    metrics = NodeMetrics("tokyo-1", "tokyo")
+    for seconds in (0.0001, 0.0005, 0.003, 0.003, 0.07, 0.5, 12.0):
+        metrics.request("Pop", "KvGet", "OK").observe(seconds)
+    metrics.request("Pop", "Status", "OK").observe(0.001)  # a monitor's poll
+    metrics.request("http", "counter", "200").observe(0.004)
+    bounds, counts = metrics.request_totals.cumulative()
+    assert bounds[-1] == float("inf") and counts[-1] == metrics.request_totals.count == 8
+    by_bound = {}
+    for family in metrics.registry.collect():
+        if family.name != "edge_request_duration_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket") and sample.labels["method"] != "Status":
+                bound = float(sample.labels["le"])
+                by_bound[bound] = by_bound.get(bound, 0.0) + sample.value
+    assert tuple(by_bound[bound] for bound in bounds) == counts
+    stats = metrics.request_totals.to_proto()
+    assert stats.count == 8 and list(stats.bucket_counts) == list(counts)
