@@ -203,6 +203,13 @@ class Console:
         results = await loop.run_in_executor(self.executor, self.model.probe)
         return web.json_response({"regions": results})
 
+    async def kv_versions(self, request: web.Request) -> web.StreamResponse:
+        namespace = request.query.get("namespace", "")
+        key = request.query.get("key", "")
+        if not namespace or not key:
+            raise CliError("INVALID_ARGUMENT", "namespace and key are required")
+        return web.json_response(await self.call(self.model.kv_versions, namespace, key))
+
     async def sql_browse(self, request: web.Request) -> web.StreamResponse:
         pop = request.query.get("pop", "")
         if not pop:
@@ -289,6 +296,7 @@ def build_app(console: Console) -> web.Application:
     app.router.add_get("/api/map", console.world_map)
     app.router.add_get("/api/state", console.state)
     app.router.add_get("/api/kv", console.kv_list)
+    app.router.add_get("/api/kv/versions", console.kv_versions)
     app.router.add_get("/api/sql", console.sql_browse)
     app.router.add_get("/events", console.events)
     app.router.add_post("/api/nodes/{name}", console.node_action)

@@ -291,6 +291,39 @@ class ConsoleModel:
             results = probe.run_probe(client, topology, plans, calls, lambda _: None)
         return [result.to_json() for result in results]
 
+    def kv_versions(self, namespace: str, key: str) -> dict[str, Any]:
+        """Which version of a key each PoP holds now (its replica, read locally), and the
+        origin's (the newest)."""
+        topology = self.topology()
+        holders: list[dict[str, Any]] = []
+        nodes = [
+            info
+            for info in topology.nodes
+            if info.role in (cp_pb2.ROLE_POP, cp_pb2.ROLE_ORIGIN) and info.healthy
+        ]
+        for info in sorted(nodes, key=lambda info: (info.role != cp_pb2.ROLE_ORIGIN, info.name)):
+            target = Target(info.name, role_name(info.role), info.region, info.grpc_address, "")
+            try:
+                got = self.client.kv_get(
+                    target, kv_pb2.KvGetRequest(namespace=namespace, key=key)
+                ).response
+            except CliError as error:
+                holders.append({"node": info.name, "region": info.region, "error": error.details})
+                continue
+            text, encoding = value_text(got.value)
+            holders.append(
+                {
+                    "node": info.name,
+                    "region": info.region,
+                    "role": role_name(info.role),
+                    "found": got.found,
+                    "seq": got.seq,
+                    "value": text[:200],
+                    "encoding": encoding,
+                }
+            )
+        return {"namespace": namespace, "key": key, "holders": holders}
+
     def sql_browse(self, pop: str, database: str, table: str) -> dict[str, Any]:
         """The SQL databases at a PoP's replica; a database's tables; a table's first rows.
         Read at the replica as it is (D1's first-unconstrained), never at the primary."""

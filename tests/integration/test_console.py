@@ -143,10 +143,10 @@ def test_the_page_shows_every_node_at_its_region_with_no_errors_and_nothing_fetc
         lambda: page.locator("#nodes g.node").count() == len(expected), what="every node drawn"
     )
     for name, node in expected.items():
-        shape = page.locator(f'#nodes g.node[data-node="{name}"]').locator("circle, rect").first
-        box = shape.evaluate(
-            "s => { const b = s.getBBox(); return [b.x + b.width / 2, b.y + b.height / 2]; }"
-        )
+        # Read in one step: the page redraws the map every second.
+        at = page.get_attribute(f'#nodes g.node[data-node="{name}"]', "data-x")
+        at_y = page.get_attribute(f'#nodes g.node[data-node="{name}"]', "data-y")
+        box = (float(str(at)), float(str(at_y)))
         region = regions[node.region]
         x, y = geo.project(region.latitude, region.longitude)
         # Two nodes of one region sit on a 9-unit circle around its point.
@@ -251,6 +251,16 @@ def test_a_put_from_tokyo_shows_every_pop_turning_with_the_times_its_metrics_giv
     page.click("#kv-submit")
     page.wait_for_selector("#kv-table tbody tr")
     assert "from tokyo" in page.inner_text("#kv-table")
+    page.click('#kv-table button[data-key="travel"]')
+    page.wait_for_selector("#kv-versions tbody tr[data-node]")
+    holders = page.locator("#kv-versions tbody tr[data-node]")
+    assert holders.count() == len(pops) + 1  # every PoP and the origin
+    seq = page.locator("#write-status").inner_text().split("seq ")[1].split()[0]
+    for row in holders.all():
+        assert row.locator("td").nth(1).inner_text() == seq, row.inner_text()
+    assert f"seq {seq} at {len(pops) + 1} of {len(pops) + 1} nodes" in page.inner_text(
+        "#kv-versions-status"
+    )
     assert watch.errors == [] and watch.outside() == []
     page.close()
 

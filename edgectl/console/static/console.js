@@ -136,7 +136,8 @@ function renderMap(snapshot) {
     const at = positions[node.name];
     if (!at) continue;
     const group = svg("g", { class: `node ${health(node)}`, "data-node": node.name,
-      "data-health": health(node), "data-region": node.region });
+      "data-health": health(node), "data-region": node.region,
+      "data-x": at.x.toFixed(1), "data-y": at.y.toFixed(1) });
     const turned = state.turned.get(node.name);
     if (turned !== undefined) group.classList.add("turned");
     if (node.role === "pop") group.append(svg("circle", { cx: at.x, cy: at.y, r: 5 }));
@@ -447,6 +448,24 @@ async function browseSql(event) {
   }
 }
 
+async function kvVersions(namespace, key) {
+  say("kv-versions-status", `asking every PoP for ${key} …`);
+  try {
+    const answer = await api("GET", `/api/kv/versions?${new URLSearchParams({ namespace, key })}`);
+    const newest = Math.max(...answer.holders.map((holder) => holder.seq || 0));
+    $("kv-versions").tBodies[0].replaceChildren(...answer.holders.map((holder) => el("tr", {
+      "data-node": holder.node, class: holder.seq === newest ? "" : "behind" },
+      el("th", { scope: "row" }, holder.node), el("td", {}, holder.region),
+      el("td", {}, holder.error ? "–" : holder.found ? holder.seq : "not found"),
+      el("td", {}, holder.error || holder.value))));
+    const behind = answer.holders.filter((holder) => (holder.seq || 0) !== newest).length;
+    say("kv-versions-status", `${key}: seq ${newest} at ${answer.holders.length - behind} of ` +
+      `${answer.holders.length} nodes` + (behind ? `, ${behind} behind` : ""));
+  } catch (error) {
+    say("kv-versions-status", error.message, true);
+  }
+}
+
 async function listKv(event) {
   event.preventDefault();
   const query = new URLSearchParams(new FormData($("kv-form")));
@@ -454,7 +473,9 @@ async function listKv(event) {
   try {
     const answer = await api("GET", `/api/kv?${query}`);
     $("kv-table").tBodies[0].replaceChildren(...answer.keys.map((key) => el("tr", {},
-      el("td", {}, key.key), el("td", { title: key.encoding }, key.value), el("td", {}, key.seq),
+      el("td", {}, el("button", { class: "small", type: "button", "data-key": key.key,
+        title: "which version each PoP holds", onclick: () => kvVersions(answer.namespace, key.key) }, key.key)),
+      el("td", { title: key.encoding }, key.value), el("td", {}, key.seq),
       el("td", {}, key.metadata || "–"))));
     say("kv-status", `${answer.keys.length} keys in ${answer.namespace} at ${answer.pop}`);
   } catch (error) {
