@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import kv_pb2, objects_pb2, pop_pb2, pop_pb2_grpc, sql_pb2
 from edgectl import net, probe
+from edgectl import objects as do
 from edgectl.client import (
     CliError,
     ClusterMonitor,
@@ -98,13 +99,10 @@ def region_json(region: cp_pb2.Region, origin_region: str) -> dict[str, Any]:
 
 
 def placement_json(placement: objects_pb2.Placement) -> dict[str, Any]:
+    """`edgectl do placements --json`'s row, and what the page shows besides."""
     return {
-        "namespace": placement.namespace,
-        "id": placement.id,
-        "owner": placement.owner,
-        "standby": placement.standby,
+        **do.placement_json(placement),
         "next_standby": placement.next_standby,
-        "epoch": placement.epoch,
         "synced_seq": placement.synced_seq,
     }
 
