@@ -902,25 +902,16 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 
 def _fault_request(args: argparse.Namespace) -> cp_pb2.SetLinkFaultRequest:
-    request = cp_pb2.SetLinkFaultRequest(
-        from_region=args.from_region,
-        to_region=args.to_region,
+    return net.fault_request(
+        args.fault,
+        args.from_region,
+        args.to_region,
+        delay_ms=getattr(args, "delay_ms", None),
+        jitter_ms=getattr(args, "jitter_ms", None),
+        loss=getattr(args, "loss", None),
         one_way=args.one_way,
-        duration_s=args.duration_s or 0.0,
+        duration_s=args.duration_s,
     )
-    # Only the field a command names is sent: the control plane merges it into the
-    # pair's fault, so `net jitter` after `net delay` keeps the delay.
-    if args.fault == "delay":
-        request.delay_ms = args.delay_ms
-        if args.jitter_ms is not None:
-            request.jitter_ms = args.jitter_ms
-    elif args.fault == "jitter":
-        request.jitter_ms = args.jitter_ms
-    elif args.fault == "loss":
-        request.loss = args.loss
-    else:
-        request.partitioned = True
-    return request
 
 
 def _print_faults(args: argparse.Namespace, faults: list[cp_pb2.LinkFault], done: str) -> None:

@@ -30,7 +30,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -617,6 +617,8 @@ class NodeProbe:
     # Worker versions the PoP serves now.
     workers: int | None = None
     latency_buckets: tuple[tuple[float, float], ...] = ()
+    # (namespace, id) -> calls run so far, of the objects the PoP owns and names.
+    object_calls: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -643,6 +645,8 @@ class NodeSample:
     # Latency quantiles of the requests served since the previous sample (ms).
     p50_ms: float | None = None
     p99_ms: float | None = None
+    # (namespace, id) -> calls/s since the previous sample, of the objects it owns.
+    object_rates: Mapping[tuple[str, str], float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -713,6 +717,22 @@ def rate_per_s(previous: tuple[float, float] | None, current: tuple[float, float
     return delta / elapsed
 
 
+def object_rates(previous: NodeProbe | None, current: NodeProbe) -> dict[tuple[str, str], float]:
+    """Calls/s of each object between two probes of its owner. An object first named
+    now has no rate yet; one whose count went down was activated again (from 0)."""
+    if previous is None:
+        return {}
+    elapsed = current.at - previous.at
+    if elapsed <= 0:
+        return {}
+    rates = {}
+    for key, calls in current.object_calls.items():
+        before = previous.object_calls.get(key)
+        if before is not None:
+            rates[key] = (calls - before if calls >= before else calls) / elapsed
+    return rates
+
+
 def scrape(
     metrics_address: str, timeout_s: float = PROBE_TIMEOUT_S, samples: Sequence[str] = ()
 ) -> str:
@@ -735,6 +755,7 @@ class _NodeTrack:
     rate: float | None = None
     p50_ms: float | None = None
     p99_ms: float | None = None
+    object_rates: dict[tuple[str, str], float] = field(default_factory=dict)
     stale: bool = False
 
 
@@ -775,6 +796,7 @@ class ClusterMonitor:
         workers = None
         buckets: tuple[tuple[float, float], ...] = ()
         requests: node_pb2.RequestStats | None = None
+        object_calls: dict[tuple[str, str], int] = {}
         try:
             if node.role == "pop":
                 status = pop_pb2_grpc.PopStub(channel).Status(
@@ -784,6 +806,7 @@ class ClusterMonitor:
                 lag, replicating = status.lag_seconds, status.replicating
                 workers = len(status.workers)
                 requests = status.requests
+                object_calls = {(item.namespace, item.id): item.calls for item in status.objects}
             elif node.role == "origin":
                 origin = origin_pb2_grpc.OriginStub(channel).Status(
                     origin_pb2.OriginStatusRequest(), timeout=self.probe_timeout_s
@@ -802,7 +825,9 @@ class ClusterMonitor:
                 text = scrape(node.metrics_address, self.probe_timeout_s, REQUEST_SAMPLES)
                 stats = request_stats(text)
                 count, buckets = stats.count, stats.buckets
-        return NodeProbe(time.monotonic(), seq, head, lag, replicating, count, workers, buckets)
+        return NodeProbe(
+            time.monotonic(), seq, head, lag, replicating, count, workers, buckets, object_calls
+        )
 
     def sample(self) -> list[NodeSample]:
         """Start the probes that are not still running, wait briefly, return every row."""
@@ -838,6 +863,7 @@ class ClusterMonitor:
             if track.pending is not None and track.pending.done():
                 probe = track.pending.result()
                 track.pending = None
+                track.object_rates = object_rates(track.last, probe)
                 track.last, track.stale = probe, False
                 if probe.request_count is not None:
                     current = (probe.at, probe.request_count)
@@ -877,6 +903,7 @@ class ClusterMonitor:
                     workers=last.workers if last else None,
                     p50_ms=track.p50_ms,
                     p99_ms=track.p99_ms,
+                    object_rates=track.object_rates,
                 )
             )
         return rows

@@ -80,6 +80,50 @@ def parse_loss(text: str) -> float:
     return value
 
 
+# -- setting faults --------------------------------------------------------------------
+
+# What `edgectl net KIND` (and the console's fault form) can set on a pair.
+FAULT_KINDS = ("delay", "jitter", "loss", "partition")
+
+
+def fault_request(
+    kind: str,
+    from_region: str,
+    to_region: str,
+    *,
+    delay_ms: float | None = None,
+    jitter_ms: float | None = None,
+    loss: float | None = None,
+    one_way: bool = False,
+    duration_s: float | None = None,
+) -> cp_pb2.SetLinkFaultRequest:
+    """The SetLinkFault of one fault kind. Only the fields the kind names are sent: the
+    control plane merges them into the pair's fault, so `jitter` after `delay` keeps the
+    delay. ValueError names a value the kind needs and was not given."""
+    if kind not in FAULT_KINDS:
+        raise ValueError(f"unknown fault {kind!r} (one of {', '.join(FAULT_KINDS)})")
+    request = cp_pb2.SetLinkFaultRequest(
+        from_region=from_region,
+        to_region=to_region,
+        one_way=one_way,
+        duration_s=duration_s or 0.0,
+    )
+    needed = {"delay": delay_ms, "jitter": jitter_ms, "loss": loss}
+    if kind in needed and needed[kind] is None:
+        raise ValueError(f"a {kind} fault needs its value")
+    if kind == "delay":
+        request.delay_ms = delay_ms or 0.0
+        if jitter_ms is not None:
+            request.jitter_ms = jitter_ms
+    elif kind == "jitter":
+        request.jitter_ms = jitter_ms or 0.0
+    elif kind == "loss":
+        request.loss = loss or 0.0
+    else:
+        request.partitioned = True
+    return request
+
+
 # -- showing faults --------------------------------------------------------------------
 
 

@@ -18,6 +18,10 @@ from pop_node.objects.sessions import serve_session
 if TYPE_CHECKING:
     from pop_node.node import PopNode
 
+# Objects a Status names (the busiest): enough for a console's table, and a bound on the
+# reply of a PoP that hosts many thousands.
+STATUS_OBJECTS_MAX = 256
+
 
 class PopService(pb_grpc.PopServicer):
     def __init__(self, node: PopNode) -> None:
@@ -82,6 +86,12 @@ class PopService(pb_grpc.PopServicer):
             workers=self.node.workers.loaded(),
             http_address=self.node.http_address,
             requests=self.node.metrics.request_totals.to_proto(),
+            objects=[
+                pop_pb2.ObjectCalls(
+                    namespace=instance.namespace, id=instance.object_id.hex(), calls=instance.calls
+                )
+                for instance in self.node.objects.busiest(STATUS_OBJECTS_MAX)
+            ],
         )
 
     @rpc(internal=True)

@@ -44,6 +44,8 @@ PORT_DEFAULT = 8070
 REQUEST_BYTES_MAX = 64 * 1024
 KEY_BYTES_MAX = 512
 VALUE_BYTES_MAX = 64 * 1024
+# The fault form's fields, each the text `edgectl net` takes (`100ms`, `20%`, `30s`).
+FAULT_VALUES = ("delay", "jitter", "loss", "for")
 HTTP_STATUS = {
     "INVALID_ARGUMENT": 400,
     "NOT_FOUND": 404,
@@ -232,15 +234,18 @@ class Console:
 
     async def fault(self, request: web.Request) -> web.StreamResponse:
         body = await _json_body(request)
-        delay = body.get("delay_ms", 0)
-        if not isinstance(delay, int | float) or isinstance(delay, bool):
-            raise CliError("INVALID_ARGUMENT", "delay_ms must be a number")
+        values = {}
+        for name in FAULT_VALUES:
+            value = body.get(name, "")
+            if not isinstance(value, str):
+                raise CliError("INVALID_ARGUMENT", f"{name} must be text, as on the command line")
+            values[name] = value
         faults = await self.call(
             self.model.fault,
             _text(body, "action"),
             _text(body, "from"),
             _text(body, "to"),
-            float(delay),
+            values,
             bool(body.get("one_way", False)),
         )
         return web.json_response({"ok": True, "faults": faults})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +54,7 @@ SQL_TABLES = (
 # The latency table's live column: `edgectl probe` with this many calls per target.
 PROBE_CALLS = 5
 ACTIONS = frozenset({"start", "stop", "kill"})
-FAULTS = frozenset({"partition", "delay", "heal"})
+FAULTS = frozenset({*net.FAULT_KINDS, "heal"})
 
 
 def _round(value: float | None, digits: int = 2) -> float | None:
@@ -98,12 +98,17 @@ def region_json(region: cp_pb2.Region, origin_region: str) -> dict[str, Any]:
     }
 
 
-def placement_json(placement: objects_pb2.Placement) -> dict[str, Any]:
-    """`edgectl do placements --json`'s row, and what the page shows besides."""
+def placement_json(
+    placement: objects_pb2.Placement, owner: NodeSample | None = None
+) -> dict[str, Any]:
+    """`edgectl do placements --json`'s row, and what the page shows besides: the
+    call rate its owner reports (None until two looks at the owner have named it)."""
+    rate = None if owner is None else owner.object_rates.get((placement.namespace, placement.id))
     return {
         **do.placement_json(placement),
         "next_standby": placement.next_standby,
         "synced_seq": placement.synced_seq,
+        "calls_per_s": _round(rate, 1),
     }
 
 
@@ -116,6 +121,7 @@ def build_snapshot(
 ) -> dict[str, Any]:
     """The page's view of the cluster at `now` (unix seconds)."""
     infos = {info.name: info for info in topology.nodes}
+    by_name = {sample.name: sample for sample in samples}
     origin = topology.origin_region
     rtt = {(link.from_region, link.to_region): link.rtt_ms for link in topology.rtt}
     # A link for every PoP region to the origin: the way its writes and replication go.
@@ -136,7 +142,9 @@ def build_snapshot(
         ],
         "faults": [net.fault_json(fault, now) for fault in net.in_force(topology.faults, now)],
         "nodes": [node_json(sample, infos.get(sample.name)) for sample in samples],
-        "objects": [placement_json(placement) for placement in placements],
+        "objects": [
+            placement_json(placement, by_name.get(placement.owner)) for placement in placements
+        ],
         "routes": routes,
         "workers": [
             {"name": worker.name, "version": worker.version} for worker in topology.workers
@@ -377,9 +385,18 @@ class ConsoleModel:
         return f"killed {name} (pid {pid})"
 
     def fault(
-        self, action: str, from_region: str, to_region: str, delay_ms: float, one_way: bool
+        self,
+        action: str,
+        from_region: str,
+        to_region: str,
+        values: Mapping[str, str],
+        one_way: bool,
     ) -> list[dict[str, Any]]:
-        """Partition, delay or heal a pair of regions, as `edgectl net ...` does."""
+        """Set or heal a fault on a pair of regions, as `edgectl net ACTION` does.
+
+        `values` are the form's texts, read as the CLI reads its arguments: `delay` and
+        `jitter` (`100`, `100ms`, `0.1s`), `loss` (`0.2`, `20%`), `for` (`30s`, `2m`;
+        empty: until healed)."""
         if action not in FAULTS:
             raise CliError("INVALID_ARGUMENT", f"unknown fault {action!r}")
         unknown = net.unknown_regions(self.topology(), [from_region, to_region])
@@ -394,15 +411,29 @@ class ConsoleModel:
                 )
             )
         else:
-            request = cp_pb2.SetLinkFaultRequest(
-                from_region=from_region, to_region=to_region, one_way=one_way
-            )
-            if action == "partition":
-                request.partitioned = True
-            else:
-                if not 0 < delay_ms <= 60_000:
-                    raise CliError("INVALID_ARGUMENT", "delay_ms must be in (0, 60000]")
-                request.delay_ms = delay_ms
+
+            def read(name: str, parse: Callable[[str], float]) -> float | None:
+                text = values.get(name, "").strip()
+                if not text:
+                    return None
+                try:
+                    return parse(text)
+                except ValueError as error:
+                    raise CliError("INVALID_ARGUMENT", f"{name}: {error}") from None
+
+            try:
+                request = net.fault_request(
+                    action,
+                    from_region,
+                    to_region,
+                    delay_ms=read("delay", net.parse_ms),
+                    jitter_ms=read("jitter", net.parse_ms),
+                    loss=read("loss", net.parse_loss),
+                    one_way=one_way,
+                    duration_s=read("for", net.parse_duration),
+                )
+            except ValueError as error:
+                raise CliError("INVALID_ARGUMENT", str(error)) from None
             faults = self.client.set_link_fault(request)
         now = time.time()
         return [net.fault_json(fault, now) for fault in net.in_force(faults, now)]

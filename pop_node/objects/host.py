@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
 import json
 import logging
 import time
@@ -218,6 +219,10 @@ class ObjectHost:
             )
             self._metric_children[key] = children
         return children
+
+    def busiest(self, limit: int) -> list[ObjectInstance]:
+        """The `limit` live instances that have run the most calls, most first."""
+        return heapq.nlargest(limit, self.instances.values(), key=lambda instance: instance.calls)
 
     def class_of(self, namespace: str) -> type[DurableObject]:
         cls = self.classes.get(namespace)
@@ -569,6 +574,7 @@ class ObjectHost:
         code = "OK"
         try:
             instance = await self.instance(namespace, object_id, region, location_hint)
+            instance.calls += 1
             if method == FETCH_METHOD:
                 return await instance.execute(
                     lambda: run_fetch(instance.obj, request, upgrade=False),

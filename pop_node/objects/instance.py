@@ -385,6 +385,8 @@ class ObjectInstance:
         self.obj: DurableObject = cls(context, host.env_for(namespace))
         self.alarm_task: asyncio.Task[None] | None = None
         self.created_at = time.monotonic()
+        # Calls run here since activation (Status reports it; the console makes a rate).
+        self.calls = 0
 
     # -- storage view ----------------------------------------------------------------------
 

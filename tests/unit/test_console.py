@@ -11,7 +11,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import objects_pb2
-from edgectl.client import NodeSample, quantile_from_buckets, request_stats
+from edgectl.client import (
+    NodeProbe,
+    NodeSample,
+    object_rates,
+    quantile_from_buckets,
+    request_stats,
+)
 from edgectl.console import app as console_app
 from edgectl.console import geo
 from edgectl.console.state import build_snapshot, propagation_ms, propagation_totals
@@ -77,11 +83,19 @@ def test_the_shipped_land_draws() -> None:
 # -- snapshot ----------------------------------------------------------------------------
 
 
-def sample(name: str, role: str, region: str, *, alive: bool = True) -> NodeSample:
+def sample(
+    name: str,
+    role: str,
+    region: str,
+    *,
+    alive: bool = True,
+    object_rates: dict[tuple[str, str], float] | None = None,
+) -> NodeSample:
     return NodeSample(
         name=name, role=role, region=region, pid=10 if alive else 0, alive=alive,
         healthy=alive, seq=5, head_seq=5, lag_s=0.0123, replicating=True,
         requests_per_s=3.0, stale=False, workers=2, p50_ms=1.234, p99_ms=9.87,
+        object_rates=object_rates or {},
     )  # fmt: skip
 
 
@@ -107,10 +121,14 @@ def test_a_snapshot_says_who_is_where_and_how_healthy() -> None:
             cp_pb2.LinkFault(from_region="us-east-1", to_region="tokyo", delay_ms=5, expires_at=1),
         ],
     )
-    placements = [objects_pb2.Placement(namespace="C", id="ab", owner="tokyo-1", epoch=3)]
+    placements = [
+        objects_pb2.Placement(namespace="C", id="ab", owner="tokyo-1", epoch=3),
+        objects_pb2.Placement(namespace="C", id="cd", owner="tokyo-1", epoch=1),
+    ]
+    tokyo_1 = sample("tokyo-1", "pop", "tokyo", object_rates={("C", "ab"): 12.34})
     snapshot = build_snapshot(
         topology,
-        [sample("tokyo-1", "pop", "tokyo"), sample("origin", "origin", "us-east-1")],
+        [tokyo_1, sample("origin", "origin", "us-east-1")],
         placements,
         {"tokyo": "tokyo-1"},
         now=100.0,
@@ -123,6 +141,8 @@ def test_a_snapshot_says_who_is_where_and_how_healthy() -> None:
     assert snapshot["links"] == [{"from": "tokyo", "to": "us-east-1", "rtt_ms": 170.0}]
     assert [f["from_region"] for f in snapshot["faults"]] == ["tokyo"]
     assert snapshot["objects"][0]["owner"] == "tokyo-1"
+    # The owner's rate; none for an object it has not named twice yet.
+    assert [o["calls_per_s"] for o in snapshot["objects"]] == [12.3, None]
     tokyo = next(r for r in snapshot["regions"] if r["name"] == "tokyo")
     assert (tokyo["x"], tokyo["y"]) == geo.project(35.7, 139.7)
 
@@ -131,6 +151,14 @@ def test_a_dead_node_is_never_healthy() -> None:
     topology = cp_pb2.Topology(nodes=[cp_pb2.NodeInfo(name="tokyo-1", healthy=True)])
     snapshot = build_snapshot(topology, [sample("tokyo-1", "pop", "tokyo", alive=False)], [], {}, 0)
     assert snapshot["nodes"][0]["healthy"] is False
+
+
+def test_an_objects_call_rate_is_its_owners_count_over_time() -> None:
+    before = NodeProbe(at=10.0, object_calls={("C", "a"): 100, ("C", "b"): 50, ("C", "gone"): 9})
+    after = NodeProbe(at=12.0, object_calls={("C", "a"): 140, ("C", "b"): 6, ("C", "new"): 3})
+    # b went down: activated again since, so its 6 calls are all new; new has no rate yet.
+    assert object_rates(before, after) == {("C", "a"): 20.0, ("C", "b"): 3.0}
+    assert object_rates(None, after) == {}
 
 
 # -- metrics -----------------------------------------------------------------------------

@@ -205,6 +205,29 @@ def test_parse_loss_rejects(text: str) -> None:
         net.parse_loss(text)
 
 
+def test_a_fault_request_sends_only_what_its_kind_names() -> None:
+    # The control plane merges fields that are present: `jitter` must not clear a delay.
+    jitter = net.fault_request("jitter", "tokyo", "london", jitter_ms=20.0, delay_ms=100.0)
+    assert jitter.HasField("jitter_ms") and not jitter.HasField("delay_ms")
+    delay = net.fault_request("delay", "a", "b", delay_ms=100.0, jitter_ms=5.0, duration_s=30.0)
+    assert (delay.delay_ms, delay.jitter_ms, delay.duration_s) == (100.0, 5.0, 30.0)
+    assert not delay.HasField("loss") and not delay.HasField("partitioned")
+    loss = net.fault_request("loss", "a", "b", loss=0.2, one_way=True)
+    assert loss.loss == pytest.approx(0.2) and loss.one_way and not loss.HasField("delay_ms")
+    cut = net.fault_request("partition", "a", "b", delay_ms=7.0)
+    assert cut.partitioned and not cut.HasField("delay_ms") and cut.duration_s == 0.0
+
+
+@pytest.mark.parametrize(
+    ("kind", "values"), [("delay", {}), ("jitter", {"delay_ms": 1.0}), ("loss", {}), ("cut", {})]
+)
+def test_a_fault_request_refuses_a_kind_without_its_value(
+    kind: str, values: dict[str, float]
+) -> None:
+    with pytest.raises(ValueError):
+        net.fault_request(kind, "a", "b", **values)
+
+
 # -- edgectl net: showing ----------------------------------------------------------------------
 
 

@@ -5,6 +5,8 @@
 
 const SVG = "http://www.w3.org/2000/svg";
 const HISTORY_POINTS = 300;
+// The numbers each node's row draws over the last minutes (History on the server).
+const SPARKLINES = ["lag_s", "requests_per_s", "p99_ms"];
 const state = {
   snapshot: null, history: {}, token: "", turned: new Map(), writing: false, probed: {},
   owners: new Map(), moves: [],
@@ -117,7 +119,7 @@ function renderMap(snapshot) {
   for (const fault of snapshot.faults) {
     const a = regions[fault.from_region], b = regions[fault.to_region];
     if (!a || !b) continue;
-    const kind = fault.partitioned ? "partition" : "delay";
+    const kind = fault.partitioned ? "partition" : fault.delay_ms || fault.jitter_ms ? "delay" : "loss";
     const path = svg("path", { class: `fault ${kind}`, d: curve(a, b, 18),
       "data-from": fault.from_region, "data-to": fault.to_region });
     path.append(svg("title", {}, `${fault.from_region} → ${fault.to_region}: ${describeFault(fault)}`));
@@ -168,7 +170,8 @@ function renderObjectsOnMap(snapshot, positions) {
     const x = at.x - 12 - (slot % 4) * 6, y = at.y + 4 + Math.floor(slot / 4) * 6;
     const group = svg("g", { class: "object", "data-object": objectKey(object), "data-owner": object.owner });
     group.append(svg("rect", { x: x - 2.5, y: y - 2.5, width: 5, height: 5, transform: `rotate(45 ${x} ${y})` }));
-    group.append(svg("title", {}, `${object.namespace} ${object.id.slice(0, 12)}…: owner ${object.owner}, epoch ${object.epoch}`));
+    const rate = object.calls_per_s === null ? "" : `, ${fmt(object.calls_per_s, " calls/s", 1)}`;
+    group.append(svg("title", {}, `${object.namespace} ${object.id.slice(0, 12)}…: owner ${object.owner}, epoch ${object.epoch}${rate}`));
     layer.append(group);
   }
   const now = Date.now();
@@ -213,6 +216,7 @@ function sparkline(values) {
     "aria-hidden": "true" });
   if (points.length < 2) return box;
   const top = Math.max(...points.map(([, value]) => value), 0.001);
+  box.append(svg("title", {}, `highest ${fmt(top, "", 2)} in the last ${values.length} s`));
   const offset = HISTORY_POINTS - values.length;
   const line = points.map(([index, value]) => `${index + offset},${(21 - (value / top) * 20).toFixed(1)}`).join(" ");
   box.append(svg("polyline", { points: line }));
@@ -242,7 +246,8 @@ function renderNodes(snapshot) {
     el("td", {}, fmt(node.p50_ms, " ms", 2)),
     el("td", {}, fmt(node.p99_ms, " ms", 2)),
     el("td", {}, node.workers ?? "–"),
-    el("td", {}, sparkline((state.history[node.name] || {}).lag_s || [])),
+    ...SPARKLINES.map((name) => el("td", { class: `spark-${name}` },
+      sparkline((state.history[node.name] || {})[name] || []))),
     nodeButtons(node)));
   $("nodes-table").tBodies[0].replaceChildren(...rows);
 }
@@ -287,8 +292,9 @@ function renderObjects(snapshot) {
     el("td", {}, object.namespace), el("td", { title: object.id }, object.id.slice(0, 16)),
     el("td", { class: "owner" }, object.owner), el("td", {}, object.standby || object.next_standby || "–"),
     el("td", {}, object.epoch), el("td", {}, object.synced_seq),
+    el("td", { class: "calls" }, fmt(object.calls_per_s, "", 1)),
     el("td", { class: "moved" }, movedText(objectKey(object)))));
-  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 7 }, "no object placed yet")));
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 8 }, "no object placed yet")));
   $("objects-table").tBodies[0].replaceChildren(...rows);
 }
 
@@ -334,7 +340,7 @@ function render(snapshot) {
 function remember(snapshot) {
   for (const node of snapshot.nodes) {
     const series = (state.history[node.name] ||= {});
-    for (const name of ["lag_s", "requests_per_s", "p99_ms"]) {
+    for (const name of SPARKLINES) {
       const values = (series[name] ||= []);
       values.push(node[name]);
       if (values.length > HISTORY_POINTS) values.shift();
@@ -352,6 +358,17 @@ async function nodeAction(name, action) {
   } catch (error) {
     say("node-status", `${action} ${name}: ${error.message}`, true);
   }
+}
+
+// The fields each fault of the form takes (and the only ones enabled for it).
+const FAULT_FIELDS = {
+  partition: ["for"], delay: ["delay", "jitter", "for"], jitter: ["jitter", "for"],
+  loss: ["loss", "for"], heal: [],
+};
+
+function showFaultFields() {
+  const used = FAULT_FIELDS[$("fault-action").value] || [];
+  for (const name of ["delay", "jitter", "loss", "for"]) $(`fault-${name}`).disabled = !used.includes(name);
 }
 
 async function sendFault(request) {
@@ -514,13 +531,16 @@ async function start() {
   $("probe-form").addEventListener("submit", runProbe);
   $("sql-form").addEventListener("submit", browseSql);
   $("sql-database").addEventListener("change", () => { $("sql-table").value = ""; });
+  $("fault-action").addEventListener("change", showFaultFields);
+  showFaultFields();
   $("fault-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const form = new FormData($("fault-form"));
-    sendFault({
-      action: form.get("action"), from: form.get("from"), to: form.get("to"),
-      delay_ms: Number(form.get("delay_ms") || 0), one_way: form.get("one_way") === "on",
-    });
+    const request = { action: form.get("action"), from: form.get("from"), to: form.get("to"),
+      one_way: form.get("one_way") === "on" };
+    // Only the fields the fault takes, as the text `edgectl net` takes (100ms, 20%, 30s).
+    for (const name of FAULT_FIELDS[request.action]) request[name] = String(form.get(name) ?? "");
+    sendFault(request);
   });
   try {
     const world = await api("GET", "/api/map");
