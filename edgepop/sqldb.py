@@ -256,6 +256,9 @@ class _Execution:
     read_only: bool
     wrote: bool = False
     ddl_pending: bool = False
+    # The statement being prepared creates a table: a SELECT in it makes it a CREATE
+    # TABLE ... AS SELECT (SQLite's parser says so; reset by the tracer per statement).
+    creating_table: bool = False
     refused: str = ""
     # The session extension's own queries (schema reads, changesets) are not the user's.
     internal: bool = False
@@ -322,6 +325,14 @@ class Database:
     def _check(self, execution: _Execution | None, action: int, one: Any, two: Any) -> int:
         if execution is None or execution.internal:  # our own statements
             return apsw.SQLITE_OK
+        if action == apsw.SQLITE_CREATE_TABLE:
+            execution.creating_table = True
+        elif action == apsw.SQLITE_SELECT and execution.creating_table:
+            execution.refused = (
+                "CREATE TABLE ... AS SELECT (its rows would be computed again at every "
+                "replica): create the table, then INSERT ... SELECT"
+            )
+            return apsw.SQLITE_DENY
         table = one if isinstance(one, str) else ""
         touches_rows = action in (
             apsw.SQLITE_READ,
@@ -563,6 +574,7 @@ class Database:
         def trace(traced: apsw.Cursor, sql: str, _bindings: Any) -> bool:
             nonlocal columns, rows, statements_run
             statements_run += 1
+            execution.creating_table = False  # prepared: the next statement is another
             if recorder is not None:
                 recorder.before_statement(sql, execution)
             try:
@@ -674,11 +686,6 @@ class _StepRecorder:
             self._open_session()
         if execution.ddl_pending:
             execution.ddl_pending = False
-            if _is_create_as_select(sql):
-                raise SqlError(
-                    "CREATE TABLE ... AS SELECT is not supported (its rows would be "
-                    "computed again at every replica): create the table, then INSERT ... SELECT"
-                )
             self.flush()
             self.steps.append(sql_pb2.SqlStep(ddl=sql))
             self.ddl_seen = True
@@ -691,17 +698,6 @@ class _StepRecorder:
         if self._session is not None:
             self._session.close()
             self._session = None
-
-
-# CREATE TABLE [IF NOT EXISTS] name AS ... (a column list would start with "(").
-_CREATE_AS = re.compile(
-    r"""^\s*create\s+table\s+(if\s+not\s+exists\s+)?("[^"]*"|`[^`]*`|\[[^\]]*\]|[^\s(]+)\s+as\b""",
-    re.I,
-)
-
-
-def _is_create_as_select(sql: str) -> bool:
-    return bool(_CREATE_AS.match(sql))
 
 
 def _sequences_step(sequences: list[tuple[str, int]]) -> sql_pb2.SqlStep:
