@@ -3,20 +3,30 @@
 - reads, heartbeats, registrations and stream (re)connects retry on UNAVAILABLE-like
   failures, with exponential backoff and jitter;
 - writes retry only when they carry a request id (the origin answers a repeat with the
-  first commit's seq) — see `retry_idempotent`.
-Every call made under these policies still has its own deadline.
+  first commit's seq) — see `retry_idempotent`;
+- an object call or session finds its owner again (`relocating`), within its deadline;
+- a replication stream reconnects after any end without progress (`reconnect`);
+- a Durable Object's alarm is retried as Cloudflare does (`alarm_retries`).
+Every call made under these policies still has its own deadline. No retry loop is
+written by hand elsewhere (tests/unit/test_retry.py looks for them).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 import grpc
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception,
+    retry_if_exception_type,
+    stop_after_attempt,
     stop_before_delay,
     stop_never,
+    wait_exponential,
     wait_exponential_jitter,
 )
 
@@ -55,5 +65,68 @@ def retry_idempotent(budget_s: float) -> AsyncRetrying:
         wait=wait_exponential_jitter(initial=0.05, max=0.5, jitter=0.05),
         # Never sleep past the budget: the caller must hear our status before its deadline.
         stop=stop_before_delay(max(0.0, budget_s)),
+        reraise=True,
+    )
+
+
+# Finding an object's owner again: quick at first (a stale cache entry is answered at
+# once), then backing off while a failover completes.
+RELOCATE_BACKOFF_S = (0.05, 0.1, 0.2, 0.4)
+
+
+def _relocate_wait(state: RetryCallState) -> float:
+    return RELOCATE_BACKOFF_S[min(state.attempt_number - 1, len(RELOCATE_BACKOFF_S) - 1)]
+
+
+def relocating(
+    deadline: float,
+    retryable: Callable[[BaseException], bool],
+    before_retry: Callable[[], None],
+) -> AsyncRetrying:
+    """An object call or session open, tried again against a fresh location while
+    `retryable` says so, never sleeping past `deadline` (monotonic): the last error is
+    raised instead. `before_retry` forgets the stale location."""
+
+    def past_deadline(state: RetryCallState) -> bool:
+        return time.monotonic() + (state.upcoming_sleep or 0.0) >= deadline
+
+    return AsyncRetrying(
+        retry=retry_if_exception(retryable),
+        wait=_relocate_wait,
+        stop=past_deadline,
+        before_sleep=lambda _state: before_retry(),
+        reraise=True,
+    )
+
+
+def reconnect(initial_s: float = 0.05, max_s: float = 2.0) -> AsyncRetrying:
+    """A stream followed for ever: any end without progress (an error, a silent or a
+    refused stream) reconnects after a backoff. A follower that made progress returns
+    normally and starts a fresh policy, so its next outage begins with a short wait."""
+    return AsyncRetrying(
+        retry=retry_if_exception_type(Exception),
+        wait=wait_exponential_jitter(initial=initial_s, max=max_s, jitter=initial_s),
+        stop=stop_never,
+    )
+
+
+# Cloudflare retries a failed alarm() up to six times, backing off exponentially from
+# about a second (ours starts at 0.5 s: tests wait for it).
+ALARM_RETRIES_MAX = 6
+ALARM_RETRY_BASE_S = 0.5
+
+
+def alarm_retries(retryable: Callable[[BaseException], bool]) -> AsyncRetrying:
+    """A Durable Object's `alarm()`: ALARM_RETRIES_MAX retries, 0.5 s, 1 s, 2 s, ...;
+    the last failure is raised for the caller to cancel the alarm."""
+    return AsyncRetrying(
+        retry=retry_if_exception(retryable),
+        wait=wait_exponential(multiplier=ALARM_RETRY_BASE_S, exp_base=2),
+        stop=stop_after_attempt(ALARM_RETRIES_MAX + 1),
+        before_sleep=lambda state: log.warning(
+            "alarm failed (%s); retry in %.1f s",
+            state.outcome.exception() if state.outcome is not None else "?",
+            state.upcoming_sleep,
+        ),
         reraise=True,
     )

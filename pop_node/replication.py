@@ -20,10 +20,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential_jitter
 
 from edge.v1 import kv_pb2, origin_pb2
 from edge.v1 import origin_pb2_grpc as origin_grpc
+from edgepop import retry
 from edgepop.kvstore import KvStore
 from edgepop.metrics import NodeMetrics, observe_ages
 from edgepop.rpc import channel
@@ -139,12 +139,7 @@ class ReplicationClient:
 
     async def run(self) -> None:
         while True:
-            retrying = AsyncRetrying(
-                retry=retry_if_exception_type(Exception),
-                wait=wait_exponential_jitter(initial=0.05, max=2.0, jitter=0.05),
-                stop=stop_never,
-            )
-            async for attempt in retrying:
+            async for attempt in retry.reconnect():
                 with attempt:
                     await self._follow()
 

@@ -34,7 +34,7 @@ from typing import Any
 import grpc
 
 from edge.v1 import control_plane_pb2_grpc, objects_pb2
-from edgepop import buggify, objectid
+from edgepop import buggify, objectid, retry
 from edgepop.durable import DurableObject, callable_methods, check_call_arguments
 from edgepop.errors import (
     EdgeError,
@@ -71,8 +71,6 @@ ARGS_BYTES_MAX = 1024 * 1024
 LOCATE_TIMEOUT_S = 3.0
 LEASE_CHECK_INTERVAL_S = 0.05
 ALARM_SCAN_INTERVAL_S = 0.5
-ALARM_RETRIES_MAX = 6
-ALARM_RETRY_BASE_S = 0.5
 NOT_MINE_RECHECK_S = 30.0
 # Objects brought to a new standby at once (each a full copy and a control-plane call).
 STANDBY_SYNCS_IN_FLIGHT_MAX = 8
@@ -654,36 +652,30 @@ class ObjectHost:
     async def _alarm(self, instance: ObjectInstance, at: float) -> None:
         """At-least-once: cleared only by the commit of a successful `alarm()`."""
         await asyncio.sleep(max(0.0, at - time.time()))
-        for attempt in range(ALARM_RETRIES_MAX + 1):
-            if instance.broken:
-                return
 
-            async def fire() -> None:
-                await instance.obj.alarm()
-                storage = instance.state.storage
-                if await storage.get_alarm() == at:
-                    await storage.delete_alarm()
+        async def fire() -> None:
+            await instance.obj.alarm()
+            storage = instance.state.storage
+            if await storage.get_alarm() == at:
+                await storage.delete_alarm()
 
-            try:
-                await instance.execute(fire)
-                return
-            except InstanceBrokenError:
-                return
-            except EdgeError as error:
-                if attempt == ALARM_RETRIES_MAX:
-                    log.error("alarm of %s failed %d times; cancelled", instance.namespace,
-                              attempt + 1)  # fmt: skip
-                    with contextlib.suppress(EdgeError):
-                        await instance.execute(instance.state.storage.delete_alarm)
-                    return
-                delay = ALARM_RETRY_BASE_S * 2**attempt
-                log.warning(
-                    "alarm of %s failed (%s); retry in %.1f s",
-                    instance.namespace,
-                    error.message,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+        def retryable(error: BaseException) -> bool:
+            # A broken instance is gone: a new one (here or at a new owner) takes over.
+            return isinstance(error, EdgeError) and not isinstance(error, InstanceBrokenError)
+
+        try:
+            async for attempt in retry.alarm_retries(retryable):
+                with attempt:
+                    if instance.broken:
+                        return
+                    await instance.execute(fire)
+        except InstanceBrokenError:
+            return
+        except EdgeError:
+            log.error("alarm of %s failed %d times; cancelled", instance.namespace,
+                      retry.ALARM_RETRIES_MAX + 1)  # fmt: skip
+            with contextlib.suppress(EdgeError):
+                await instance.execute(instance.state.storage.delete_alarm)
 
     async def _scan_alarms(self) -> None:
         """Wake objects whose alarm is due but which have no live instance (e.g. moved here)."""

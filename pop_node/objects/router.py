@@ -10,36 +10,38 @@ is answered from the object's memory of it, never run twice.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import secrets
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING
 
 import grpc
 
 from edge.v1 import objects_pb2, pop_pb2_grpc
-from edgepop import objectid
+from edgepop import objectid, retry
 from edgepop.errors import DeadlineError, EdgeError, UnavailableError, UpstreamError, reason_of
 from edgepop.limits import check_request_id
 from edgepop.rpc import node_metadata
 from pop_node.deadline import answer_budget_s
 from pop_node.objects.host import NotOwnerError, ObjectHost
 
-if TYPE_CHECKING:
-    pass
-
 log = logging.getLogger(__name__)
 
 LOCATION_CACHE_MAX = 100_000
 # A call passes at most this many PoPs (entry PoP -> owner); more means a routing loop.
 HOPS_MAX = 2
-RETRY_BACKOFF_S = (0.05, 0.1, 0.2, 0.4)
 CALL_TIMEOUT_S_DEFAULT = 10.0
-FORWARD_ATTEMPT_TIMEOUT_S = 3.0
+FORWARD_TIMEOUT_S = 3.0
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+def relocatable(error: BaseException) -> bool:
+    """Worth asking where the object lives and trying again: it moved, or its node
+    cannot be reached (the control plane moves its objects once its lease lapses)."""
+    return isinstance(error, NotOwnerError) or (
+        isinstance(error, EdgeError) and error.code in RETRYABLE
+    )
 
 
 class ObjectRouter:
@@ -59,9 +61,10 @@ class ObjectRouter:
     def _next_request_id(self) -> str:
         return f"{self._request_prefix}{next(self._request_counter)}"
 
-    async def _locate(
+    async def locate(
         self, namespace: str, object_id: bytes, region: str, hint: str, fresh: bool
     ) -> objects_pb2.LocateObjectResponse:
+        """Where the object lives: the cached answer, or (`fresh`) the control plane's."""
         key = (namespace, object_id)
         if not fresh and key in self._cache:
             self._cache.move_to_end(key)
@@ -94,34 +97,35 @@ class ObjectRouter:
             # plane if need be) or say "not the owner" at once; the entry PoP relocates.
             return await self._run_here(request, object_id, region, request_id)
         fresh = False
-        attempt = 0
-        # What stood in the way last: the answer if the deadline comes first.
-        last_error: EdgeError | None = None
-        while True:
-            try:
-                located = await self._locate(
-                    namespace, object_id, region, request.location_hint, fresh
-                )
-                if located.node == self.node_name:
-                    return await self._run_here(request, object_id, region, request_id)
-                return await self._forward(request, object_id, request_id, located, deadline)
-            except NotOwnerError:
-                pass  # our cache was stale: ask afresh
-            except EdgeError as error:
-                if error.code not in RETRYABLE:
-                    raise
-                last_error = error
-                if time.monotonic() >= deadline:
-                    raise
+        # The last unreachable owner: the answer if the deadline comes during a move.
+        unreachable: EdgeError | None = None
+
+        def forget() -> None:
+            nonlocal fresh
             self.forget(namespace, object_id)
-            fresh = True
-            backoff = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
-            attempt += 1
-            if time.monotonic() + backoff >= deadline:
-                if last_error is not None:
-                    raise last_error  # e.g. UNAVAILABLE saying why the object cannot serve
-                raise DeadlineError("deadline exceeded while finding the object's owner")
-            await asyncio.sleep(backoff)
+            fresh = True  # our cache was stale, or its node is gone: ask afresh
+
+        try:
+            async for attempt in retry.relocating(deadline, relocatable, forget):
+                with attempt:
+                    try:
+                        located = await self.locate(
+                            namespace, object_id, region, request.location_hint, fresh
+                        )
+                        if located.node == self.node_name:
+                            return await self._run_here(request, object_id, region, request_id)
+                        return await self._forward(
+                            request, object_id, request_id, located, deadline
+                        )
+                    except EdgeError as error:
+                        if not isinstance(error, NotOwnerError):
+                            unreachable = error
+                        raise
+        except NotOwnerError:
+            if unreachable is not None:
+                raise unreachable from None  # e.g. UNAVAILABLE saying why it cannot serve
+            raise DeadlineError("deadline exceeded while finding the object's owner") from None
+        raise DeadlineError("deadline exceeded while finding the object's owner")
 
     async def _run_here(
         self,
@@ -165,7 +169,7 @@ class ObjectRouter:
                 metadata=self._forward_metadata,
                 # Capped: a cut-off owner must not eat the whole deadline (request ids
                 # make the retry against a fresh location safe).
-                timeout=max(0.001, min(FORWARD_ATTEMPT_TIMEOUT_S, deadline - time.monotonic())),
+                timeout=max(0.001, min(FORWARD_TIMEOUT_S, deadline - time.monotonic())),
             )
         except grpc.aio.AioRpcError as error:
             code = error.code()

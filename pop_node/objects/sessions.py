@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 import grpc
 
 from edge.v1 import objects_pb2, pop_pb2_grpc
-from edgepop import objectid
+from edgepop import objectid, retry
 from edgepop.errors import (
     DeadlineError,
     EdgeError,
@@ -43,7 +43,7 @@ from edgepop.worker_api import Response
 from pop_node.objects.fetch import decode_request, encode_response, run_fetch
 from pop_node.objects.host import NotOwnerError, ObjectHost
 from pop_node.objects.instance import ObjectInstance, RemoteError, SessionChannel
-from pop_node.objects.router import RETRY_BACKOFF_S, ObjectRouter
+from pop_node.objects.router import ObjectRouter, relocatable
 
 log = logging.getLogger(__name__)
 
@@ -77,38 +77,40 @@ async def serve_session(
             yield message
         return
     deadline = time.monotonic() + OPEN_TIMEOUT_S
-    attempt = 0
     fresh = False
-    while True:
-        try:
-            located = await router._locate(
-                opening.namespace, object_id, region, opening.location_hint, fresh
-            )
-            if located.node == host.node_name:
-                instance = await host.instance(
-                    opening.namespace, object_id, region, opening.location_hint
-                )
-                async for message in _serve_here(instance, opening, requests):
-                    yield message
-                return
-            proxied = _proxy(router, host, located, opening, object_id, requests)
-            reply = await anext(proxied)
-            yield reply
-            async for message in proxied:
-                yield message
-            return
-        except NotOwnerError:
-            pass
-        except EdgeError as error:
-            if error.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise
+
+    def forget() -> None:
+        nonlocal fresh
         router.forget(opening.namespace, object_id)
         fresh = True
-        backoff = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
-        attempt += 1
-        if time.monotonic() + backoff >= deadline:
-            raise DeadlineError("could not reach the object's owner to open a session")
-        await asyncio.sleep(backoff)
+
+    # Opening is retried (the object moved, its owner is unreachable); once the client
+    # has its first message the session is under way, and its end is `closed`.
+    served: AsyncIterator[objects_pb2.ObjectServerMessage] | None = None
+    reply: objects_pb2.ObjectServerMessage | None = None
+    try:
+        async for attempt in retry.relocating(deadline, relocatable, forget):
+            with attempt:
+                located = await router.locate(
+                    opening.namespace, object_id, region, opening.location_hint, fresh
+                )
+                if located.node == host.node_name:
+                    instance = await host.instance(
+                        opening.namespace, object_id, region, opening.location_hint
+                    )
+                    served = _serve_here(instance, opening, requests)
+                else:
+                    served = _proxy(router, host, located, opening, object_id, requests)
+                reply = await anext(served, None)
+    except EdgeError as error:
+        if relocatable(error):
+            raise DeadlineError("could not reach the object's owner to open a session") from error
+        raise
+    if served is None or reply is None:
+        return
+    yield reply
+    async for message in served:
+        yield message
 
 
 def _serve_here(

@@ -19,12 +19,11 @@ from typing import Any, ClassVar, TypeVar
 import grpc
 import pytest
 
-from edgepop import objectid
+from edgepop import objectid, retry
 from edgepop.durable import DurableObject, Session, callable_methods
 from edgepop.errors import EdgeError, InvalidArgumentError, OverloadedError
 from edgepop.metrics import NodeMetrics
 from edgepop.storage import Storage
-from pop_node.objects import host as host_module
 from pop_node.objects.builtin import DocumentSession
 from pop_node.objects.host import ObjectHost
 from pop_node.objects.instance import (
@@ -677,7 +676,7 @@ def test_alarm_fires_at_least_once_and_is_then_cleared(tmp_path: Path) -> None:
 def test_alarm_whose_handler_raises_is_retried_with_backoff(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(host_module, "ALARM_RETRY_BASE_S", 0.05)
+    monkeypatch.setattr(retry, "ALARM_RETRY_BASE_S", 0.05)
     Alarmed.attempts = []
     Alarmed.failures_left = 2
     host, storage = _real_host(tmp_path)

@@ -1,0 +1,149 @@
+"""Retries: the named policies of edgepop.retry behave as documented, and no retry loop
+is written by hand in the product code (issue 15: one way to do each thing)."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import itertools
+import time
+from pathlib import Path
+
+import pytest
+
+from edgepop import retry
+
+ROOT = Path(__file__).parents[2]
+# The processes and the code they share; the CLI's chaos tooling builds its own client
+# policies and is left out.
+PRODUCT = ("pop_node", "origin_node", "control_plane", "edgepop", "edgectl/console")
+POLICIES = ROOT / "edgepop" / "retry.py"
+RETRY_WORDS = ("BACKOFF", "RETRIES", "RETRY_")
+
+
+def product_modules() -> list[Path]:
+    return sorted(path for folder in PRODUCT for path in (ROOT / folder).rglob("*.py"))
+
+
+def hand_written_retries(source: str) -> list[str]:
+    """What looks like a retry loop written by hand: an attempt counter, a backoff
+    computed with `**` or picked from a table, a retry constant, a tenacity policy built
+    in place rather than named in edgepop.retry."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        for target in targets:
+            name = target.id if isinstance(target, ast.Name) else ""
+            if "attempt" in name.lower() or "backoff" in name.lower():
+                found.append(f"line {node.lineno}: counter or backoff {name!r}")
+            if name.isupper() and any(word in name for word in RETRY_WORDS):
+                found.append(f"line {node.lineno}: retry constant {name!r}")
+        if isinstance(node, ast.Call):
+            called = node.func
+            name = called.attr if isinstance(called, ast.Attribute) else getattr(called, "id", "")
+            if name in ("AsyncRetrying", "Retrying"):
+                found.append(f"line {node.lineno}: a policy built in place ({name})")
+            if name == "sleep" and any(
+                isinstance(inner, ast.BinOp) and isinstance(inner.op, ast.Pow)
+                for argument in node.args
+                for inner in ast.walk(argument)
+            ):
+                found.append(f"line {node.lineno}: an exponential sleep")
+    return found
+
+
+def test_no_retry_loop_is_written_by_hand_outside_the_named_policies() -> None:
+    offenders = {
+        str(path.relative_to(ROOT)): found
+        for path in product_modules()
+        if path != POLICIES and (found := hand_written_retries(path.read_text()))
+    }
+    assert offenders == {}
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "attempt = 0\nwhile True:\n    attempt += 1",
+        "RETRY_BACKOFF_S = (0.1, 0.2)",
+        "async def f():\n    await asyncio.sleep(0.5 * 2**n)",
+        "policy = AsyncRetrying(stop=stop_never)",
+        "for i in range(3):\n    backoff = delays[i]",
+    ],
+)
+def test_the_finder_finds_the_shapes_we_had(source: str) -> None:
+    assert hand_written_retries(source)
+
+
+def test_the_finder_lets_a_named_policy_be() -> None:
+    source = "async def f():\n    async for attempt in retry.forever():\n        pass"
+    assert hand_written_retries(source) == []
+
+
+# -- the policies ------------------------------------------------------------------------
+
+
+class Moved(Exception):
+    pass
+
+
+def test_relocating_retries_until_the_deadline_and_forgets_before_each_retry() -> None:
+    forgotten: list[float] = []
+    tries: list[float] = []
+
+    async def scenario() -> None:
+        deadline = time.monotonic() + 0.3
+        async for attempt in retry.relocating(
+            deadline, lambda error: isinstance(error, Moved), lambda: forgotten.append(0)
+        ):
+            with attempt:
+                tries.append(time.monotonic())
+                raise Moved()
+
+    started = time.monotonic()
+    with pytest.raises(Moved):
+        asyncio.run(scenario())
+    # 0.05 + 0.1 + 0.2 would pass the deadline: the third try is the last.
+    assert len(tries) == 3 and len(forgotten) == 2
+    assert time.monotonic() - started < 0.3
+    waits = [later - earlier for earlier, later in itertools.pairwise(tries)]
+    assert waits[0] >= retry.RELOCATE_BACKOFF_S[0] and waits[1] >= retry.RELOCATE_BACKOFF_S[1]
+
+
+def test_relocating_raises_what_it_must_not_retry_at_once() -> None:
+    tries = 0
+
+    async def scenario() -> None:
+        nonlocal tries
+        async for attempt in retry.relocating(
+            time.monotonic() + 5, lambda error: isinstance(error, Moved), lambda: None
+        ):
+            with attempt:
+                tries += 1
+                raise ValueError("bad argument")
+
+    with pytest.raises(ValueError):
+        asyncio.run(scenario())
+    assert tries == 1
+
+
+def test_alarm_retries_back_off_exponentially_and_give_up_after_six(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(retry, "ALARM_RETRY_BASE_S", 0.001)
+    tries = 0
+
+    async def scenario() -> None:
+        nonlocal tries
+        async for attempt in retry.alarm_retries(lambda error: isinstance(error, Moved)):
+            with attempt:
+                tries += 1
+                raise Moved()
+
+    with pytest.raises(Moved):
+        asyncio.run(scenario())
+    assert tries == retry.ALARM_RETRIES_MAX + 1
