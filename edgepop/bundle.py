@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from edge.v1 import workers_pb2
+from edgepop.configfile import parse_yaml
 
 CONFIG_FILE = "worker.yaml"
 ENTRY_FILE = "worker.py"
@@ -47,16 +48,6 @@ _PATH_RE = re.compile(r"[A-Za-z0-9_\-./]+\.(py|yaml|json|jsonc|toml|html|txt)")
 SKIPPED_DIRS = frozenset(
     {"__pycache__", "node_modules", ".wrangler", ".venv", "venv", ".git", ".mypy_cache"}
 )
-_CONFIG_FIELDS = {
-    "name",
-    "routes",
-    "kv_namespaces",
-    "durable_objects",
-    "vars",
-    "secrets",
-    "analytics",
-    "limits",
-}
 
 
 class BundleError(ValueError):
@@ -121,59 +112,15 @@ def parse_route(pattern: str) -> Route:
     return Route(host.lower(), path.rstrip("*"), prefix)
 
 
-def _string_map(raw: Any, where: str, key_re: re.Pattern[str] | None = None) -> dict[str, str]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise BundleError(f"{where}: must be a mapping")
-    result = {}
-    for key, value in raw.items():
-        if not isinstance(key, str) or (key_re is not None and not key_re.fullmatch(key)):
-            raise BundleError(f"{where}: {key!r} is not a valid name")
-        if not isinstance(value, str | int | float | bool):
-            raise BundleError(f"{where}.{key}: must be a string")
-        result[key] = str(value)
-    return result
-
-
 def parse_config(raw_yaml: bytes) -> WorkerConfig:
+    """A worker.yaml, through its declared model (`edgepop.worker_yaml`)."""
     try:
-        raw = yaml.safe_load(raw_yaml)
+        located = parse_yaml(raw_yaml, CONFIG_FILE)
     except yaml.YAMLError as error:
         raise BundleError(f"{CONFIG_FILE}: not valid YAML: {error}") from error
-    if not isinstance(raw, dict):
-        raise BundleError(f"{CONFIG_FILE}: the top level must be a mapping")
-    unknown = set(raw) - _CONFIG_FIELDS
-    if unknown:
-        raise BundleError(f"{CONFIG_FILE}: unknown field(s) {sorted(unknown)}")
-    name = raw.get("name")
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise BundleError(f"{CONFIG_FILE}: name must be 1-63 of [a-z0-9-], got {name!r}")
-    patterns = raw.get("routes") or []
-    if not isinstance(patterns, list):
-        raise BundleError(f"{CONFIG_FILE}: routes must be a list")
-    routes = tuple(parse_route(pattern) for pattern in patterns)
-    limits = raw.get("limits") or {}
-    if not isinstance(limits, dict) or set(limits) - {"cpu_ms", "subrequests"}:
-        raise BundleError(f"{CONFIG_FILE}: limits takes cpu_ms and subrequests")
-    cpu_ms = limits.get("cpu_ms", CPU_MS_DEFAULT)
-    if not isinstance(cpu_ms, int | float) or not 0 < cpu_ms <= CPU_MS_MAX:
-        raise BundleError(f"{CONFIG_FILE}: limits.cpu_ms must be within (0, {CPU_MS_MAX:.0f}]")
-    subrequests = limits.get("subrequests", SUBREQUESTS_DEFAULT)
-    if not isinstance(subrequests, int) or not 0 <= subrequests <= SUBREQUESTS_MAX:
-        raise BundleError(f"{CONFIG_FILE}: limits.subrequests must be within 0..{SUBREQUESTS_MAX}")
-    return WorkerConfig(
-        name=name,
-        routes=routes,
-        route_patterns=tuple(patterns),
-        kv_namespaces=_string_map(raw.get("kv_namespaces"), "kv_namespaces", _BINDING_RE),
-        durable_objects=_string_map(raw.get("durable_objects"), "durable_objects", _BINDING_RE),
-        vars=_string_map(raw.get("vars"), "vars", _BINDING_RE),
-        secrets=_string_map(raw.get("secrets"), "secrets", _BINDING_RE),
-        analytics=_string_map(raw.get("analytics"), "analytics", _BINDING_RE),
-        cpu_ms=float(cpu_ms),
-        subrequests=subrequests,
-    )
+    from edgepop import worker_yaml  # pydantic loads only when a config is read
+
+    return worker_yaml.read(located)
 
 
 def check_bundle(bundle: workers_pb2.WorkerBundle) -> WorkerConfig:

@@ -13,13 +13,14 @@ errors that name the offending field. It also says how KV namespaces read at the
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from edgepop.configfile import Located, parse_yaml
 
 EARTH_RADIUS_KM = 6371.0
 # Light in fibre covers about 200 km per ms; real routes are ~1.5x the great circle.
@@ -187,218 +188,33 @@ def default_topology() -> Topology:
     )
 
 
-_REGION_FIELDS = {
-    "name": str,
-    "latitude": float,
-    "longitude": float,
-    "pop_nodes": int,
-    "edge_rtt_ms": float,
-    "country": str,
-    "city": str,
-    "continent": str,
-    "timezone": str,
-    "colo": str,
-    "is_eu_country": bool,
-}
-_TOP_FIELDS = {
-    "origin_region",
-    "intra_site_rtt_ms",
-    "regions",
-    "rtt_ms",
-    "emulate_delay",
-    "nodes",
-    "kv_namespaces",
-}
 KV_MODE_REPLICATED = "replicated"
 KV_MODE_CLOUDFLARE = "cloudflare"
 KV_MODES = (KV_MODE_REPLICATED, KV_MODE_CLOUDFLARE)
 
 
-def _parse_kv_namespaces(raw: Any, source: str) -> frozenset[str]:
-    """`kv_namespaces: {NAME: {mode: cloudflare}}`: the namespaces read through a cache."""
-    where = f"{source}: kv_namespaces"
-    if not isinstance(raw, dict):
-        raise TopologyError(f"{where}: must be a mapping of namespace -> {{mode: ...}}")
-    cached = set()
-    for name, options in raw.items():
-        if not isinstance(name, str) or not name:
-            raise TopologyError(f"{where}: {name!r} is not a namespace name")
-        if not isinstance(options, dict) or set(options) - {"mode"}:
-            raise TopologyError(f"{where}.{name}: takes only `mode`")
-        mode = options.get("mode", KV_MODE_REPLICATED)
-        if mode not in KV_MODES:
-            raise TopologyError(f"{where}.{name}.mode: one of {list(KV_MODES)}, not {mode!r}")
-        if mode == KV_MODE_CLOUDFLARE:
-            cached.add(name)
-    return frozenset(cached)
-
-
-_NODE_FIELDS = {"name", "role", "region", "grpc_address", "http_address", "metrics_address"}
-_ADDRESS_RE = re.compile(r"[A-Za-z0-9_.\-]+:[0-9]{1,5}")
-
-
-def _parse_nodes(raw: Any, source: str, regions: frozenset[str]) -> tuple[NodeSpec, ...]:
-    if not isinstance(raw, list):
-        raise TopologyError(f"{source}: nodes: must be a list")
-    specs = []
-    for index, item in enumerate(raw):
-        where = f"{source}: nodes[{index}]"
-        if not isinstance(item, dict):
-            raise TopologyError(f"{where}: must be a mapping")
-        unknown = set(item) - _NODE_FIELDS
-        if unknown:
-            raise TopologyError(f"{where}: unknown field(s) {sorted(unknown)}")
-        for required in ("name", "role", "region", "grpc_address"):
-            if not isinstance(item.get(required), str) or not item[required]:
-                raise TopologyError(f"{where}.{required}: required (a string)")
-        if item["role"] not in NODE_ROLES:
-            raise TopologyError(f"{where}.role: one of {list(NODE_ROLES)}")
-        if item["region"] not in regions:
-            raise TopologyError(f"{where}.region: unknown region {item['region']!r}")
-        for field_name in ("grpc_address", "http_address", "metrics_address"):
-            value = item.get(field_name, "")
-            if value and not (isinstance(value, str) and _ADDRESS_RE.fullmatch(value)):
-                raise TopologyError(f"{where}.{field_name}: must be host:port, got {value!r}")
-        specs.append(NodeSpec(**{key: item.get(key, "") for key in _NODE_FIELDS}))
-    names = [spec.name for spec in specs]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise TopologyError(f"{source}: nodes: duplicate name(s) {duplicates}")
-    for role in ("control_plane", "origin"):
-        if sum(spec.role == role for spec in specs) != 1:
-            raise TopologyError(f"{source}: nodes: exactly one {role} is needed")
-    return tuple(specs)
-
-
-def _typed(where: str, value: Any, kind: type) -> Any:
-    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if kind is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if kind in (str, bool) and isinstance(value, kind):
-        return value
-    raise TopologyError(f"{where}: must be {kind.__name__}, got {value!r}")
-
-
-def _parse_region(where: str, raw: Any, defaults: Mapping[str, Region]) -> Region:
-    if not isinstance(raw, dict):
-        raise TopologyError(f"{where}: must be a mapping")
-    unknown = set(raw) - set(_REGION_FIELDS)
-    if unknown:
-        raise TopologyError(f"{where}: unknown field(s) {sorted(unknown)}")
-    if "name" not in raw:
-        raise TopologyError(f"{where}.name: required")
-    name = _typed(f"{where}.name", raw["name"], str)
-    if not name or not all(c.isalnum() or c == "-" for c in name):
-        raise TopologyError(f"{where}.name: must be letters, digits and '-', got {name!r}")
-    values = {key: _typed(f"{where}.{key}", raw[key], _REGION_FIELDS[key]) for key in raw}
-    base = defaults.get(name)
-    if base is None:
-        for required in ("latitude", "longitude"):
-            if required not in values:
-                raise TopologyError(f"{where}.{required}: required for a new region {name!r}")
-        base = Region(name, values["latitude"], values["longitude"])
-    region = replace(base, **values)
-    if not -90 <= region.latitude <= 90:
-        raise TopologyError(f"{where}.latitude: must be within -90..90")
-    if not -180 <= region.longitude <= 180:
-        raise TopologyError(f"{where}.longitude: must be within -180..180")
-    if not 0 <= region.pop_nodes <= POP_NODES_PER_REGION_MAX:
-        raise TopologyError(f"{where}.pop_nodes: must be within 0..{POP_NODES_PER_REGION_MAX}")
-    if region.edge_rtt_ms < 0:
-        raise TopologyError(f"{where}.edge_rtt_ms: must not be negative")
-    return region
-
-
 def parse_topology(raw: Any, source: str = "topology") -> Topology:
-    """Build a Topology from parsed YAML; missing parts take the defaults."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise TopologyError(f"{source}: the top level must be a mapping")
-    unknown = set(raw) - _TOP_FIELDS
-    if unknown:
-        raise TopologyError(f"{source}: unknown field(s) {sorted(unknown)}")
-    base = default_topology()
-    defaults = {region.name: region for region in DEFAULT_REGIONS}
+    """Build a Topology from parsed YAML (or a dict); missing parts take the defaults.
+    The model and its rules are `edgepop.topology_file`'s."""
+    from edgepop import topology_file  # pydantic loads only when a file is read
 
-    regions: tuple[Region, ...] = base.regions
-    if "regions" in raw:
-        if not isinstance(raw["regions"], list) or not raw["regions"]:
-            raise TopologyError(f"{source}: regions: must be a non-empty list")
-        parsed = [
-            _parse_region(f"{source}: regions[{index}]", item, defaults)
-            for index, item in enumerate(raw["regions"])
-        ]
-        listed = [region.name for region in parsed]
-        duplicates = sorted({name for name in listed if listed.count(name) > 1})
-        if duplicates:
-            raise TopologyError(f"{source}: regions: duplicate name(s) {duplicates}")
-        regions = tuple(parsed)
-    names = frozenset(region.name for region in regions)
-
-    origin_region = _typed(
-        f"{source}: origin_region", raw.get("origin_region", base.origin_region), str
-    )
-    if origin_region not in names:
-        raise TopologyError(f"{source}: origin_region: {origin_region!r} is not a listed region")
-    intra = _typed(
-        f"{source}: intra_site_rtt_ms", raw.get("intra_site_rtt_ms", base.intra_site_rtt_ms), float
-    )
-    if intra < 0:
-        raise TopologyError(f"{source}: intra_site_rtt_ms: must not be negative")
-    emulate = _typed(f"{source}: emulate_delay", raw.get("emulate_delay", True), bool)
-
-    overrides = {pair: rtt for pair, rtt in base.rtt_overrides_ms.items() if pair <= names}
-    rtt_items = raw.get("rtt_ms", []) or []
-    if not isinstance(rtt_items, list):
-        raise TopologyError(f"{source}: rtt_ms: must be a list")
-    for index, item in enumerate(rtt_items):
-        where = f"{source}: rtt_ms[{index}]"
-        if not isinstance(item, dict) or set(item) != {"from", "to", "rtt_ms"}:
-            raise TopologyError(f"{where}: must be a mapping with from, to, rtt_ms")
-        a = _typed(f"{where}.from", item["from"], str)
-        b = _typed(f"{where}.to", item["to"], str)
-        for end, name in (("from", a), ("to", b)):
-            if name not in names:
-                raise TopologyError(f"{where}.{end}: unknown region {name!r}")
-        if a == b:
-            raise TopologyError(
-                f"{where}: from and to must differ (same-region RTT is edge_rtt_ms)"
-            )
-        rtt = _typed(f"{where}.rtt_ms", item["rtt_ms"], float)
-        if rtt < 0:
-            raise TopologyError(f"{where}.rtt_ms: must not be negative")
-        overrides[frozenset((a, b))] = rtt
-
-    nodes = _parse_nodes(raw["nodes"], source, names) if "nodes" in raw else ()
-    cached = _parse_kv_namespaces(raw["kv_namespaces"], source) if "kv_namespaces" in raw else None
-    topology = Topology(
-        regions=regions,
-        origin_region=origin_region,
-        intra_site_rtt_ms=intra,
-        rtt_overrides_ms=overrides,
-        emulate_delay=emulate,
-        nodes=nodes,
-        kv_cached_namespaces=cached or frozenset(),
-    )
-    if not topology.pop_regions():
-        raise TopologyError(f"{source}: regions: at least one region needs pop_nodes >= 1")
-    return topology
+    return topology_file.read(Located(source, raw))
 
 
 def load_topology(path: str | Path | None) -> Topology:
-    """The default topology, or the one in a YAML file."""
+    """The default topology, or the one in a YAML file (errors name its lines)."""
     if path is None:
         return default_topology()
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        located = parse_yaml(path.read_text(), str(path))
     except OSError as error:
         raise TopologyError(f"{path}: cannot read: {error.strerror}") from error
     except yaml.YAMLError as error:
         raise TopologyError(f"{path}: not valid YAML: {error}") from error
-    return parse_topology(raw, str(path))
+    from edgepop import topology_file
+
+    return topology_file.read(located)
 
 
 def region_names(topology: Topology) -> Iterable[str]:

@@ -92,18 +92,18 @@ def test_limits_default_when_not_given() -> None:
         (b"name: [unclosed", "not valid YAML"),
         (b"- a list", "top level must be a mapping"),
         (b"name: x\nroute: ['/*']\n", "unknown field"),
-        (b"routes: ['/*']\n", "name must be"),
-        (b"name: Api_Router\n", "name must be"),
-        (b"name: -leading-dash\n", "name must be"),
-        (b"name: " + b"a" * 64 + b"\n", "name must be"),
-        (b"name: x\nroutes: '/*'\n", "routes must be a list"),
+        (b"routes: ['/*']\n", "worker.yaml:1: name: required"),
+        (b"name: Api_Router\n", "name: must be"),
+        (b"name: -leading-dash\n", "name: must be"),
+        (b"name: " + b"a" * 64 + b"\n", "name: must be"),
+        (b"name: x\nroutes: '/*'\n", "routes: must be a list"),
         (b"name: x\nroutes: ['']\n", "non-empty string"),
-        (b"name: x\nroutes: [42]\n", "non-empty string"),
+        (b"name: x\nroutes: [42]\n", "routes\\[0\\]: must be str"),
         (b"name: x\nroutes: ['example.com']\n", "has no path"),
         (b"name: x\nroutes: ['/a*/b']\n", "'*' is allowed only at the end"),
         (b"name: x\nroutes: ['*.example.com/*']\n", "'*' is allowed only at the end"),
-        (b"name: x\nlimits: {memory_mb: 128}\n", "limits takes cpu_ms and subrequests"),
-        (b"name: x\nlimits: [1]\n", "limits takes cpu_ms and subrequests"),
+        (b"name: x\nlimits: {memory_mb: 128}\n", "limits.memory_mb: unknown field"),
+        (b"name: x\nlimits: [1]\n", "limits: must be a mapping"),
         (b"name: x\nlimits: {cpu_ms: 0}\n", "limits.cpu_ms"),
         (b"name: x\nlimits: {cpu_ms: -5}\n", "limits.cpu_ms"),
         (b"name: x\nlimits: {cpu_ms: 30001}\n", "limits.cpu_ms"),
@@ -123,6 +123,16 @@ def test_limits_default_when_not_given() -> None:
 def test_invalid_configs_are_rejected_naming_the_problem(yaml_text: bytes, names: str) -> None:
     with pytest.raises(BundleError, match=names.replace("*", r"\*").replace("(", r"\(")):
         parse_config(yaml_text)
+
+
+def test_a_bad_worker_yaml_names_the_line_and_the_field() -> None:
+    text = b"name: api\nroutes:\n  - /api/*\n  - example.com\nlimits:\n  cpu_ms: 20\n"
+    with pytest.raises(BundleError, match=r"^worker\.yaml:4: routes\[1\]: .*has no path"):
+        parse_config(text)
+    fixed = text.replace(b"example.com", b"example.com/*")
+    assert parse_config(fixed).cpu_ms == 20.0
+    with pytest.raises(BundleError, match=r"^worker\.yaml:6: limits\.cpu_ms: .*greater than 0"):
+        parse_config(fixed.replace(b"cpu_ms: 20", b"cpu_ms: 0"))
 
 
 def test_limits_at_their_bounds_are_accepted() -> None:

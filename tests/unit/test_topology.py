@@ -365,6 +365,48 @@ def test_load_topology_names_the_file_when_its_field_is_bad(tmp_path: Path) -> N
     assert "regions[0].pop_nodes" in str(caught.value)
 
 
+TOPOLOGY_YAML = """\
+# a cluster of three regions
+origin_region: us-east-1
+regions:
+  - name: us-east-1
+  - name: tokyo
+    pop_nodes: 2
+  - name: atlantis
+    latitude: 31.0
+    longitude: -24.0
+    pop_nodes: 1
+rtt_ms:
+  - {from: tokyo, to: atlantis, rtt_ms: 120}
+"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where"),
+    [
+        ("    pop_nodes: 2\n", "    pop_nodes: two\n", ":6: regions[1].pop_nodes: must be int"),
+        ("    latitude: 31.0\n", "", ":7: regions[2].latitude: required for a new region"),
+        ("    longitude: -24.0\n", "    longitude: -24.0\n    colour: sea\n",
+         ":10: regions[2].colour: unknown field"),
+        ("  - name: atlantis\n", "  - name: tokyo\n", ":7: regions[2].name: duplicate 'tokyo'"),
+        ("to: atlantis", "to: lemuria", ":12: rtt_ms[0].to: unknown region 'lemuria'"),
+        ("rtt_ms: 120", "rtt_ms: -1", ":12: rtt_ms[0].rtt_ms: must not be negative"),
+        ("origin_region: us-east-1", "origin_region: mars", ":2: origin_region: "),
+    ],
+)  # fmt: skip
+def test_a_bad_topology_file_names_the_line_and_the_field(
+    tmp_path: Path, old: str, new: str, where: str
+) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(TOPOLOGY_YAML)
+    assert [spec.name for spec in load_topology(path).node_specs()][-1] == "atlantis-1"
+    assert old in TOPOLOGY_YAML
+    path.write_text(TOPOLOGY_YAML.replace(old, new))
+    with pytest.raises(TopologyError) as caught:
+        load_topology(path)
+    assert str(caught.value).startswith(f"{path}{where}"), str(caught.value)
+
+
 def test_load_topology_of_a_missing_file_raises_topology_error(tmp_path: Path) -> None:
     path = tmp_path / "missing.yaml"
     with pytest.raises(TopologyError, match="cannot read") as caught:
@@ -470,7 +512,7 @@ def test_kv_namespaces_name_those_read_as_cloudflares_kv() -> None:
     [
         ({"kv_namespaces": ["prices"]}, r"kv_namespaces: must be a mapping"),
         ({"kv_namespaces": {"prices": {"mode": "lazy"}}}, r"kv_namespaces\.prices\.mode: "),
-        ({"kv_namespaces": {"prices": {"ttl": 5}}}, r"kv_namespaces\.prices: takes only"),
+        ({"kv_namespaces": {"prices": {"ttl": 5}}}, r"kv_namespaces\.prices\.ttl: unknown field"),
     ],
 )
 def test_bad_kv_namespace_modes_name_the_field(raw: dict[str, Any], names: str) -> None:
