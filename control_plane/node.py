@@ -8,6 +8,7 @@ import datetime
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -59,8 +60,14 @@ class ControlPlane(Node):
     role = "control_plane"
     config: ControlPlaneConfig
 
-    def __init__(self, config: ControlPlaneConfig) -> None:
+    def __init__(
+        self, config: ControlPlaneConfig, lease_clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """`lease_clock` times leases (monotonic: a wall-clock step must not expire or
+        extend every lease at once; a test may pass its own). Faults and deploys carry
+        wall-clock times, which users and other nodes read."""
         super().__init__(config)
+        self.lease_clock = lease_clock
         self.registry = NodeRegistry(config.lease_s)
         self.topology_version = 1
         self.topology_changed = asyncio.Condition()
@@ -74,7 +81,7 @@ class ControlPlane(Node):
     def open_storage(self) -> None:
         self.storage = Storage(self.storage_dir, self.config.map_size_bytes)
         self.state = ControlPlaneState(self.storage)
-        self.registry.restore(self.state.load_nodes(), time.time())
+        self.registry.restore(self.state.load_nodes(), self.lease_clock())
         self.faults = FaultTable(self.state.load_faults())
         self.netem.set_faults(self.faults.all())
         self.placements: dict[tuple[str, str], Placement] = {}
@@ -111,7 +118,7 @@ class ControlPlane(Node):
             self.metrics.net_matrix_delay.labels(
                 self.name, self.region, from_region, to_region
             ).set(rtt_ms / 2000)
-        self._healthy = self.registry.healthy_names(time.time())
+        self._healthy = self.registry.healthy_names(self.lease_clock())
         self.spawn(self._watch_health(), "watch-health")
         self.spawn(self._expire_faults(), "expire-faults")
         self.spawn(self._run_crons(), "cron-triggers")
@@ -131,7 +138,7 @@ class ControlPlane(Node):
 
     async def register(self, entry: NodeEntry) -> NodeEntry:
         assert self.state is not None
-        registered = self.registry.register(entry, time.time())
+        registered = self.registry.register(entry, self.lease_clock())
         await self.state.save_node(registered)
         await self.bump_topology()
         return registered
@@ -212,7 +219,11 @@ class ControlPlane(Node):
             if existing is not None:
                 return existing
             placed = placement_rules.place(
-                self.config.topology, self.healthy_pops(time.time()), namespace, object_id, region
+                self.config.topology,
+                self.healthy_pops(self.lease_clock()),
+                namespace,
+                object_id,
+                region,
             )
             if placed is None:
                 return None
@@ -222,7 +233,7 @@ class ControlPlane(Node):
     def unavailable_reason(self, placement: Placement) -> str:
         """Why the object cannot be served now ("" when its owner is healthy)."""
         owner = self.registry.get(placement.owner)
-        now = time.time()
+        now = self.lease_clock()
         if owner is not None and self.registry.is_healthy(owner, now):
             return ""
         standby = self.registry.get(placement.standby) if placement.standby else None
@@ -244,7 +255,7 @@ class ControlPlane(Node):
             if current is None:
                 return
             repaired = placement_rules.replace_standby(
-                self.config.topology, current, self.healthy_pops(time.time()), unreachable
+                self.config.topology, current, self.healthy_pops(self.lease_clock()), unreachable
             )
             if repaired != current:
                 await self._store_placements([repaired])
@@ -341,7 +352,7 @@ class ControlPlane(Node):
         """Bump the topology version whenever a lease lapses or comes back."""
         while True:
             await asyncio.sleep(HEALTH_CHECK_INTERVAL_S)
-            now = time.time()
+            now = self.lease_clock()
             healthy = self.registry.healthy_names(now)
             if healthy != self._healthy:
                 self._healthy = healthy
@@ -357,7 +368,7 @@ class ControlPlane(Node):
     # -- views ---------------------------------------------------------------------------
 
     def node_infos(self) -> list[pb.NodeInfo]:
-        now = time.time()
+        now = self.lease_clock()
         infos = [entry_to_pb(self.self_entry, healthy=True)]
         for entry in self.registry.entries():
             if entry.name == self.name:
@@ -475,7 +486,7 @@ class ControlPlane(Node):
             await session.close()
 
     async def _fire_cron(self, session: aiohttp.ClientSession, run: CronRun) -> None:
-        pops = {entry.name: entry for entry in self.healthy_pops(time.time())}
+        pops = {entry.name: entry for entry in self.healthy_pops(self.lease_clock())}
         chosen = pick_pop(run, list(pops))
         if chosen is None:
             log.warning("cron %r of %s: no healthy PoP to run it", run.cron, run.worker)

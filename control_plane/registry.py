@@ -28,7 +28,8 @@ class NodeEntry:
     metrics_address: str = ""
     pid: int = 0
     incarnation: int = 0
-    # Wall-clock time of the last heartbeat (or registration, or restart grace).
+    # Lease-clock time (monotonic) of the last heartbeat (or registration, or restart
+    # grace); never compared across processes or restarts.
     last_heartbeat: float = 0.0
 
 

@@ -55,7 +55,9 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
     async def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> pb.HeartbeatResponse:
-        known = self.node.registry.heartbeat(request.name, request.incarnation, time.time())
+        known = self.node.registry.heartbeat(
+            request.name, request.incarnation, self.node.lease_clock()
+        )
         if not known:
             return pb.HeartbeatResponse(known=False)
         return pb.HeartbeatResponse(
@@ -76,7 +78,7 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
         if not topology.has_region(request.region):
             raise InvalidArgumentError(f"unknown region {request.region!r}")
         registry = self.node.registry
-        now = time.time()
+        now = self.node.lease_clock()
         pops = [
             entry
             for entry in registry.entries()

@@ -278,7 +278,7 @@ def test_deploy_errors_exit_1_with_their_code(edge: Cli, tmp_path: Path) -> None
     (no_config / "worker.py").write_text(HELLO_PY)
     assert "worker.yaml" in edge.fails("INVALID_ARGUMENT", "deploy", str(no_config))
     bad_name = write_hello(tmp_path / "bad-name", "x", name="Bad_Name")
-    assert "name must be" in edge.fails("INVALID_ARGUMENT", "deploy", str(bad_name))
+    assert "worker.yaml:1: name: must be" in edge.fails("INVALID_ARGUMENT", "deploy", str(bad_name))
     assert "folder of bundles" in edge.fails("INVALID_ARGUMENT", "deploy", str(EXAMPLES))
     edge.fails("FAILED_PRECONDITION", "deploy", "--rollback", "never-deployed")
     edge.fails("INVALID_ARGUMENT", "deploy")

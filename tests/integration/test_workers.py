@@ -307,7 +307,7 @@ def test_deploy_rpcs_check_the_cluster_token_the_bundle_and_the_history(runtime:
         with pytest.raises(grpc.RpcError) as invalid:
             stub.Deploy(workers_pb2.DeployRequest(bundle=bad), metadata=auth(runtime), timeout=10)
         assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "name must be" in (invalid.value.details() or "")
+        assert "worker.yaml:1: name: must be" in (invalid.value.details() or "")
     with pytest.raises(grpc.RpcError) as no_history:
         rollback(runtime, "never-deployed")
     assert no_history.value.code() == grpc.StatusCode.FAILED_PRECONDITION
