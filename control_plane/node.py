@@ -30,6 +30,7 @@ from edgepop.errors import FailedPreconditionError
 from edgepop.faults import FaultTable, fault_to_pb
 from edgepop.http import origin_session
 from edgepop.lifecycle import Node
+from edgepop.metrics import ControlPlaneMetrics
 from edgepop.storage import Storage
 from edgepop.tls import process_tls
 from edgepop.topology import topology_to_pb
@@ -58,7 +59,9 @@ class ControlPlaneConfig(NodeConfig):
 
 class ControlPlane(Node):
     role = "control_plane"
+    metrics_class = ControlPlaneMetrics
     config: ControlPlaneConfig
+    metrics: ControlPlaneMetrics
 
     def __init__(
         self, config: ControlPlaneConfig, lease_clock: Callable[[], float] = time.monotonic

@@ -64,6 +64,8 @@ class Node(abc.ABC):
     """A process of the cluster. `role` names it the same everywhere (logs, metrics, CLI)."""
 
     role: ClassVar[str]
+    # The metric families this role exports (edgepop.metrics declares them per role).
+    metrics_class: ClassVar[type[NodeMetrics]] = NodeMetrics
     # How the node registers with the control plane (the control plane itself does not).
     registry_role: ClassVar[int] = cp_pb2.ROLE_UNSPECIFIED
 
@@ -72,7 +74,7 @@ class Node(abc.ABC):
         self.name = config.name
         self.region = config.region
         self.status = Status.created
-        self.metrics = NodeMetrics(config.name, config.region)
+        self.metrics = self.metrics_class(config.name, config.region)
         self.netem = NetworkEmulator(config.topology, config.region, self.metrics)
         self.token = ""
         self.grpc_address = ""

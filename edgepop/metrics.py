@@ -1,4 +1,4 @@
-"""Every Prometheus metric of every role, declared in one place (names are a contract).
+"""Every Prometheus metric, declared per role in one module (names are a contract).
 
 Names follow `edge_<subsystem>_<name>_<unit>`, counters end in `_total`, and every
 metric carries the labels `node` and `region`. Labels stay low-cardinality: never a
@@ -111,14 +111,17 @@ def observe_ages(histogram: Histogram, now: float, times: Iterable[float]) -> No
 
 
 class NodeMetrics:
-    """The metrics of one process, pre-labelled with its node name and region."""
+    """What every process exports, pre-labelled with its node name and region: the calls
+    it served, the delay it injected, whether it serves. Each role declares the rest
+    (`PopMetrics`, `OriginMetrics`, `ControlPlaneMetrics`): a process exports only the
+    families it can move."""
 
     def __init__(self, node: str, region: str) -> None:
         self.node = node
         self.region = region
         self.registry = CollectorRegistry(auto_describe=True)
-        registry = self.registry
         labels = BASE_LABELS
+        registry = self.registry
 
         self.request_duration = Histogram(
             "edge_request_duration_seconds",
@@ -130,7 +133,63 @@ class NodeMetrics:
         self._request_children: dict[tuple[str, str, str], Any] = {}
         self.request_totals = RequestTotals()
 
-        # KV replication (PoPs; the origin exports its own head seq).
+        # Network emulation.
+        self.injected_delay = Histogram(
+            "edge_injected_delay_seconds",
+            "Emulated network delay added to a call or stream message.",
+            (*labels, "from_region", "to_region"),
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self._delay_children: dict[tuple[str, str], Any] = {}
+
+        self.node_up = Gauge(
+            "edge_node_up",
+            "1 while this process is serving.",
+            labels,
+            registry=registry,
+        ).labels(node, region)
+
+    def request(self, service: str, method: str, code: str) -> Any:
+        """The request-duration child for one (service, method, code), cached."""
+        key = (service, method, code)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self.request_duration.labels(self.node, self.region, service, method, code)
+            if (service, method) not in MONITOR_METHODS:
+                child = _TotalledChild(child, self.request_totals)
+            self._request_children[key] = child
+        return child
+
+    def delay(self, from_region: str, to_region: str) -> Any:
+        key = (from_region, to_region)
+        child = self._delay_children.get(key)
+        if child is None:
+            child = self.injected_delay.labels(self.node, self.region, from_region, to_region)
+            self._delay_children[key] = child
+        return child
+
+    def serve(self, host: str, port: int) -> tuple[int, Callable[[], None]]:
+        """Serve /metrics on a thread; returns the bound port and a stop function."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        bound_port = int(server.server_address[1])
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+
+        return bound_port, stop
+
+
+class _LogPositions(NodeMetrics):
+    """What the origin and each replica say of the KV log: where they are, snapshots."""
+
+    def __init__(self, node: str, region: str) -> None:
+        super().__init__(node, region)
+        labels = BASE_LABELS
+        registry = self.registry
+
         self.kv_applied_seq = Gauge(
             "edge_kv_replica_applied_seq",
             "Every log entry up to this seq is applied to the local replica.",
@@ -143,6 +202,23 @@ class NodeMetrics:
             labels,
             registry=registry,
         ).labels(node, region)
+        self.kv_snapshots = Counter(
+            "edge_kv_snapshots_total",
+            "Snapshots installed (replica) or sent (origin).",
+            labels,
+            registry=registry,
+        ).labels(node, region)
+
+
+class PopMetrics(_LogPositions):
+    """A PoP: its replica (KV and SQL), its Durable Objects, its workers and HTTP cache."""
+
+    def __init__(self, node: str, region: str) -> None:
+        super().__init__(node, region)
+        labels = BASE_LABELS
+        registry = self.registry
+
+        # The replica.
         # Its child is made by set_lag_function: only replicas have a staleness to report.
         self._lag = Gauge(
             "edge_kv_replication_lag_seconds",
@@ -193,12 +269,6 @@ class NodeMetrics:
             labels,
             registry=registry,
         ).labels(node, region)
-        self.kv_snapshots = Counter(
-            "edge_kv_snapshots_total",
-            "Snapshots installed (replica) or sent (origin).",
-            labels,
-            registry=registry,
-        ).labels(node, region)
         self.kv_replica_rebuilds = Counter(
             "edge_kv_replica_rebuilds_total",
             "KV replicas discarded at start because a stop of the machine may have torn"
@@ -218,56 +288,6 @@ class NodeMetrics:
             labels,
             registry=registry,
         ).labels(node, region)
-
-        # Origin commits.
-        self.kv_commits = Counter(
-            "edge_kv_commits_total",
-            "Durable LMDB commits at the origin (one commit may carry many writes).",
-            labels,
-            registry=registry,
-        ).labels(node, region)
-        self.kv_commit_entries = Histogram(
-            "edge_kv_commit_entries",
-            "Log entries per commit (group commit batch size).",
-            labels,
-            buckets=BATCH_BUCKETS,
-            registry=registry,
-        ).labels(node, region)
-        self.kv_commit_duration = Histogram(
-            "edge_kv_commit_duration_seconds",
-            "Time to write and fsync one commit.",
-            labels,
-            buckets=LATENCY_BUCKETS_S,
-            registry=registry,
-        ).labels(node, region)
-        self.kv_subscribers = Gauge(
-            "edge_kv_subscribers",
-            "Replication streams connected to this origin.",
-            labels,
-            registry=registry,
-        ).labels(node, region)
-        self.kv_expired_deletes = Counter(
-            "edge_kv_expired_deletes_total",
-            "Expired keys deleted (and logged) by the origin's sweeper.",
-            labels,
-            registry=registry,
-        ).labels(node, region)
-        self.kv_log_first_seq = Gauge(
-            "edge_kv_log_first_seq",
-            "The oldest seq the origin's log still holds.",
-            labels,
-            registry=registry,
-        ).labels(node, region)
-
-        # Network emulation.
-        self.injected_delay = Histogram(
-            "edge_injected_delay_seconds",
-            "Emulated network delay added to a call or stream message.",
-            (*labels, "from_region", "to_region"),
-            buckets=LATENCY_BUCKETS_S,
-            registry=registry,
-        )
-        self._delay_children: dict[tuple[str, str], Any] = {}
 
         # Durable Objects.
         self.do_calls = Counter(
@@ -306,12 +326,6 @@ class NodeMetrics:
             "Time of one object group commit: local fsync and standby copy.",
             labels,
             buckets=LATENCY_BUCKETS_S,
-            registry=registry,
-        ).labels(node, region)
-        self.do_failovers = Counter(
-            "edge_do_failovers_total",
-            "Objects moved to their standby after the owner's lease lapsed (control plane).",
-            labels,
             registry=registry,
         ).labels(node, region)
 
@@ -368,6 +382,59 @@ class NodeMetrics:
             registry=registry,
         )
 
+    def set_lag_function(self, lag_seconds: Callable[[], float]) -> None:
+        """The lag gauge is computed at scrape time, so it grows while nothing arrives."""
+        self._lag.labels(self.node, self.region).set_function(lag_seconds)
+
+
+class OriginMetrics(_LogPositions):
+    """The origin: its commits, the streams it feeds, its HTTP application."""
+
+    def __init__(self, node: str, region: str) -> None:
+        super().__init__(node, region)
+        labels = BASE_LABELS
+        registry = self.registry
+
+        # Origin commits.
+        self.kv_commits = Counter(
+            "edge_kv_commits_total",
+            "Durable LMDB commits at the origin (one commit may carry many writes).",
+            labels,
+            registry=registry,
+        ).labels(node, region)
+        self.kv_commit_entries = Histogram(
+            "edge_kv_commit_entries",
+            "Log entries per commit (group commit batch size).",
+            labels,
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        ).labels(node, region)
+        self.kv_commit_duration = Histogram(
+            "edge_kv_commit_duration_seconds",
+            "Time to write and fsync one commit.",
+            labels,
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        ).labels(node, region)
+        self.kv_subscribers = Gauge(
+            "edge_kv_subscribers",
+            "Replication streams connected to this origin.",
+            labels,
+            registry=registry,
+        ).labels(node, region)
+        self.kv_expired_deletes = Counter(
+            "edge_kv_expired_deletes_total",
+            "Expired keys deleted (and logged) by the origin's sweeper.",
+            labels,
+            registry=registry,
+        ).labels(node, region)
+        self.kv_log_first_seq = Gauge(
+            "edge_kv_log_first_seq",
+            "The oldest seq the origin's log still holds.",
+            labels,
+            registry=registry,
+        ).labels(node, region)
+
         # Origin HTTP application.
         self.origin_http_requests = Counter(
             "edge_origin_http_requests_total",
@@ -375,6 +442,15 @@ class NodeMetrics:
             (*labels, "route", "code"),
             registry=registry,
         )
+
+
+class ControlPlaneMetrics(NodeMetrics):
+    """The control plane: the registry's view, the matrix, object failovers."""
+
+    def __init__(self, node: str, region: str) -> None:
+        super().__init__(node, region)
+        labels = BASE_LABELS
+        registry = self.registry
 
         # Control plane.
         self.net_matrix_delay = Gauge(
@@ -390,44 +466,16 @@ class NodeMetrics:
             (*labels, "healthy"),
             registry=registry,
         )
-        self.node_up = Gauge(
-            "edge_node_up",
-            "1 while this process is serving.",
+        self.do_failovers = Counter(
+            "edge_do_failovers_total",
+            "Objects moved to their standby after the owner's lease lapsed (control plane).",
             labels,
             registry=registry,
         ).labels(node, region)
 
-    def request(self, service: str, method: str, code: str) -> Any:
-        """The request-duration child for one (service, method, code), cached."""
-        key = (service, method, code)
-        child = self._request_children.get(key)
-        if child is None:
-            child = self.request_duration.labels(self.node, self.region, service, method, code)
-            if (service, method) not in MONITOR_METHODS:
-                child = _TotalledChild(child, self.request_totals)
-            self._request_children[key] = child
-        return child
 
-    def delay(self, from_region: str, to_region: str) -> Any:
-        key = (from_region, to_region)
-        child = self._delay_children.get(key)
-        if child is None:
-            child = self.injected_delay.labels(self.node, self.region, from_region, to_region)
-            self._delay_children[key] = child
-        return child
-
-    def set_lag_function(self, lag_seconds: Callable[[], float]) -> None:
-        """The lag gauge is computed at scrape time, so it grows while nothing arrives."""
-        self._lag.labels(self.node, self.region).set_function(lag_seconds)
-
-    def serve(self, host: str, port: int) -> tuple[int, Callable[[], None]]:
-        """Serve /metrics on a thread; returns the bound port and a stop function."""
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
-        bound_port = int(server.server_address[1])
-
-        def stop() -> None:
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
-
-        return bound_port, stop
+ROLE_METRICS: dict[str, type[NodeMetrics]] = {
+    "pop": PopMetrics,
+    "origin": OriginMetrics,
+    "control_plane": ControlPlaneMetrics,
+}

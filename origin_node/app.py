@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from edgepop.http import Handler, install_netem
-from edgepop.metrics import NodeMetrics
+from edgepop.metrics import OriginMetrics
 from edgepop.netem import NetworkEmulator
 
 ISSUER = "https://auth.example.com/"
@@ -165,7 +165,7 @@ class SigningKeys:
 
 
 def build_app(
-    *, netem: NetworkEmulator, metrics: NodeMetrics, keys: SigningKeys, cluster_token: str
+    *, netem: NetworkEmulator, metrics: OriginMetrics, keys: SigningKeys, cluster_token: str
 ) -> web.Application:
     data = _dataset()
     requests_total = metrics.origin_http_requests

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edgepop.errors import StorageFullError
-from edgepop.metrics import NodeMetrics
+from edgepop.metrics import OriginMetrics
 from edgepop.storage import Storage
 from origin_node.writelog import WriteLog, WriteRequest
 
@@ -27,7 +27,7 @@ class Committer:
         self,
         storage: Storage,
         log: WriteLog,
-        metrics: NodeMetrics,
+        metrics: OriginMetrics,
         on_commit: Callable[[int, int], None],
     ) -> None:
         self.storage = storage

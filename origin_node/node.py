@@ -15,6 +15,7 @@ from edgepop.config import NodeConfig
 from edgepop.http import start_site
 from edgepop.kvstore import KvStore
 from edgepop.lifecycle import Node
+from edgepop.metrics import OriginMetrics
 from edgepop.rpc import PreEncodedStreams
 from edgepop.storage import Storage
 from origin_node.app import SigningKeys, build_app
@@ -40,7 +41,9 @@ class OriginConfig(NodeConfig):
 class OriginNode(Node):
     role = "origin"
     registry_role = control_plane_pb2.ROLE_ORIGIN
+    metrics_class = OriginMetrics
     config: OriginConfig
+    metrics: OriginMetrics
 
     def __init__(self, config: OriginConfig) -> None:
         super().__init__(config)

@@ -16,6 +16,7 @@ from edgepop.http import start_site
 from edgepop.kvstore import KvStore, Record
 from edgepop.lease import Lease
 from edgepop.lifecycle import Node
+from edgepop.metrics import PopMetrics
 from edgepop.rpc import channel, node_metadata
 from edgepop.storage import Storage
 from pop_node.kv import KvFrontend
@@ -44,7 +45,9 @@ class PopConfig(NodeConfig):
 class PopNode(Node):
     role = "pop"
     registry_role = control_plane_pb2.ROLE_POP
+    metrics_class = PopMetrics
     config: PopConfig
+    metrics: PopMetrics
 
     def __init__(self, config: PopConfig) -> None:
         super().__init__(config)

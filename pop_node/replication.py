@@ -25,7 +25,7 @@ from edge.v1 import kv_pb2, origin_pb2
 from edge.v1 import origin_pb2_grpc as origin_grpc
 from edgepop import retry
 from edgepop.kvstore import KvStore
-from edgepop.metrics import NodeMetrics, observe_ages
+from edgepop.metrics import PopMetrics, observe_ages
 from edgepop.rpc import channel
 from edgepop.storage import Storage
 from pop_node import replica
@@ -78,7 +78,7 @@ class ReplicationClient:
         node: str,
         storage: Storage,
         store: KvStore,
-        metrics: NodeMetrics,
+        metrics: PopMetrics,
         origin_address: Callable[[], str],
         metadata: tuple[tuple[str, str], ...],
         on_applied: Callable[[int], None],

@@ -45,7 +45,7 @@ from edgepop.errors import (
     from_upstream,
 )
 from edgepop.lease import Lease
-from edgepop.metrics import NodeMetrics
+from edgepop.metrics import PopMetrics
 from edgepop.rpc import channel
 from edgepop.storage import Storage
 from pop_node.objects.committer import ObjectCommitter
@@ -133,7 +133,7 @@ class ObjectHost:
         node_name: str,
         region: str,
         storage: Storage,
-        metrics: NodeMetrics,
+        metrics: PopMetrics,
         classes: dict[str, type[DurableObject]],
         env: Any,
         lease: Callable[[], Lease | None],

@@ -22,7 +22,7 @@ from edge.v1 import kv_pb2, objects_pb2
 from edgepop import objectid
 from edgepop.bundle import WorkerConfig
 from edgepop.errors import EdgeError
-from edgepop.metrics import NodeMetrics
+from edgepop.metrics import PopMetrics
 from edgepop.objectid import DurableObjectId
 from edgepop.websocket import (
     CLOSE_ABNORMAL,
@@ -437,7 +437,7 @@ class AnalyticsBinding:
     the first double. Label values are capped so a worker cannot explode cardinality.
     """
 
-    def __init__(self, metrics: NodeMetrics, worker: str, dataset: str) -> None:
+    def __init__(self, metrics: PopMetrics, worker: str, dataset: str) -> None:
         self._metrics = metrics
         self.worker = worker
         self.dataset = dataset
@@ -512,7 +512,7 @@ def build_env(
     *,
     kv: KvFrontend,
     router: ObjectRouter,
-    metrics: NodeMetrics,
+    metrics: PopMetrics,
     object_namespaces: dict[str, str],
     sql: SqlReplicas | None = None,
 ) -> Env:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from edgepop.metrics import NodeMetrics
+from edgepop.metrics import ROLE_METRICS
 
 # A metric name of ours, not part of a recording rule's name (`level:metric:ops`).
 EDGE_NAME = re.compile(r"(?<![\w:])(edge_[a-z0-9_]+)(?![\w:])")
@@ -23,8 +23,9 @@ SUFFIXES = {
 def declared_series_names() -> set[str]:
     """Every series name a node can export (counters with _total, histogram parts)."""
     names: set[str] = set()
-    for family in NodeMetrics("node", "region").registry.collect():
-        names.update(family.name + suffix for suffix in SUFFIXES[family.type])
+    for metrics_class in ROLE_METRICS.values():
+        for family in metrics_class("node", "region").registry.collect():
+            names.update(family.name + suffix for suffix in SUFFIXES[family.type])
     return names
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgepop import objectid
 from edgepop.lease import Lease
-from edgepop.metrics import NodeMetrics
+from edgepop.metrics import PopMetrics
 from edgepop.storage import Storage
 from pop_node.objects.builtin import Counter
 from pop_node.objects.host import LEASE_CHECK_INTERVAL_S, ObjectHost
@@ -54,7 +54,7 @@ def test_instances_stop_when_the_lease_lapses_and_a_valid_lease_is_not_polled(
         node_name="solo-1",
         region="tokyo",
         storage=storage,
-        metrics=NodeMetrics("solo-1", "tokyo"),
+        metrics=PopMetrics("solo-1", "tokyo"),
         classes={"Counter": Counter},
         env=None,
         lease=lambda: lease,

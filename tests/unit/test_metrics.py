@@ -6,7 +6,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 
-from edgepop.metrics import PROPAGATION_BUCKETS_S, NodeMetrics, observe_ages, observe_repeated
+from edgepop.metrics import (
+    PROPAGATION_BUCKETS_S,
+    ROLE_METRICS,
+    NodeMetrics,
+    observe_ages,
+    observe_repeated,
+)
 
 
 def _histogram() -> Histogram:
@@ -72,3 +78,28 @@ def test_request_totals_match_the_labelled_histogram_but_leave_the_monitors_out(
     assert tuple(by_bound[bound] for bound in bounds) == counts
     stats = metrics.request_totals.to_proto()
     assert stats.count == 8 and list(stats.bucket_counts) == list(counts)
+
+
+def _families(metrics: NodeMetrics) -> set[str]:
+    return {family.name for family in metrics.registry.collect()}
+
+
+def test_each_role_exports_its_own_families_and_the_common_ones() -> None:
+    common = _families(NodeMetrics("n", "r"))
+    assert {
+        "edge_request_duration_seconds",
+        "edge_node_up",
+        "edge_injected_delay_seconds",
+    } <= common
+    pop, origin, control = (
+        _families(ROLE_METRICS[role]("n", "r")) for role in ("pop", "origin", "control_plane")
+    )
+    assert common <= pop and common <= origin and common <= control
+    assert {"edge_do_calls", "edge_kv_propagation_seconds", "edge_worker_requests"} <= pop
+    assert {"edge_kv_commits", "edge_origin_http_requests"} <= origin
+    assert {"edge_cp_nodes", "edge_do_failovers", "edge_net_matrix_delay_seconds"} <= control
+    # Nothing a role cannot move: no object calls at the origin, no commits at a PoP.
+    assert "edge_do_calls" not in origin | control and "edge_kv_commits" not in pop | control
+    assert "edge_cp_nodes" not in pop | origin
+    # The log positions are the origin's and every replica's.
+    assert "edge_kv_replica_applied_seq" in pop & origin

@@ -22,7 +22,7 @@ import pytest
 from edgepop import objectid, retry
 from edgepop.durable import DurableObject, Session, callable_methods
 from edgepop.errors import EdgeError, InvalidArgumentError, OverloadedError
-from edgepop.metrics import NodeMetrics
+from edgepop.metrics import PopMetrics
 from edgepop.storage import Storage
 from pop_node.objects.builtin import DocumentSession
 from pop_node.objects.host import ObjectHost
@@ -626,7 +626,7 @@ def _real_host(tmp_path: Path) -> tuple[ObjectHost, Storage]:
         node_name="solo-1",
         region="tokyo",
         storage=storage,
-        metrics=NodeMetrics("solo-1", "tokyo"),
+        metrics=PopMetrics("solo-1", "tokyo"),
         classes={"Alarmed": Alarmed},
         env=None,
         lease=lambda: None,

@@ -16,7 +16,7 @@ import pytest
 
 from edge.v1 import objects_pb2
 from edgepop import objectid
-from edgepop.metrics import NodeMetrics
+from edgepop.metrics import PopMetrics
 from edgepop.storage import Storage
 from pop_node.objects.builtin import BUILTIN_CLASSES
 from pop_node.objects.host import ObjectHost
@@ -224,7 +224,7 @@ def _host(storage: Storage) -> ObjectHost:
         node_name="standby-1",
         region="tokyo",
         storage=storage,
-        metrics=NodeMetrics("standby-1", "tokyo"),
+        metrics=PopMetrics("standby-1", "tokyo"),
         classes=BUILTIN_CLASSES,
         env=None,
         lease=lambda: None,

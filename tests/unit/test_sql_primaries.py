@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from edge.v1 import kv_pb2, sql_pb2
 from edgepop import sqldb
 from edgepop.kvstore import KvStore
-from edgepop.metrics import NodeMetrics
+from edgepop.metrics import OriginMetrics
 from edgepop.storage import Storage
 from origin_node.committer import Committer
 from origin_node.sql import SqlPrimaries
@@ -27,7 +27,7 @@ class Origin:
         self.storage = Storage(directory / "lmdb", 64 * 1024**2)
         self.log = WriteLog(KvStore(self.storage, track_expiry=True))
         self.committer = Committer(
-            self.storage, self.log, NodeMetrics("origin", "us-east-1"), lambda _h, _f: None
+            self.storage, self.log, OriginMetrics("origin", "us-east-1"), lambda _h, _f: None
         )
         self.sql = SqlPrimaries(
             directory / "sql", self.storage, self.log, self.committer, "origin", "us-east-1"
