@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ class Region:
     is_eu_country: bool = False
 
 
+REGION_FIELDS = tuple(declared.name for declared in fields(Region))
 DEFAULT_REGIONS: tuple[Region, ...] = (
     Region("us-east-1", 39.04, -77.49, 0, 2.0, "US", "Ashburn", "NA", "America/New_York", "IAD"),
     Region("new-york", 40.71, -74.01, 2, 2.0, "US", "New York", "NA", "America/New_York", "EWR"),
@@ -221,6 +222,11 @@ def region_names(topology: Topology) -> Iterable[str]:
     return (region.name for region in topology.regions)
 
 
+def _region_fields(region: Any) -> dict[str, Any]:
+    """A Region's fields, from a Region or its wire form (the same names)."""
+    return {name: getattr(region, name) for name in REGION_FIELDS}
+
+
 def topology_to_pb(topology: Topology, version: int = 0) -> Any:
     """The wire form (edge.v1.Topology) without nodes; the control plane adds those."""
     from edge.v1 import control_plane_pb2 as pb
@@ -231,21 +237,7 @@ def topology_to_pb(topology: Topology, version: int = 0) -> Any:
         intra_site_rtt_ms=topology.intra_site_rtt_ms,
     )
     for region in topology.regions:
-        message.regions.append(
-            pb.Region(
-                name=region.name,
-                latitude=region.latitude,
-                longitude=region.longitude,
-                pop_nodes=region.pop_nodes,
-                edge_rtt_ms=region.edge_rtt_ms,
-                country=region.country,
-                city=region.city,
-                continent=region.continent,
-                timezone=region.timezone,
-                colo=region.colo,
-                is_eu_country=region.is_eu_country,
-            )
-        )
+        message.regions.append(pb.Region(**_region_fields(region)))
     for (a, b), rtt in topology.rtt_matrix().items():
         message.rtt.append(pb.LinkRtt(from_region=a, to_region=b, rtt_ms=rtt))
     return message
@@ -253,22 +245,7 @@ def topology_to_pb(topology: Topology, version: int = 0) -> Any:
 
 def topology_from_pb(message: Any, emulate_delay: bool = True) -> Topology:
     """A Topology from its wire form: every pair's RTT becomes an explicit override."""
-    regions = tuple(
-        Region(
-            name=region.name,
-            latitude=region.latitude,
-            longitude=region.longitude,
-            pop_nodes=region.pop_nodes,
-            edge_rtt_ms=region.edge_rtt_ms,
-            country=region.country,
-            city=region.city,
-            continent=region.continent,
-            timezone=region.timezone,
-            colo=region.colo,
-            is_eu_country=region.is_eu_country,
-        )
-        for region in message.regions
-    )
+    regions = tuple(Region(**_region_fields(region)) for region in message.regions)
     overrides = {frozenset((link.from_region, link.to_region)): link.rtt_ms for link in message.rtt}
     return Topology(
         regions=regions,

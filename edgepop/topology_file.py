@@ -16,14 +16,13 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     StringConstraints,
     field_validator,
 )
 
 from edgepop.configfile import Located, validate
+from edgepop.configmodel import StrictModel, fullmatch
 from edgepop.topology import (
     DEFAULT_REGIONS,
     KV_MODE_CLOUDFLARE,
@@ -36,25 +35,15 @@ from edgepop.topology import (
 )
 
 ADDRESS_RE = re.compile(r"[A-Za-z0-9_.\-]+:[0-9]{1,5}")
-_REGION_NAME_RE = re.compile(r"[A-Za-z0-9-]+")
-
-
-def _region_name(value: str) -> str:
-    if not _REGION_NAME_RE.fullmatch(value):
-        raise ValueError(f"must be letters, digits and '-', got {value!r}")
-    return value
-
-
-RegionName = Annotated[str, AfterValidator(_region_name)]
+RegionName = Annotated[
+    str,
+    AfterValidator(fullmatch(r"[A-Za-z0-9-]+", "must be letters, digits and '-', got {value!r}")),
+]
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 NonNegative = Annotated[float, Field(ge=0)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
-
-
-class RegionEntry(_Strict):
+class RegionEntry(StrictModel):
     """A region: a new one needs its coordinates; a known one (the seed's) may change
     any field and keep the rest."""
 
@@ -71,13 +60,13 @@ class RegionEntry(_Strict):
     is_eu_country: bool | None = None
 
 
-class RttEntry(_Strict):
+class RttEntry(StrictModel):
     from_region: RegionName = Field(alias="from")
     to_region: RegionName = Field(alias="to")
     rtt_ms: NonNegative
 
 
-class NodeEntry(_Strict):
+class NodeEntry(StrictModel):
     """A node with fixed addresses (a deployment on an orchestrator)."""
 
     name: NonEmpty
@@ -96,11 +85,11 @@ class NodeEntry(_Strict):
         return value
 
 
-class KvNamespaceEntry(_Strict):
+class KvNamespaceEntry(StrictModel):
     mode: Literal["replicated", "cloudflare"] = "replicated"
 
 
-class TopologyFile(_Strict):
+class TopologyFile(StrictModel):
     origin_region: str | None = None
     intra_site_rtt_ms: NonNegative | None = None
     regions: Annotated[list[RegionEntry], Field(min_length=1)] | None = None

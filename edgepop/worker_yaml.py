@@ -5,10 +5,9 @@ with a worker.yaml is checked; the roles import it once in the zygote."""
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, Field
 
 from edgepop.bundle import (
     CONFIG_FILE,
@@ -21,26 +20,18 @@ from edgepop.bundle import (
     parse_route,
 )
 from edgepop.configfile import Located, validate
+from edgepop.configmodel import StrictModel, fullmatch
 
-_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-_BINDING_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _name(value: str) -> str:
-    # What a version, a route table and a URL can name.
-    if not _NAME_RE.fullmatch(value):
-        raise ValueError(f"must be 1-63 of [a-z0-9-], got {value!r}")
-    return value
-
-
-def _binding(value: str) -> str:
-    if not _BINDING_RE.fullmatch(value):
-        raise ValueError(f"{value!r} is not a valid name")
-    return value
-
-
-WorkerName = Annotated[str, AfterValidator(_name)]
-Binding = Annotated[str, AfterValidator(_binding)]
+# What a version, a route table and a URL can name.
+WorkerName = Annotated[
+    str,
+    AfterValidator(
+        fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", "must be 1-63 of [a-z0-9-], got {value!r}")
+    ),
+]
+Binding = Annotated[
+    str, AfterValidator(fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", "{value!r} is not a valid name"))
+]
 
 
 def _text(value: Any) -> str:
@@ -53,16 +44,12 @@ def _text(value: Any) -> str:
 Text = Annotated[Any, AfterValidator(_text)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
-
-
-class Limits(_Strict):
+class Limits(StrictModel):
     cpu_ms: Annotated[float, Field(gt=0, le=CPU_MS_MAX)] = CPU_MS_DEFAULT
     subrequests: Annotated[int, Field(ge=0, le=SUBREQUESTS_MAX)] = SUBREQUESTS_DEFAULT
 
 
-class WorkerYaml(_Strict):
+class WorkerYaml(StrictModel):
     name: WorkerName
     routes: list[str] | None = None
     kv_namespaces: dict[Binding, Text] | None = None
