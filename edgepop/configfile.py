@@ -85,9 +85,14 @@ class Located:
 
 def parse_yaml(text: str | bytes, source: str) -> Located:
     """Raises yaml.YAMLError (which carries its own line) on text that is not YAML."""
-    raw = yaml.safe_load(text)
+    # One parse: the node tree gives the lines, and the same tree the values.
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        raw = loader.construct_document(node) if node is not None else None
+    finally:
+        loader.dispose()
     lines: dict[Path, int] = {}
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
     if node is not None:
         _lines(node, (), lines)
     return Located(source, raw, lines)
