@@ -6,7 +6,10 @@
   first commit's seq) — see `retry_idempotent`;
 - an object call or session finds its owner again (`relocating`), within its deadline;
 - a replication stream reconnects after any end without progress (`reconnect`);
-- a Durable Object's alarm is retried as Cloudflare does (`alarm_retries`).
+- a Durable Object's alarm is retried as Cloudflare does (`alarm_retries`);
+- the fault-run tooling (edgectl/chaos) has its own three: a client operation tried at
+  another entry after an ambiguous failure (`rerouted`), an admin call or final read
+  that must get through (`until_answered`), a node restart tried a few times (`restarts`).
 Every call made under these policies still has its own deadline. No retry loop is
 written by hand elsewhere (tests/unit/test_retry.py looks for them).
 """
@@ -24,10 +27,12 @@ from tenacity import (
     retry_if_exception,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_after_delay,
     stop_before_delay,
     stop_never,
     wait_exponential,
     wait_exponential_jitter,
+    wait_fixed,
 )
 
 log = logging.getLogger(__name__)
@@ -52,7 +57,7 @@ def forever(initial_s: float = 0.05, max_s: float = 2.0) -> AsyncRetrying:
     """Background connections (replication, registration): never give up."""
     return AsyncRetrying(
         retry=retry_if_exception(is_retryable),
-        wait=wait_exponential_jitter(initial=initial_s, max=max_s, jitter=initial_s),
+        wait=wait_exponential_jitter(multiplier=initial_s, max=max_s, jitter=initial_s),
         stop=stop_never,
         reraise=True,
     )
@@ -62,7 +67,7 @@ def retry_idempotent(budget_s: float) -> AsyncRetrying:
     """A read, or a write carrying a request id, within the caller's deadline."""
     return AsyncRetrying(
         retry=retry_if_exception(is_retryable_write),
-        wait=wait_exponential_jitter(initial=0.05, max=0.5, jitter=0.05),
+        wait=wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05),
         # Never sleep past the budget: the caller must hear our status before its deadline.
         stop=stop_before_delay(max(0.0, budget_s)),
         reraise=True,
@@ -105,7 +110,7 @@ def reconnect(initial_s: float = 0.05, max_s: float = 2.0) -> AsyncRetrying:
     normally and starts a fresh policy, so its next outage begins with a short wait."""
     return AsyncRetrying(
         retry=retry_if_exception_type(Exception),
-        wait=wait_exponential_jitter(initial=initial_s, max=max_s, jitter=initial_s),
+        wait=wait_exponential_jitter(multiplier=initial_s, max=max_s, jitter=initial_s),
         stop=stop_never,
     )
 
@@ -128,5 +133,41 @@ def alarm_retries(retryable: Callable[[BaseException], bool]) -> AsyncRetrying:
             state.outcome.exception() if state.outcome is not None else "?",
             state.upcoming_sleep,
         ),
+        reraise=True,
+    )
+
+
+# -- the fault-run tooling's policies (edgectl/chaos) -------------------------------------
+
+
+def rerouted(give_up_s: float, retryable: Callable[[BaseException], bool]) -> AsyncRetrying:
+    """A test client's operation, tried again (the caller picks another entry PoP) while
+    `retryable` says the failure was ambiguous, with backoff and jitter, for at most
+    `give_up_s`; then the last error is raised."""
+    return AsyncRetrying(
+        retry=retry_if_exception(retryable),
+        stop=stop_after_delay(give_up_s),
+        wait=wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05),
+        reraise=True,
+    )
+
+
+def until_answered(give_up_s: float, interval_s: float) -> AsyncRetrying:
+    """A call the tooling needs answered (set or heal a fault, the final read of a run):
+    any gRPC failure is tried again every `interval_s`, for at most `give_up_s`."""
+    return AsyncRetrying(
+        retry=retry_if_exception_type(grpc.aio.AioRpcError),
+        stop=stop_after_delay(give_up_s),
+        wait=wait_fixed(interval_s),
+        reraise=True,
+    )
+
+
+def restarts(tries: int, failure: type[BaseException]) -> AsyncRetrying:
+    """Starting a node again: up to `tries` times while it fails with `failure` (a port
+    taken meanwhile, a start that timed out), at once each time."""
+    return AsyncRetrying(
+        retry=retry_if_exception_type(failure),
+        stop=stop_after_attempt(tries),
         reraise=True,
     )

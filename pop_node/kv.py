@@ -10,27 +10,22 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
-
-import grpc
+from typing import Any, Protocol, TypeVar
 
 from edge.v1 import kv_pb2
-from edgepop import kvapi, limits, retry
-from edgepop.errors import DeadlineError, from_upstream
-from edgepop.kvstore import Record
+from edgepop import kvapi, limits
+from edgepop.kvstore import KvStore, Record
+from edgepop.metrics import PopMetrics
+from edgepop.storage import Storage
 from pop_node.deadline import answer_budget_s
 from pop_node.kv_cache import CACHE_TTL_S_DEFAULT, Found, ReadCache
-from pop_node.overlay import newer
-
-if TYPE_CHECKING:
-    from pop_node.node import PopNode
+from pop_node.overlay import Overlay, newer
+from pop_node.upstream import OriginLink, bookmark_wait_s, call_origin
 
 T = TypeVar("T")
 
 # Budget for a call to the origin when the client set no deadline.
 UPSTREAM_TIMEOUT_S_DEFAULT = 5.0
-# A BOOKMARK read waits at most this long for the replica before asking the origin.
-BOOKMARK_WAIT_S_MAX = 2.0
 
 
 def _budget(remaining: float | None) -> float:
@@ -39,17 +34,37 @@ def _budget(remaining: float | None) -> float:
     return answer_budget_s(remaining, UPSTREAM_TIMEOUT_S_DEFAULT)
 
 
+class KvPop(OriginLink, Protocol):
+    """What the KV API uses of its PoP (pop_node.node.PopNode): the replica, the writes
+    it made that the stream has not brought back yet, and the origin."""
+
+    @property
+    def storage(self) -> Storage: ...
+
+    @property
+    def store(self) -> KvStore: ...
+
+    @property
+    def overlay(self) -> Overlay: ...
+
+    @property
+    def metrics(self) -> PopMetrics: ...
+
+    def remember_write(self, namespace: str, key: str, seq: int, record: Record | None) -> None:
+        """Read-your-writes at this PoP until the stream brings the write back."""
+
+
 class KvFrontend:
     """The PoP's KV API, shared by the gRPC servicer and workers' KV bindings."""
 
-    def __init__(self, node: PopNode) -> None:
-        self.node = node
-        self.store = node.store
-        self.overlay = node.overlay
+    def __init__(self, pop: KvPop, cached_namespaces: frozenset[str]) -> None:
+        self.pop = pop
+        self.store = pop.store
+        self.overlay = pop.overlay
         # Namespaces in Cloudflare mode (topology `kv_namespaces`), and their read cache.
-        self.cached_namespaces = node.config.topology.kv_cached_namespaces
+        self.cached_namespaces = cached_namespaces
         self.read_cache = ReadCache()
-        metrics = node.metrics
+        metrics = pop.metrics
         self._cache_hits = metrics.kv_read_cache_requests.labels(
             metrics.node, metrics.region, "hit"
         )
@@ -69,20 +84,8 @@ class KvFrontend:
         time_remaining: float | None,
         call: Callable[[float], Awaitable[T]],
     ) -> T:
-        """Call the origin within the client's deadline.
-
-        Every upstream call is safe to repeat (reads, and writes carrying a request id),
-        so UNAVAILABLE is retried until the budget runs out.
-        """
-        budget = _budget(time_remaining)
-        deadline = time.monotonic() + budget
-        try:
-            async for attempt in retry.retry_idempotent(budget):
-                with attempt:
-                    return await call(max(0.001, deadline - time.monotonic()))
-        except grpc.aio.AioRpcError as error:
-            raise from_upstream(error, "origin") from error
-        raise DeadlineError("no time left to reach the origin")
+        """Call the origin within the client's deadline (pop_node.upstream)."""
+        return await call_origin(call, _budget(time_remaining))
 
     async def _at_origin(
         self, method: Callable[..., Awaitable[T]], request: Any, time_remaining: float | None
@@ -90,7 +93,7 @@ class KvFrontend:
         """Answer a read at the origin (STRONG, or a bookmark the replica did not reach)."""
         return await self._upstream(
             time_remaining,
-            lambda timeout: method(request, timeout=timeout, metadata=self.node.node_metadata),
+            lambda timeout: method(request, timeout=timeout, metadata=self.pop.node_metadata),
         )
 
     # -- reads -----------------------------------------------------------------------------
@@ -112,8 +115,8 @@ class KvFrontend:
         if consistency == kv_pb2.CONSISTENCY_STRONG:
             return False
         if consistency == kv_pb2.CONSISTENCY_BOOKMARK:
-            wait_s = min(BOOKMARK_WAIT_S_MAX, _budget(time_remaining) / 2)
-            return await self.node.replication.wait_applied(min_seq, wait_s)
+            wait_s = bookmark_wait_s(_budget(time_remaining))
+            return await self.pop.replication.wait_applied(min_seq, wait_s)
         return True
 
     async def get(
@@ -123,8 +126,8 @@ class KvFrontend:
         if request.consistency != kv_pb2.CONSISTENCY_EVENTUAL and not (
             await self._consistent_enough(request.consistency, request.min_seq, time_remaining)
         ):
-            return await self._at_origin(self.node.origin.KvGet, request, time_remaining)
-        applied_seq = self.node.replication.applied_seq
+            return await self._at_origin(self.pop.origin.KvGet, request, time_remaining)
+        applied_seq = self.pop.replication.applied_seq
         if request.namespace in self.cached_namespaces:
             found = await self.get_cached(
                 request.namespace, request.key, CACHE_TTL_S_DEFAULT, time_remaining
@@ -170,7 +173,7 @@ class KvFrontend:
             return found
         self._cache_misses.inc()
         response = await self._at_origin(
-            self.node.origin.KvGet,
+            self.pop.origin.KvGet,
             kv_pb2.KvGetRequest(
                 namespace=namespace, key=key, consistency=kv_pb2.CONSISTENCY_STRONG
             ),
@@ -195,7 +198,7 @@ class KvFrontend:
         """(value, metadata_json, expiration, seq) of a live key in the replica, this PoP's
         own pending writes included; None when not found."""
         now = time.time()
-        with self.node.storage.read() as txn:
+        with self.pop.storage.read() as txn:
             if self.overlay:  # own writes pending: the general path
                 record = self._local_get(txn, namespace, key, encoded, now)
                 if record is None:
@@ -209,12 +212,12 @@ class KvFrontend:
     ) -> kv_pb2.KvGetManyResponse:
         keys = kvapi.validate_get_many(request)
         if not await self._consistent_enough(request.consistency, request.min_seq, time_remaining):
-            return await self._at_origin(self.node.origin.KvGetMany, request, time_remaining)
-        response = kv_pb2.KvGetManyResponse(applied_seq=self.node.replication.applied_seq)
+            return await self._at_origin(self.pop.origin.KvGetMany, request, time_remaining)
+        response = kv_pb2.KvGetManyResponse(applied_seq=self.pop.replication.applied_seq)
         results = response.results
         now = time.time()
         namespace = request.namespace
-        with self.node.storage.read() as txn:
+        with self.pop.storage.read() as txn:
             if self.overlay:  # own writes pending: the general path
                 for text, key in zip(request.keys, keys, strict=True):
                     record = self._local_get(txn, namespace, text, key, now)
@@ -251,11 +254,11 @@ class KvFrontend:
     ) -> kv_pb2.KvListResponse:
         prefix, start_after, limit = kvapi.validate_list(request)
         if not await self._consistent_enough(request.consistency, request.min_seq, time_remaining):
-            return await self._at_origin(self.node.origin.KvList, request, time_remaining)
+            return await self._at_origin(self.pop.origin.KvList, request, time_remaining)
         now = time.time()
         pending = self.overlay.in_range(request.namespace, request.prefix, start_after)
         tombstones = sum(1 for _, entry in pending if entry.record is None)
-        with self.node.storage.read() as txn:
+        with self.pop.storage.read() as txn:
             records, more = self.store.list_range(
                 txn, request.namespace, prefix, start_after, limit + tombstones, now
             )
@@ -286,15 +289,15 @@ class KvFrontend:
         forwarded.request_id = request.request_id or uuid.uuid4().hex
         response: kv_pb2.KvPutResponse = await self._upstream(
             time_remaining,
-            lambda timeout: self.node.origin.KvPut(
-                forwarded, timeout=timeout, metadata=self.node.node_metadata
+            lambda timeout: self.pop.origin.KvPut(
+                forwarded, timeout=timeout, metadata=self.pop.node_metadata
             ),
         )
         record = Record(
             request.namespace, request.key, request.value, request.metadata_json, expiration,
             response.seq,
         )  # fmt: skip
-        self.node.remember_write(request.namespace, request.key, response.seq, record)
+        self.pop.remember_write(request.namespace, request.key, response.seq, record)
         self._cache_own_write(
             request.namespace, request.key, (request.value, request.metadata_json, expiration)
         )
@@ -309,8 +312,8 @@ class KvFrontend:
         forwarded.request_id = request.request_id or uuid.uuid4().hex
         response: kv_pb2.KvPutManyResponse = await self._upstream(
             time_remaining,
-            lambda timeout: self.node.origin.KvPutMany(
-                forwarded, timeout=timeout, metadata=self.node.node_metadata
+            lambda timeout: self.pop.origin.KvPutMany(
+                forwarded, timeout=timeout, metadata=self.pop.node_metadata
             ),
         )
         first_seq = response.seq - len(request.entries) + 1
@@ -321,7 +324,7 @@ class KvFrontend:
             record = Record(
                 request.namespace, entry.key, entry.value, entry.metadata_json, expiration, seq
             )
-            self.node.remember_write(request.namespace, entry.key, seq, record)
+            self.pop.remember_write(request.namespace, entry.key, seq, record)
             self._cache_own_write(
                 request.namespace, entry.key, (entry.value, entry.metadata_json, expiration)
             )
@@ -336,10 +339,10 @@ class KvFrontend:
         forwarded.request_id = request.request_id or uuid.uuid4().hex
         response: kv_pb2.KvDeleteResponse = await self._upstream(
             time_remaining,
-            lambda timeout: self.node.origin.KvDelete(
-                forwarded, timeout=timeout, metadata=self.node.node_metadata
+            lambda timeout: self.pop.origin.KvDelete(
+                forwarded, timeout=timeout, metadata=self.pop.node_metadata
             ),
         )
-        self.node.remember_write(request.namespace, request.key, response.seq, None)
+        self.pop.remember_write(request.namespace, request.key, response.seq, None)
         self._cache_own_write(request.namespace, request.key, None)
         return response

@@ -19,6 +19,7 @@ from edgepop.lifecycle import Node
 from edgepop.metrics import PopMetrics
 from edgepop.rpc import channel, node_metadata
 from edgepop.storage import Storage
+from edgepop.topology import Topology
 from pop_node.kv import KvFrontend
 from pop_node.objects.builtin import BUILTIN_CLASSES
 from pop_node.objects.host import ObjectHost
@@ -48,6 +49,10 @@ class PopNode(Node):
     metrics_class = PopMetrics
     config: PopConfig
     metrics: PopMetrics
+    # Built in open_storage; each takes the part of the PoP it uses (a Protocol of its own).
+    kv: KvFrontend
+    sql: SqlReplicas
+    workers: WorkerRuntime
 
     def __init__(self, config: PopConfig) -> None:
         super().__init__(config)
@@ -104,7 +109,7 @@ class PopNode(Node):
             internal_metadata=internal,
         )
         self.router = ObjectRouter(self.objects, self.name, self.region, self.token)
-        self.kv = KvFrontend(self)
+        self.kv = KvFrontend(self, self.config.topology.kv_cached_namespaces)
         self.internal_metadata = internal
         self.origin_http_address = ""
         self.workers = WorkerRuntime(self)
@@ -171,6 +176,11 @@ class PopNode(Node):
         self.sql.close()
         self.objects_storage.close()
         self.storage.close()
+
+    @property
+    def topology(self) -> Topology:
+        """The topology this PoP started with: its regions and their attributes."""
+        return self.config.topology
 
     @property
     def origin(self) -> origin_pb2_grpc.OriginStub:

@@ -16,27 +16,20 @@ from __future__ import annotations
 import asyncio
 import enum
 import shutil
-import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import grpc
+from typing import Any, Protocol
 
 from edge.v1 import kv_pb2, origin_pb2, sql_pb2
-from edgepop import retry, sqldb
-from edgepop.errors import DeadlineError, from_upstream
+from edgepop import sqldb
+from edgepop.metrics import PopMetrics
 from pop_node.deadline import answer_budget_s
-
-if TYPE_CHECKING:
-    from pop_node.node import PopNode
+from pop_node.upstream import OriginLink, bookmark_wait_s, call_origin
 
 # Budget for a call to the primary when the client set no deadline.
 UPSTREAM_TIMEOUT_S_DEFAULT = 10.0
-# A bookmark the replica has not reached yet: wait this long at most, then the primary.
-BOOKMARK_WAIT_S_MAX = 2.0
 
 
 class Route(enum.Enum):
@@ -86,16 +79,30 @@ class SqlSnapshot:
         await self.replicas.replace_all(self.staged)
 
 
+class SqlPop(OriginLink, Protocol):
+    """What the SQL replicas use of their PoP (pop_node.node.PopNode): its name and
+    region for a result's `meta`, its metrics, and the origin (the primaries)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def region(self) -> str: ...
+
+    @property
+    def metrics(self) -> PopMetrics: ...
+
+
 class SqlReplicas:
     """The PoP's copies of every SQL database, and the query path over them."""
 
-    def __init__(self, node: PopNode, directory: Path) -> None:
-        self.node = node
+    def __init__(self, pop: SqlPop, directory: Path) -> None:
+        self.pop = pop
         self.directory = directory
         self.databases = sqldb.Databases(directory, primary=False)
         self.snapshot = SqlSnapshot(self)
         self._reads = ThreadPoolExecutor(1, thread_name_prefix="sql-read")
-        self.metrics = node.metrics
+        self.metrics = pop.metrics
 
     def _served(self, database: str, where: str) -> Any:
         metrics = self.metrics
@@ -162,10 +169,10 @@ class SqlReplicas:
     ) -> sql_pb2.SqlQueryResponse:
         sqldb.check_query(request)
         floor = sqldb.parse_bookmark(request.bookmark) if request.bookmark else 0
-        replication = self.node.replication
+        replication = self.pop.replication
         where = route(request.session, floor, replication.applied_seq)
         if where is Route.WAIT:
-            wait_s = min(BOOKMARK_WAIT_S_MAX, _budget(time_remaining) / 2)
+            wait_s = bookmark_wait_s(_budget(time_remaining))
             caught_up = await replication.wait_applied(floor, wait_s)
             where = Route.LOCAL if caught_up else Route.PRIMARY
         if where is Route.LOCAL and sqldb.may_read_only(request.statements):
@@ -187,8 +194,8 @@ class SqlReplicas:
                 # Read after the query: every commit it could have seen is at or below it.
                 seen = max(replication.applied_seq, database_seq, floor)
                 for result in results:
-                    result.meta.served_by = self.node.name
-                    result.meta.served_by_region = self.node.region
+                    result.meta.served_by = self.pop.name
+                    result.meta.served_by_region = self.pop.region
                     result.meta.served_by_primary = False
                 self._served(request.database, "replica").inc()
                 return sql_pb2.SqlQueryResponse(
@@ -204,20 +211,13 @@ class SqlReplicas:
         forwarded.CopyFrom(request)
         if not forwarded.request_id:
             forwarded.request_id = uuid.uuid4().hex  # a retried write applies once
-        budget = _budget(time_remaining)
-        deadline = time.monotonic() + budget
-        try:
-            async for attempt in retry.retry_idempotent(budget):
-                with attempt:
-                    response: sql_pb2.SqlQueryResponse = await self.node.origin.SqlQuery(
-                        forwarded,
-                        timeout=max(0.001, deadline - time.monotonic()),
-                        metadata=self.node.node_metadata,
-                    )
-                    return response
-        except grpc.aio.AioRpcError as error:
-            raise from_upstream(error, "origin") from error
-        raise DeadlineError("no time left to reach the origin")
+        response: sql_pb2.SqlQueryResponse = await call_origin(
+            lambda timeout: self.pop.origin.SqlQuery(
+                forwarded, timeout=timeout, metadata=self.pop.node_metadata
+            ),
+            _budget(time_remaining),
+        )
+        return response
 
 
 def _budget(remaining: float | None) -> float:

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import control_plane_pb2_grpc as cp_grpc
@@ -42,6 +41,7 @@ from edge.v1 import kv_pb2, objects_pb2, pop_pb2_grpc
 from edgectl.chaos.history import Op, Status
 from edgectl.chaos.nemesis import Clock
 from edgectl.launcher import NodeState
+from edgepop import retry
 from edgepop.netem import REGION_HEADER, sent_at_metadata
 from edgepop.rpc import CHANNEL_OPTIONS
 from edgepop.topology import Topology
@@ -287,13 +287,7 @@ class Client:
         """`call` at the current entry PoP, retried on ambiguous failures (re-routing each
         time) until it answers or `give_up_s` passed; raises the last error."""
         deadline = time.monotonic() + give_up_s
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(_ambiguous),
-            stop=stop_after_delay(give_up_s),
-            wait=wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05),
-            reraise=True,
-        )
-        async for attempt in retrying:
+        async for attempt in retry.rerouted(give_up_s, _ambiguous):
             with attempt:
                 op.meta["attempts"] += 1
                 entry = await self._entry_node()

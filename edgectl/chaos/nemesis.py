@@ -33,20 +33,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_fixed,
-)
 
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import control_plane_pb2_grpc as cp_grpc
 from edge.v1 import objects_pb2
 from edgectl.chaos.history import FaultEvent
 from edgectl.launcher import Cluster, ClusterError
-from edgepop import objectid
+from edgepop import objectid, retry
 from edgepop.faults import LOSS_MAX
 from edgepop.topology import Topology
 
@@ -415,12 +408,12 @@ def plan(seed: int, duration_s: float, kinds: Sequence[str], topo: PlanTopology)
 # ListPlacements / SetLinkFault / ClearFaults: the control plane is next door (us-east-1),
 # so a second is plenty; a call that fails is tried again while the step allows.
 ADMIN_TIMEOUT_S = 2.0
-ADMIN_RETRY_S = 0.2
+ADMIN_INTERVAL_S = 0.2
 # How often a chain looks for the promoted owner.
 PROMOTION_POLL_S = 0.05
 # A restart (spawn + SERVING + registered) on a busy 2-core machine.
 RESTART_TIMEOUT_S = 30.0
-RESTART_ATTEMPTS = 3
+RESTART_TRIES = 3
 # A node stays down at least this long, even when its step ran late.
 DOWN_S_MIN = 1.0
 # The final heal: how long to keep trying to reach the control plane.
@@ -553,12 +546,7 @@ class Nemesis:
     async def _admin(self, method: Callable[..., Awaitable[Any]], request: Any) -> Any:
         """An admin call, tried again until it answers (for at most HEAL_TIMEOUT_S): a
         fault must be set and healed even through a moment of overload."""
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(grpc.aio.AioRpcError),
-            stop=stop_after_delay(HEAL_TIMEOUT_S),
-            wait=wait_fixed(ADMIN_RETRY_S),
-            reraise=True,
-        )
+        retrying = retry.until_answered(HEAL_TIMEOUT_S, ADMIN_INTERVAL_S)
         return await retrying(method, request, metadata=self.metadata, timeout=ADMIN_TIMEOUT_S)
 
     # -- kills ----------------------------------------------------------------------------
@@ -685,13 +673,8 @@ class Nemesis:
             if error is not None:
                 raise error
 
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(ClusterError),
-            stop=stop_after_attempt(RESTART_ATTEMPTS),
-            reraise=True,
-        )
         try:
-            await retrying(start_once)
+            await retry.restarts(RESTART_TRIES, ClusterError)(start_once)
         except ClusterError as error:
             # Not raised: the final heal tries again, and the run reports it.
             self.log.skipped.append(f"{self.clock.now():.1f} s restart {name}: {error}")

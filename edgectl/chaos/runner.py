@@ -36,7 +36,6 @@ from typing import Any
 
 import grpc
 import yaml
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import kv_pb2, objects_pb2, origin_pb2, origin_pb2_grpc, pop_pb2
@@ -62,7 +61,7 @@ from edgectl.chaos.nemesis import (
     plan,
 )
 from edgectl.launcher import Cluster
-from edgepop import objectid
+from edgepop import objectid, retry
 from edgepop.buggify import ENV_VAR as BUGGIFY_ENV
 from edgepop.topology import Topology, load_topology, parse_topology
 
@@ -83,7 +82,7 @@ SETTLE_POLL_S = 0.2
 # The final read of a counter is retried (through any PoP) until it answers.
 FINAL_READ_TIMEOUT_S = 30.0
 FINAL_ATTEMPT_TIMEOUT_S = 3.0
-FINAL_RETRY_S = 0.2
+FINAL_INTERVAL_S = 0.2
 # Clients stop taking new ops at the end; in-flight ones get their give-up time and this.
 CLIENT_DRAIN_S_EXTRA = 5.0
 PROGRESS_REFRESH_S = 0.5
@@ -428,12 +427,7 @@ async def _read_counter(directory: Directory, name: str, region: str) -> int | N
     request = objects_pb2.ObjectCallRequest(
         namespace=COUNTER_NAMESPACE, name=name, method="get", location_hint=region
     )
-    retrying = AsyncRetrying(
-        retry=retry_if_exception_type(grpc.aio.AioRpcError),
-        stop=stop_after_delay(FINAL_READ_TIMEOUT_S),
-        wait=wait_fixed(FINAL_RETRY_S),
-        reraise=True,
-    )
+    retrying = retry.until_answered(FINAL_READ_TIMEOUT_S, FINAL_INTERVAL_S)
     try:
         async for attempt in retrying:
             with attempt:

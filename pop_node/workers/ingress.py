@@ -32,7 +32,7 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import HttpVersion10, HttpVersion11, WSMsgType, web
 from multidict import CIMultiDict
@@ -50,7 +50,10 @@ from edgepop.websocket import (
 from edgepop.worker_api import Request
 
 if TYPE_CHECKING:
-    from pop_node.node import PopNode
+    from edgepop.metrics import PopMetrics
+    from edgepop.netem import NetworkEmulator
+    from edgepop.topology import Topology
+    from pop_node.workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,33 @@ BODY_RATE_BYTES_S_MIN = 64 * 1024
 HTTP_VERSIONS = frozenset({HttpVersion10, HttpVersion11})
 SCHEDULED_PATH = "/__scheduled"
 DEFAULT_CRON = "* * * * *"
+
+
+class IngressPop(Protocol):
+    """What the HTTP ingress uses of its PoP (pop_node.node.PopNode): the workers it
+    serves, the emulated network requests pay, and who and where the PoP is."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def region(self) -> str: ...
+
+    @property
+    def token(self) -> str:
+        """The cluster token ("" when none): `/__scheduled` needs it."""
+
+    @property
+    def topology(self) -> Topology: ...
+
+    @property
+    def metrics(self) -> PopMetrics: ...
+
+    @property
+    def netem(self) -> NetworkEmulator: ...
+
+    @property
+    def workers(self) -> WorkerRuntime: ...
 
 
 class BodyTimeoutError(Exception):
@@ -104,12 +134,11 @@ async def read_body(request: web.BaseRequest) -> bytes:
             raise web.HTTPRequestEntityTooLarge(BODY_BYTES_MAX, len(body))
 
 
-def geo(node: PopNode, client_region: str) -> dict[str, Any]:
+def geo(topology: Topology, pop_region: str, client_region: str) -> dict[str, Any]:
     """The `cf` object: where the (simulated) user is, and which PoP answered."""
-    topology = node.config.topology
-    region_name = client_region if topology.has_region(client_region) else node.region
+    region_name = client_region if topology.has_region(client_region) else pop_region
     region = topology.region(region_name)
-    own = topology.region(node.region)
+    own = topology.region(pop_region)
     return {
         "colo": own.colo,
         "region": region.name,
@@ -123,10 +152,10 @@ def geo(node: PopNode, client_region: str) -> dict[str, Any]:
     }
 
 
-def build_server(node: PopNode) -> web.Server:
-    runtime = node.workers
-    metrics = node.metrics
-    netem = node.netem
+def build_server(pop: IngressPop) -> web.Server:
+    runtime = pop.workers
+    metrics = pop.metrics
+    netem = pop.netem
     # Per-request work done once: geo per client region, metric children per label set.
     geo_cache: dict[str, dict[str, Any]] = {}
     request_metrics: dict[tuple[str, int], tuple[Any, Any]] = {}
@@ -134,7 +163,7 @@ def build_server(node: PopNode) -> web.Server:
     def geo_for(client_region: str) -> dict[str, Any]:
         found = geo_cache.get(client_region)
         if found is None:
-            found = geo_cache[client_region] = geo(node, client_region)
+            found = geo_cache[client_region] = geo(pop.topology, pop.region, client_region)
         return found  # worker_api.Request copies it: the worker may change its own
 
     def record(worker: str, status: int, duration_s: float) -> None:
@@ -218,7 +247,7 @@ def build_server(node: PopNode) -> web.Server:
                 )
             worker_name = version.name
             if request.path == SCHEDULED_PATH:
-                answer = await run_scheduled(node, version, request)
+                answer = await run_scheduled(pop, version, request)
                 status = answer.status
                 return answer
             body = await read_body(request)
@@ -234,7 +263,7 @@ def build_server(node: PopNode) -> web.Server:
             response, _ = await runtime.handle(version, worker_request)
             status = response.status
             if status == 101 and response.web_socket is not None:
-                return await bridge_websocket(node, request, response.web_socket)
+                return await bridge_websocket(netem, request, response.web_socket)
             if response.streaming:
                 stream = web.StreamResponse(status=response.status, headers=response.headers)
                 await hold_outbound(netem, request)
@@ -269,7 +298,9 @@ def build_server(node: PopNode) -> web.Server:
     return web.Server(serve, access_log=None, **handler_args())
 
 
-async def bridge_websocket(node: PopNode, request: web.BaseRequest, end: Any) -> web.StreamResponse:
+async def bridge_websocket(
+    netem: NetworkEmulator, request: web.BaseRequest, end: Any
+) -> web.StreamResponse:
     """Carry a worker's WebSocket (the client end it answered 101 with) to the client.
 
     Frames cross the user's emulated link each way, one by one (in order, each delayed
@@ -281,10 +312,10 @@ async def bridge_websocket(node: PopNode, request: web.BaseRequest, end: Any) ->
         return web.Response(
             status=426, text="Upgrade Required: the worker answered with a WebSocket\n"
         )
-    await hold_outbound(node.netem, request)
+    await hold_outbound(netem, request)
     await ws.prepare(request)
     caller = caller_from_headers(request.headers.get)
-    into, back = node.netem.legs(caller) if caller is not None else (None, None)
+    into, back = netem.legs(caller) if caller is not None else (None, None)
 
     async def from_client() -> AsyncIterator[Event]:
         async for message in ws:
@@ -293,7 +324,7 @@ async def bridge_websocket(node: PopNode, request: web.BaseRequest, end: Any) ->
         yield CloseEvent(ws.close_code or CLOSE_ABNORMAL, "", wasClean=ws.close_code is not None)
 
     async def inbound() -> None:
-        frames = from_client() if into is None else node.netem.delay_stream(into, from_client())
+        frames = from_client() if into is None else netem.delay_stream(into, from_client())
         async for event in frames:
             if isinstance(event, CloseEvent):
                 end.close_unchecked(event.code, event.reason, event.wasClean)
@@ -305,7 +336,7 @@ async def bridge_websocket(node: PopNode, request: web.BaseRequest, end: Any) ->
 
     pump = asyncio.ensure_future(inbound())
     try:
-        frames = end.events() if back is None else node.netem.delay_stream(back, end.events())
+        frames = end.events() if back is None else netem.delay_stream(back, end.events())
         async for event in frames:
             if isinstance(event, CloseEvent):
                 await ws.close(code=event.code, message=event.reason.encode())
@@ -323,10 +354,10 @@ async def bridge_websocket(node: PopNode, request: web.BaseRequest, end: Any) ->
     return ws
 
 
-async def run_scheduled(node: PopNode, version: Any, request: web.BaseRequest) -> web.Response:
+async def run_scheduled(pop: IngressPop, version: Any, request: web.BaseRequest) -> web.Response:
     """`/__scheduled`: run the worker's cron handler now, for the token's holder only."""
     given = request.headers.get("Authorization", "")
-    expected = f"Bearer {node.token}" if node.token else ""
+    expected = f"Bearer {pop.token}" if pop.token else ""
     if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
         return web.Response(
             status=401, text=f"{SCHEDULED_PATH} runs cron handlers: it needs the cluster token\n"
@@ -338,10 +369,10 @@ async def run_scheduled(node: PopNode, version: Any, request: web.BaseRequest) -
         return web.Response(status=400, text="time: milliseconds since the epoch\n")
     if version.module.scheduled is None:
         return web.Response(status=404, text=f"worker {version.name} has no scheduled handler\n")
-    outcome = await node.workers.run_scheduled(version, cron, scheduled_ms)
+    outcome = await pop.workers.run_scheduled(version, cron, scheduled_ms)
     if outcome:
         return web.Response(status=500, text=f"scheduled {cron!r}: {outcome}\n")
-    return web.Response(text=f"ran scheduled {cron!r} of {version.name} at {node.name}\n")
+    return web.Response(text=f"ran scheduled {cron!r} of {version.name} at {pop.name}\n")
 
 
 def handler_args() -> dict[str, Any]:

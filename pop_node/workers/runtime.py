@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 import grpc
@@ -49,7 +49,11 @@ from pop_node.workers.cpu import CpuBudget, CpuLimitExceeded, Watchdog, metered
 from pop_node.workers.loader import LoadedModule, WorkerLoadError, load_bundle_bounded
 
 if TYPE_CHECKING:
-    from pop_node.node import PopNode
+    from edgepop.metrics import PopMetrics
+    from pop_node.kv import KvFrontend
+    from pop_node.objects.host import ObjectHost
+    from pop_node.objects.router import ObjectRouter
+    from pop_node.sql import SqlReplicas
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +147,47 @@ class _CacheFacade:
         return self._runtime.cache.delete(self._request(request).url)
 
 
+class WorkerPop(Protocol):
+    """What the worker runtime uses of its PoP (pop_node.node.PopNode): where bundles
+    come from, what a worker's `env` binds, and where its subrequests go."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def region(self) -> str: ...
+
+    @property
+    def metrics(self) -> PopMetrics: ...
+
+    @property
+    def internal_metadata(self) -> tuple[tuple[str, str], ...]: ...
+
+    @property
+    def kv(self) -> KvFrontend: ...
+
+    @property
+    def router(self) -> ObjectRouter: ...
+
+    @property
+    def sql(self) -> SqlReplicas: ...
+
+    @property
+    def objects(self) -> ObjectHost: ...
+
+    @property
+    def origin_http_address(self) -> str:
+        """The origin application's HTTP address ("" until the topology names it)."""
+
+    def control_plane_stub(self) -> control_plane_pb2_grpc.ControlPlaneStub | None: ...
+
+
 class WorkerRuntime:
-    def __init__(self, node: PopNode) -> None:
-        self.node = node
-        self.metrics = node.metrics
+    """The workers of one PoP: their loaded versions, routes, and the requests they run."""
+
+    def __init__(self, pop: WorkerPop) -> None:
+        self.pop = pop
+        self.metrics = pop.metrics
         # worker name -> its CPU-time histogram child (labels() per request costs a lock).
         self._cpu_children: dict[str, Any] = {}
         self.versions: dict[str, WorkerVersion] = {}
@@ -242,12 +283,12 @@ class WorkerRuntime:
             loaded.module.unload()
 
     async def _load(self, name: str, version: str) -> WorkerVersion:
-        stub = self.node.control_plane_stub()
+        stub = self.pop.control_plane_stub()
         if stub is None:
             raise WorkerLoadError("no control plane to fetch the bundle from")
         response = await stub.GetWorkerBundle(
             workers_pb2.GetWorkerBundleRequest(name=name, version=version),
-            metadata=self.node.internal_metadata,
+            metadata=self.pop.internal_metadata,
             timeout=BUNDLE_FETCH_TIMEOUT_S,
         )
         started = time.perf_counter()
@@ -272,15 +313,15 @@ class WorkerRuntime:
             raise WorkerLoadError(str(error)) from error
         env = build_env(
             config,
-            kv=self.node.kv,
-            router=self.node.router,
+            kv=self.pop.kv,
+            router=self.pop.router,
             metrics=self.metrics,
             object_namespaces=namespaces,
-            sql=self.node.sql,
+            sql=self.pop.sql,
         )
         for class_name, cls in module.classes.items():
             # A worker's own objects see its env, as on Cloudflare.
-            self.node.objects.register_class(
+            self.pop.objects.register_class(
                 worker_class_namespace(name, class_name),
                 cls,
                 env,
@@ -484,7 +525,7 @@ class WorkerRuntime:
             raise WorkerError(
                 f"subrequests reach only the origin (http://origin/...), not {host!r}"
             )
-        address = self.node.origin_http_address
+        address = self.pop.origin_http_address
         if not address:
             raise WorkerError("the origin's HTTP address is not known yet")
         query = request.url.split("?", 1)[1] if "?" in request.url else ""
@@ -505,8 +546,8 @@ class WorkerRuntime:
         headers = CIMultiDict(
             (key, value) for key, value in request.headers.items() if key.lower() not in HOP_BY_HOP
         )
-        headers[REGION_HEADER] = self.node.region
-        headers[NODE_HEADER] = self.node.name
+        headers[REGION_HEADER] = self.pop.region
+        headers[NODE_HEADER] = self.pop.name
         name, value = sent_at_metadata()
         headers[name] = value
         session = self._client()
