@@ -167,7 +167,7 @@ async def http_tool(context: Context) -> tuple[Wrk | None, str]:
 
 async def run_http(context: Context, label: str, spec: HttpLoad) -> HttpResult:
     wrk, _ = await http_tool(context)
-    work = wrk.run(spec) if wrk is not None else context.in_worker(http_closed_loop, spec)
+    work = wrk.run(spec) if wrk is not None else context.in_loadgen(http_closed_loop, spec)
     result: HttpResult = await context.ui.timed(label, spec.warmup_s + spec.duration_s + 0.5, work)
     if result.requests == 0:
         raise RuntimeError(
@@ -198,8 +198,8 @@ def _tool_note(context: Context) -> str:
         return f"Load generator: wrk ({wrk.binary}), 2 threads."
     return (
         "**Load generator: wrk was unavailable** "
-        f"({reason}); an aiohttp client in a worker process stood in (it costs more CPU "
-        "than wrk, taken from the same 2 cores as the server)."
+        f"({reason}); an aiohttp client in a load-generator process stood in (it costs more "
+        "CPU than wrk, taken from the same 2 cores as the server)."
     )
 
 

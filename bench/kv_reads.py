@@ -2,10 +2,10 @@
 
 Both run on a small cluster (control plane, origin, one PoP) with delay emulation off:
 its only PoP is what is measured, and the two idle processes beside it cost little CPU.
-The client is a grpc.aio process of its own (a pool worker). The echo server answers
-a message of exactly the size of the PoP's KvGet reply, so the ratio says what the PoP's
-work (routing through the rpc decorator, metrics, validation, the LMDB read, protobuf)
-costs on top of a gRPC round trip in Python on this machine.
+The client is a grpc.aio process of its own (a load-generator process). The echo server
+answers a message of exactly the size of the PoP's KvGet reply, so the ratio says what the
+PoP's work (routing through the rpc decorator, metrics, validation, the LMDB read,
+protobuf) costs on top of a gRPC round trip in Python on this machine.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ async def _compare(
             result = await context.ui.timed(
                 f"{label}: {name} (round {round_index + 1}/{rounds})",
                 spec.warmup_s + spec.duration_s + 0.3,
-                context.in_worker(closed_loop, spec),
+                context.in_loadgen(closed_loop, spec),
             )
             if result.calls == 0:
                 raise RuntimeError(f"{label}: {name} answered no call ({result.errors} errors)")

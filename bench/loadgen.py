@@ -1,9 +1,9 @@
-"""Load generators. Each runs in a worker process of its own (see `bench.runner`).
+"""Load generators. Each runs in a load-generator process (see `bench.runner`).
 
 A client that shares a process (and so an event loop and a GIL) with the bench's
 scrapers, or with a server, measures that contention rather than the server. So the
-runner keeps a pool of spawned worker processes and sends them a spec; every function
-here takes one frozen spec, runs its own event loop and returns a plain result.
+runner keeps a pool of spawned load-generator processes and sends them a spec; every
+function here takes one frozen spec, runs its own event loop and returns a plain result.
 
 Clients send pre-serialised request bytes and keep raw response bytes where they can:
 the client's own protobuf work would otherwise be a large share of what is measured,
@@ -35,7 +35,8 @@ LATENCY_SAMPLES_MAX = 200_000
 
 
 def warm() -> int:
-    """A no-op that makes a pool worker import its modules before any measurement."""
+    """A no-op that makes a load-generator process import its modules before any
+    measurement."""
     return 0
 
 

@@ -94,7 +94,7 @@ async def _probe(context: Context) -> dict[str, Any]:
         context.state["probe"] = await context.ui.timed(
             f"edgectl probe: {calls} calls per region and target",
             expected_s,
-            context.in_worker(probe_regions, spec),
+            context.in_loadgen(probe_regions, spec),
         )
         context.state["probe"]["calls"] = calls
     probed: dict[str, Any] = context.state["probe"]
@@ -408,7 +408,7 @@ async def _throughput(
     applied: list[tuple[float, int]] = []
 
     async def run() -> PutManyResult:
-        writing = asyncio.ensure_future(context.in_worker(put_many, spec))
+        writing = asyncio.ensure_future(context.in_loadgen(put_many, spec))
         deadline: float | None = None
         async with grpc.aio.insecure_channel(pop.grpc_address) as channel:
             stub = pop_pb2_grpc.PopStub(channel)
@@ -462,7 +462,7 @@ async def run_wan_replication(context: Context) -> BenchResult:
             propagation: PropagationResult = await context.ui.timed(
                 f"{delay_ms:g} ms one-way: {writes} writes, commit -> visible at {pop.name}",
                 writes / rate + delay_ms / 1e3,
-                context.in_worker(propagation_probe, spec),
+                context.in_loadgen(propagation_probe, spec),
             )
             if not propagation.samples_s:
                 raise RuntimeError(f"no write became visible: {propagation.first_error}")
@@ -587,8 +587,8 @@ class PlainSpec:
 
 
 def measure_plain(spec: PlainSpec) -> list[dict[str, Any]]:
-    """In a worker process: each region's edge RTT over a plain generated stub and over
-    curl, and tokyo's origin RTT over the stub, as `edgectl.probe.plain_*_rtt_ms` say."""
+    """In a load-generator process: each region's edge RTT over a plain generated stub and
+    over curl, and tokyo's origin RTT over the stub, as `edgectl.probe.plain_*_rtt_ms` say."""
     results = []
 
     def grpc_rtt(address: str, region: str, pairs: int, origin: bool) -> tuple[float, float]:
@@ -647,7 +647,7 @@ async def run_plain_delay(context: Context) -> BenchResult:
     results = await context.ui.timed(
         f"plain clients: {pairs} delayed/undelayed pairs per region, gRPC and curl",
         len(pops) * pairs * 2 * 0.03 + origin_pairs * 0.4,
-        context.in_worker(measure_plain, spec),
+        context.in_loadgen(measure_plain, spec),
     )
     rows = []
     for result in results:
@@ -675,7 +675,8 @@ async def run_plain_delay(context: Context) -> BenchResult:
             "`x-edge-region`; the row is the median delayed round trip minus the median "
             "undelayed one (the client's own cost, which the emulation does not add to), "
             "against the matrix, judged to issue 11's max(0.3 ms, 3%). Default cluster, "
-            "delay emulation on; the client runs in a worker process. Only `edgectl probe`, "
-            "which stamps `x-edge-sent-at`, has its transport time counted against the delay."
+            "delay emulation on; the client runs in a load-generator process. Only "
+            "`edgectl probe`, which stamps `x-edge-sent-at`, has its transport time counted "
+            "against the delay."
         ),
     )

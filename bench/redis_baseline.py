@@ -7,7 +7,7 @@ subscriber on every replica hears the keyspace event of every 50th SET (a patter
 subscription: replicas fire events for the writes they apply from the stream, and Redis
 itself leaves out the others) and records receive - send time: client send -> visible
 at each replica, the interval edgepop's visibility reader measures. Both run in bench
-worker processes, apart from each other and from Redis.
+load-generator processes, apart from each other and from Redis.
 
 Redis keeps no durability work on the path (no fsync, no AOF), while an edgepop commit
 is fsynced at the origin before it streams: Redis is the floor for async replication

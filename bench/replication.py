@@ -375,7 +375,7 @@ async def _edgepop_propagation(
         warm = await context.ui.timed(
             f"edgepop: warm-up writes at {rate_per_s:,.0f}/s",
             warmup,
-            context.in_worker(
+            context.in_loadgen(
                 paced_puts, PacedWrites(origin, rate_per_s, warmup, key_prefix="warm")
             ),
         )
@@ -392,7 +392,7 @@ async def _edgepop_propagation(
         writes = await context.ui.timed(
             f"edgepop: {rate_per_s:,.0f} writes/s to {len(pops)} PoPs",
             duration,
-            context.in_worker(
+            context.in_loadgen(
                 paced_puts, PacedWrites(origin, rate_per_s, duration, key_prefix=key_prefix)
             ),
         )
@@ -420,7 +420,7 @@ async def _edgepop_propagation(
             f"edgepop: {rate_per_s:,.0f} writes/s to {len(pops)} PoPs, sampled reader",
             duration + START_DELAY_S,
             asyncio.gather(
-                context.in_worker(paced_puts, spec), context.in_worker(watch_visibility, watch)
+                context.in_loadgen(paced_puts, spec), context.in_loadgen(watch_visibility, watch)
             ),
         )
         visible = _visibility([pop.name for pop in cluster.pops], watched, writes)
@@ -533,14 +533,14 @@ async def _redis_propagation(
     replica_set = RedisReplicaSet(binary, context.new_dir("redis"), replicas)
     try:
         await context.ui.step(f"starting redis primary + {replicas} replicas", replica_set.start())
-        # Both worker processes are warm; 1.5 s is ample for the subscriber to subscribe.
+        # Both load-generator processes are warm; 1.5 s is ample for the subscriber to subscribe.
         start_at = time.time() + 1.5
         count_from = start_at + warmup
         stop_at = count_from + duration + 1.0
-        watch = context.in_worker(
+        watch = context.in_loadgen(
             redis_watch, RedisWatch(tuple(replica_set.replica_ports), stop_at, count_from)
         )
-        write = context.in_worker(
+        write = context.in_loadgen(
             redis_writes,
             RedisWrites(replica_set.primary_port, WRITE_RATE_PER_S, warmup + duration, start_at),
         )
@@ -575,12 +575,12 @@ async def run_putmany(context: Context) -> BenchResult:
     warm = await context.ui.timed(
         "warm-up batches",
         1.0,
-        context.in_worker(put_many, PutManyLoad(origin, context.pick(1.0, 0.5))),
+        context.in_loadgen(put_many, PutManyLoad(origin, context.pick(1.0, 0.5))),
     )
     await context.ui.step("waiting for every PoP", wait_caught_up(cluster, warm.last_seq))
 
     samples: list[tuple[float, str, int, float]] = []  # (wall time, PoP, applied, lag)
-    writing = asyncio.ensure_future(context.in_worker(put_many, spec))
+    writing = asyncio.ensure_future(context.in_loadgen(put_many, spec))
     sampler = asyncio.ensure_future(sample_status(cluster, samples, writing))
     result: PutManyResult = await context.ui.timed(
         f"KvPutMany x{spec.batch_entries}, {spec.concurrency} in flight", duration, writing

@@ -1,11 +1,12 @@
-"""What every benchmark shares: settings, progress display, worker processes, clusters.
+"""What every benchmark shares: settings, progress display, load-generator processes, clusters.
 
 A benchmark is an async function taking a `Context` and returning a `BenchResult`
 (table rows, JSON details, plot files and a paragraph on method). The context starts
 clusters lazily by key and the runner stops each one as soon as no remaining benchmark
 needs it, and all of them in any case at the end: a failed benchmark never leaves
-processes behind. Load generators run in a pool of spawned worker processes so that
-no client shares an event loop with the servers or with the bench's own scrapers.
+processes behind. Load generators run in a pool of spawned load-generator processes
+(`LOADGEN_PROCESSES`) so that no client shares an event loop with the servers or with the
+bench's own scrapers.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ from edgectl.launcher import Cluster
 
 T = TypeVar("T")
 
-# Two workers: the Redis baseline runs its writer and its subscribers side by side.
-WORKER_PROCESSES = 2
+# Two load generators: the Redis baseline runs its writer and its subscribers side by side.
+LOADGEN_PROCESSES = 2
 PROGRESS_REFRESH_PER_S = 4
 ERROR_NOTE_CHARS_MAX = 100
 
@@ -168,7 +169,7 @@ class Context:
         self.ui = ui
         self.work_dir = work_dir
         self.pool = concurrent.futures.ProcessPoolExecutor(
-            WORKER_PROCESSES, mp_context=multiprocessing.get_context("spawn")
+            LOADGEN_PROCESSES, mp_context=multiprocessing.get_context("spawn")
         )
         self._resources: dict[str, tuple[Any, Callable[[], None]]] = {}
         self._counter = 0
@@ -188,14 +189,14 @@ class Context:
         path.mkdir(parents=True)
         return path
 
-    async def warm_workers(self) -> None:
-        """Start the worker processes (imports and all) before anything is timed."""
+    async def warm_loadgens(self) -> None:
+        """Start the load-generator processes (imports and all) before anything is timed."""
         await asyncio.gather(
-            *(self.in_worker(loadgen.warm) for _ in range(WORKER_PROCESSES))  # type: ignore[arg-type]
+            *(self.in_loadgen(loadgen.warm) for _ in range(LOADGEN_PROCESSES))  # type: ignore[arg-type]
         )
 
-    async def in_worker(self, function: Callable[[Any], T], spec: Any = None) -> T:
-        """Run `function(spec)` in a worker process."""
+    async def in_loadgen(self, function: Callable[[Any], T], spec: Any = None) -> T:
+        """Run `function(spec)` in a load-generator process."""
         if spec is None:
             return await asyncio.wrap_future(self.pool.submit(function))  # type: ignore[call-arg]
         return await asyncio.wrap_future(self.pool.submit(function, spec))
@@ -253,7 +254,7 @@ async def run_benchmarks(
     with Ui(console, len(benchmarks)) as ui:
         context = Context(settings, ui, work_dir)
         try:
-            await ui.step("starting load-generator processes", context.warm_workers())
+            await ui.step("starting load-generator processes", context.warm_loadgens())
             for index, benchmark in enumerate(benchmarks):
                 ui.begin(f"{benchmark.title} ({index + 1}/{len(benchmarks)})")
                 started = time.monotonic()

@@ -193,14 +193,14 @@ async def _load(
     await context.ui.timed(
         f"warm-up writes at {WRITE_RATE_PER_S:,.0f}/s",
         warmup,
-        context.in_worker(
+        context.in_loadgen(
             paced_puts, PacedWrites(origin, WRITE_RATE_PER_S, warmup, key_prefix="scale-warm")
         ),
     )
     start_at = time.time() + START_DELAY_S
     spec = PacedWrites(origin, WRITE_RATE_PER_S, duration, key_prefix="scale", start_at=start_at)
     samples: list[tuple[float, str, int, float]] = []
-    writing = asyncio.ensure_future(context.in_worker(paced_puts, spec))
+    writing = asyncio.ensure_future(context.in_loadgen(paced_puts, spec))
     window = asyncio.ensure_future(_machine_window(start_at, duration, pids))
     sampler = asyncio.ensure_future(sample_status(cluster, samples, writing, LAG_SAMPLE_INTERVAL_S))
     try:

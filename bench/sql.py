@@ -95,7 +95,8 @@ async def _point_reads(cluster: Cluster, database: str, calls: int) -> dict[str,
 
 
 def bare_sqlite_writes(duration_s: float) -> dict[str, float]:
-    """Single-row INSERTs, one per transaction, WAL + synchronous=FULL (a worker process)."""
+    """Single-row INSERTs, one per transaction, WAL + synchronous=FULL (in a load-generator
+    process)."""
     with tempfile.TemporaryDirectory(prefix="bench-sqlite-", dir=".") as directory:
         connection = apsw.Connection(str(Path(directory) / "bare.sqlite"))
         connection.execute("PRAGMA journal_mode=WAL")
@@ -193,7 +194,7 @@ async def run_sql(context: Context) -> BenchResult:
         primary[in_flight] = await context.ui.timed(
             f"primary writes, {in_flight} in flight",
             duration,
-            context.in_worker(
+            context.in_loadgen(
                 closed_loop,
                 UnaryLoad(
                     single.origin.grpc_address,
@@ -207,14 +208,14 @@ async def run_sql(context: Context) -> BenchResult:
             ),
         )
     bare = await context.ui.timed(
-        "bare SQLite writes", duration, context.in_worker(bare_sqlite_writes, duration)
+        "bare SQLite writes", duration, context.in_loadgen(bare_sqlite_writes, duration)
     )
     # The RPC alone: what any write through Python gRPC can reach on this machine.
     echo = await kv_reads.echo_server(context)
     echo_result = await context.ui.timed(
         f"gRPC echo, {WRITE_CONCURRENCY} in flight",
         duration,
-        context.in_worker(
+        context.in_loadgen(
             closed_loop,
             UnaryLoad(
                 echo.address, ECHO_METHOD, (payload,), WRITE_CONCURRENCY, duration, 0.3, echo.pid

@@ -7,7 +7,7 @@ baseline installs redis-server). A small Lua script prints wrk's own summary as 
 JSON line (`WRK_JSON {...}`: requests, errors by kind, latency percentiles in µs), so
 nothing is scraped from its human-readable output.
 
-When wrk cannot be had, `bench.loadgen.http_closed_loop` (aiohttp, in a worker
+When wrk cannot be had, `bench.loadgen.http_closed_loop` (aiohttp, in a load-generator
 process of its own) stands in, and the report says so.
 """
 

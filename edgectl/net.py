@@ -2,8 +2,8 @@
 
 Pure: parsing of the unit-bearing arguments (`100ms`, `30s`, `20%`), the JSON form of a
 fault, the rows of the fault table (a pair whose two directions carry the same fault is
-one row, `a <-> b`), and the base RTT matrix. The handlers in `edgectl.cli` do the
-calls; everything they print is decided here or in `edgectl.views`.
+one row, `a <-> b`), and the base RTT matrix. The handlers in `edgectl.commands.net`
+do the calls; everything they print is decided here or in `edgectl.views`.
 
 Units: the control plane speaks milliseconds, fractions and unix seconds, and so does
 every JSON field here (`delay_ms`, `loss`, `expires_at`, `heals_in_s`); arguments may

@@ -1,4 +1,5 @@
-"""`edgectl do`: Durable Objects from the command line.
+"""`edgectl do`: Durable Objects from the command line (the commands are
+`edgectl.commands.do`; this is what they call).
 
 Pure parts: how the JSON argument of `do call` becomes `args_json`, which object a
 command names (`NAME` or `--id HEX`), the short id shown in tables, and the JSON form of

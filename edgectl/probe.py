@@ -1,4 +1,5 @@
-"""`edgectl probe`: the seed's latency table, measured against a running cluster.
+"""`edgectl probe`: the seed's latency table, measured against a running cluster (the
+command is `edgectl.commands.probe`).
 
 For each PoP region the probe stands in for a user there: it asks the control plane for
 the nearest healthy PoP (`Route`, as anycast would), then times `Pop.Status` on that PoP

@@ -29,9 +29,8 @@ from rich.text import Text
 
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import kv_pb2, objects_pb2
-from edgectl import net, probe
+from edgectl import deploys, net, probe
 from edgectl import objects as do
-from edgectl import workers as deploys
 from edgectl.client import NodeSample, Target, role_name
 
 # Piped output is not cut to 80 columns: a table of addresses must stay whole in a log.

@@ -28,8 +28,7 @@ import pytest
 import yaml
 
 from edge.v1 import workers_pb2
-from edgectl import cli
-from edgectl import workers as deploys
+from edgectl import cli, deploys
 from edgectl.client import CliError
 from edgectl.launcher import Cluster, ClusterError
 from edgepop.bundle import bundle_version, read_bundle

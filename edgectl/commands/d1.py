@@ -112,7 +112,7 @@ def _applied_migrations(client: EdgeClient, name: str) -> set[str]:
 
 def cmd_migrations_list(args: argparse.Namespace) -> int:
     files = _migration_files(args.directory)
-    with _client(args) as client:
+    with EdgeClient.for_args(args) as client:
         applied = _applied_migrations(client, args.name)
     rows = [{"name": path.name, "applied": path.name in applied} for path in files]
     if args.json:
@@ -130,7 +130,7 @@ def cmd_migrations_list(args: argparse.Namespace) -> int:
 def cmd_migrations_apply(args: argparse.Namespace) -> int:
     files = _migration_files(args.directory)
     done: list[dict[str, Any]] = []
-    with _client(args) as client:
+    with EdgeClient.for_args(args) as client:
         applied = _applied_migrations(client, args.name)
         target = client.resolve(origin=True)
         for path in files:
@@ -170,12 +170,8 @@ def cmd_migrations_apply(args: argparse.Namespace) -> int:
     return 0
 
 
-def _client(args: argparse.Namespace) -> EdgeClient:
-    return EdgeClient.for_args(args)
-
-
 def cmd_create(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with EdgeClient.for_args(args) as client:
         target = client.resolve(origin=True)
         created = client.sql_create(target, args.name).response
     database = created.database
@@ -190,7 +186,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with EdgeClient.for_args(args) as client:
         target = client.resolve(origin=True)
         databases = client.sql_list(target).response.databases
     if args.json:
@@ -244,7 +240,7 @@ def cmd_execute(args: argparse.Namespace) -> int:
     session = _session(args)
     bookmark = args.bookmark or ""
     printed: list[dict[str, Any]] = []
-    with _client(args) as client:
+    with EdgeClient.for_args(args) as client:
         target = client.resolve(from_region=args.from_region, pop=args.pop)
         # D1 takes at most STATEMENTS_PER_QUERY_MAX per batch: a longer file runs in
         # batches, each in the session of the one before (its bookmark).

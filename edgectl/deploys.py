@@ -1,4 +1,5 @@
-"""`edgectl deploy`, `workers`, `token issue` and `cluster up --workers`.
+"""`edgectl deploy`, `workers`, `token issue` and `cluster up --workers`: the deploy
+client's logic (the commands are `edgectl.commands.deploy`, `.token` and `.cluster`).
 
 A deploy is two steps: the control plane stores the bundle's version and makes it
 active (`ControlPlane.Deploy`), then every PoP learns of it through its topology watch

@@ -97,10 +97,6 @@ def register_kv(commands: CommandSet) -> None:
     listing.add_argument("--min-seq", type=int, default=0, metavar="N")
 
 
-def _client(args: argparse.Namespace) -> EdgeClient:
-    return EdgeClient.for_args(args)
-
-
 def _target(client: EdgeClient, args: argparse.Namespace) -> Target:
     return client.resolve(from_region=args.from_region, pop=args.pop, origin=args.origin)
 
@@ -126,7 +122,7 @@ def cmd_kv_get(args: argparse.Namespace) -> int:
         consistency=_consistency(args),
         min_seq=args.min_seq,
     )
-    with _client(args) as client:
+    with EdgeClient.for_args(args) as client:
         target = _target(client, args)
         timed = client.kv_get(target, request)
     got = timed.response
@@ -192,7 +188,7 @@ def cmd_kv_put(args: argparse.Namespace) -> int:
         if args.if_seq < 0:
             raise CliError("INVALID_ARGUMENT", "--if-seq must not be negative")
         request.if_seq = args.if_seq
-    with _client(args) as client:
+    with EdgeClient.for_args(args) as client:
         target = _target(client, args)
         timed = client.kv_put(target, request)
     return _print_write(args, "put", target, timed.response.seq, timed.latency_ms)
@@ -200,7 +196,7 @@ def cmd_kv_put(args: argparse.Namespace) -> int:
 
 def cmd_kv_delete(args: argparse.Namespace) -> int:
     request = kv_pb2.KvDeleteRequest(namespace=args.namespace, key=args.key)
-    with _client(args) as client:
+    with EdgeClient.for_args(args) as client:
         target = _target(client, args)
         timed = client.kv_delete(target, request)
     return _print_write(args, "delete", target, timed.response.seq, timed.latency_ms)
@@ -230,7 +226,7 @@ def cmd_kv_list(args: argparse.Namespace) -> int:
         consistency=_consistency(args),
         min_seq=args.min_seq,
     )
-    with _client(args) as client:
+    with EdgeClient.for_args(args) as client:
         target = _target(client, args)
         if args.all:
             replies = list(client.kv_list_pages(target, request))
