@@ -221,6 +221,42 @@ async def _arrive(
     return caller, inbound, outbound
 
 
+class _Answer:
+    """Every call's way out, unary or streaming, in one place: a domain error becomes its
+    status (and reason), any other exception INTERNAL, an abort or a client gone stays
+    ABORTED; the call's duration is observed under the code it ended with."""
+
+    __slots__ = ("context", "env", "name", "started")
+
+    def __init__(self, env: RpcEnv, name: str, context: grpc.aio.ServicerContext) -> None:
+        self.env = env
+        self.name = name
+        self.context = context
+        self.started = time.perf_counter()
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _tb: object
+    ) -> bool:
+        code = "OK"
+        try:
+            if isinstance(error, EdgeError):
+                code = error.code.name
+                await _abort(self.context, error)
+            elif isinstance(error, grpc.aio.AbortError | GeneratorExit):
+                code = "ABORTED"
+            elif isinstance(error, Exception):
+                code = "INTERNAL"
+                await _abort(self.context, error)
+            return False  # the error, if any, goes on (an abort raises its own)
+        finally:
+            self.env.metrics.request(self.env.service, self.name, code).observe(
+                time.perf_counter() - self.started
+            )
+
+
 def rpc(
     *, internal: bool = False, bidi: bool = False
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -241,11 +277,9 @@ def rpc(
                 self: HasRpcEnv, request: Any, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
                 env = self.rpc_env
-                started = time.perf_counter()
                 started_mono = time.monotonic()
-                code = "OK"
                 client_stream: _ClientStream | None = None
-                try:
+                async with _Answer(env, name, context):
                     if bidi:
                         client_stream = _ClientStream(request)
                         request = aiter(client_stream)
@@ -264,19 +298,6 @@ def rpc(
                         yield message
                     if client_stream is not None and client_stream.malformed is not None:
                         _refuse_malformed(client_stream.malformed)
-                except EdgeError as error:
-                    code = error.code.name
-                    await _abort(context, error)
-                except (grpc.aio.AbortError, GeneratorExit):
-                    code = "ABORTED"
-                    raise
-                except Exception as error:
-                    code = "INTERNAL"
-                    await _abort(context, error)
-                finally:
-                    env.metrics.request(env.service, name, code).observe(
-                        time.perf_counter() - started
-                    )
 
             return stream
 
@@ -285,9 +306,7 @@ def rpc(
         @functools.wraps(method)
         async def unary(self: HasRpcEnv, request: Any, context: grpc.aio.ServicerContext) -> Any:
             env = self.rpc_env
-            started = time.perf_counter()
-            code = "OK"
-            try:
+            async with _Answer(env, name, context):
                 _refuse_malformed(request)
                 caller, _, outbound = await _arrive(env, context, internal, time.monotonic())
                 try:
@@ -297,17 +316,6 @@ def rpc(
                         await env.netem.cross(
                             outbound, time.monotonic() - caller.transit_s, context.time_remaining()
                         )
-            except EdgeError as error:
-                code = error.code.name
-                await _abort(context, error)
-            except grpc.aio.AbortError:
-                code = "ABORTED"
-                raise
-            except Exception as error:
-                code = "INTERNAL"
-                await _abort(context, error)
-            finally:
-                env.metrics.request(env.service, name, code).observe(time.perf_counter() - started)
 
         return unary
 

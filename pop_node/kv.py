@@ -15,9 +15,9 @@ from typing import Any, Protocol, TypeVar
 from edge.v1 import kv_pb2
 from edgepop import kvapi, limits
 from edgepop.kvstore import KvStore, Record
-from edgepop.metrics import PopMetrics
 from edgepop.storage import Storage
 from pop_node.deadline import answer_budget_s
+from pop_node.identity import PopIdentity
 from pop_node.kv_cache import CACHE_TTL_S_DEFAULT, Found, ReadCache
 from pop_node.overlay import Overlay, newer
 from pop_node.upstream import OriginLink, bookmark_wait_s, call_origin
@@ -34,7 +34,7 @@ def _budget(remaining: float | None) -> float:
     return answer_budget_s(remaining, UPSTREAM_TIMEOUT_S_DEFAULT)
 
 
-class KvPop(OriginLink, Protocol):
+class KvPop(OriginLink, PopIdentity, Protocol):
     """What the KV API uses of its PoP (pop_node.node.PopNode): the replica, the writes
     it made that the stream has not brought back yet, and the origin."""
 
@@ -46,9 +46,6 @@ class KvPop(OriginLink, Protocol):
 
     @property
     def overlay(self) -> Overlay: ...
-
-    @property
-    def metrics(self) -> PopMetrics: ...
 
     def remember_write(self, namespace: str, key: str, seq: int, record: Record | None) -> None:
         """Read-your-writes at this PoP until the stream brings the write back."""

@@ -24,8 +24,8 @@ from typing import Any, Protocol
 
 from edge.v1 import kv_pb2, origin_pb2, sql_pb2
 from edgepop import sqldb
-from edgepop.metrics import PopMetrics
 from pop_node.deadline import answer_budget_s
+from pop_node.identity import PopIdentity
 from pop_node.upstream import OriginLink, bookmark_wait_s, call_origin
 
 # Budget for a call to the primary when the client set no deadline.
@@ -79,18 +79,9 @@ class SqlSnapshot:
         await self.replicas.replace_all(self.staged)
 
 
-class SqlPop(OriginLink, Protocol):
+class SqlPop(OriginLink, PopIdentity, Protocol):
     """What the SQL replicas use of their PoP (pop_node.node.PopNode): its name and
     region for a result's `meta`, its metrics, and the origin (the primaries)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def region(self) -> str: ...
-
-    @property
-    def metrics(self) -> PopMetrics: ...
 
 
 class SqlReplicas:

@@ -48,9 +48,9 @@ from edgepop.websocket import (
     MessageEvent,
 )
 from edgepop.worker_api import Request
+from pop_node.identity import PopIdentity
 
 if TYPE_CHECKING:
-    from edgepop.metrics import PopMetrics
     from edgepop.netem import NetworkEmulator
     from edgepop.topology import Topology
     from pop_node.workers.runtime import WorkerRuntime
@@ -78,15 +78,9 @@ SCHEDULED_PATH = "/__scheduled"
 DEFAULT_CRON = "* * * * *"
 
 
-class IngressPop(Protocol):
+class IngressPop(PopIdentity, Protocol):
     """What the HTTP ingress uses of its PoP (pop_node.node.PopNode): the workers it
     serves, the emulated network requests pay, and who and where the PoP is."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def region(self) -> str: ...
 
     @property
     def token(self) -> str:
@@ -94,9 +88,6 @@ class IngressPop(Protocol):
 
     @property
     def topology(self) -> Topology: ...
-
-    @property
-    def metrics(self) -> PopMetrics: ...
 
     @property
     def netem(self) -> NetworkEmulator: ...

@@ -36,6 +36,7 @@ from edgepop.worker_api import (
     ScheduledController,
     current,
 )
+from pop_node.identity import PopIdentity
 from pop_node.objects.builtin import BUILTIN_CLASSES
 from pop_node.workers.bindings import (
     BindingError,
@@ -49,7 +50,6 @@ from pop_node.workers.cpu import CpuBudget, CpuLimitExceeded, Watchdog, metered
 from pop_node.workers.loader import LoadedModule, WorkerLoadError, load_bundle_bounded
 
 if TYPE_CHECKING:
-    from edgepop.metrics import PopMetrics
     from pop_node.kv import KvFrontend
     from pop_node.objects.host import ObjectHost
     from pop_node.objects.router import ObjectRouter
@@ -147,18 +147,9 @@ class _CacheFacade:
         return self._runtime.cache.delete(self._request(request).url)
 
 
-class WorkerPop(Protocol):
+class WorkerPop(PopIdentity, Protocol):
     """What the worker runtime uses of its PoP (pop_node.node.PopNode): where bundles
     come from, what a worker's `env` binds, and where its subrequests go."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def region(self) -> str: ...
-
-    @property
-    def metrics(self) -> PopMetrics: ...
 
     @property
     def internal_metadata(self) -> tuple[tuple[str, str], ...]: ...
