@@ -94,27 +94,23 @@ class Membership:
         sent_at = time.monotonic()
         deadline = sent_at + max(self.lease.lease_s, self.heartbeat_interval_s)
         request = pb.HeartbeatRequest(name=self.info.name, incarnation=incarnation)
-        while True:
-            try:
-                response = await self._stub.Heartbeat(
-                    request,
-                    metadata=self.metadata,
-                    timeout=max(0.001, deadline - time.monotonic()),
-                    # Sent while the control plane restarts, it waits for the channel
-                    # instead of failing at once: delivered when the control plane is back,
-                    # it renews the lease from its first send time (safe: the control plane
-                    # counts from receipt), so a short restart leaves no gap.
-                    wait_for_ready=True,
-                )
-                break
-            except grpc.aio.AioRpcError as error:
-                # A control plane that is shutting down refuses new calls (UNAVAILABLE)
-                # before its connection closes: send again, to wait for the next one.
-                retry = error.code() == grpc.StatusCode.UNAVAILABLE
-                if not retry or time.monotonic() + HEARTBEAT_RESEND_S >= deadline:
-                    log.debug("heartbeat failed: %s", error.code().name)
-                    return
-                await asyncio.sleep(HEARTBEAT_RESEND_S)
+        try:
+            async for attempt in retry.resend_until(deadline, HEARTBEAT_RESEND_S):
+                with attempt:
+                    response = await self._stub.Heartbeat(
+                        request,
+                        metadata=self.metadata,
+                        timeout=max(0.001, deadline - time.monotonic()),
+                        # Sent while the control plane restarts, it waits for the channel
+                        # instead of failing at once: delivered when the control plane is
+                        # back, it renews the lease from its first send time (safe: the
+                        # control plane counts from receipt), so a short restart leaves no
+                        # gap.
+                        wait_for_ready=True,
+                    )
+        except grpc.aio.AioRpcError as error:
+            log.debug("heartbeat failed: %s", error.code().name)
+            return
         if not response.known:
             if incarnation == self.incarnation:
                 log.info("control plane does not know this incarnation; registering again")

@@ -7,6 +7,7 @@
 - an object call or session finds its owner again (`relocating`), within its deadline;
 - a replication stream reconnects after any end without progress (`reconnect`);
 - a Durable Object's alarm is retried as Cloudflare does (`alarm_retries`);
+- a heartbeat is sent again while the control plane refuses it (`resend_until`);
 - the fault-run tooling (edgectl/chaos) has its own three: a client operation tried at
   another entry after an ambiguous failure (`rerouted`), an admin call or final read
   that must get through (`until_answered`), a node restart tried a few times (`restarts`).
@@ -59,6 +60,23 @@ def forever(initial_s: float = 0.05, max_s: float = 2.0) -> AsyncRetrying:
         retry=retry_if_exception(is_retryable),
         wait=wait_exponential_jitter(multiplier=initial_s, max=max_s, jitter=initial_s),
         stop=stop_never,
+        reraise=True,
+    )
+
+
+def resend_until(deadline: float, interval_s: float) -> AsyncRetrying:
+    """A message that renews something (a heartbeat): sent again every `interval_s` while
+    the peer refuses it with UNAVAILABLE (a control plane shutting down refuses new calls
+    before its connection closes), never past `deadline` (monotonic); the last error is
+    raised instead."""
+
+    def past_deadline(state: RetryCallState) -> bool:
+        return time.monotonic() + interval_s >= deadline
+
+    return AsyncRetrying(
+        retry=retry_if_exception(is_retryable_write),
+        wait=wait_fixed(interval_s),
+        stop=past_deadline,
         reraise=True,
     )
 

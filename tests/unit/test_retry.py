@@ -9,6 +9,7 @@ import itertools
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 from edgepop import retry
@@ -23,6 +24,27 @@ RETRY_WORDS = ("BACKOFF", "RETRIES", "RETRY_")
 
 def product_modules() -> list[Path]:
     return sorted(path for folder in PRODUCT for path in (ROOT / folder).rglob("*.py"))
+
+
+def _is_sleep(node: ast.AST) -> bool:
+    if not isinstance(node, ast.Call):
+        return False
+    called = node.func
+    return (called.attr if isinstance(called, ast.Attribute) else getattr(called, "id", "")) == (
+        "sleep"
+    )
+
+
+def _sleeps_after_failure(loop: ast.While | ast.For | ast.AsyncFor) -> bool:
+    """A loop whose body catches an exception and, in the handler or right after the
+    try, sleeps before the next round: a retry loop."""
+    for statement in loop.body:
+        if not isinstance(statement, ast.Try):
+            continue
+        for handler in statement.handlers:
+            if any(_is_sleep(inner) for inner in ast.walk(handler)):
+                return True
+    return False
 
 
 def hand_written_retries(source: str) -> list[str]:
@@ -44,6 +66,8 @@ def hand_written_retries(source: str) -> list[str]:
                 found.append(f"line {node.lineno}: counter or backoff {name!r}")
             if name.isupper() and any(word in name for word in RETRY_WORDS):
                 found.append(f"line {node.lineno}: retry constant {name!r}")
+        if isinstance(node, ast.While | ast.For | ast.AsyncFor) and _sleeps_after_failure(node):
+            found.append(f"line {node.lineno}: a loop that sleeps after a failure and goes round")
         if isinstance(node, ast.Call):
             called = node.func
             name = called.attr if isinstance(called, ast.Attribute) else getattr(called, "id", "")
@@ -75,6 +99,8 @@ def test_no_retry_loop_is_written_by_hand_outside_the_named_policies() -> None:
         "async def f():\n    await asyncio.sleep(0.5 * 2**n)",
         "policy = AsyncRetrying(stop=stop_never)",
         "for i in range(3):\n    backoff = delays[i]",
+        "while True:\n    try:\n        call()\n        break\n    except Error:\n"
+        "        await asyncio.sleep(0.05)",
     ],
 )
 def test_the_finder_finds_the_shapes_we_had(source: str) -> None:
@@ -149,3 +175,36 @@ def test_alarm_retries_back_off_exponentially_and_give_up_after_six(
     with pytest.raises(Moved):
         asyncio.run(scenario())
     assert tries == retry.ALARM_RETRIES_MAX + 1
+
+
+def _rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="")
+
+
+@pytest.mark.parametrize(
+    ("code", "tries_expected"),
+    [(grpc.StatusCode.UNAVAILABLE, "several"), (grpc.StatusCode.INVALID_ARGUMENT, 1)],
+)
+def test_a_heartbeat_is_resent_while_refused_and_never_past_its_deadline(
+    code: grpc.StatusCode, tries_expected: object
+) -> None:
+    tries: list[float] = []
+    interval_s = 0.02
+
+    async def scenario() -> None:
+        deadline = time.monotonic() + 0.2
+        async for attempt in retry.resend_until(deadline, interval_s):
+            with attempt:
+                tries.append(time.monotonic())
+                raise _rpc_error(code)
+
+    started = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError):
+        asyncio.run(scenario())
+    assert time.monotonic() - started < 0.2 + interval_s
+    if tries_expected == "several":
+        assert 3 <= len(tries) <= 0.2 / interval_s
+        waits = [later - earlier for earlier, later in itertools.pairwise(tries)]
+        assert min(waits) >= interval_s * 0.9
+    else:
+        assert len(tries) == tries_expected
