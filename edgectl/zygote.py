@@ -30,10 +30,10 @@ import traceback
 from typing import Any
 
 ROLE_MAINS = ("control_plane.__main__", "origin_node.__main__", "pop_node.__main__")
-# The config file models a node loads on demand (a topology file at start, worker.yaml in
-# each deploy): held here once for every node forked, not imported by each (pydantic is
-# ~0.1 s of a process's CPU).
-PRELOADED = (*ROLE_MAINS, "edgepop.topology_file", "edgepop.worker_yaml")
+# The config file models a node loads on demand (a topology file at start, worker.yaml or
+# a wrangler config in each deploy): held here once for every node forked, not imported
+# by each (pydantic is ~0.1 s of a process's CPU).
+PRELOADED = (*ROLE_MAINS, "edgepop.topology_file", "edgepop.worker_yaml", "edgepop.wrangler_model")
 
 
 def _reap(signum: int = 0, frame: Any = None) -> None:

@@ -1,9 +1,11 @@
 """Config files read through declared models: YAML in, a pydantic model out, and errors
 that name the file, the line and the field (`cluster.yaml:7: regions[1].pop_nodes: ...`).
 
-Each file format declares its model once (`edgepop.topology_model`, `edgepop.bundle_model`);
-this module is what they share: reading the YAML with each value's line, and turning a
-ValidationError (or a rule checked after the model, with `Located.at`) into one message.
+Each file format declares its model once (`edgepop.topology_file`, `edgepop.worker_yaml`,
+`edgepop.wrangler_model`); this module is what they share: reading the YAML with each
+value's line, and turning a ValidationError (or a rule checked after the model, with
+`Located.at`) into one message. A wrangler config (JSON5 or TOML) is read without lines:
+its errors name the file and the field.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def test_cloudflares_d1_example_binds_its_database_by_name() -> None:
 
 def test_a_d1_binding_needs_a_valid_database_name() -> None:
     for entry, error in (
-        ({"binding": "DB"}, r"d1_databases\[0\]\.database_name: must be a non-empty string"),
+        ({"binding": "DB"}, r"d1_databases\[0\]\.database_name: required"),
         ({"binding": "DB", "database_name": "no spaces"}, r"database_name: database name"),
     ):
         raw = json.dumps({**BASE, "d1_databases": [entry]}).encode()
@@ -96,6 +96,23 @@ def test_routes_take_cloudflares_object_form_and_drop_the_scheme() -> None:
     assert config.route_patterns == ("shop.example.com/api/*",)
 
 
+def test_fields_of_cloudflares_entries_edgepop_does_not_read_are_accepted() -> None:
+    config = parse(
+        "wrangler.json",
+        jsonc(
+            {
+                **BASE,
+                "kv_namespaces": [{"binding": "KV", "id": "abc", "preview_id": "def"}],
+                "d1_databases": [{"binding": "DB", "database_name": "q", "database_id": "x"}],
+                "routes": [{"pattern": "a.example.com/*", "custom_domain": True}],
+                "triggers": {"crons": []},
+            }
+        ),
+    )
+    assert config.kv_namespaces == {"KV": "abc"} and config.d1_databases == {"DB": "q"}
+    assert config.route_patterns == ("a.example.com/*",) and config.ignored == ()
+
+
 def test_migrations_rename_and_delete_classes() -> None:
     config = parse(
         "wrangler.json",
@@ -118,9 +135,13 @@ def test_migrations_rename_and_delete_classes() -> None:
 @pytest.mark.parametrize(
     ("config", "names"),
     [
-        ({"main": "src/entry.py"}, r"name: must be"),
-        ({"name": "Bad Name", "main": "a.py"}, r"name: must be"),
-        ({"name": "demo"}, r"main: must name"),
+        ({"main": "src/entry.py"}, r"name: required"),
+        (
+            {"name": "Bad Name", "main": "a.py"},
+            r"name: must be 1-63 of \[a-z0-9-\], got 'Bad Name'",
+        ),
+        ({"name": "demo"}, r"main: required"),
+        ({"name": "demo", "main": "src/index.js"}, r"main: must name the worker's Python entry"),
         ({**BASE, "r2_buckets": []}, r"r2_buckets: R2 is not emulated"),
         ({**BASE, "surprise": 1}, r"unknown field\(s\) \['surprise'\]"),
         ({**BASE, "kv_namespaces": [{"binding": "FOO"}]}, r"kv_namespaces\[0\]\.id: "),
@@ -145,7 +166,18 @@ def test_migrations_rename_and_delete_classes() -> None:
         ({**BASE, "triggers": {"crons": ["every minute"]}}, r"triggers\.crons\[0\]: "),
         ({**BASE, "limits": {"cpu_ms": -1}}, r"limits\.cpu_ms: "),
         ({**BASE, "limits": {"subrequests": -1}}, r"limits\.subrequests: "),
-        ({**BASE, "limits": {"memory_mb": 1}}, r"limits: unknown field\(s\) \['memory_mb'\]"),
+        ({**BASE, "limits": {"memory_mb": 1}}, r"limits\.memory_mb: unknown field"),
+        ({**BASE, "limits": {"cpu_ms": True}}, r"limits\.cpu_ms: must be float, got True"),
+        ({**BASE, "routes": ["a.example.com/*", "nopath"]}, r"routes\[1\]: 'nopath' has no path"),
+        ({**BASE, "route": None}, r"route: must be a pattern or \{pattern, zone_name\}"),
+        (
+            {**BASE, "migrations": [{"tag": "v1", "renamed_classes": [{"from": "A"}]}]},
+            r"migrations\[0\]\.renamed_classes\[0\]\.to: required",
+        ),
+        (
+            {**BASE, "migrations": [{"tag": "v1", "new_classes": ["Ok", "not ok"]}]},
+            r"migrations\[0\]\.new_classes\[1\]: 'not ok' is not a class name",
+        ),
         (
             {**BASE, "analytics_engine_datasets": [{"dataset": "d"}]},
             r"analytics_engine_datasets\[0\]\.binding: ",
