@@ -18,6 +18,7 @@ from bench import (
     objects,
     replication,
     scale,
+    seed_workers,
     sql,
     startup,
 )
@@ -92,6 +93,11 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "worker-counter",
         "Workers: HTTP through a worker incrementing the hot Counter, and Miniflare's",
         edge_workers.run_worker_counter, (objects.OBJECTS_KEY, miniflare.MINIFLARE_KEY),
+    ),
+    Benchmark(
+        "seed-workers",
+        "Workers: the six seed workers vs bare aiohttp doing the same hot path",
+        seed_workers.run_seed_workers, (objects.OBJECTS_KEY, seed_workers.BARE_SEED_KEY),
     ),
     Benchmark(
         "coldstart", "Workers: cold start of a deploy at every PoP",

@@ -56,12 +56,12 @@ async def serve(host: str, port: int, directory: Path, value: bytes) -> None:
     env.close()
 
 
-class BareHttpServer:
-    """The bare server as a child process (started and stopped by the bench)."""
+class ChildServer:
+    """A bench server as a child process (started and stopped by the bench): `argv` runs
+    it, it prints `PORT <n>` once it serves and stops on SIGTERM."""
 
-    def __init__(self, directory: Path, value: bytes, host: str = "127.0.0.1") -> None:
-        self.directory = directory
-        self.value = value
+    def __init__(self, argv: list[str], host: str = "127.0.0.1") -> None:
+        self.argv = argv
         self.host = host
         self.process: subprocess.Popen[str] | None = None
         self.address = ""
@@ -72,20 +72,14 @@ class BareHttpServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [
-                sys.executable, "-m", "bench.bare_http", "--host", self.host,
-                "--lmdb", str(self.directory), "--value-hex", self.value.hex(),
-            ],
-            stdout=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )  # fmt: skip
+            self.argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+        )
         assert self.process.stdout is not None
         # The child prints its port within a second or exits (readline then returns "").
         line = self.process.stdout.readline()
         if not line.startswith("PORT "):
             self.stop()
-            raise RuntimeError(f"bare HTTP server did not start (said {line!r})")
+            raise RuntimeError(f"{self.argv[2]} did not start (said {line!r})")
         self.address = f"{self.host}:{int(line.split()[1])}"
 
     def stop(self) -> None:
@@ -100,6 +94,21 @@ class BareHttpServer:
         if self.process.stdout is not None:
             self.process.stdout.close()
         self.process = None
+
+
+class BareHttpServer(ChildServer):
+    """The bare LMDB server as a child process."""
+
+    def __init__(self, directory: Path, value: bytes, host: str = "127.0.0.1") -> None:
+        super().__init__(
+            [
+                sys.executable, "-m", "bench.bare_http", "--host", host,
+                "--lmdb", str(directory), "--value-hex", value.hex(),
+            ],
+            host,
+        )  # fmt: skip
+        self.directory = directory
+        self.value = value
 
 
 def main() -> None:
