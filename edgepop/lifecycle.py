@@ -15,6 +15,7 @@ import abc
 import asyncio
 import contextlib
 import enum
+import gc
 import json
 import logging
 import os
@@ -177,6 +178,13 @@ class Node(abc.ABC):
         await self.on_serving()
         self._join_cluster()
         await self.before_serving()
+        # What exists now (modules, protobuf descriptors, config models, loaded workers)
+        # lives as long as the process: out of the collector's sight, a full collection
+        # walks only what requests allocate. Measured at a PoP under worker load: full
+        # collections of 26-58 ms, 1-2 a second, each charged to whichever worker step it
+        # interrupted (a 20 ms cpu_ms limit turned into 503s). No collection first: it would
+        # cost every node tens of ms of CPU at start, for little startup garbage.
+        gc.freeze()
         await self._health.set("", SERVING)
         for name in names:
             await self._health.set(name, SERVING)

@@ -16,11 +16,19 @@ exactly; its end is read exactly only for a step longer than SHORT_STEP_S of wal
 A shorter one is charged its wall time, which bounds its CPU time from above (one
 thread cannot use more CPU than wall time), so a request is overcharged at most
 SHORT_STEP_S per step, and only when the OS preempted the loop mid-step.
+
+A full garbage collection (generation 2) runs in whichever step allocates at the wrong
+moment, for the whole process's heap: tens of milliseconds at a busy PoP. It is not the
+worker's computation, so its CPU time is not charged: the watchdog times the loop
+thread's full collections (`gc.callbacks`) and both the step's charge and the watchdog's
+check leave them out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import gc
 import math
 import threading
 import time
@@ -93,9 +101,29 @@ class Watchdog:
         self._idle_horizon_s = WATCHDOG_INTERVAL_S
         self._idle_rounds = 0
         self._stopping = False
+        # Full collections on the loop thread: their CPU time in total, and the CPU clock
+        # at the start of the one running (None: none is); the charge leaves them out.
+        self.gc_cpu_s = 0.0
+        self._gc_started: float | None = None
+        self._gc_at_step_start = 0.0
+        gc.callbacks.append(self._on_gc)
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="cpu-watchdog", daemon=True)
         self._thread.start()
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2 or threading.get_ident() != self.thread_id:
+            return
+        now = time.clock_gettime(self.clock)
+        if phase == "start":
+            self._gc_started = now
+        elif self._gc_started is not None:
+            self.gc_cpu_s += now - self._gc_started
+            self._gc_started = None
+
+    def _gc_since_step_start(self, now: float) -> float:
+        running = 0.0 if self._gc_started is None else max(0.0, now - self._gc_started)
+        return self.gc_cpu_s - self._gc_at_step_start + running
 
     def begin(self, budget: CpuBudget) -> float:
         """A step starts (on the loop thread); returns the thread CPU clock now."""
@@ -103,6 +131,7 @@ class Watchdog:
         with self._lock:
             self._budget = budget
             self._step_started = now
+            self._gc_at_step_start = self.gc_cpu_s
             self._injected = False
             if time.monotonic() + budget.limit_s - budget.used_s < self._check_at:
                 self._check_at = -math.inf
@@ -146,7 +175,8 @@ class Watchdog:
         # first interrupt (a bare `except:`) does not get to spin on.
         if self._injected and now - self._injected_at < REINJECT_INTERVAL_S:
             return WATCHDOG_INTERVAL_S
-        left_s = budget.limit_s - budget.used_s - (now - self._step_started)
+        step_s = now - self._step_started - self._gc_since_step_start(now)
+        left_s = budget.limit_s - budget.used_s - step_s
         if left_s < 0:
             budget.exceeded = True
             self._injected = True
@@ -156,6 +186,8 @@ class Watchdog:
         return max(WATCHDOG_INTERVAL_S, left_s)
 
     def close(self) -> None:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._on_gc)
         self._stopping = True
         self._wake.set()
         self._thread.join(timeout=1)
@@ -172,6 +204,7 @@ def metered(
         while True:
             started = watchdog.begin(budget)
             started_wall = time.perf_counter()
+            gc_before = watchdog.gc_cpu_s
             try:
                 try:
                     if throw is not None:
@@ -185,7 +218,9 @@ def metered(
                     if wall_s < SHORT_STEP_S:
                         budget.used_s += wall_s  # >= its CPU time: no second clock read
                     else:
-                        budget.used_s += time.clock_gettime(watchdog.clock) - started
+                        step_s = time.clock_gettime(watchdog.clock) - started
+                        # A full collection that ran in the step is not the worker's.
+                        budget.used_s += max(0.0, step_s - (watchdog.gc_cpu_s - gc_before))
             except StopIteration as stop:
                 if budget.exceeded or budget.used_s > budget.limit_s:
                     budget.exceeded = True

@@ -9,6 +9,7 @@ broken limit shows as a failed assertion, not a hung test run.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -342,3 +343,31 @@ def test_a_short_step_is_charged_no_more_than_its_wall_time() -> None:
     assert outcome == 4950
     assert 0 < budget.used_s < SHORT_STEP_S
     assert budget.used_s <= time.perf_counter() - started
+
+
+def test_a_full_collection_in_a_step_is_not_charged_to_the_worker() -> None:
+    # A heap whose full collection takes several times the budget: the collector's time
+    # is the process's, not the worker's (it runs in whichever step allocates last).
+    heap = [[] for _ in range(1_000_000)]  # type: ignore[var-annotated]
+    limit_s = 0.01
+
+    async def collects() -> float:
+        started = time.thread_time()
+        gc.collect()
+        return time.thread_time() - started
+
+    try:
+        outcome, budget, _ = run_metered(collects, limit_s=limit_s)
+    finally:
+        del heap
+    assert isinstance(outcome, float), f"the worker was stopped: {outcome!r}"
+    assert outcome > 2 * limit_s, f"the collection took only {outcome * 1000:.1f} ms"
+    assert not budget.exceeded
+    assert budget.used_s < limit_s
+
+
+def test_the_watchdog_unhooks_from_the_collector_on_close() -> None:
+    watchdog = Watchdog()
+    assert watchdog._on_gc in gc.callbacks
+    watchdog.close()
+    assert watchdog._on_gc not in gc.callbacks
