@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 
 from bench import (
+    cf_workers,
     edge_workers,
     kv_reads,
     miniflare,
@@ -98,6 +99,11 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "seed-workers",
         "Workers: the six seed workers vs bare aiohttp doing the same hot path",
         seed_workers.run_seed_workers, (objects.OBJECTS_KEY, seed_workers.BARE_SEED_KEY),
+    ),
+    Benchmark(
+        "cf-workers",
+        "Workers: Cloudflare's binding examples (KV, D1, Durable Objects) vs bare aiohttp",
+        cf_workers.run_cf_workers, (objects.OBJECTS_KEY, cf_workers.BARE_CF_KEY),
     ),
     Benchmark(
         "coldstart", "Workers: cold start of a deploy at every PoP",

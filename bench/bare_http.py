@@ -37,11 +37,10 @@ def build_app(env: lmdb.Environment) -> web.Application:
     return app
 
 
-async def serve(host: str, port: int, directory: Path, value: bytes) -> None:
-    env = lmdb.open(str(directory), map_size=MAP_BYTES, max_dbs=1)
-    with env.begin(write=True) as txn:
-        txn.put(KEY, value)
-    runner = web.AppRunner(build_app(env), access_log=None, handle_signals=False)
+async def serve_until_stopped(app: web.Application, host: str, port: int) -> None:
+    """Serve `app` as every bare server does (access log off, as at the PoP's ingress):
+    print `PORT <n>` once it serves, return after SIGTERM or SIGINT."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
@@ -53,6 +52,13 @@ async def serve(host: str, port: int, directory: Path, value: bytes) -> None:
         loop.add_signal_handler(signum, stopped.set)
     await stopped.wait()
     await runner.cleanup()
+
+
+async def serve(host: str, port: int, directory: Path, value: bytes) -> None:
+    env = lmdb.open(str(directory), map_size=MAP_BYTES, max_dbs=1)
+    with env.begin(write=True) as txn:
+        txn.put(KEY, value)
+    await serve_until_stopped(build_app(env), host, port)
     env.close()
 
 

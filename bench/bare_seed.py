@@ -27,7 +27,6 @@ import hashlib
 import json
 import random
 import re
-import signal
 import sys
 import time
 from collections import Counter
@@ -46,7 +45,7 @@ import lmdb
 from aiohttp import web
 from multidict import CIMultiDict
 
-from bench.bare_http import ChildServer
+from bench.bare_http import ChildServer, serve_until_stopped
 from edge.v1 import objects_pb2, pop_pb2_grpc
 
 SEED_DIR = Path(__file__).resolve().parents[1] / "workers"
@@ -364,17 +363,7 @@ async def serve(args: argparse.Namespace) -> None:
     await handlers.open()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handlers.handle)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port)
-    await site.start()
-    print(f"PORT {runner.addresses[0][1]}", flush=True)
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopped.set)
-    await stopped.wait()
-    await runner.cleanup()
+    await serve_until_stopped(app, args.host, args.port)
     await handlers.close()
     env.close()
 

@@ -117,9 +117,9 @@ def _allowed(body: bytes) -> bool:
 
 @dataclass(frozen=True)
 class SeedTarget:
-    """One seed worker as the bench requests it, and what its baseline does."""
+    """One worker as the bench requests it, and what its baseline does."""
 
-    name: str  # the folder in workers/ and the worker's name
+    name: str  # the row's name: the folder in workers/ (and the worker's name)
     host: str
     path: str
     baseline_name: str  # the baseline column's label
@@ -128,6 +128,11 @@ class SeedTarget:
     bearer: bool = False  # send the origin-issued JWT as `Authorization: Bearer`
     user_agent: str = BROWSER_AGENT
     client_keys: bool = False  # rotate `X-Client-Id` over many keys
+    worker: str = ""  # the deployed worker's name when it is not `name`
+
+    @property
+    def worker_name(self) -> str:
+        return self.worker or self.name
 
 
 SEED_TARGETS: tuple[SeedTarget, ...] = (
@@ -295,7 +300,9 @@ def _error_note(label: str, side: dict[str, Any]) -> str:
     return f"{label} ERRORS: {side['non_2xx']:,} non-2xx{which}, {side['errors']:,} socket errors"
 
 
-def seed_rows(target: SeedTarget, worker: dict[str, Any], bare: dict[str, Any]) -> list[Row]:
+def seed_rows(
+    target: SeedTarget, worker: dict[str, Any], bare: dict[str, Any], benchmark: str = BENCHMARK
+) -> list[Row]:
     """The worker's rate against the bare handler's (goal: ratio >= 0.5x), then its
     latency. Any non-2xx answer or socket error on either side fails the rate row: an
     error is not a rate (and errors on the baseline's side spoil the comparison)."""
@@ -307,7 +314,7 @@ def seed_rows(target: SeedTarget, worker: dict[str, Any], bare: dict[str, Any]) 
             f"{cpu['limit_ms']:g} ms CPU limit (503 = error 1102)"
         )
     rate = Row(
-        BENCHMARK,
+        benchmark,
         f"{target.name}: requests/s, {CONNECTIONS} connections ({worker['tool']})",
         "req/s",
         value=worker["rate_per_s"],
@@ -319,7 +326,7 @@ def seed_rows(target: SeedTarget, worker: dict[str, Any], bare: dict[str, Any]) 
     if errors:
         rate.status = "fail"
     latency = Row(
-        BENCHMARK,
+        benchmark,
         f"{target.name}: p50 latency",
         "ms",
         value=worker["latency_p50_s"] * 1e3,
@@ -338,11 +345,11 @@ def seed_rows(target: SeedTarget, worker: dict[str, Any], bare: dict[str, Any]) 
     return [rate, latency]
 
 
-def failed_rows(target: SeedTarget, reason: str) -> list[Row]:
+def failed_rows(target: SeedTarget, reason: str, benchmark: str = BENCHMARK) -> list[Row]:
     """A worker (or its baseline) that did not answer correctly: its row fails, unmeasured."""
     return [
         Row(
-            BENCHMARK,
+            benchmark,
             f"{target.name}: requests/s, {CONNECTIONS} connections",
             "req/s",
             baseline_name=target.baseline_name,
@@ -406,7 +413,7 @@ async def issue_token(cluster: Cluster, subject: str = "bench-user") -> str:
     return token
 
 
-async def _owners(cluster: Cluster) -> dict[str, str]:
+async def object_owners(cluster: Cluster) -> dict[str, str]:
     """Every placed object's owner, by object id."""
     async with grpc.aio.insecure_channel(cluster.control_plane.grpc_address) as channel:
         response = await cp_grpc.ControlPlaneStub(channel).ListPlacements(
@@ -451,7 +458,7 @@ async def owned_client_keys(
                 f"placing {len(batch)} RateLimiter objects (client keys) at {pop.name}",
                 asyncio.gather(*(first_check(key) for key in batch)),
             )
-            owners = await _owners(cluster)
+            owners = await object_owners(cluster)
             owned += [
                 key for key, id_ in zip(batch, ids, strict=True) if owners.get(id_) == pop.name
             ]
@@ -495,6 +502,40 @@ async def check_answer(spec: HeaderLoad, target: SeedTarget) -> str:
     return f"answered {status} {body[:80]!r}"
 
 
+async def measure_target(
+    context: Context,
+    target: SeedTarget,
+    sides: dict[str, HeaderLoad],
+    pop: NodeState,
+    limit_s: float,
+    rounds: int,
+    benchmark: str = BENCHMARK,
+) -> tuple[list[Row], dict[str, Any], dict[str, dict[str, Any]]]:
+    """One worker against its baseline (`sides`: the worker's load and the bare one's), in
+    alternating rounds: (its rows, its result, the pooled measurements of both sides). A
+    side that does not answer as `target` expects fails the row unmeasured."""
+    wrong = {side: await check_answer(spec, target) for side, spec in sides.items()}
+    if any(wrong.values()):
+        note = "; ".join(f"{side} {what}" for side, what in wrong.items() if what)
+        return failed_rows(target, note, benchmark), {"check": wrong}, {}
+    labelled: dict[str, HttpLoad] = {f"{target.name} {side}": spec for side, spec in sides.items()}
+    watched = (WORKER_REQUESTS_METRIC, WORKER_CPU_METRIC)
+    before = await scrape(pop.metrics_address, watched)
+    try:
+        pooled = await compare_http(context, labelled, rounds)
+    except RuntimeError as error:
+        return failed_rows(target, str(error)[:200], benchmark), {"error": str(error)}, {}
+    after = await scrape(pop.metrics_address, watched)
+    # The PoP's own count of the worker's answers by status, and the CPU it metered to
+    # them (warm-ups included).
+    worker = pooled[f"{target.name} {WORKER_SIDE}"]
+    worker["statuses"] = status_counts(before, after, target.worker_name)
+    worker["cpu"] = worker_cpu(before, after, target.worker_name, limit_s)
+    baseline = pooled[f"{target.name} {BARE_SIDE}"]
+    rows = seed_rows(target, worker, baseline, benchmark)
+    return rows, {WORKER_SIDE: worker, BARE_SIDE: baseline}, pooled
+
+
 # -- the benchmark -----------------------------------------------------------------------------
 
 
@@ -532,36 +573,12 @@ async def run_seed_workers(context: Context) -> BenchResult:
                 tuple(pid for pid in others if pid != pop.pid), keys,
             ),
         }  # fmt: skip
-        wrong = {side: await check_answer(spec, target) for side, spec in sides.items()}
-        if any(wrong.values()):
-            note = "; ".join(f"{side} {what}" for side, what in wrong.items() if what)
-            rows += failed_rows(target, note)
-            results[target.name] = {"check": wrong}
-            continue
-        labelled: dict[str, HttpLoad] = {
-            f"{target.name} {side}": spec for side, spec in sides.items()
-        }
-        watched = (WORKER_REQUESTS_METRIC, WORKER_CPU_METRIC)
-        before = await scrape(pop.metrics_address, watched)
-        try:
-            pooled = await compare_http(context, labelled, rounds)
-        except RuntimeError as error:
-            rows += failed_rows(target, str(error)[:200])
-            results[target.name] = {"error": str(error)}
-            continue
-        after = await scrape(pop.metrics_address, watched)
-        # The PoP's own count of the worker's answers by status, and the CPU it metered
-        # to them (warm-ups included).
-        worker_side = pooled[f"{target.name} {WORKER_SIDE}"]
-        worker_side["statuses"] = status_counts(before, after, target.name)
-        worker_side["cpu"] = worker_cpu(before, after, target.name, limits[target.name])
-        worker, baseline = (
-            pooled[f"{target.name} {WORKER_SIDE}"],
-            pooled[f"{target.name} {BARE_SIDE}"],
+        target_rows, result, pooled = await measure_target(
+            context, target, sides, pop, limits[target.name], rounds
         )
-        rows += seed_rows(target, worker, baseline)
+        rows += target_rows
+        results[target.name] = result
         measured.update(pooled)
-        results[target.name] = {WORKER_SIDE: worker, BARE_SIDE: baseline}
     plot = None
     done = [t.name for t in SEED_TARGETS if WORKER_SIDE in results.get(t.name, {})]
     if done:
