@@ -30,13 +30,22 @@ HTTP_TIMEOUT_S = 10.0
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    folders = [cf_example(name) for name in EXAMPLES]
+    # Two of them by `cluster up --workers`, two by `edgectl deploy DIR` into the running
+    # cluster: a user's two ways in, from the examples' own folders.
+    at_start, deployed_later = EXAMPLES[:2], EXAMPLES[2:]
+    folders = [cf_example(name) for name in at_start]
     with cluster_up(tmp_path_factory.mktemp("cf-examples"), TOPOLOGY, folders) as (
         cluster,
         started,
     ):
-        for name in ("hello-python", "hello-python-bindings", "python-d1", "python-durable-object"):
+        for name in ("hello-python", "hello-python-bindings"):
             assert f"deployed {name} " in started, started
+        for example, name in zip(
+            deployed_later, ("python-d1", "python-durable-object"), strict=True
+        ):
+            result = edgectl(cluster.data_dir, "deploy", str(cf_example(example)))
+            assert result.returncode == 0, result.stderr
+            assert name in result.stdout + result.stderr
         yield cluster
 
 
