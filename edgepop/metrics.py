@@ -328,6 +328,13 @@ class PopMetrics(_LogPositions):
             buckets=LATENCY_BUCKETS_S,
             registry=registry,
         ).labels(node, region)
+        self.do_hibernations = Counter(
+            "edge_do_hibernations_total",
+            "Objects that hibernated here (only hibernatable WebSockets, idle): the next "
+            "event constructs the class again.",
+            labels,
+            registry=registry,
+        ).labels(node, region)
 
         # Edge functions (workers) and the PoP's HTTP cache.
         self.worker_requests = Counter(

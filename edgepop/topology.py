@@ -73,6 +73,10 @@ DEFAULT_RTT_OVERRIDES_MS: Mapping[tuple[str, str], float] = {
     ("sao-paulo", "us-east-1"): 140.0,
 }
 DEFAULT_INTRA_SITE_RTT_MS = 1.0
+# Cloudflare hibernates an idle object whose only connections are hibernatable WebSockets
+# (`ctx.acceptWebSocket`) after about 10 s: it leaves memory, its sockets stay open, and
+# the next event constructs the class again.
+DEFAULT_HIBERNATE_AFTER_S = 10.0
 
 
 def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -119,6 +123,9 @@ class Topology:
     # KV namespaces read as Cloudflare's KV is (KV_MODE_CLOUDFLARE: through a per-PoP
     # cache with cacheTtl); every other namespace is a replica pushed by the stream.
     kv_cached_namespaces: frozenset[str] = frozenset()
+    # An object whose only connections are hibernatable WebSockets leaves memory after
+    # this long without an event, as on Cloudflare (0: objects never hibernate).
+    hibernate_after_s: float = DEFAULT_HIBERNATE_AFTER_S
 
     def region(self, name: str) -> Region:
         for region in self.regions:

@@ -24,6 +24,7 @@ from pydantic import (
 from edgepop.configfile import Located, validate
 from edgepop.configmodel import StrictModel, fullmatch
 from edgepop.topology import (
+    DEFAULT_HIBERNATE_AFTER_S,
     DEFAULT_REGIONS,
     KV_MODE_CLOUDFLARE,
     POP_NODES_PER_REGION_MAX,
@@ -89,6 +90,12 @@ class KvNamespaceEntry(StrictModel):
     mode: Literal["replicated", "cloudflare"] = "replicated"
 
 
+class ObjectsEntry(StrictModel):
+    # Seconds without an event before an object holding only hibernatable WebSockets
+    # hibernates (0: never).
+    hibernate_after_s: NonNegative = DEFAULT_HIBERNATE_AFTER_S
+
+
 class TopologyFile(StrictModel):
     origin_region: str | None = None
     intra_site_rtt_ms: NonNegative | None = None
@@ -97,6 +104,7 @@ class TopologyFile(StrictModel):
     emulate_delay: bool = True
     nodes: list[NodeEntry] | None = None
     kv_namespaces: dict[NonEmpty, KvNamespaceEntry] | None = None
+    objects: ObjectsEntry = Field(default_factory=ObjectsEntry)
 
 
 def read(located: Located) -> Topology:
@@ -190,6 +198,7 @@ def build(parsed: TopologyFile, located: Located) -> Topology:
         emulate_delay=parsed.emulate_delay,
         nodes=nodes,
         kv_cached_namespaces=cached,
+        hibernate_after_s=parsed.objects.hibernate_after_s,
     )
     if not topology.pop_regions():
         raise TopologyError(located.at(("regions",), "at least one region needs pop_nodes >= 1"))

@@ -107,6 +107,7 @@ class PopNode(Node):
             lease=self._lease,
             control_plane=self.control_plane_stub,
             internal_metadata=internal,
+            hibernate_after_s=self.config.topology.hibernate_after_s,
         )
         self.router = ObjectRouter(self.objects, self.name, self.region, self.token)
         self.kv = KvFrontend(self, self.config.topology.kv_cached_namespaces)

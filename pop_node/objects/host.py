@@ -48,6 +48,7 @@ from edgepop.lease import Lease
 from edgepop.metrics import PopMetrics
 from edgepop.rpc import channel
 from edgepop.storage import Storage
+from edgepop.topology import DEFAULT_HIBERNATE_AFTER_S
 from pop_node.objects.committer import ObjectCommitter
 from pop_node.objects.fetch import FETCH_METHOD, decode_request, run_fetch
 from pop_node.objects.instance import (
@@ -71,6 +72,8 @@ ARGS_BYTES_MAX = 1024 * 1024
 LOCATE_TIMEOUT_S = 3.0
 LEASE_CHECK_INTERVAL_S = 0.05
 ALARM_SCAN_INTERVAL_S = 0.5
+# Hibernation is looked for at least this often (and 4 times per hibernate_after_s).
+HIBERNATION_CHECK_S_MAX = 1.0
 NOT_MINE_RECHECK_S = 30.0
 # Objects brought to a new standby at once (each a full copy and a control-plane call).
 STANDBY_SYNCS_IN_FLIGHT_MAX = 8
@@ -139,8 +142,12 @@ class ObjectHost:
         lease: Callable[[], Lease | None],
         control_plane: Callable[[], control_plane_pb2_grpc.ControlPlaneStub | None],
         internal_metadata: tuple[tuple[str, str], ...],
+        hibernate_after_s: float = DEFAULT_HIBERNATE_AFTER_S,
     ) -> None:
+        """`hibernate_after_s`: an object holding only hibernatable WebSockets leaves
+        memory after this long without an event (0: never)."""
         self.node_name = node_name
+        self.hibernate_after_s = hibernate_after_s
         self.region = region
         self.storage = storage
         self.store = ObjectStore(storage)
@@ -230,7 +237,9 @@ class ObjectHost:
 
     async def run(self) -> None:
         """Background work: commits, lease watch, alarm scan."""
-        await asyncio.gather(self.committer.run(), self._watch_lease(), self._scan_alarms())
+        await asyncio.gather(
+            self.committer.run(), self._watch_lease(), self._scan_alarms(), self._hibernate()
+        )
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -676,6 +685,20 @@ class ObjectHost:
                       retry.ALARM_RETRIES_MAX + 1)  # fmt: skip
             with contextlib.suppress(EdgeError):
                 await instance.execute(instance.state.storage.delete_alarm)
+
+    async def _hibernate(self) -> None:
+        """Hibernate the objects Cloudflare would (`ObjectInstance.hibernate_if_idle`),
+        looking a few times per `hibernate_after_s` (at least once a second)."""
+        if self.hibernate_after_s <= 0:
+            return
+        interval = min(HIBERNATION_CHECK_S_MAX, self.hibernate_after_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for instance in list(self.instances.values()):
+                if instance.websockets and instance.hibernate_if_idle(now, self.hibernate_after_s):
+                    self.metrics.do_hibernations.inc()
+                    log.info("hibernated %s/%s", instance.namespace, instance.object_id.hex()[:12])
 
     async def _scan_alarms(self) -> None:
         """Wake objects whose alarm is due but which have no live instance (e.g. moved here)."""

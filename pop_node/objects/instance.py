@@ -286,6 +286,24 @@ class SessionChannel(Session):
             self.queue.put_nowait(None)
 
 
+def hibernation_due(
+    *, idle_s: float, after_s: float, busy: bool, hibernatable_sockets: int, sessions: int
+) -> bool:
+    """Cloudflare's rule, as far as it is visible here: an object hibernates when it has
+    been `after_s` without an event (0: never), runs and awaits nothing (no event at its
+    gate, no commit pending), and every connection it has is a hibernatable WebSocket
+    (`ctx.acceptWebSocket`; each has one session: any other session, a plain one or a
+    socket the object serves itself with `accept()`, keeps it in memory). An object with
+    no connection at all is not hibernating but idle, and stays."""
+    return (
+        after_s > 0
+        and idle_s >= after_s
+        and not busy
+        and hibernatable_sockets > 0
+        and sessions <= hibernatable_sockets
+    )
+
+
 class InstanceState(ObjectState):
     def __init__(self, instance: ObjectInstance) -> None:
         self._instance = instance
@@ -379,14 +397,77 @@ class ObjectInstance:
         self._durable = asyncio.Event()
         self.sql = SqlStorage(self.read_internal) if sqlite else None
         self.state = InstanceState(self)
-        # A Cloudflare-style class takes its `ctx` (workers.DurableObject.context_for).
-        context_for = getattr(cls, "context_for", None)
-        context = context_for(self.state) if context_for is not None else self.state
-        self.obj: DurableObject = cls(context, host.env_for(namespace))
+        # None while hibernated: the next event constructs the class again and runs its
+        # `setup` first (`_needs_setup`), as Cloudflare runs the constructor on waking.
+        self._obj: DurableObject | None = self._construct()
+        self._needs_setup = False
+        self.last_event_at = time.monotonic()
+        self.hibernations = 0
         self.alarm_task: asyncio.Task[None] | None = None
         self.created_at = time.monotonic()
         # Calls run here since activation (Status reports it; the console makes a rate).
         self.calls = 0
+
+    # -- the object, and hibernation ---------------------------------------------------------
+
+    def _construct(self) -> DurableObject:
+        # A Cloudflare-style class takes its `ctx` (workers.DurableObject.context_for).
+        context_for = getattr(self.cls, "context_for", None)
+        context = context_for(self.state) if context_for is not None else self.state
+        return self.cls(context, self.host.env_for(self.namespace))
+
+    @property
+    def obj(self) -> DurableObject:
+        """The object; constructed again on first use after it hibernated."""
+        if self._obj is None:
+            self._obj = self._construct()
+            self._needs_setup = True
+        return self._obj
+
+    @obj.setter
+    def obj(self, replacement: DurableObject) -> None:
+        self._obj = replacement
+        self._needs_setup = False
+
+    @property
+    def hibernated(self) -> bool:
+        return self._obj is None
+
+    def hibernate_if_idle(self, now: float, after_s: float) -> bool:
+        """Leave memory (the object, not its sockets, storage or epoch) when Cloudflare
+        would hibernate it; True when it did."""
+        busy = (
+            self._obj is None
+            or bool(self.broken)
+            or self.gate.locked()
+            or self.waiting > 0
+            or bool(self.pending)
+            or self.durable_seq < self.seq
+        )
+        if not hibernation_due(
+            idle_s=now - self.last_event_at,
+            after_s=after_s,
+            busy=busy,
+            hibernatable_sockets=len(self.websockets),
+            sessions=len(self.sessions),
+        ):
+            return False
+        self._obj = None
+        self.hibernations += 1
+        return True
+
+    def _waking(self, handler: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+        """`handler`, after the object is constructed again and set up (in the same run
+        of the gate: no other event sees it half awake)."""
+
+        async def woken() -> Any:
+            obj = self.obj
+            if self._needs_setup:
+                await obj.setup()
+                self._needs_setup = False
+            return await handler()
+
+        return woken
 
     # -- storage view ----------------------------------------------------------------------
 
@@ -474,8 +555,11 @@ class ObjectInstance:
         finally:
             self.waiting -= 1
             self.host.metrics_queue_depth(-1)
+        self.last_event_at = time.monotonic()
         try:
             self.check_serving()
+            if self._obj is None or self._needs_setup:
+                handler = self._waking(handler)
             request_key = REQUEST_PREFIX + request_id.encode() if request_id else b""
             recent = self.recent_requests.get(request_id) if request_id else None
             cached = self.read(request_key) if request_key and recent is None else None
@@ -505,6 +589,7 @@ class ObjectInstance:
             self.outbox = []
             raise
         finally:
+            self.last_event_at = time.monotonic()
             self.gate.release()
         await self.wait_durable(required)
         return result_json, epoch, node

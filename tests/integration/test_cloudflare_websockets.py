@@ -22,6 +22,7 @@ import pytest
 from edgectl.launcher import Cluster
 from edgepop.topology import load_topology
 from tests.integration.cli import cluster_up, edgectl_json, origin_and_pops, write_wrangler_worker
+from tests.integration.kvclient import metric_value
 
 pytestmark = pytest.mark.cluster
 
@@ -33,7 +34,11 @@ RECEIVE_TIMEOUT_S = 20.0
 # that plus this machine's own overhead.
 RTT_TOLERANCE = 0.05
 RTT_SLACK_MS = 100.0
-TOPOLOGY = origin_and_pops(*REGIONS)
+# Objects hibernate after 1 s idle here (Cloudflare: about 10 s); the chat room keeps
+# nothing in memory, so its test holds whether it hibernates between phases or not.
+HIBERNATE_AFTER_S = 1.0
+HIBERNATION_TIMEOUT_S = 15.0
+TOPOLOGY = origin_and_pops(*REGIONS, objects={"hibernate_after_s": HIBERNATE_AFTER_S})
 ENTRY = """
 import json
 from urllib.parse import parse_qs, urlparse
@@ -50,8 +55,33 @@ class Default(WorkerEntrypoint):
             server.accept()
             server.addEventListener("message", lambda event: server.send(event.data.upper()))
             return Response(None, status=101, web_socket=client)
+        if urlparse(request.url).path == "/sleepy":
+            return await self.env.SLEEPY.getByName("nap").fetch(request)
         room = self.env.ROOMS.getByName("lobby")
         return await room.fetch(request)
+
+
+class Sleepy(DurableObject):
+    def __init__(self, ctx, env):
+        super().__init__(ctx, env)
+        self.heard = 0  # in memory: gone when the object hibernates
+
+    async def fetch(self, request):
+        client, server = WebSocketPair.new().object_values()
+        self.ctx.acceptWebSocket(server)
+        server.serializeAttachment({"joined": "yes"})
+        return Response(None, status=101, web_socket=client)
+
+    async def webSocketMessage(self, ws, message):
+        self.heard += 1
+        stored = (await self.ctx.storage.get("heard") or 0) + 1
+        await self.ctx.storage.put("heard", stored)
+        ws.send(json.dumps({
+            "in_memory": self.heard,
+            "stored": stored,
+            "attachment": ws.deserializeAttachment(),
+            "sockets": len(self.ctx.getWebSockets()),
+        }))
 
 
 class ChatRoom(DurableObject):
@@ -84,8 +114,13 @@ class ChatRoom(DurableObject):
 WRANGLER = {
     "name": "chat",
     "main": "src/entry.py",
-    "durable_objects": {"bindings": [{"name": "ROOMS", "class_name": "ChatRoom"}]},
-    "migrations": [{"tag": "v1", "new_classes": ["ChatRoom"]}],
+    "durable_objects": {
+        "bindings": [
+            {"name": "ROOMS", "class_name": "ChatRoom"},
+            {"name": "SLEEPY", "class_name": "Sleepy"},
+        ]
+    },
+    "migrations": [{"tag": "v1", "new_classes": ["ChatRoom", "Sleepy"]}],
 }
 
 
@@ -217,3 +252,43 @@ def test_an_upgrade_the_object_fails_is_an_error_not_a_socket(
     running: tuple[Cluster, Path],
 ) -> None:
     asyncio.run(refused(running[0]))
+
+
+def hibernations(cluster: Cluster) -> float:
+    return sum(
+        metric_value(cluster, pop.name, "edge_do_hibernations_total")
+        for pop in cluster.by_role("pop")
+    )
+
+
+async def nap(cluster: Cluster) -> None:
+    # Counted from here: the chat room may have hibernated before, but it holds no socket
+    # now (its test closed them all), so it cannot again.
+    before = hibernations(cluster)
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(url(cluster, "tokyo", "/sleepy"), headers=headers("tokyo"))
+        for heard in (1, 2):
+            await ws.send_str("hello")
+            answer = await receive_json(ws)
+            assert (answer["in_memory"], answer["stored"]) == (heard, heard)
+        # Idle, holding only a hibernatable socket: it leaves memory, the socket stays.
+        deadline = time.monotonic() + HIBERNATION_TIMEOUT_S
+        while hibernations(cluster) <= before:
+            assert time.monotonic() < deadline, "the object never hibernated"
+            await asyncio.sleep(0.1)
+        await ws.send_str("wake up")
+        answer = await receive_json(ws)
+        # A new object (its memory starts again), with its storage, socket and attachment.
+        assert answer == {
+            "in_memory": 1,
+            "stored": 3,
+            "attachment": {"joined": "yes"},
+            "sockets": 1,
+        }
+        await ws.close()
+
+
+def test_an_idle_object_holding_only_hibernatable_sockets_hibernates_and_wakes(
+    running: tuple[Cluster, Path],
+) -> None:
+    asyncio.run(nap(running[0]))

@@ -33,6 +33,7 @@ from pop_node.objects.instance import (
     ObjectInstance,
     RemoteError,
     SessionChannel,
+    hibernation_due,
 )
 from pop_node.objects.store import ObjectStore, Write, okey
 
@@ -720,3 +721,78 @@ def test_session_channel_send_outside_a_call_is_queued_at_the_current_seq(host: 
         return item
 
     assert asyncio.run(scenario()) == (0, "hello")
+
+
+# -- hibernation -------------------------------------------------------------------------------
+
+
+class Sleeper(DurableObject):
+    """Counts in memory (what hibernation loses) and in storage (what it keeps)."""
+
+    constructed: ClassVar[int] = 0
+    set_up: ClassVar[int] = 0
+
+    def __init__(self, state: Any, env: Any) -> None:
+        super().__init__(state, env)
+        Sleeper.constructed += 1
+        self.in_memory = 0
+
+    async def setup(self) -> None:
+        Sleeper.set_up += 1
+
+    async def touch(self) -> list[int]:
+        self.in_memory += 1
+        stored = (await self.storage.get("stored") or 0) + 1
+        await self.storage.put("stored", stored)
+        return [self.in_memory, stored]
+
+
+def test_hibernation_needs_idle_time_hibernatable_sockets_only_and_nothing_under_way() -> None:
+    due = {"idle_s": 12.0, "after_s": 10.0, "busy": False, "hibernatable_sockets": 2, "sessions": 2}
+    assert hibernation_due(**due)
+    assert not hibernation_due(**{**due, "idle_s": 9.9})  # not idle long enough
+    assert not hibernation_due(**{**due, "after_s": 0.0})  # hibernation off
+    assert not hibernation_due(**{**due, "busy": True})  # an event or a commit under way
+    assert not hibernation_due(**{**due, "hibernatable_sockets": 0, "sessions": 0})  # idle only
+    # A plain session, or a socket the object serves with accept(): it stays in memory.
+    assert not hibernation_due(**{**due, "sessions": 3})
+
+
+def test_a_hibernated_object_is_constructed_and_set_up_again_at_its_next_event(
+    host: FakeHost,
+) -> None:
+    async def scenario() -> None:
+        Sleeper.constructed = Sleeper.set_up = 0
+        instance = _instance(host, Sleeper)
+        assert json.loads((await _durably(host, _call(instance, "touch")))[0]) == [1, 1]
+        assert json.loads((await _durably(host, _call(instance, "touch")))[0]) == [2, 2]
+        now = time.monotonic()
+        # No socket: idle, not hibernating.
+        assert not instance.hibernate_if_idle(now + 60, 10.0)
+        instance.websockets[object()] = []  # type: ignore[index]
+        instance.sessions["ws"] = object()  # type: ignore[assignment]
+        assert not instance.hibernate_if_idle(now + 5, 10.0)  # not idle long enough
+        assert instance.hibernate_if_idle(now + 60, 10.0)
+        assert instance.hibernated and instance.hibernations == 1
+        assert not instance.hibernate_if_idle(now + 120, 10.0)  # already asleep
+        # The next event wakes it: a new object (memory gone), set up, storage intact.
+        assert json.loads((await _durably(host, _call(instance, "touch")))[0]) == [1, 3]
+        assert (Sleeper.constructed, Sleeper.set_up) == (2, 1)
+        assert not instance.hibernated
+
+    asyncio.run(scenario())
+
+
+def test_an_object_with_a_commit_pending_does_not_hibernate(host: FakeHost) -> None:
+    async def scenario() -> None:
+        instance = _instance(host, Sleeper)
+        instance.websockets[object()] = []  # type: ignore[index]
+        call = asyncio.ensure_future(_call(instance, "touch"))
+        await _settle()  # run, submitted, not durable: the output gate holds it
+        assert host.committer.submitted
+        assert not instance.hibernate_if_idle(time.monotonic() + 60, 10.0)
+        host.committer.complete()
+        await call
+        assert instance.hibernate_if_idle(time.monotonic() + 60, 10.0)
+
+    asyncio.run(scenario())

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgepop.topology import (
+    DEFAULT_HIBERNATE_AFTER_S,
     DEFAULT_REGIONS,
     NodeSpec,
     TopologyError,
@@ -516,5 +517,24 @@ def test_kv_namespaces_name_those_read_as_cloudflares_kv() -> None:
     ],
 )
 def test_bad_kv_namespace_modes_name_the_field(raw: dict[str, Any], names: str) -> None:
+    with pytest.raises(TopologyError, match=names):
+        parse_topology(raw)
+
+
+def test_objects_hibernate_after_ten_seconds_unless_the_topology_says_otherwise() -> None:
+    assert parse_topology({}).hibernate_after_s == DEFAULT_HIBERNATE_AFTER_S == 10.0
+    assert parse_topology({"objects": {"hibernate_after_s": 1.5}}).hibernate_after_s == 1.5
+    assert parse_topology({"objects": {"hibernate_after_s": 0}}).hibernate_after_s == 0.0
+
+
+@pytest.mark.parametrize(
+    ("raw", "names"),
+    [
+        ({"objects": {"hibernate_after_s": -1}}, r"objects\.hibernate_after_s: "),
+        ({"objects": {"hibernate_after_s": "soon"}}, r"objects\.hibernate_after_s: "),
+        ({"objects": {"evict_after_s": 5}}, r"objects\.evict_after_s: unknown field"),
+    ],
+)
+def test_bad_object_settings_name_the_field(raw: dict[str, Any], names: str) -> None:
     with pytest.raises(TopologyError, match=names):
         parse_topology(raw)
