@@ -15,8 +15,6 @@ version over a set of PoPs, and the per-worker summary `edgectl workers` prints.
 
 from __future__ import annotations
 
-import base64
-import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -45,8 +43,6 @@ ROLLOUT_POLL_S = 0.05
 # Each poll of a PoP's status; a PoP that misses it counts as lagging this round.
 STATUS_TIMEOUT_S = 1.0
 SHORT_VERSION_CHARS = 12
-TOKEN_ALGORITHMS = ("RS256", "ES256")
-TOKEN_TTL_S_DEFAULT = 3600
 
 
 def short(version: str) -> str:
@@ -309,20 +305,3 @@ def wait_rollouts(
         if len(finished) == len(wanted) or elapsed >= timeout_s:
             return [finished.get(index, (seen, elapsed)) for index, seen in enumerate(current)]
         time.sleep(ROLLOUT_POLL_S)
-
-
-# -- tokens ----------------------------------------------------------------------------
-
-
-def token_claims(token: str) -> dict[str, Any]:
-    """The claims of a JWT, unverified (to show what was issued, never to trust it)."""
-    try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError) as error:
-        raise CliError(
-            "INTERNAL", f"the origin issued something that is not a JWT: {error}"
-        ) from None
-    if not isinstance(claims, dict):
-        raise CliError("INTERNAL", "the origin issued a JWT without a claims object")
-    return claims

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from edgectl import deploys, views
+from edgectl import tokens, views
 from edgectl.client import CliError, EdgeClient
 
 if TYPE_CHECKING:
@@ -23,14 +23,14 @@ def register_token(commands: CommandSet) -> None:
     )
     issue.add_argument("--sub", required=True, metavar="NAME", help="the token's subject")
     issue.add_argument(
-        "--alg", choices=deploys.TOKEN_ALGORITHMS, default="RS256", help="default: RS256"
+        "--alg", choices=tokens.TOKEN_ALGORITHMS, default="RS256", help="default: RS256"
     )
     issue.add_argument(
         "--ttl",
         type=int,
-        default=deploys.TOKEN_TTL_S_DEFAULT,
+        default=tokens.TOKEN_TTL_S_DEFAULT,
         metavar="SECONDS",
-        help=f"valid this long (default: {deploys.TOKEN_TTL_S_DEFAULT})",
+        help=f"valid this long (default: {tokens.TOKEN_TTL_S_DEFAULT})",
     )
 
 
@@ -41,7 +41,7 @@ def cmd_token_issue(args: argparse.Namespace) -> int:
         raise CliError("INVALID_ARGUMENT", "--sub must not be empty")
     with EdgeClient.for_args(args) as client:
         token = client.issue_token(args.sub, args.alg, args.ttl)
-    claims = deploys.token_claims(token)
+    claims = tokens.token_claims(token)
     if args.json:
         views.print_json(
             {

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from edge.v1 import workers_pb2
-from edgectl import cli, deploys
+from edgectl import cli, deploys, tokens
 from edgectl.client import CliError
 from edgectl.launcher import Cluster, ClusterError
 from edgepop.bundle import bundle_version, read_bundle
@@ -321,7 +321,7 @@ def test_token_issue_json_and_errors(edge: Cli, started: Started, tmp_path: Path
     issued = edge.json("token", "issue", "--sub", "bob", "--alg", "ES256", "--ttl", "60")
     assert issued["sub"] == "bob" and issued["alg"] == "ES256"
     assert before + 59 <= issued["expires_at"] <= time.time() + 61
-    assert deploys.token_claims(issued["token"])["sub"] == "bob"
+    assert tokens.token_claims(issued["token"])["sub"] == "bob"
 
     edge.fails("INVALID_ARGUMENT", "token", "issue", "--sub", "bob", "--ttl", "0")
     # Issuing needs the cluster token: a data dir without it cannot.
