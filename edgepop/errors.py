@@ -42,10 +42,54 @@ class MetadataInvalidError(InvalidArgumentError):
 
 
 class SqlError(InvalidArgumentError):
-    """A SQL statement failed (D1's "D1_ERROR"); the transaction was rolled back."""
+    """A SQL statement failed (D1's "D1_ERROR"); the transaction was rolled back.
 
-    def __init__(self, message: str) -> None:
-        super().__init__(f"D1_ERROR: {message}")
+    `statement_index` is the failing statement's place in its query (0-based; None when
+    the query as a whole was refused). It travels as the `reason` ("sql-statement:N"), so
+    the worker binding's `exec` can say "Error in line N" as D1 does, also when the error
+    came back from the origin.
+    """
+
+    def __init__(self, message: str, statement_index: int | None = None) -> None:
+        super().__init__(f"{D1_ERROR}: {message}")
+        self.statement_index = statement_index
+        if statement_index is not None:
+            self.reason = f"{SQL_STATEMENT_REASON}{statement_index}"
+
+
+class SqlLimitExceededError(SqlError):
+    """A query ran into a resource limit rather than being wrong: the database's size
+    (DATABASE_BYTES_MAX), its duration (QUERY_SECONDS_MAX), its result's size. Rolled back
+    alone, like any SqlError, but RESOURCE_EXHAUSTED: the same query may pass later."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+# D1's error prefixes (https://developers.cloudflare.com/d1/observability/debug-d1/): a
+# message starts with one of them, and code written for Cloudflare matches on it.
+D1_ERROR = "D1_ERROR"
+D1_TYPE_ERROR = "D1_TYPE_ERROR"
+D1_COLUMN_NOTFOUND = "D1_COLUMN_NOTFOUND"
+D1_EXEC_ERROR = "D1_EXEC_ERROR"
+D1_PREFIXES = (D1_ERROR, D1_TYPE_ERROR, D1_COLUMN_NOTFOUND, D1_EXEC_ERROR, "D1_DUMP_ERROR")
+# The `reason` of a SqlError that names its statement: this, then the 0-based index.
+SQL_STATEMENT_REASON = "sql-statement:"
+
+
+def d1_message(message: str) -> str:
+    """`message` as D1 words errors: it already starts with a D1 prefix, or gets
+    "D1_ERROR: " (a missing database, an unreachable origin, a malformed bookmark)."""
+    if message.startswith(D1_PREFIXES):
+        return message
+    return f"{D1_ERROR}: {message}"
+
+
+def statement_index_of(reason: str) -> int | None:
+    """The failing statement's index a SqlError's `reason` carries (None if it has none)."""
+    if not reason.startswith(SQL_STATEMENT_REASON):
+        return None
+    digits = reason.removeprefix(SQL_STATEMENT_REASON)
+    return int(digits) if digits.isdigit() else None
 
 
 class NotFoundError(EdgeError):
@@ -137,11 +181,12 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
 
 
 class UpstreamError(EdgeError):
-    """A status from another node, passed on to the caller unchanged."""
+    """A status from another node, passed on to the caller unchanged (its reason too)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str = "") -> None:
         super().__init__(message)
         self.code = code
+        self.reason = reason
 
 
 def from_upstream(error: grpc.aio.AioRpcError, what: str) -> EdgeError:
@@ -153,4 +198,4 @@ def from_upstream(error: grpc.aio.AioRpcError, what: str) -> EdgeError:
     code = error.code()
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return UnavailableError(f"{what} unreachable: {code.name} ({error.details()})")
-    return UpstreamError(code, error.details() or code.name)
+    return UpstreamError(code, error.details() or code.name, reason_of(error))

@@ -24,9 +24,10 @@ exactly once across crashes: a step whose seq is not above it is skipped.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,17 +35,60 @@ from typing import Any
 import apsw
 
 from edge.v1 import sql_pb2
-from edgepop.errors import InvalidArgumentError, NotFoundError, SqlError
+from edgepop.errors import (
+    D1_TYPE_ERROR,
+    InvalidArgumentError,
+    NotFoundError,
+    SqlError,
+    SqlLimitExceededError,
+)
+from edgepop.topology import DEFAULT_SQL_DATABASE_BYTES_MAX
 
 DATABASE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-# D1's limits (https://developers.cloudflare.com/d1/platform/limits/), checked at entry.
+# D1's limits (https://developers.cloudflare.com/d1/platform/limits/, Workers Paid, as of
+# April 2026). Those a request carries are checked where it enters (`check_query`, at the
+# PoP and again at the origin); the rest SQLite enforces itself (`SQLITE_LIMITS`).
+#
+# Ours, not D1's (D1 documents no count): statements in one query or batch.
 STATEMENTS_PER_QUERY_MAX = 50
+# "Maximum SQL statement length": 100,000 bytes.
 SQL_BYTES_MAX = 100_000
+# "Maximum bound parameters per query": 100 (we count per statement, as SQLite binds).
 PARAMS_PER_STATEMENT_MAX = 100
+# "Maximum string, BLOB or table row size": 2,000,000 bytes.
 VALUE_BYTES_MAX = 2_000_000
-# D1's limit on one query's duration; checked every PROGRESS_STEPS virtual-machine steps.
+# "Maximum number of columns per table": 100.
+COLUMNS_PER_TABLE_MAX = 100
+# "Maximum arguments per SQL function": 32.
+FUNCTION_ARGS_MAX = 32
+# "Maximum characters (bytes) in a LIKE or GLOB pattern": 50.
+LIKE_PATTERN_BYTES_MAX = 50
+# "Maximum query result size": 50 MB (all of one query's results, as they go on the wire).
+RESULT_BYTES_MAX = 50_000_000
+# "Maximum database size": 10 GB, the origin's default; the topology's
+# `sql.database_bytes_max` sets another (a test fills a small one).
+DATABASE_BYTES_MAX_DEFAULT = DEFAULT_SQL_DATABASE_BYTES_MAX
+# "Queries per Worker invocation": 1,000 (a statement or a batch is one query), counted
+# by the worker binding.
+QUERIES_PER_INVOCATION_MAX = 1000
+# "Maximum SQL query duration": 30 s for one query (all of its statements), checked every
+# PROGRESS_STEPS virtual-machine steps.
 QUERY_SECONDS_MAX = 30.0
 PROGRESS_STEPS = 10_000
+# The same limits as SQLite's run-time limits, on every connection that runs a user's SQL
+# (SQLite's message then names what was refused; see Database.__init__ for which).
+SQLITE_LIMITS = {
+    apsw.SQLITE_LIMIT_SQL_LENGTH: SQL_BYTES_MAX,
+    apsw.SQLITE_LIMIT_VARIABLE_NUMBER: PARAMS_PER_STATEMENT_MAX,
+    apsw.SQLITE_LIMIT_LENGTH: VALUE_BYTES_MAX,
+    apsw.SQLITE_LIMIT_FUNCTION_ARG: FUNCTION_ARGS_MAX,
+    apsw.SQLITE_LIMIT_LIKE_PATTERN_LENGTH: LIKE_PATTERN_BYTES_MAX,
+}
+# A table's columns are limited where tables are made (the primary's writer) only: the
+# limit also caps a result's columns, and a dump reads `rowid, *` (one more than a table's).
+SQLITE_WRITER_LIMITS = {**SQLITE_LIMITS, apsw.SQLITE_LIMIT_COLUMN: COLUMNS_PER_TABLE_MAX}
+# SQLite's own ceiling on max_page_count: while our own statements run (`_unlimited`).
+_PAGES_UNLIMITED = 4_294_967_294
 # The table each database keeps its own replication position in; users cannot touch it.
 META_TABLE = "_edgepop_meta"
 FILE_SUFFIX = ".sqlite"
@@ -125,34 +169,52 @@ def check_database_name(name: str) -> str:
 
 
 def check_query(request: sql_pb2.SqlQueryRequest) -> None:
-    """The request's limits, before it goes anywhere (INVALID_ARGUMENT naming the limit)."""
+    """The request's limits, before it goes anywhere: INVALID_ARGUMENT, worded as D1 words
+    it (a D1 prefix, SQLite's phrase and result code) and naming our limit."""
     check_database_name(request.database)
     if not request.statements:
-        raise InvalidArgumentError("no statement: a query needs at least one")
+        raise SqlError("no SQL statement: a query needs at least one")
     if len(request.statements) > STATEMENTS_PER_QUERY_MAX:
-        raise InvalidArgumentError(
-            f"{len(request.statements)} statements: at most {STATEMENTS_PER_QUERY_MAX} per "
-            "query (STATEMENTS_PER_QUERY_MAX)"
+        raise SqlError(
+            f"too many statements: {len(request.statements)}, at most "
+            f"{STATEMENTS_PER_QUERY_MAX} per query or batch (STATEMENTS_PER_QUERY_MAX)"
         )
-    for statement in request.statements:
-        size = len(statement.sql.encode())
-        if size == 0 or not statement.sql.strip():
-            raise InvalidArgumentError("empty SQL statement")
-        if size > SQL_BYTES_MAX:
-            raise InvalidArgumentError(
-                f"SQL statement of {size} bytes: at most {SQL_BYTES_MAX} (SQL_BYTES_MAX)"
+    for index, statement in enumerate(request.statements):
+        check_statement(statement, index)
+
+
+def check_statement(statement: sql_pb2.SqlStatement, index: int = 0) -> None:
+    """One statement's limits; `index` is its place in the query (the error names it)."""
+    size = len(statement.sql.encode())
+    if size == 0 or not statement.sql.strip():
+        raise SqlError("empty SQL statement", index)
+    if size > SQL_BYTES_MAX:
+        raise SqlError(
+            f"statement too long: {size} bytes, at most {SQL_BYTES_MAX} (SQL_BYTES_MAX): "
+            "SQLITE_TOOBIG",
+            index,
+        )
+    if len(statement.params) > PARAMS_PER_STATEMENT_MAX:
+        raise SqlError(
+            f"too many SQL variables: {len(statement.params)} bound parameters, at most "
+            f"{PARAMS_PER_STATEMENT_MAX} (PARAMS_PER_STATEMENT_MAX): SQLITE_ERROR",
+            index,
+        )
+    for param in statement.params:
+        kind = param.WhichOneof("kind")
+        # A text's UTF-8 is at most 4 bytes a character: short ones are not encoded.
+        if kind == "text" and len(param.text) * 4 > VALUE_BYTES_MAX:
+            size = len(param.text.encode())
+        elif kind == "blob":
+            size = len(param.blob)
+        else:
+            continue
+        if size > VALUE_BYTES_MAX:
+            raise SqlError(
+                f"string or blob too big: a bound {kind} of {size} bytes, at most "
+                f"{VALUE_BYTES_MAX} (VALUE_BYTES_MAX): SQLITE_TOOBIG",
+                index,
             )
-        if len(statement.params) > PARAMS_PER_STATEMENT_MAX:
-            raise InvalidArgumentError(
-                f"{len(statement.params)} bound parameters: at most {PARAMS_PER_STATEMENT_MAX} "
-                "per statement (PARAMS_PER_STATEMENT_MAX)"
-            )
-        for param in statement.params:
-            kind = param.WhichOneof("kind")
-            if kind == "text" and len(param.text.encode()) > VALUE_BYTES_MAX:
-                raise InvalidArgumentError(f"a string parameter over {VALUE_BYTES_MAX} bytes")
-            if kind == "blob" and len(param.blob) > VALUE_BYTES_MAX:
-                raise InvalidArgumentError(f"a blob parameter over {VALUE_BYTES_MAX} bytes")
 
 
 def split_statements(sql: str) -> list[str]:
@@ -218,12 +280,23 @@ def to_python(value: sql_pb2.SqlValue) -> Any:
     return getattr(value, kind)
 
 
+# The range of a SQLite INTEGER (and of SqlValue.integer).
+_INTEGER_MIN, _INTEGER_MAX = -(2**63), 2**63 - 1
+
+
 def to_value(value: Any) -> sql_pb2.SqlValue:
+    """A Python value bound to a statement. What SQLite cannot store is D1's type error
+    (InvalidArgumentError "D1_TYPE_ERROR: Type 'dict' not supported for value ...")."""
     if value is None:
         return sql_pb2.SqlValue(null=True)
     if isinstance(value, bool):
         return sql_pb2.SqlValue(integer=int(value))
     if isinstance(value, int):
+        if not _INTEGER_MIN <= value <= _INTEGER_MAX:
+            raise InvalidArgumentError(
+                f"{D1_TYPE_ERROR}: Type 'int' not supported for value {value}: "
+                "outside SQLite's 64-bit integers"
+            )
         return sql_pb2.SqlValue(integer=value)
     if isinstance(value, float):
         return sql_pb2.SqlValue(real=value)
@@ -231,7 +304,11 @@ def to_value(value: Any) -> sql_pb2.SqlValue:
         return sql_pb2.SqlValue(text=value)
     if isinstance(value, bytes | bytearray | memoryview):
         return sql_pb2.SqlValue(blob=bytes(value))
-    raise InvalidArgumentError(f"a value of type {type(value).__name__} cannot be bound")
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    raise InvalidArgumentError(
+        f"{D1_TYPE_ERROR}: Type '{type(value).__name__}' not supported for value {shown}"
+    )
 
 
 def result_dicts(result: sql_pb2.SqlResult) -> list[dict[str, Any]]:
@@ -277,7 +354,9 @@ class Database:
     `read`, which uses its own read-only connection (WAL: readers never block the writer).
     """
 
-    def __init__(self, path: Path, *, primary: bool) -> None:
+    def __init__(
+        self, path: Path, *, primary: bool, database_bytes_max: int = DATABASE_BYTES_MAX_DEFAULT
+    ) -> None:
         self.path = path
         self.primary = primary
         self.name = path.name.removesuffix(FILE_SUFFIX)
@@ -307,12 +386,55 @@ class Database:
         self.applied_seq = self._read_applied_seq()
         page_size = self._writer.execute("PRAGMA page_size").fetchone()
         self._page_size = int(page_size[0]) if page_size else 4096
+        # D1's limits, enforced by SQLite where a user's SQL runs: the primary's writer
+        # and every reader. Not on a replica's writer: what it replays already passed them
+        # at the primary, and replay must never be refused.
+        for limit, value in SQLITE_LIMITS.items():
+            self._reader.limit(limit, value)
+        self.database_bytes_max = database_bytes_max
+        self._max_pages = max(1, database_bytes_max // self._page_size)
+        # SQLite's own limits, for our statements (see `_unlimited`).
+        self._sqlite_limits = {limit: self._writer.limit(limit) for limit in SQLITE_WRITER_LIMITS}
+        if primary:
+            self._limit_writer(True)
         # Whether sqlite_sequence exists (None: to be looked up; see _sequences).
         self._has_sequences: bool | None = None
 
     def close(self) -> None:
         self._reader.close()
         self._writer.close()
+
+    @property
+    def in_write(self) -> bool:
+        """Whether the primary's write transaction is open (SQLite may end it itself: an
+        SQLITE_FULL or an interrupted write rolls the whole transaction back)."""
+        return self._in_write
+
+    def _limit_writer(self, limited: bool, *, size: bool = True) -> None:
+        """D1's limits on the primary's writer (`limited`), or SQLite's own; `size` too,
+        the database's: a write that would grow the file past it fails with SQLITE_FULL
+        before it changes anything (SQLite counts pages as it allocates them)."""
+        limits = SQLITE_WRITER_LIMITS if limited else self._sqlite_limits
+        for limit, value in limits.items():
+            self._writer.limit(limit, value)
+        if size:
+            pages = self._max_pages if limited else _PAGES_UNLIMITED
+            self._writer.execute(f"PRAGMA max_page_count={pages}").fetchall()
+
+    @contextlib.contextmanager
+    def _unlimited(self, *, size: bool = True) -> Iterator[None]:
+        """Our own statements on the primary's writer, free of the user's limits: a
+        logged commit's bookkeeping and replay (logged: they must apply), and the session
+        extension's (a changeset of a 100-column table reads `rowid` and 100 columns;
+        it writes nothing, `size=False` spares the pragma)."""
+        if not self.primary:
+            yield
+            return
+        self._limit_writer(False, size=size)
+        try:
+            yield
+        finally:
+            self._limit_writer(True, size=size)
 
     def _read_applied_seq(self) -> int:
         row = self._writer.execute(
@@ -388,13 +510,12 @@ class Database:
             execution = _Execution(read_only=True)
             self._read_execution = execution
             try:
-                results = [
-                    self._run(connection, execution, statement, None) for statement in statements
-                ]
+                results = self._run_all(connection, execution, statements, None)
             finally:
                 self._read_execution = None
         finally:
-            connection.execute("ROLLBACK")
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
         return results, int(seq_row[0]) if seq_row else 0
 
     # -- the primary's writes ----------------------------------------------------------------
@@ -418,19 +539,22 @@ class Database:
         connection.execute("SAVEPOINT request")
         sequences_before = self._sequences()
         execution = _Execution(read_only=False)
-        recorder = _StepRecorder(connection, execution)
+        recorder = _StepRecorder(connection, execution, lambda: self._unlimited(size=False))
         self._execution = execution
         try:
-            results = [
-                self._run(connection, execution, statement, recorder) for statement in statements
-            ]
+            results = self._run_all(connection, execution, statements, recorder)
             recorder.flush()
         except BaseException:
             self._execution = None
             recorder.close()
-            connection.execute("ROLLBACK TO request")
-            connection.execute("RELEASE request")
             self._has_sequences = None
+            if connection.in_transaction:
+                connection.execute("ROLLBACK TO request")
+                connection.execute("RELEASE request")
+            else:
+                # SQLite rolled the whole transaction back (SQLITE_FULL, an interrupted
+                # write): the caller's other writes in it are gone too (see `in_write`).
+                self._in_write = False
             raise
         self._execution = None
         recorder.close()
@@ -454,9 +578,13 @@ class Database:
             raise
 
     def commit(self, seq: int) -> None:
-        """Commit the open write transaction as the log entry `seq`."""
-        self._set_applied_seq(seq)
-        self._writer.execute("COMMIT")
+        """Commit the open write transaction as the log entry `seq`.
+
+        The write is logged already: our bookkeeping must not fail on the size limit.
+        """
+        with self._unlimited():
+            self._set_applied_seq(seq)
+            self._writer.execute("COMMIT")
         self._in_write = False
         self.applied_seq = seq
 
@@ -487,6 +615,7 @@ class Database:
         if self.primary:
             connection.execute("PRAGMA foreign_keys=OFF")  # no-op inside a transaction
             connection.config(apsw.SQLITE_DBCONFIG_ENABLE_TRIGGER, 0)
+            self._limit_writer(False)  # logged: it must apply
         try:
             connection.execute("BEGIN IMMEDIATE")
             try:
@@ -513,6 +642,7 @@ class Database:
             if self.primary:
                 connection.config(apsw.SQLITE_DBCONFIG_ENABLE_TRIGGER, 1)
                 connection.execute("PRAGMA foreign_keys=ON")
+                self._limit_writer(True)
         self.applied_seq = seq
         return True
 
@@ -555,7 +685,30 @@ class Database:
             )
         ]
 
-    # -- running one statement -----------------------------------------------------------------
+    # -- running statements ----------------------------------------------------------------
+
+    def _run_all(
+        self,
+        connection: apsw.Connection,
+        execution: _Execution,
+        statements: Sequence[sql_pb2.SqlStatement],
+        recorder: _StepRecorder | None,
+    ) -> list[sql_pb2.SqlResult]:
+        """A query's statements in order, within D1's per-query limits: QUERY_SECONDS_MAX
+        for all of them, RESULT_BYTES_MAX for all of their results."""
+        deadline = time.monotonic() + QUERY_SECONDS_MAX
+        results: list[sql_pb2.SqlResult] = []
+        result_bytes = 0
+        for index, statement in enumerate(statements):
+            result = self._run(connection, execution, statement, recorder, index, deadline)
+            result_bytes += result.ByteSize()
+            if result_bytes > RESULT_BYTES_MAX:
+                raise SqlLimitExceededError(
+                    f"query result too big: over {RESULT_BYTES_MAX} bytes (RESULT_BYTES_MAX)",
+                    index,
+                )
+            results.append(result)
+        return results
 
     def _run(
         self,
@@ -563,6 +716,8 @@ class Database:
         execution: _Execution,
         statement: sql_pb2.SqlStatement,
         recorder: _StepRecorder | None,
+        index: int,
+        deadline: float,
     ) -> sql_pb2.SqlResult:
         started = time.perf_counter()
         params = [to_python(value) for value in statement.params]
@@ -586,24 +741,33 @@ class Database:
 
         cursor.exec_trace = trace
         changes_before = connection.total_changes()
-        deadline = time.monotonic() + QUERY_SECONDS_MAX
         # A statement that runs away (a recursive CTE without a bound) is interrupted.
         connection.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
         try:
             for row in cursor.execute(statement.sql, params):
                 rows.append(row)
         except apsw.InterruptError:
-            raise SqlError(
-                f"the query ran longer than {QUERY_SECONDS_MAX:g} s (QUERY_SECONDS_MAX)"
+            raise SqlLimitExceededError(
+                f"the query ran longer than {QUERY_SECONDS_MAX:g} s (QUERY_SECONDS_MAX): "
+                "SQLITE_INTERRUPT",
+                index,
+            ) from None
+        except apsw.FullError:
+            raise SqlLimitExceededError(
+                f"database or disk is full: a database holds at most {self.database_bytes_max} "
+                "bytes (DATABASE_BYTES_MAX): SQLITE_FULL",
+                index,
             ) from None
         except apsw.AuthError:
             if execution.wrote:
                 raise WriteNeeded() from None
-            raise SqlError(f"not authorized: {execution.refused or 'statement refused'}") from None
+            raise SqlError(
+                f"not authorized: {execution.refused or 'statement refused'}", index
+            ) from None
         except apsw.BindingsError as error:
-            raise SqlError(f"wrong number of bound parameters: {error}") from None
+            raise SqlError(f"wrong number of bound parameters: {error}", index) from None
         except apsw.Error as error:
-            raise SqlError(_describe(error)) from None
+            raise SqlError(_describe(error), index) from None
         finally:
             connection.set_progress_handler(None)
             cursor.close()
@@ -652,9 +816,15 @@ class Database:
 class _StepRecorder:
     """Cuts a write transaction into steps: a changeset, then each schema statement alone."""
 
-    def __init__(self, connection: apsw.Connection, execution: _Execution) -> None:
+    def __init__(
+        self,
+        connection: apsw.Connection,
+        execution: _Execution,
+        unlimited: Callable[[], contextlib.AbstractContextManager[None]],
+    ) -> None:
         self.connection = connection
         self.execution = execution
+        self.unlimited = unlimited
         self.steps: list[sql_pb2.SqlStep] = []
         self.ddl_seen = False
         self._session: apsw.Session | None = None
@@ -674,8 +844,9 @@ class _StepRecorder:
             return
         self.execution.internal = True
         try:
-            if not session.is_empty:
-                self.steps.append(sql_pb2.SqlStep(changeset=session.changeset()))
+            with self.unlimited():
+                if not session.is_empty:
+                    self.steps.append(sql_pb2.SqlStep(changeset=session.changeset()))
         finally:
             self.execution.internal = False
         session.close()
@@ -719,12 +890,29 @@ def _restore_sequences(connection: apsw.Connection, sequences: sql_pb2.SqlSequen
         connection.execute("INSERT INTO sqlite_sequence(name, seq) VALUES (?, ?)", (name, value))
 
 
+# SQLite's messages for its run-time limits, and the limit of ours each one is.
+_LIMIT_MESSAGES = (
+    ("too many columns", f"COLUMNS_PER_TABLE_MAX: {COLUMNS_PER_TABLE_MAX}"),
+    ("string or blob too big", f"VALUE_BYTES_MAX: {VALUE_BYTES_MAX} bytes"),
+    ("too many arguments on function", f"FUNCTION_ARGS_MAX: {FUNCTION_ARGS_MAX}"),
+    ("LIKE or GLOB pattern too complex", f"LIKE_PATTERN_BYTES_MAX: {LIKE_PATTERN_BYTES_MAX}"),
+    ("variable number must be between", f"PARAMS_PER_STATEMENT_MAX: {PARAMS_PER_STATEMENT_MAX}"),
+    ("too many SQL variables", f"PARAMS_PER_STATEMENT_MAX: {PARAMS_PER_STATEMENT_MAX}"),
+    ("statement too long", f"SQL_BYTES_MAX: {SQL_BYTES_MAX} bytes"),
+)
+
+
 def _describe(error: apsw.Error) -> str:
-    """SQLite's message and result code, as D1 words its errors ("...: SQLITE_ERROR")."""
+    """SQLite's message and result code, as D1 words its errors ("...: SQLITE_ERROR"); a
+    limit's message also names our limit ("too many columns on t (COLUMNS_PER_TABLE_MAX:
+    100): SQLITE_ERROR")."""
     message = str(error)
     # Some apsw errors start with their class name ("SQLError: no such table: x").
     message = message.removeprefix(f"{type(error).__name__}: ")
     code = apsw.mapping_result_codes.get(getattr(error, "result", -1), "SQLITE_ERROR")
+    for phrase, limit in _LIMIT_MESSAGES:
+        if message.startswith(phrase):
+            return f"{message} ({limit}): {code}"
     return f"{message}: {code}"
 
 
@@ -767,9 +955,16 @@ def _dump_lines(connection: apsw.Connection) -> Iterator[str]:
 class Databases:
     """The databases of one node, one file each under `directory`."""
 
-    def __init__(self, directory: Path, *, primary: bool) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        primary: bool,
+        database_bytes_max: int = DATABASE_BYTES_MAX_DEFAULT,
+    ) -> None:
         self.directory = directory
         self.primary = primary
+        self.database_bytes_max = database_bytes_max
         directory.mkdir(parents=True, exist_ok=True)
         self._open: dict[str, Database] = {}
 
@@ -781,7 +976,9 @@ class Databases:
 
     def create(self, name: str) -> Database:
         if name not in self._open:
-            self._open[name] = Database(self.path(name), primary=self.primary)
+            self._open[name] = Database(
+                self.path(name), primary=self.primary, database_bytes_max=self.database_bytes_max
+            )
         return self._open[name]
 
     def get(self, name: str) -> Database:

@@ -77,6 +77,8 @@ DEFAULT_INTRA_SITE_RTT_MS = 1.0
 # (`ctx.acceptWebSocket`) after about 10 s: it leaves memory, its sockets stay open, and
 # the next event constructs the class again.
 DEFAULT_HIBERNATE_AFTER_S = 10.0
+# D1's "Maximum database size" (Workers Paid): a SQL database at the origin grows no larger.
+DEFAULT_SQL_DATABASE_BYTES_MAX = 10_000_000_000
 
 
 def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -126,6 +128,9 @@ class Topology:
     # An object whose only connections are hibernatable WebSockets leaves memory after
     # this long without an event, as on Cloudflare (0: objects never hibernate).
     hibernate_after_s: float = DEFAULT_HIBERNATE_AFTER_S
+    # The largest a SQL database may grow at the origin (a write past it is refused with
+    # RESOURCE_EXHAUSTED and changes nothing).
+    sql_database_bytes_max: int = DEFAULT_SQL_DATABASE_BYTES_MAX
 
     def region(self, name: str) -> Region:
         for region in self.regions:

@@ -26,6 +26,7 @@ from edgepop.configmodel import StrictModel, fullmatch
 from edgepop.topology import (
     DEFAULT_HIBERNATE_AFTER_S,
     DEFAULT_REGIONS,
+    DEFAULT_SQL_DATABASE_BYTES_MAX,
     KV_MODE_CLOUDFLARE,
     POP_NODES_PER_REGION_MAX,
     NodeSpec,
@@ -96,6 +97,12 @@ class ObjectsEntry(StrictModel):
     hibernate_after_s: NonNegative = DEFAULT_HIBERNATE_AFTER_S
 
 
+class SqlEntry(StrictModel):
+    # The largest a SQL database may grow at the origin, in bytes (D1's: 10 GB). At least
+    # one page (64 KiB covers any page size).
+    database_bytes_max: Annotated[int, Field(ge=65_536)] = DEFAULT_SQL_DATABASE_BYTES_MAX
+
+
 class TopologyFile(StrictModel):
     origin_region: str | None = None
     intra_site_rtt_ms: NonNegative | None = None
@@ -105,6 +112,7 @@ class TopologyFile(StrictModel):
     nodes: list[NodeEntry] | None = None
     kv_namespaces: dict[NonEmpty, KvNamespaceEntry] | None = None
     objects: ObjectsEntry = Field(default_factory=ObjectsEntry)
+    sql: SqlEntry = Field(default_factory=SqlEntry)
 
 
 def read(located: Located) -> Topology:
@@ -199,6 +207,7 @@ def build(parsed: TopologyFile, located: Located) -> Topology:
         nodes=nodes,
         kv_cached_namespaces=cached,
         hibernate_after_s=parsed.objects.hibernate_after_s,
+        sql_database_bytes_max=parsed.sql.database_bytes_max,
     )
     if not topology.pop_regions():
         raise TopologyError(located.at(("regions",), "at least one region needs pop_nodes >= 1"))

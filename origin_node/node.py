@@ -65,6 +65,7 @@ class OriginNode(Node):
             self.committer,
             self.name,
             self.region,
+            self.config.topology.sql_database_bytes_max,
         )
         self.sql.recover()
         self.stream = ReplicationStream(

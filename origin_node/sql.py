@@ -59,19 +59,34 @@ def _run_group(
     database: sqldb.Database, writes: list[_PendingWrite]
 ) -> list[sqldb.WriteResult | Exception]:
     """On the write thread: every write of a group in one open transaction; a write whose
-    statement fails is rolled back alone and answers its error."""
-    database.begin()
-    outcomes: list[sqldb.WriteResult | Exception] = []
-    try:
-        for write in writes:
-            try:
-                outcomes.append(database.run(write.statements))
-            except SqlError as error:
-                outcomes.append(error)
-    except BaseException:
-        database.rollback()
-        raise
-    return outcomes
+    statement fails is rolled back alone and answers its error.
+
+    Some failures take the whole transaction with them (SQLite rolls it back on an
+    SQLITE_FULL or an interrupted write): the group then runs again without the writes
+    that failed. Nothing of it is logged yet, so running a write again is safe; each
+    round drops at least one write, so this ends.
+    """
+    failed: dict[int, Exception] = {}
+    while True:
+        database.begin()
+        outcomes: list[sqldb.WriteResult | Exception] = []
+        try:
+            for index, write in enumerate(writes):
+                if index in failed:
+                    outcomes.append(failed[index])
+                    continue
+                try:
+                    outcomes.append(database.run(write.statements))
+                except SqlError as error:
+                    failed[index] = error
+                    outcomes.append(error)
+                    if not database.in_write:
+                        break
+        except BaseException:
+            database.rollback()
+            raise
+        if database.in_write:
+            return outcomes
 
 
 class SqlPrimaries:
@@ -83,8 +98,11 @@ class SqlPrimaries:
         committer: Committer,
         node: str,
         region: str,
+        database_bytes_max: int = sqldb.DATABASE_BYTES_MAX_DEFAULT,
     ) -> None:
-        self.databases = sqldb.Databases(directory, primary=True)
+        self.databases = sqldb.Databases(
+            directory, primary=True, database_bytes_max=database_bytes_max
+        )
         self.storage = storage
         self.log = log_
         self.committer = committer

@@ -227,11 +227,17 @@ def test_a_pop_behind_the_log_gets_its_databases_in_the_snapshot(
 
     poll_until(lambda: caught_up("snap-a"), timeout=10, what="the replica")
     cluster.stop(pop)
-    # More than the log keeps, to both databases, with a schema change and a large row.
+    # More than the log keeps, to both databases, with a schema change and large rows (3 MB
+    # in all, so the image comes in several pieces; a row is at most 2 MB, D1's limit).
     send(cluster, "snap-b", ["CREATE TABLE big (v BLOB)"], "b0")
     for index in range(30):
         send(cluster, "snap-a", [f"INSERT INTO t (v) VALUES ('w{index}')"], f"a-{index}")
-    send(cluster, "snap-b", ["INSERT INTO big VALUES (randomblob(3000000))"], "b1")
+    send(
+        cluster,
+        "snap-b",
+        ["INSERT INTO big VALUES (randomblob(1500000)), (randomblob(1500000))"],
+        "b1",
+    )
     send(cluster, "snap-a", ["ALTER TABLE t ADD COLUMN extra DEFAULT 7"], "a2")
     cluster.start(pop)
     for database in ("snap-a", "snap-b"):

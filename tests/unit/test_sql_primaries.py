@@ -23,14 +23,22 @@ T = TypeVar("T")
 class Origin:
     """The origin's storage, log, committer and SQL primaries, as OriginNode wires them."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self, directory: Path, database_bytes_max: int = sqldb.DATABASE_BYTES_MAX_DEFAULT
+    ) -> None:
         self.storage = Storage(directory / "lmdb", 64 * 1024**2)
         self.log = WriteLog(KvStore(self.storage, track_expiry=True))
         self.committer = Committer(
             self.storage, self.log, OriginMetrics("origin", "us-east-1"), lambda _h, _f: None
         )
         self.sql = SqlPrimaries(
-            directory / "sql", self.storage, self.log, self.committer, "origin", "us-east-1"
+            directory / "sql",
+            self.storage,
+            self.log,
+            self.committer,
+            "origin",
+            "us-east-1",
+            database_bytes_max,
         )
         self.sql.recover()
 

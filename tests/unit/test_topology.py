@@ -521,6 +521,19 @@ def test_bad_kv_namespace_modes_name_the_field(raw: dict[str, Any], names: str) 
         parse_topology(raw)
 
 
+def test_sql_databases_grow_to_d1s_10_gb_unless_the_topology_says_otherwise() -> None:
+    assert parse_topology({}).sql_database_bytes_max == 10_000_000_000
+    sized = parse_topology({"sql": {"database_bytes_max": 4_000_000}})
+    assert sized.sql_database_bytes_max == 4_000_000
+    for bad, names in (
+        ({"database_bytes_max": 100}, r"sql\.database_bytes_max: "),
+        ({"database_bytes_max": "big"}, r"sql\.database_bytes_max: "),
+        ({"max_size": 5}, r"sql\.max_size: unknown field"),
+    ):
+        with pytest.raises(TopologyError, match=names):
+            parse_topology({"sql": bad})
+
+
 def test_objects_hibernate_after_ten_seconds_unless_the_topology_says_otherwise() -> None:
     assert parse_topology({}).hibernate_after_s == DEFAULT_HIBERNATE_AFTER_S == 10.0
     assert parse_topology({"objects": {"hibernate_after_s": 1.5}}).hibernate_after_s == 1.5
