@@ -222,6 +222,29 @@ class JsDict(dict[str, Any]):
             raise AttributeError(name) from None
 
 
+class JsException(Exception):
+    """An error thrown by JavaScript, as Pyodide raises it in a Python Worker on Cloudflare
+    (`pyodide.ffi.JsException`): `name` (the JS error's class) and `message`.
+
+    edgepop has no JavaScript; its bindings raise subclasses of this where Cloudflare's
+    would throw a JS error, so `except JsException` catches the same failures in both.
+    Unlike Pyodide, whose `str()` puts the name first ("Error: D1_ERROR: ..."), `str()`
+    is the message alone: code that matches on a message's prefix finds it at the start.
+    """
+
+    name = "Error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class D1Error(JsException):
+    """A D1 binding's error: the message starts with D1's prefix (D1_ERROR, D1_TYPE_ERROR,
+    D1_COLUMN_NOTFOUND, D1_EXEC_ERROR), SQLite's failures end with their result code
+    ("D1_ERROR: no such table: foo: SQLITE_ERROR"), as on Cloudflare."""
+
+
 class KvConflictError(Exception):
     """A compare-and-set put (`put(..., only_if_seq=N)`) lost: the key moved on since
     version N was read, and nothing was written."""
@@ -338,6 +361,8 @@ class ExecutionContext:
     def __init__(self) -> None:
         self.pending: list[Awaitable[Any]] = []
         self.props: dict[str, Any] = {}
+        # D1 queries this invocation has made (D1 allows 1,000 per invocation).
+        self.d1_queries = 0
 
     def wait_until(self, work: Awaitable[Any]) -> None:
         self.pending.append(work)

@@ -7,6 +7,12 @@ starts at the primary, `withSession(bookmark)` at any copy at least that new, an
 later query of the session carries the newest bookmark seen (sequential consistency).
 Writes always go to the primary. Results are D1's: `results` (rows as dicts), `success`
 and `meta` (served_by_region, served_by_primary, rows_read, ... and the bookmark).
+
+Errors are D1's too: every failure is a `D1Error` (a `JsException`, as a JS error is in
+a Python Worker on Cloudflare) whose message starts with D1's prefix: `D1_TYPE_ERROR` for
+a value `bind` cannot take, `D1_COLUMN_NOTFOUND` for `first(column)` of a missing column,
+`D1_EXEC_ERROR: Error in line N: ...` for `exec`, `D1_ERROR: ...` for the rest (SQLite's
+failures end with their result code: "D1_ERROR: no such table: foo: SQLITE_ERROR").
 """
 
 from __future__ import annotations
@@ -16,7 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 from edge.v1 import sql_pb2
 from edgepop import sqldb
-from edgepop.worker_api import JsDict
+from edgepop.errors import (
+    D1_COLUMN_NOTFOUND,
+    D1_ERROR,
+    D1_EXEC_ERROR,
+    EdgeError,
+    d1_message,
+    statement_index_of,
+)
+from edgepop.worker_api import D1Error, JsDict, current_context
 
 if TYPE_CHECKING:
     from pop_node.sql import SqlReplicas
@@ -72,21 +86,34 @@ class _Session:
         self.mode = sql_pb2.SQL_SESSION_BOOKMARK
 
 
+def _bound(values: Sequence[Any]) -> list[sql_pb2.SqlValue]:
+    """Values for `bind`; one SQLite cannot store is D1's D1_TYPE_ERROR, raised at once."""
+    try:
+        return [sqldb.to_value(value) for value in values]
+    except EdgeError as error:
+        raise D1Error(d1_message(error.message)) from None
+
+
 class D1PreparedStatement:
     """`db.prepare(sql)`; `bind(...)` returns a new statement with the values bound."""
 
-    def __init__(self, database: _Queries, sql: str, params: tuple[Any, ...] = ()) -> None:
+    def __init__(
+        self,
+        database: _Queries,
+        sql: str,
+        params: tuple[Any, ...] = (),
+        values: Sequence[sql_pb2.SqlValue] = (),
+    ) -> None:
         self._database = database
         self.sql = sql
         self.params = params
+        self._values = values
 
     def bind(self, *values: Any) -> D1PreparedStatement:
-        return D1PreparedStatement(self._database, self.sql, values)
+        return D1PreparedStatement(self._database, self.sql, values, _bound(values))
 
     def _statement(self) -> sql_pb2.SqlStatement:
-        return sql_pb2.SqlStatement(
-            sql=self.sql, params=[sqldb.to_value(value) for value in self.params]
-        )
+        return sql_pb2.SqlStatement(sql=self.sql, params=self._values)
 
     async def all(self) -> D1Result:
         return (await self._database.run_batch([self]))[0]
@@ -102,7 +129,7 @@ class D1PreparedStatement:
         if column is None:
             return rows[0]
         if column not in rows[0]:
-            raise ValueError(f"D1_COLUMN_NOTFOUND: column {column!r} not in the result")
+            raise D1Error(f"{D1_COLUMN_NOTFOUND}: Column not found ({column})")
         return rows[0][column]
 
     async def raw(
@@ -130,14 +157,22 @@ class _Queries:
     async def batch(self, statements: Sequence[D1PreparedStatement]) -> list[D1Result]:
         """Run statements as one transaction: all commit, or none (D1's batch)."""
         if not statements:
-            raise ValueError("batch: no statement")
+            raise D1Error(f"{D1_ERROR}: batch: no statement")
         return await self.run_batch(list(statements))
 
     async def _query(self, statements: Sequence[D1PreparedStatement]) -> sql_pb2.SqlQueryResponse:
+        """One query (a statement or a batch): counted against the invocation's limit, and
+        any failure raised as D1Error."""
+        _count_query()
         request = self._session.request(
             self._database, [statement._statement() for statement in statements]
         )
-        response = await self._sql.query(request, None)
+        try:
+            response = await self._sql.query(request, None)
+        except EdgeError as error:
+            raise _D1QueryError(
+                d1_message(error.message), statement_index_of(error.reason)
+            ) from None
         self._session.saw(response.bookmark)
         return response
 
@@ -148,6 +183,38 @@ class _Queries:
     async def run_raw(self, statement: D1PreparedStatement) -> sql_pb2.SqlResult:
         response = await self._query([statement])
         return response.results[0]
+
+
+class _D1QueryError(D1Error):
+    """A failed query, remembering which statement failed (for exec's "line N")."""
+
+    def __init__(self, message: str, statement_index: int | None) -> None:
+        super().__init__(message)
+        self.statement_index = statement_index
+
+
+def _count_query() -> None:
+    """One more D1 query for the invocation being handled; past D1's limit, a D1Error
+    (the query is not sent). Outside an invocation nothing is counted."""
+    context = current_context()
+    if context is None:
+        return
+    if context.d1_queries >= sqldb.QUERIES_PER_INVOCATION_MAX:
+        raise D1Error(
+            f"{D1_ERROR}: Too many API requests by single worker invocation: at most "
+            f"{sqldb.QUERIES_PER_INVOCATION_MAX} D1 queries (QUERIES_PER_INVOCATION_MAX)"
+        )
+    context.d1_queries += 1
+
+
+def _exec_message(error: _D1QueryError, statements: Sequence[str]) -> str:
+    """D1's wording of an `exec` failure: "D1_EXEC_ERROR: Error in line N: SQL: cause"."""
+    cause = error.message.removeprefix(f"{D1_ERROR}: ")
+    index = error.statement_index
+    if index is None or not 0 <= index < len(statements):
+        return f"{D1_EXEC_ERROR}: {cause}"
+    sql = statements[index].rstrip(";").rstrip()
+    return f"{D1_EXEC_ERROR}: Error in line {index + 1}: {sql}: {cause}"
 
 
 class D1DatabaseSession(_Queries):
@@ -180,11 +247,16 @@ class D1Binding(_Queries):
     with_session = withSession
 
     async def exec(self, query: str) -> JsDict:
-        """Run SQL statements (no bound values) at the primary; `{count, duration}`."""
+        """Run SQL statements (no bound values) at the primary, as one transaction;
+        `{count, duration}`. A failure names its statement: "D1_EXEC_ERROR: Error in line
+        N: ..." (N counts statements, as D1's does when each is on its own line)."""
         statements = sqldb.split_statements(query)
         if not statements:
-            raise ValueError("exec: no SQL statement")
-        results = await self.run_batch([self.prepare(sql) for sql in statements])
+            raise D1Error(f"{D1_EXEC_ERROR}: no SQL statement")
+        try:
+            results = await self.run_batch([self.prepare(sql) for sql in statements])
+        except _D1QueryError as error:
+            raise D1Error(_exec_message(error, statements)) from None
         return JsDict(
             count=len(results), duration=sum(result["meta"]["duration"] for result in results)
         )

@@ -5,15 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+# Raised where a Cloudflare binding would throw a JS error (a D1 query's D1Error).
+from edgepop.worker_api import JsException
+
 T = TypeVar("T")
 
 
 class JsProxy:
     """The type of a JavaScript object in Pyodide; no value is one here."""
-
-
-class JsException(Exception):
-    """An error thrown by JavaScript; raised by nothing here, caught by worker code."""
 
 
 def to_js(value: T, **options: Any) -> T:
