@@ -101,16 +101,24 @@ StatusResponse = pop_pb2.PopStatusResponse | origin_pb2.OriginStatusResponse
 class CliError(Exception):
     """A failure to report as `error: CODE: details` (CODE is a gRPC status name)."""
 
-    def __init__(self, code: str, details: str) -> None:
+    def __init__(self, code: str, details: str, *, message: str = "", where: str = "") -> None:
         super().__init__(f"{code}: {details}")
         self.code = code
         self.details = details
+        # A node's status: its message as sent, and the node that sent it.
+        self.message = message or details
+        self.where = where
 
     @classmethod
     def from_rpc(cls, error: grpc.RpcError, where: str = "") -> CliError:
         code = error.code().name if callable(getattr(error, "code", None)) else "UNKNOWN"
         details = error.details() if callable(getattr(error, "details", None)) else str(error)
-        return cls(code, f"{details} ({where})" if where else str(details))
+        return cls(
+            code,
+            f"{details} ({where})" if where else str(details),
+            message=str(details),
+            where=where,
+        )
 
 
 def role_name(role: cp_pb2.Role.ValueType) -> str:

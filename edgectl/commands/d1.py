@@ -4,7 +4,8 @@
 from its replica when the session allows (`--first-unconstrained`, `--bookmark B`) and
 from the primary at the origin otherwise (outside a session, `--first-primary`, and every
 write). `--json` prints D1's result shape: one `{results, success, meta}` per statement,
-the session's bookmark in `meta.bookmark`.
+the session's bookmark in `meta.bookmark`; a failure prints wrangler's error shape
+(`{"error": {"text": "D1_ERROR: ...", ...}}`) and exits 1.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from edge.v1 import sql_pb2
 from edgectl import views
 from edgectl.client import CliError, EdgeClient
 from edgepop import sqldb
+from edgepop.errors import d1_message
 
 if TYPE_CHECKING:
     from edgectl.cli import CommandSet
@@ -226,7 +228,34 @@ def _session(args: argparse.Namespace) -> sql_pb2.SqlSession.ValueType:
     return sql_pb2.SQL_SESSION_UNSPECIFIED
 
 
+def d1_error_json(error: CliError) -> dict[str, Any]:
+    """A failure as `wrangler d1 execute --json` prints one: `{"error": {text, notes, kind,
+    name, code}}`, the text D1's message. `code` is the gRPC status name (wrangler's is
+    Cloudflare's API code, which edgepop does not have)."""
+    notes = [{"text": f"{error.code} from {error.where}"}] if error.where else []
+    return {
+        "error": {
+            "text": d1_message(error.message),
+            "notes": notes,
+            "kind": "error",
+            "name": "D1Error",
+            "code": error.code,
+        }
+    }
+
+
 def cmd_execute(args: argparse.Namespace) -> int:
+    try:
+        return _execute(args)
+    except CliError as error:
+        if not args.json:
+            raise
+        views.print_json(d1_error_json(error))
+        views.error(f"{error.code}: {error.details}")
+        return 1
+
+
+def _execute(args: argparse.Namespace) -> int:
     if args.file is not None:
         try:
             text = args.file.read_text()
