@@ -148,6 +148,34 @@ def test_concurrent_writes_commit_in_groups_and_a_failing_one_alone(tmp_path: Pa
         origin.close()
 
 
+def test_a_retry_queued_beside_its_first_attempt_runs_once(tmp_path: Path) -> None:
+    origin = Origin(tmp_path)
+
+    async def scenario() -> list[sql_pb2.SqlQueryResponse]:
+        await origin.sql.create("db")
+        await _query(origin, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        # Enough writes that they spread over groups in flight on the write thread; the
+        # same request id three times, in the same group and in later ones.
+        writes = [
+            _query(
+                origin,
+                f"INSERT INTO t (v) VALUES ('{n}')",
+                request_id="again" if n in (1, 2, 30) else "",
+            )
+            for n in range(40)
+        ]
+        return await asyncio.gather(*writes)
+
+    try:
+        answers = asyncio.run(_with_committer(origin, scenario()))
+        assert answers[1].bookmark == answers[2].bookmark == answers[30].bookmark
+        text, _ = _dump(origin)
+        assert text.count("\n(") == 38  # 40 writes, two of them retries of write 1
+        assert "'1'" in text and "'2'" not in text and "'30'" not in text
+    finally:
+        origin.close()
+
+
 def test_a_logged_group_missing_from_sqlite_is_replayed_whole(tmp_path: Path) -> None:
     origin = Origin(tmp_path)
 
