@@ -33,7 +33,7 @@ import grpc
 import lmdb
 from aiohttp import web
 
-from bench.bare_http import ChildServer, serve_until_stopped
+from bench.bare_http import ChildServer, serve_handlers
 from edge.v1 import kv_pb2, objects_pb2, origin_pb2_grpc, pop_pb2_grpc, sql_pb2
 
 MAP_BYTES = 64 * 1024 * 1024
@@ -140,15 +140,12 @@ class CfHandlers:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    args.lmdb.mkdir(parents=True, exist_ok=True)
-    env = lmdb.open(str(args.lmdb), map_size=MAP_BYTES, max_dbs=1)
-    handlers = CfHandlers(env, args.origin_grpc, args.pop_grpc)
-    await handlers.open()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handlers.handle)
-    await serve_until_stopped(app, args.host, args.port)
-    await handlers.close()
-    env.close()
+    await serve_handlers(
+        args.lmdb,
+        args.host,
+        args.port,
+        lambda env: CfHandlers(env, args.origin_grpc, args.pop_grpc),
+    )
 
 
 class BareCfServer(ChildServer):

@@ -15,7 +15,9 @@ import asyncio
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 import lmdb
 from aiohttp import web
@@ -52,6 +54,33 @@ async def serve_until_stopped(app: web.Application, host: str, port: int) -> Non
         loop.add_signal_handler(signum, stopped.set)
     await stopped.wait()
     await runner.cleanup()
+
+
+class BareHandlers(Protocol):
+    """A bare server's request handling over an LMDB file and its gRPC channels."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def handle(self, request: web.Request) -> web.Response: ...
+
+
+async def serve_handlers(
+    directory: Path, host: str, port: int, make: Callable[[Any], BareHandlers]
+) -> None:
+    """Open the LMDB file in `directory`, serve every path with `make(env).handle` until
+    stopped (`serve_until_stopped`), then close both."""
+    env = lmdb.open(str(directory), map_size=MAP_BYTES, max_dbs=1)
+    handlers = make(env)
+    await handlers.open()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handlers.handle)
+    try:
+        await serve_until_stopped(app, host, port)
+    finally:
+        await handlers.close()
+        env.close()
 
 
 async def serve(host: str, port: int, directory: Path, value: bytes) -> None:

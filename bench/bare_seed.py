@@ -45,7 +45,7 @@ import lmdb
 from aiohttp import web
 from multidict import CIMultiDict
 
-from bench.bare_http import ChildServer, serve_until_stopped
+from bench.bare_http import ChildServer, serve_handlers
 from edge.v1 import objects_pb2, pop_pb2_grpc
 
 SEED_DIR = Path(__file__).resolve().parents[1] / "workers"
@@ -357,15 +357,12 @@ class SeedHandlers:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    args.lmdb.mkdir(parents=True, exist_ok=True)
-    env = lmdb.open(str(args.lmdb), map_size=MAP_BYTES, max_dbs=1)
-    handlers = SeedHandlers(env, args.origin, args.pop_grpc, json.loads(args.cf_json))
-    await handlers.open()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handlers.handle)
-    await serve_until_stopped(app, args.host, args.port)
-    await handlers.close()
-    env.close()
+    await serve_handlers(
+        args.lmdb,
+        args.host,
+        args.port,
+        lambda env: SeedHandlers(env, args.origin, args.pop_grpc, json.loads(args.cf_json)),
+    )
 
 
 class BareSeedServer(ChildServer):
