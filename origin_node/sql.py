@@ -296,15 +296,15 @@ class SqlPrimaries:
                     answers[index] = ([sql_pb2.SqlResult() for _ in write.statements], first_seq)
         # A retry queued beside its first attempt (the client gave up waiting, the write
         # had not run yet) is answered as the first attempt once it commits.
-        first_attempt: dict[str, int] = {}
+        first_sent: dict[str, int] = {}
         retries: dict[int, int] = {}
         for index, write in enumerate(group):
             if index in answers or not write.request_id:
                 continue
-            if write.request_id in first_attempt:
-                retries[index] = first_attempt[write.request_id]
+            if write.request_id in first_sent:
+                retries[index] = first_sent[write.request_id]
             else:
-                first_attempt[write.request_id] = index
+                first_sent[write.request_id] = index
         fresh = [
             index for index in range(len(group)) if index not in answers and index not in retries
         ]
