@@ -9,7 +9,6 @@ one per transaction so that one oversized write does not fail the others.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -45,24 +44,6 @@ class Committer:
         await self._queue.put((request, future))
         return await future
 
-    def commit_blocking(
-        self, request: WriteRequest, loop: asyncio.AbstractEventLoop
-    ) -> WriteRequest:
-        """Commit one request now, on the calling thread, blocking through the fsync; for a
-        caller that owns a thread (the SQL write thread, between running a group and
-        committing it to SQLite: three hops through the loop become one). LMDB serialises
-        this transaction with the writer thread's, taking its lock without the GIL.
-        `on_commit` runs on `loop`, as for every other commit."""
-        started = time.perf_counter()
-        head, first = self.storage.write_sync(self._work([request]))
-        self._observe([request], started)
-        # A commit racing with the origin's close: nobody is left to wake.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self.on_commit, head, first)
-        if request.error is not None:
-            raise request.error
-        return request
-
     async def run(self) -> None:
         while True:
             batch = [await self._queue.get()]
@@ -86,7 +67,9 @@ class Committer:
         except Exception as error:
             _fail(batch, error)
             return
-        self._observe(requests, started)
+        self.metrics.kv_commits.inc()
+        self.metrics.kv_commit_entries.observe(sum(len(r.entries) for r in requests))
+        self.metrics.kv_commit_duration.observe(time.perf_counter() - started)
         self.on_commit(head, first)
         for request, future in batch:
             if future.done():
@@ -95,11 +78,6 @@ class Committer:
                 future.set_exception(request.error)  # refused alone; the batch committed
             else:
                 future.set_result(request)
-
-    def _observe(self, requests: list[WriteRequest], started: float) -> None:
-        self.metrics.kv_commits.inc()
-        self.metrics.kv_commit_entries.observe(sum(len(r.entries) for r in requests))
-        self.metrics.kv_commit_duration.observe(time.perf_counter() - started)
 
     def _work(self, requests: list[WriteRequest]) -> Callable[[Any], tuple[int, int]]:
         def work(txn: Any) -> tuple[int, int]:

@@ -110,10 +110,8 @@ class OriginNode(Node):
         self.storage.close()
 
     def _on_commit(self, head: int, first: int) -> None:
-        # A commit made on the SQL write thread is reported through the loop, possibly
-        # after a later one: the exported head never goes back.
         self.head.advance(head)
-        self._export_positions(self.head.head_seq, first)
+        self._export_positions(head, first)
 
     def _export_positions(self, head: int, first: int) -> None:
         self.metrics.kv_origin_head_seq.set(head)

@@ -2,17 +2,17 @@
 
 Writes to a database are committed in groups (as the KV committer does): the writes
 queued while a group commits all go into the next one. A group runs in one SQLite
-transaction that stays open while its steps are logged (durable, one entry and seq per
-write: one log commit, made on the write thread), and commits after: the database
+transaction that stays open while its steps go through the committer into the
+replication log (durable, one entry and seq per write), and commits after: the database
 records the last seq in the same SQLite transaction. So the log never lacks a write the
 primary holds; if the origin dies between the two commits, `recover` replays the group
-at start (a database's groups run one after another on the write thread, so only its
-last one can be missing). Each write is all or nothing on its own (a savepoint): one
-that fails leaves the others of its group. Reads run on their own connection (WAL): they
-never wait for a write.
+at start (a database's groups are serialised by its lock, so only its last one can be
+missing). Each write is all or nothing on its own (a savepoint): one that fails leaves
+the others of its group. Reads run on their own connection (WAL): they never wait for a
+write.
 
-SQLite calls run on two threads (one for writes, their log commit and replays, one for
-reads); the event loop only waits.
+SQLite calls run on two threads (one for writes and replays, one for reads); the event
+loop only waits.
 """
 
 from __future__ import annotations
@@ -41,8 +41,6 @@ T = TypeVar("T")
 IMAGE_PIECE_BYTES = 1024 * 1024
 # Writes to one database committed together at most (one SQLite and one log fsync).
 GROUP_WRITES_MAX = 64
-# Groups of one database handed to the write thread at once (see SqlPrimaries._drain).
-GROUPS_IN_FLIGHT_MAX = 2
 
 
 @dataclass
@@ -52,13 +50,25 @@ class _PendingWrite:
     future: asyncio.Future[tuple[list[sql_pb2.SqlResult], int]]
 
 
-# Each write of a group: its results (or its error), and its seq.
-_GroupDone = list[tuple[list[sql_pb2.SqlResult] | Exception, int]]
-
-
 def _resolve(write: _PendingWrite, results: list[sql_pb2.SqlResult], seq: int) -> None:
     if not write.future.done():
         write.future.set_result((results, seq))
+
+
+def _defer_retries(writes: list[_PendingWrite]) -> tuple[list[_PendingWrite], list[_PendingWrite]]:
+    """(the group, the writes it defers): a retry queued beside its first write (the
+    client gave up waiting before the write ran) waits for the next group, where the log
+    says whether the first committed. Run in the same group, both would apply. Pure."""
+    group: list[_PendingWrite] = []
+    deferred: list[_PendingWrite] = []
+    seen: set[str] = set()
+    for write in writes:
+        if write.request_id and write.request_id in seen:
+            deferred.append(write)
+        else:
+            seen.add(write.request_id)
+            group.append(write)
+    return group, deferred
 
 
 def _run_group(
@@ -238,134 +248,89 @@ class SqlPrimaries:
         return await future
 
     async def _drain(self, database: sqldb.Database) -> None:
-        """Commit a database's queued writes, a group at a time, until none are left.
-
-        Up to GROUPS_IN_FLIGHT_MAX groups wait on the write thread at once: it takes the
-        next group as soon as it has committed one, without waiting for the loop to
-        answer the first (groups still run one after another, in order, on that thread).
-        """
+        """Commit a database's queued writes, a group at a time, until none are left."""
         queue = self._queues[database.name]
-        loop = asyncio.get_running_loop()
-        in_flight: list[tuple[list[_PendingWrite], asyncio.Future[_GroupDone]]] = []
-        while queue or in_flight:
-            while queue and len(in_flight) < GROUPS_IN_FLIGHT_MAX:
-                group = queue[:GROUP_WRITES_MAX]
-                del queue[:GROUP_WRITES_MAX]
-                job = loop.run_in_executor(self._writes, self._commit_group, database, group, loop)
-                in_flight.append((group, job))
-            group, job = in_flight.pop(0)
-            try:
-                done = await job
-            except BaseException as error:
-                for write in group:
-                    if not write.future.done():
-                        write.future.set_exception(error)
-                if not isinstance(error, Exception):
-                    raise
-                continue
-            for write, (outcome, seq) in zip(group, done, strict=True):
-                if isinstance(outcome, Exception):
-                    if not write.future.done():
-                        write.future.set_exception(outcome)
-                else:
-                    _resolve(write, outcome, seq)
+        while queue:
+            group, deferred = _defer_retries(queue[:GROUP_WRITES_MAX])
+            del queue[:GROUP_WRITES_MAX]
+            async with self._lock(database.name):
+                try:
+                    await self._commit_group(database, group)
+                except BaseException as error:
+                    for write in group:
+                        if not write.future.done():
+                            write.future.set_exception(error)
+                    if not isinstance(error, Exception):
+                        raise
+            # Next: each finds its first write in the log, if that was logged.
+            queue[:0] = deferred
 
-    def _commit_group(
-        self,
-        database: sqldb.Database,
-        group: list[_PendingWrite],
-        loop: asyncio.AbstractEventLoop,
-    ) -> _GroupDone:
-        """On the write thread: one SQLite transaction, one log commit (with its fsync),
-        then one SQLite commit (the WAL's fsync) for every write of the group; each write
-        is all or nothing on its own (a savepoint). Each write's (results or error, seq).
-
-        All of it on this thread, one hop from the loop and back: the loop neither waits
-        on a fsync nor relays the group between threads. The order is the invariant: the
-        log holds a write before SQLite does. Groups of one database run here one after
-        another, so a write's retry is seen in the log by the time its group runs.
-        """
-        answers: dict[int, tuple[list[sql_pb2.SqlResult] | Exception, int]] = {}
+    async def _commit_group(self, database: sqldb.Database, group: list[_PendingWrite]) -> None:
+        """One SQLite transaction, one log commit (with fsync) and one SQLite commit for
+        every write of the group; each write is all or nothing on its own (a savepoint)."""
         with self.storage.read() as txn:
-            for index, write in enumerate(group):
+            fresh = []
+            for write in group:
                 first_seq = self.log.request_seq(txn, write.request_id)
-                if first_seq is not None:
-                    # A retry of a write the log holds: not run again (its statements
-                    # would apply twice, or fail on what they did the first time). Its rows
-                    # are not kept: it answers empty results and the first write's bookmark.
-                    answers[index] = ([sql_pb2.SqlResult() for _ in write.statements], first_seq)
-        # A retry queued beside its first attempt (the client gave up waiting, the write
-        # had not run yet) is answered as the first attempt once it commits.
-        first_sent: dict[str, int] = {}
-        retries: dict[int, int] = {}
-        for index, write in enumerate(group):
-            if index in answers or not write.request_id:
-                continue
-            if write.request_id in first_sent:
-                retries[index] = first_sent[write.request_id]
-            else:
-                first_sent[write.request_id] = index
-        fresh = [
-            index for index in range(len(group)) if index not in answers and index not in retries
-        ]
-        outcomes = _run_group(database, [group[index] for index in fresh]) if fresh else []
-        logged = [
-            (index, outcome)
-            for index, outcome in zip(fresh, outcomes, strict=True)
-            if not isinstance(outcome, Exception) and outcome.steps
-        ]
-        if logged:
-            changes = [
-                Change(
-                    kv_pb2.LOG_OP_SQL,
-                    database.name,
-                    sql=sql_pb2.SqlCommit(database=database.name, steps=outcome.steps),
-                    request_id=group[index].request_id,
-                )
-                for index, outcome in logged
-            ]
-            try:
-                # One request: its entries commit together (consecutive seqs) or not at all.
-                done = self.committer.commit_blocking(WriteRequest("", changes), loop)
-            except BaseException:
-                database.rollback()
-                raise
-            database.commit(done.entries[-1].seq)
-            for (index, outcome), entry in zip(logged, done.entries, strict=True):
-                answers[index] = (outcome.results, entry.seq)
-        elif fresh:
-            database.rollback()
-        for index, ran in zip(fresh, outcomes, strict=True):
-            if isinstance(ran, Exception):
-                answers[index] = (ran, 0)
-            elif index not in answers:
-                # Nothing changed (an UPDATE that matched no row): it saw the group's
-                # earlier writes, so it answers the group's last seq.
-                answers[index] = (ran.results, database.applied_seq)
-        for index, first in retries.items():
-            first_results, first_seq = answers[first]
-            answers[index] = (
-                first_results
-                if isinstance(first_results, Exception)
-                else [sql_pb2.SqlResult() for _ in group[index].statements],
-                first_seq,
+                if first_seq is None:
+                    fresh.append(write)
+                else:
+                    # A retry of a write the log holds: not run again (its statements would
+                    # apply twice, or fail on what they did the first time). Its rows are
+                    # not kept: it answers empty results and the first write's bookmark.
+                    _resolve(write, [sql_pb2.SqlResult() for _ in write.statements], first_seq)
+        if not fresh:
+            return
+        outcomes = await self._on(self._writes, lambda: _run_group(database, fresh))
+        logged: list[tuple[_PendingWrite, sqldb.WriteResult]] = []
+        unchanged: list[tuple[_PendingWrite, sqldb.WriteResult]] = []
+        for write, outcome in zip(fresh, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                write.future.set_exception(outcome)
+            elif outcome.steps:
+                logged.append((write, outcome))
+            else:  # nothing changed (an UPDATE that matched no row)
+                unchanged.append((write, outcome))
+        if not logged:
+            await self._on(self._writes, database.rollback)
+            for write, outcome in unchanged:
+                _resolve(write, outcome.results, database.applied_seq)
+            return
+        changes = [
+            Change(
+                kv_pb2.LOG_OP_SQL,
+                database.name,
+                sql=sql_pb2.SqlCommit(database=database.name, steps=outcome.steps),
+                request_id=write.request_id,
             )
-        return [answers[index] for index in range(len(group))]
+            for write, outcome in logged
+        ]
+        try:
+            # One request: its entries commit together (consecutive seqs) or not at all.
+            done = await self.committer.submit(WriteRequest("", changes))
+        except BaseException:
+            await self._on(self._writes, database.rollback)
+            raise
+        last_seq = done.entries[-1].seq
+        # On the loop: a COMMIT (one fsync of the WAL) blocks it for less than a hop to
+        # the write thread and back costs; the write thread is idle (we hold the lock).
+        database.commit(last_seq)
+        for (write, outcome), entry in zip(logged, done.entries, strict=True):
+            _resolve(write, outcome.results, entry.seq)
+        for write, outcome in unchanged:
+            _resolve(write, outcome.results, last_seq)  # it saw the group's earlier writes
 
     async def images(self) -> AsyncIterator[origin_pb2.SqlImagePiece]:
         """Every database as a whole SQLite file, in pieces (for a replica's snapshot).
 
-        Each is taken on the write thread, between two groups, so no commit is half done
-        (logged, not yet in SQLite), and under its database's lock, so no creation is: an
-        image holds every commit its database's log entries name up to the moment it is
-        taken.
+        Each is taken under its database's lock, so no commit is half done (logged, not
+        yet in SQLite): an image holds every commit its database's log entries name up to
+        the moment it is taken.
         """
         for info in self.catalog():
             async with self._lock(info.name):
                 database = self.databases.get(info.name)
-                # On the write thread, between groups: no commit is logged there and not
-                # yet in SQLite.
-                image = await self._on(self._writes, database.serialize)
+                image = await self._on(self._reads, database.serialize)
             for offset in range(0, max(1, len(image)), IMAGE_PIECE_BYTES):
                 piece = image[offset : offset + IMAGE_PIECE_BYTES]
                 yield origin_pb2.SqlImagePiece(
