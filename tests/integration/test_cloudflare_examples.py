@@ -10,8 +10,6 @@ worker's `NAME.workers.dev` Host header, as on Cloudflare's workers.dev subdomai
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -19,6 +17,7 @@ import pytest
 from edgectl.launcher import Cluster
 from tests.cf_examples import cf_example
 from tests.integration.cli import cluster_up, edgectl, origin_and_pops
+from tests.integration.workerclient import http_get
 
 pytestmark = pytest.mark.cluster
 
@@ -50,15 +49,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def get(cluster: Cluster, node: str, worker: str, path: str = "/") -> tuple[int, str]:
-    request = urllib.request.Request(
-        f"http://{cluster.node(node).http_address}{path}",
-        headers={"Host": f"{worker}.workers.dev"},
+    return http_get(
+        cluster.node(node).http_address, f"{worker}.workers.dev", path, timeout_s=HTTP_TIMEOUT_S
     )
-    try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as reply:
-            return reply.status, reply.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 def test_hello_answers_at_every_pop(cluster: Cluster) -> None:

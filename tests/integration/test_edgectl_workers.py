@@ -17,8 +17,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from edgectl.client import CliError
 from edgectl.launcher import Cluster, ClusterError
 from edgepop.bundle import bundle_version, read_bundle
 from tests.conftest import poll_until
+from tests.integration.workerclient import http_get
 
 pytestmark = pytest.mark.cluster
 
@@ -142,18 +141,6 @@ def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started]:
 @pytest.fixture
 def edge(started: Started, capsys: pytest.CaptureFixture[str]) -> Cli:
     return Cli(started.data_dir, capsys)
-
-
-def http_get(address: str, host: str, path: str = "/", **headers: str) -> tuple[int, str]:
-    """GET http://address/path with a Host header, as curl -H 'Host: …' does."""
-    request = urllib.request.Request(
-        f"http://{address}{path}", headers={"Host": host, **headers}, method="GET"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as reply:
-            return reply.status, reply.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 def served_everywhere(started: Started, host: str, body: str) -> bool:

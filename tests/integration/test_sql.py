@@ -31,6 +31,7 @@ from tests.integration.cli import (
     write_wrangler_worker,
 )
 from tests.integration.kvclient import auth, metric_value, origin_stub, pop_stub
+from tests.integration.workerclient import http_get
 
 pytestmark = pytest.mark.cluster
 
@@ -365,15 +366,8 @@ def test_edgectl_d1_execute_prints_d1s_result_shape(cluster: Cluster, tmp_path: 
 
 
 def shop(cluster: Cluster, node: str, path: str, bookmark: str = "") -> tuple[int, str]:
-    request = urllib.request.Request(
-        f"http://{cluster.node(node).http_address}{path}",
-        headers={"Host": SHOP_HOST, **({"x-d1-bookmark": bookmark} if bookmark else {})},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            return reply.status, reply.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
+    headers = {"x-d1-bookmark": bookmark} if bookmark else {}
+    return http_get(cluster.node(node).http_address, SHOP_HOST, path, **headers)
 
 
 def test_a_worker_uses_d1s_binding_api(cluster: Cluster) -> None:

@@ -11,8 +11,6 @@ why the shared cluster cannot serve); each test uses databases of its own.
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import grpc
@@ -23,6 +21,7 @@ from edgepop import sqldb
 from tests.conftest import poll_until
 from tests.integration.cli import cluster_up, edgectl, origin_and_pops, write_wrangler_worker
 from tests.integration.test_sql import dump, new_database, query, rows
+from tests.integration.workerclient import http_get
 
 pytestmark = pytest.mark.cluster
 
@@ -186,14 +185,7 @@ def test_a_database_stops_growing_at_its_size_and_serves_on(cluster: Cluster) ->
 
 
 def errors_worker(cluster: Cluster, path: str) -> tuple[int, str]:
-    request = urllib.request.Request(
-        f"http://{cluster.node('tokyo-1').http_address}{path}", headers={"Host": ERRORS_HOST}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as reply:
-            return reply.status, reply.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
+    return http_get(cluster.node("tokyo-1").http_address, ERRORS_HOST, path, timeout_s=30)
 
 
 def test_a_worker_sees_d1s_errors_with_d1s_prefixes(cluster: Cluster) -> None:

@@ -16,6 +16,7 @@ import socket
 import statistics
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -432,6 +433,21 @@ def origin_signing_key_pem(cluster: Cluster, algorithm: str) -> bytes:
 
 
 # -- metrics -------------------------------------------------------------------------------
+
+
+def http_get(
+    address: str, host: str, path: str = "/", *, timeout_s: float = 10.0, **headers: str
+) -> tuple[int, str]:
+    """GET http://address/path with a Host header, as curl -H 'Host: …' does: (status,
+    body), an HTTP error's too. A fresh connection (for a request's outcome, not timing)."""
+    request = urllib.request.Request(
+        f"http://{address}{path}", headers={"Host": host, **headers}, method="GET"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
 
 
 def metric_samples(address: str, name: str) -> list[tuple[dict[str, str], float]]:
