@@ -98,19 +98,14 @@ class D1PreparedStatement:
     """`db.prepare(sql)`; `bind(...)` returns a new statement with the values bound."""
 
     def __init__(
-        self,
-        database: _Queries,
-        sql: str,
-        params: tuple[Any, ...] = (),
-        values: Sequence[sql_pb2.SqlValue] = (),
+        self, database: _Queries, sql: str, values: Sequence[sql_pb2.SqlValue] = ()
     ) -> None:
         self._database = database
         self.sql = sql
-        self.params = params
         self._values = values
 
     def bind(self, *values: Any) -> D1PreparedStatement:
-        return D1PreparedStatement(self._database, self.sql, values, _bound(values))
+        return D1PreparedStatement(self._database, self.sql, _bound(values))
 
     def _statement(self) -> sql_pb2.SqlStatement:
         return sql_pb2.SqlStatement(sql=self.sql, params=self._values)
