@@ -105,27 +105,26 @@ class ObjectRouter:
             self.forget(namespace, object_id)
             fresh = True  # our cache was stale, or its node is gone: ask afresh
 
+        async def call_owner() -> objects_pb2.ObjectCallResponse:
+            nonlocal unreachable
+            try:
+                located = await self.locate(
+                    namespace, object_id, region, request.location_hint, fresh
+                )
+                if located.node == self.node_name:
+                    return await self._run_here(request, object_id, region, request_id)
+                return await self._forward(request, object_id, request_id, located, deadline)
+            except EdgeError as error:
+                if not isinstance(error, NotOwnerError):
+                    unreachable = error
+                raise
+
         try:
-            async for attempt in retry.relocating(deadline, relocatable, forget):
-                with attempt:
-                    try:
-                        located = await self.locate(
-                            namespace, object_id, region, request.location_hint, fresh
-                        )
-                        if located.node == self.node_name:
-                            return await self._run_here(request, object_id, region, request_id)
-                        return await self._forward(
-                            request, object_id, request_id, located, deadline
-                        )
-                    except EdgeError as error:
-                        if not isinstance(error, NotOwnerError):
-                            unreachable = error
-                        raise
+            return await retry.relocated(call_owner, deadline, relocatable, forget)
         except NotOwnerError:
             if unreachable is not None:
                 raise unreachable from None  # e.g. UNAVAILABLE saying why it cannot serve
             raise DeadlineError("deadline exceeded while finding the object's owner") from None
-        raise DeadlineError("deadline exceeded while finding the object's owner")
 
     async def _run_here(
         self,

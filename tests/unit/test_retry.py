@@ -159,6 +159,66 @@ def test_relocating_raises_what_it_must_not_retry_at_once() -> None:
     assert tries == 1
 
 
+def test_relocated_tries_and_waits_as_relocating_does() -> None:
+    """The first try outside the policy changes nothing a caller sees: the same tries,
+    the same waits, the same forgetting, the last error raised at the deadline."""
+
+    def run(deadline_s: float, use_relocated: bool) -> tuple[list[float], int]:
+        forgotten: list[int] = []
+        tries: list[float] = []
+
+        async def call() -> None:
+            tries.append(time.monotonic())
+            raise Moved()
+
+        async def scenario() -> None:
+            deadline = time.monotonic() + deadline_s
+            moved = lambda error: isinstance(error, Moved)  # noqa: E731
+            if use_relocated:
+                await retry.relocated(call, deadline, moved, lambda: forgotten.append(0))
+                return
+            async for attempt in retry.relocating(deadline, moved, lambda: forgotten.append(0)):
+                with attempt:
+                    await call()
+
+        with pytest.raises(Moved):
+            asyncio.run(scenario())
+        return [later - earlier for earlier, later in itertools.pairwise(tries)], len(forgotten)
+
+    for deadline_s in (0.03, 0.3, 0.9):
+        waits, forgets = run(deadline_s, use_relocated=True)
+        expected_waits, expected_forgets = run(deadline_s, use_relocated=False)
+        assert len(waits) == len(expected_waits) and forgets == expected_forgets
+        assert forgets == len(waits)
+        for index, waited in enumerate(waits):
+            backoff = retry.RELOCATE_BACKOFF_S[min(index, len(retry.RELOCATE_BACKOFF_S) - 1)]
+            assert backoff <= waited < 2 * backoff  # the next level would be twice as long
+    # 0.05 + 0.1 + 0.2 + 0.4 ends within 0.9 s: five tries; 0.03 s allows one.
+    assert len(run(0.9, use_relocated=True)[0]) == 4
+    assert run(0.03, use_relocated=True)[0] == []
+
+
+def test_relocated_builds_no_policy_for_a_first_try_that_answers_or_must_not_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_policy(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a policy was built")
+
+    monkeypatch.setattr(retry, "relocating", no_policy)
+    moved = lambda error: isinstance(error, Moved)  # noqa: E731
+
+    async def answers() -> int:
+        return 7
+
+    async def refuses() -> int:
+        raise ValueError("bad argument")
+
+    deadline = time.monotonic() + 5
+    assert asyncio.run(retry.relocated(answers, deadline, moved, lambda: None)) == 7
+    with pytest.raises(ValueError):
+        asyncio.run(retry.relocated(refuses, deadline, moved, lambda: None))
+
+
 def test_alarm_retries_back_off_exponentially_and_give_up_after_six(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
