@@ -22,7 +22,6 @@ prints `PORT <n>` once it serves, and stops on SIGTERM.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -35,6 +34,7 @@ from aiohttp import web
 
 from bench.bare_http import ChildServer, serve_handlers
 from edge.v1 import kv_pb2, objects_pb2, origin_pb2_grpc, pop_pb2_grpc, sql_pb2
+from edgepop.lifecycle import run_on_node_loop
 
 MAP_BYTES = 64 * 1024 * 1024
 CALL_TIMEOUT_S = 10.0
@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("--lmdb", type=Path, required=True, help="LMDB directory (created)")
     parser.add_argument("--origin-grpc", required=True, help="the origin's gRPC address")
     parser.add_argument("--pop-grpc", required=True, help="the PoP's gRPC address (objects)")
-    asyncio.run(serve(parser.parse_args()))
+    run_on_node_loop(serve(parser.parse_args()))
 
 
 if __name__ == "__main__":

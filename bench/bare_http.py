@@ -6,6 +6,11 @@ response, with aiohttp's access log off as at the PoP's ingress — the floor fo
 HTTP request that reads one KV value" in Python on this machine, with no routing,
 worker runtime, limits or metrics. Run as `python -m bench.bare_http --lmdb DIR`; it
 stores the key first, prints `PORT <n>` once it serves, and stops on SIGTERM.
+
+Every bare server here (and `bench.echo`) runs on the event loop the nodes run on
+(`edgepop.lifecycle.run_on_node_loop`: uvloop, or asyncio's with
+`EDGEPOP_EVENT_LOOP=asyncio`), so a ratio compares edgepop's own work with a bare server
+of the same runtime, not two event loops.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from typing import Any, Protocol
 
 import lmdb
 from aiohttp import web
+
+from edgepop.lifecycle import run_on_node_loop
 
 KEY = b"bench-key"
 MAP_BYTES = 64 * 1024 * 1024
@@ -154,7 +161,7 @@ def main() -> None:
     parser.add_argument("--value-hex", default=(b"v" * 100).hex(), help="the value, in hex")
     args = parser.parse_args()
     args.lmdb.mkdir(parents=True, exist_ok=True)
-    asyncio.run(serve(args.host, args.port, args.lmdb, bytes.fromhex(args.value_hex)))
+    run_on_node_loop(serve(args.host, args.port, args.lmdb, bytes.fromhex(args.value_hex)))
 
 
 if __name__ == "__main__":

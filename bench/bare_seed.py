@@ -22,7 +22,6 @@ as `python -m bench.bare_seed --lmdb DIR --origin HOST:PORT --pop-grpc HOST:PORT
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import random
@@ -47,6 +46,7 @@ from multidict import CIMultiDict
 
 from bench.bare_http import ChildServer, serve_handlers
 from edge.v1 import objects_pb2, pop_pb2_grpc
+from edgepop.lifecycle import run_on_node_loop
 
 SEED_DIR = Path(__file__).resolve().parents[1] / "workers"
 MAP_BYTES = 64 * 1024 * 1024
@@ -393,7 +393,7 @@ def main() -> None:
     parser.add_argument("--origin", required=True, help="the origin application's HTTP address")
     parser.add_argument("--pop-grpc", required=True, help="the PoP's gRPC address (objects)")
     parser.add_argument("--cf-json", default="{}", help="the `request.cf` of the PoP's region")
-    asyncio.run(serve(parser.parse_args()))
+    run_on_node_loop(serve(parser.parse_args()))
 
 
 if __name__ == "__main__":

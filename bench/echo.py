@@ -2,7 +2,8 @@
 
 One unary method, `/bench.Echo/Echo`, that answers the request bytes as they came (no
 protobuf, no interceptors, no metrics): the cost of a gRPC round trip in Python on this
-machine, and nothing else. Run as `python -m bench.echo`; it prints `PORT <n>` once it
+machine, and nothing else. It runs on the nodes' event loop (`run_on_node_loop`), so
+the comparison is of the same runtime. Run as `python -m bench.echo`; it prints `PORT <n>` once it
 serves, and stops on SIGTERM.
 """
 
@@ -16,6 +17,8 @@ import sys
 import time
 
 import grpc
+
+from edgepop.lifecycle import run_on_node_loop
 
 ECHO_METHOD = "/bench.Echo/Echo"
 
@@ -89,7 +92,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
-    asyncio.run(serve(args.host, args.port))
+    run_on_node_loop(serve(args.host, args.port))
 
 
 if __name__ == "__main__":

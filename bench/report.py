@@ -15,6 +15,7 @@ from rich.table import Table
 
 from bench.runner import Benchmark, BenchResult, Settings
 from bench.stats import Row, format_value, json_safe, markdown_table
+from edgepop.lifecycle import EVENT_LOOP_ENV
 
 STATUS_STYLE = {"pass": "bold green", "fail": "bold red", "error": "bold red",
                 "skipped": "yellow", "info": "dim"}  # fmt: skip
@@ -49,6 +50,8 @@ def machine() -> dict[str, Any]:
         "cpu": cpu,
         "cpus": os.cpu_count(),
         "loadavg_at_end": [round(value, 2) for value in load],
+        # The nodes' event loop (edgepop.lifecycle); baselines and clients run asyncio's.
+        "node_event_loop": os.environ.get(EVENT_LOOP_ENV, "uvloop"),
     }
 
 
@@ -116,8 +119,8 @@ def write_outputs(
         "# edgepop benchmarks",
         "",
         f"{meta['date']} · `{meta['git']}` · {meta['mode']} run in {elapsed_s:.0f} s · "
-        f"{meta['cpus']} CPUs ({meta['cpu']}) · Python {meta['python']} · load average at the "
-        f"end {meta['loadavg_at_end'][0]}",
+        f"{meta['cpus']} CPUs ({meta['cpu']}) · Python {meta['python']} · nodes on "
+        f"{meta['node_event_loop']} · load average at the end {meta['loadavg_at_end'][0]}",
         "",
         "Every comparison was measured side by side in this one run, on a shared machine "
         "with 2 cores: read the ratios first, the absolute numbers second.",

@@ -7,6 +7,10 @@ status, the ready file and signal handling are the same everywhere.
 A node started by a foreground launcher (`edgectl cluster up` without --detach) is told
 that process in `EDGEPOP_LAUNCHER` and stops, as on SIGTERM, once it is gone — whatever
 ended it, SIGKILL included — so no node outlives the terminal session that started it.
+
+Every node runs on uvloop (`EDGEPOP_EVENT_LOOP=asyncio` for the standard library's loop,
+to compare): the loop's own work is a large share of each call here, and uvloop's is
+cheaper (docs/ARCHITECTURE.md, "Processes on one machine").
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import signal
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import grpc
+import uvloop
 
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edgepop.auth import ensure_token
@@ -48,8 +53,12 @@ STORAGE_DIR_NAME = "lmdb"
 # "PID:START" of the process whose end stops this node (see launcher_spec); unset for
 # nodes of a detached cluster, which run until told to stop.
 LAUNCHER_ENV = "EDGEPOP_LAUNCHER"
+# The event loop a node runs on: "uvloop" (the default) or "asyncio" (to compare).
+EVENT_LOOP_ENV = "EDGEPOP_EVENT_LOOP"
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Status(enum.Enum):
@@ -349,6 +358,23 @@ async def wait_launcher_gone(spec: str) -> None:
         os.close(pidfd)
 
 
+def event_loop_factory() -> Any:
+    """The event loop every node runs on: uvloop's, unless `EVENT_LOOP_ENV` says "asyncio"."""
+    choice = os.environ.get(EVENT_LOOP_ENV, "uvloop")
+    if choice == "asyncio":
+        return asyncio.new_event_loop
+    if choice != "uvloop":
+        raise SystemExit(f"{EVENT_LOOP_ENV} must be uvloop or asyncio, not {choice!r}")
+    return uvloop.new_event_loop
+
+
+def run_on_node_loop(main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(main)` on the event loop nodes run on (also the benchmarks' baseline
+    servers, so that a ratio compares edgepop with a bare server on the same loop)."""
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        return runner.run(main)
+
+
 def run(node: Node) -> None:
     """Run a node until SIGTERM/SIGINT (or its launcher's end), then drain and close it.
 
@@ -385,4 +411,4 @@ def run(node: Node) -> None:
         if watch is not None:
             watch.cancel()
 
-    asyncio.run(main())
+    run_on_node_loop(main())
