@@ -83,6 +83,19 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of a process (`Pss` of /proc/PID/smaps_rollup): each page it
+    shares counted as its share. Nodes forked from the zygote share its pages, which RSS
+    counts whole in every one of them. 0 when the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 async def fetch_text(address: str, path: str = "/metrics", timeout: float = 5.0) -> str:
     """GET http://address/path and return the body (HTTP/1.0: the server closes)."""
     host, port = address.rsplit(":", 1)
