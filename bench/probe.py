@@ -72,28 +72,27 @@ def tree_cpu_seconds(root_pid: int) -> float:
     return total
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident set size (VmRSS) of a process; 0 when it is gone."""
+def _proc_kib_field(path: str, field: str) -> int:
+    """The `field:` line of a /proc file that counts kB, in bytes; 0 when it is gone."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size (VmRSS) of a process; 0 when it is gone."""
+    return _proc_kib_field(f"/proc/{pid}/status", "VmRSS")
 
 
 def pss_bytes(pid: int) -> int:
     """Proportional set size of a process (`Pss` of /proc/PID/smaps_rollup): each page it
     shares counted as its share. Nodes forked from the zygote share its pages, which RSS
     counts whole in every one of them. 0 when the process is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _proc_kib_field(f"/proc/{pid}/smaps_rollup", "Pss")
 
 
 async def fetch_text(address: str, path: str = "/metrics", timeout: float = 5.0) -> str:
