@@ -34,10 +34,10 @@ import yaml
 from bench.network import plain_tolerance_ms
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import kv_pb2, origin_pb2, origin_pb2_grpc, pop_pb2, pop_pb2_grpc
-from edgectl.client import EdgeClient, Target, role_name
+from edgectl.client import RPC_TIMEOUT_S_DEFAULT, EdgeClient, Target, role_name
 from edgectl.launcher import Cluster
 from edgectl.probe import plain_grpc_rtt_ms, plain_http_rtt_ms
-from edgepop.faults import RETRANSMIT_TIMEOUT_S
+from edgepop.faults import RETRANSMIT_TIMEOUT_S, RETRANSMITS_MAX
 from edgepop.netem import TIMER_AIM_EARLY_MAX_S, sent_at_metadata
 from edgepop.rpc import client_metadata
 from edgepop.topology import parse_topology
@@ -132,9 +132,14 @@ class Prober:
 
 
 @contextmanager
-def prober(cluster: Cluster, from_region: str, node: str = "origin") -> Iterator[Prober]:
+def prober(
+    cluster: Cluster,
+    from_region: str,
+    node: str = "origin",
+    timeout_s: float = RPC_TIMEOUT_S_DEFAULT,
+) -> Iterator[Prober]:
     """A client in `from_region` timing Status calls to `node` (after one warm-up)."""
-    with EdgeClient.for_data_dir(cluster.data_dir) as client:
+    with EdgeClient.for_data_dir(cluster.data_dir, timeout_s=timeout_s) as client:
         info = client.node_info(node)
         target = Target(
             info.name, role_name(info.role), info.region, info.grpc_address, from_region
@@ -597,7 +602,10 @@ def test_loss_adds_a_retransmission_timeout_to_the_configured_share_of_calls(
     base_ms = 80.0
     rto_ms = RETRANSMIT_TIMEOUT_S * 1000
     calls = 240
-    with prober(cluster, "london") as probe:
+    # A request lost every time waits out all the doubling timeouts (12.6 s): the client
+    # must wait longer than that, or 1 run in ~70 fails on a deadline instead of measuring.
+    longest_s = base_ms / 1000 + RETRANSMIT_TIMEOUT_S * (2**RETRANSMITS_MAX - 1)
+    with prober(cluster, "london", timeout_s=longest_s + 5) as probe:
         poll_until(lambda: probe.rtt_ms() > base_ms + 150, timeout=10, what="loss in force")
         rtts = probe.rtts_ms(calls, threads=12)
     lost = [rtt for rtt in rtts if rtt >= base_ms + rto_ms / 2]
