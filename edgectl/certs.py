@@ -32,19 +32,21 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edgepop.certfiles import (
+    check_issued_by,
+    check_key_matches,
+    check_valid_at,
+    load_certificate,
+    load_private_key,
+    subject_alt_names,
+)
 from edgepop.tls import (
     CA_CERT_FILE_NAME,
     CA_KEY_FILE_NAME,
     CLIENT_NAME,
     TlsError,
     cert_path,
-    check_issued_by,
-    check_key_matches,
-    check_valid_at,
     key_path,
-    load_certificate,
-    load_private_key,
-    subject_alt_names,
 )
 
 TLS_DIR_NAME = "tls"

@@ -526,10 +526,14 @@ class Cluster:
         return env
 
     def _start_zygote(self) -> subprocess.Popen[str] | None:
-        """A fork server that has imported every role (see edgectl.zygote); None if it fails."""
+        """A fork server that has imported what the nodes share (see edgectl.zygote); None
+        if it fails."""
+        command = [self.python, "-m", ZYGOTE_MODULE, "--cluster", str(self.data_dir)]
+        if self.tls:
+            command.append("--tls")
         try:
             zygote = subprocess.Popen(
-                [self.python, "-m", ZYGOTE_MODULE, "--cluster", str(self.data_dir)],
+                command,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,

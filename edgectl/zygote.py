@@ -1,11 +1,15 @@
-"""A fork server for cluster start: import every role once, then fork each node.
+"""A fork server for cluster start: import what every node shares once, then fork each node.
 
 Importing grpc, protobuf, aiohttp, LMDB and prometheus costs each process about half a
 second of CPU; a 14-process cluster on 2 cores would spend seconds just importing. The
 zygote imports them once and forks a node per request, so nodes start in tens of
-milliseconds. It forks before anything starts threads or opens sockets (grpc and the
-event loop start inside the child), re-seeds `random` in each child, and reaps its
-children; when its requester goes away it waits for its children, then exits.
+milliseconds. What only one process needs stays out: every forked node's RSS counts all
+of the zygote's memory, so the origin's JWT signing (PyJWT and cryptography, ~4 MiB of
+every PoP's RSS when preloaded) is imported by the origin itself, and the certificate
+checks (cryptography) only by a cluster with TLS (`--tls`). It forks before anything
+starts threads or opens sockets (grpc and the event loop start inside the child),
+re-seeds `random` in each child, and reaps its children; when its requester goes away it
+waits for its children, then exits.
 
 Protocol (JSON lines): request {"module", "argv", "log"} on stdin -> {"pid"} on stdout.
 A node restarted later by `edgectl node start` is spawned normally (no zygote needed).
@@ -29,11 +33,15 @@ import sys
 import traceback
 from typing import Any
 
-ROLE_MAINS = ("control_plane.__main__", "origin_node.__main__", "pop_node.__main__")
+# The PoP and control plane roles, which import nearly all the origin imports too. The
+# origin's own modules and its JWT libraries are left to it (see the docstring).
+ROLE_MAINS = ("control_plane.__main__", "pop_node.__main__")
 # The config file models a node loads on demand (a topology file at start, worker.yaml or
 # a wrangler config in each deploy): held here once for every node forked, not imported
 # by each (pydantic is ~0.1 s of a process's CPU).
 PRELOADED = (*ROLE_MAINS, "edgepop.topology_file", "edgepop.worker_yaml", "edgepop.wrangler_model")
+# With TLS every node checks its certificate files at start.
+PRELOADED_FOR_TLS = ("edgepop.certfiles",)
 
 
 def _reap(signum: int = 0, frame: Any = None) -> None:
@@ -78,8 +86,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="edgectl.zygote", description=__doc__)
     # Read by nobody here: it is there to be seen in the command line (see the docstring).
     parser.add_argument("--cluster", metavar="DIR", help="the data dir of the cluster")
-    parser.parse_args()
-    for module in PRELOADED:
+    parser.add_argument("--tls", action="store_true", help="the nodes run with mutual TLS")
+    args = parser.parse_args()
+    for module in (*PRELOADED, *(PRELOADED_FOR_TLS if args.tls else ())):
         importlib.import_module(module)
     signal.signal(signal.SIGCHLD, _reap)
     print(json.dumps({"ready": True}), flush=True)

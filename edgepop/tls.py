@@ -13,9 +13,10 @@ and the worker runtime's origin client read it with `process_tls()`. Files are r
 and checked once, at start, so a bad certificate stops the node with a message naming
 the file, rather than failing every handshake later.
 
-Layout of a TLS directory (`edgectl certs` writes it): `ca.crt` (+ `ca.key`, which only
-the issuer needs), `NAME.crt` / `NAME.key` per node, `client.crt` / `client.key` for
-edgectl and tests.
+The certificate checks themselves (cryptography) live in `edgepop.certfiles`, loaded
+only by a process that uses TLS. Layout of a TLS directory (`edgectl certs` writes it):
+`ca.crt` (+ `ca.key`, which only the issuer needs), `NAME.crt` / `NAME.key` per node,
+`client.crt` / `client.key` for edgectl and tests.
 """
 
 from __future__ import annotations
@@ -28,10 +29,6 @@ from pathlib import Path
 from typing import Literal
 
 import grpc
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 CA_CERT_FILE_NAME = "ca.crt"
 CA_KEY_FILE_NAME = "ca.key"
@@ -53,68 +50,6 @@ def cert_path(tls_dir: Path, name: str) -> Path:
 
 def key_path(tls_dir: Path, name: str) -> Path:
     return tls_dir / f"{name}{KEY_SUFFIX}"
-
-
-def load_certificate(path: Path) -> x509.Certificate:
-    try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    except FileNotFoundError as error:
-        raise TlsError(f"{path}: no such certificate (run `edgectl certs`)") from error
-    except ValueError as error:
-        raise TlsError(f"{path}: not a PEM certificate ({error})") from error
-
-
-def load_private_key(path: Path) -> PrivateKeyTypes:
-    try:
-        return serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except FileNotFoundError as error:
-        raise TlsError(f"{path}: no such private key (run `edgectl certs`)") from error
-    except (ValueError, TypeError) as error:
-        raise TlsError(f"{path}: not an unencrypted PEM private key ({error})") from error
-
-
-def _public_bytes(key: object) -> bytes:
-    public_bytes = getattr(key, "public_bytes")  # noqa: B009 - every public key type has it
-    data: bytes = public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return data
-
-
-def check_issued_by(cert: x509.Certificate, ca: x509.Certificate, where: str = "") -> None:
-    """Raise TlsError unless `ca` signed `cert` (issuer name and signature)."""
-    label = where or cert.subject.rfc4514_string()
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature) as error:
-        reason = str(error) or "bad signature"
-        raise TlsError(f"{label}: not signed by the cluster CA ({reason})") from error
-
-
-def check_valid_at(cert: x509.Certificate, now: datetime.datetime, where: str = "") -> None:
-    """Raise TlsError unless `now` lies within the certificate's validity period."""
-    label = where or cert.subject.rfc4514_string()
-    if now < cert.not_valid_before_utc:
-        raise TlsError(f"{label}: not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
-    if now >= cert.not_valid_after_utc:
-        raise TlsError(f"{label}: expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
-
-
-def check_key_matches(cert: x509.Certificate, key: PrivateKeyTypes, where: str = "") -> None:
-    """Raise TlsError unless `key` is the private half of the certificate's public key."""
-    if _public_bytes(key.public_key()) != _public_bytes(cert.public_key()):
-        raise TlsError(f"{where or 'key'}: does not match its certificate")
-
-
-def subject_alt_names(cert: x509.Certificate) -> list[str]:
-    """The certificate's DNS names and IP addresses, as text."""
-    try:
-        extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return []
-    names: list[str] = list(extension.value.get_values_for_type(x509.DNSName))
-    names += [str(ip) for ip in extension.value.get_values_for_type(x509.IPAddress)]
-    return names
 
 
 @dataclass(frozen=True)
@@ -155,14 +90,11 @@ class TlsConfig:
 
     def check(self, now: datetime.datetime | None = None) -> None:
         """Fail now, naming the file, if the material could not make a handshake succeed."""
-        now = now or datetime.datetime.now(datetime.UTC)
-        ca = load_certificate(self.ca_file)
-        cert = load_certificate(self.cert_file)
-        key = load_private_key(self.key_file)
-        check_valid_at(ca, now, str(self.ca_file))
-        check_issued_by(cert, ca, str(self.cert_file))
-        check_valid_at(cert, now, str(self.cert_file))
-        check_key_matches(cert, key, str(self.key_file))
+        # Imported here, not at the top: cryptography is ~6 MiB of every process that
+        # imports it, and a node without TLS (the default) never needs it.
+        from edgepop import certfiles
+
+        certfiles.check_material(self.ca_file, self.cert_file, self.key_file, now)
 
     # -- gRPC ------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """Certificates for mutual TLS (edgectl.certs) and the checks a node runs on them
-(edgepop.tls): SANs, CA signature, validity, key files and their modes, renewal, and
-TLS handshakes between the contexts it builds — in memory, no sockets."""
+(edgepop.tls, edgepop.certfiles): SANs, CA signature, validity, key files and their
+modes, renewal, and TLS handshakes between the contexts it builds — in memory, no sockets."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from edgectl import certs
-from edgepop import tls
+from edgepop import certfiles, tls
 from edgepop.config import add_common_arguments, common_kwargs
 from edgepop.tls import TlsConfig, TlsError
 
@@ -49,11 +49,11 @@ def no_process_tls() -> Iterator[None]:
 
 
 def _cert(tls_dir: Path, name: str) -> x509.Certificate:
-    return tls.load_certificate(tls.cert_path(tls_dir, name))
+    return certfiles.load_certificate(tls.cert_path(tls_dir, name))
 
 
 def _ca(tls_dir: Path) -> x509.Certificate:
-    return tls.load_certificate(tls_dir / tls.CA_CERT_FILE_NAME)
+    return certfiles.load_certificate(tls_dir / tls.CA_CERT_FILE_NAME)
 
 
 def _usages(cert: x509.Certificate) -> set[x509.ObjectIdentifier]:
@@ -65,7 +65,7 @@ def _usages(cert: x509.Certificate) -> set[x509.ObjectIdentifier]:
 
 def test_ca_is_self_signed_and_may_only_sign_leaves() -> None:
     ca, _ = certs.make_ca(NOW)
-    tls.check_issued_by(ca, ca)
+    certfiles.check_issued_by(ca, ca)
     constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints)
     assert constraints.critical and constraints.value.ca and constraints.value.path_length == 0
     assert ca.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
@@ -98,34 +98,34 @@ def test_node_certificate_names_loopback_its_host_its_name_and_extra_sans() -> N
     }
     assert _usages(cert) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    tls.check_issued_by(cert, ca)
-    tls.check_key_matches(cert, key)
+    certfiles.check_issued_by(cert, ca)
+    certfiles.check_key_matches(cert, key)
 
 
 def test_client_certificate_only_dials(tls_dir: Path) -> None:
     client = _cert(tls_dir, tls.CLIENT_NAME)
     assert _usages(client) == {ExtendedKeyUsageOID.CLIENT_AUTH}
-    assert tls.subject_alt_names(client) == []
+    assert certfiles.subject_alt_names(client) == []
 
 
 def test_leaf_is_valid_for_a_year_from_a_little_before_issue(tls_dir: Path) -> None:
     cert = _cert(tls_dir, "origin")
     assert cert.not_valid_after_utc - NOW == datetime.timedelta(days=certs.CERT_VALID_DAYS)
     assert NOW - cert.not_valid_before_utc == datetime.timedelta(seconds=certs.CLOCK_SKEW_S)
-    tls.check_valid_at(cert, NOW)
+    certfiles.check_valid_at(cert, NOW)
     with pytest.raises(TlsError, match="expired"):
-        tls.check_valid_at(cert, NOW + datetime.timedelta(days=certs.CERT_VALID_DAYS + 1))
+        certfiles.check_valid_at(cert, NOW + datetime.timedelta(days=certs.CERT_VALID_DAYS + 1))
     with pytest.raises(TlsError, match="not valid before"):
-        tls.check_valid_at(cert, NOW - datetime.timedelta(days=1))
+        certfiles.check_valid_at(cert, NOW - datetime.timedelta(days=1))
 
 
 def test_a_certificate_from_another_ca_fails_the_signature_check(tmp_path: Path) -> None:
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
     certs.ensure_certs(ours, ["origin"], now=NOW)
     certs.ensure_certs(theirs, ["origin"], now=NOW)
-    tls.check_issued_by(_cert(ours, "origin"), _ca(ours))
+    certfiles.check_issued_by(_cert(ours, "origin"), _ca(ours))
     with pytest.raises(TlsError, match="not signed by the cluster CA"):
-        tls.check_issued_by(_cert(theirs, "origin"), _ca(ours))
+        certfiles.check_issued_by(_cert(theirs, "origin"), _ca(ours))
 
 
 # -- files -------------------------------------------------------------------------------------
@@ -176,13 +176,13 @@ def test_new_node_or_new_san_issues_only_what_changed(tls_dir: Path) -> None:
     made = {item.name for item in issued if item.made}
     # Every node certificate lacked edge.test; london-1 was missing; the client has no SANs.
     assert made == {*NODES, "london-1"}
-    assert "edge.test" in tls.subject_alt_names(_cert(tls_dir, "london-1"))
+    assert "edge.test" in certfiles.subject_alt_names(_cert(tls_dir, "london-1"))
     # A later run without --san keeps the name (names are only added).
     again = certs.ensure_certs(tls_dir, ["london-1"], hosts=["127.0.0.1"], now=NOW)
     assert not any(item.made for item in again)
     renewed = certs.ensure_certs(tls_dir, ["london-1"], renew=True, now=NOW)
     assert all(item.made for item in renewed)
-    assert "edge.test" in tls.subject_alt_names(_cert(tls_dir, "london-1"))
+    assert "edge.test" in certfiles.subject_alt_names(_cert(tls_dir, "london-1"))
 
 
 def test_a_lost_or_foreign_key_is_replaced(tls_dir: Path, tmp_path: Path) -> None:
