@@ -81,6 +81,29 @@ class _TotalledChild:
         self._totals.observe(seconds)
 
 
+class NodeChildren:
+    """One labelled metric's children at this node, cached by their labels after
+    (node, region).
+
+    prometheus_client's `labels()` takes a lock and builds the label tuple on every call
+    (~0.75 us against ~0.25 us for the child's `inc()`), and a hot path asks for the same
+    few children on every request.
+    """
+
+    __slots__ = ("_children", "_metric", "_node_labels")
+
+    def __init__(self, metric: Any, node: str, region: str) -> None:
+        self._metric = metric
+        self._node_labels = (node, region)
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *labels: str) -> Any:
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self._metric.labels(*self._node_labels, *labels)
+        return child
+
+
 def observe_repeated(histogram: Histogram, amount: float, count: int) -> None:
     """`histogram.observe(amount)` done `count` times, in one step.
 

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from edgepop.http import Handler, install_netem
-from edgepop.metrics import OriginMetrics
+from edgepop.metrics import NodeChildren, OriginMetrics
 from edgepop.netem import NetworkEmulator
 
 ISSUER = "https://auth.example.com/"
@@ -168,7 +168,7 @@ def build_app(
     *, netem: NetworkEmulator, metrics: OriginMetrics, keys: SigningKeys, cluster_token: str
 ) -> web.Application:
     data = _dataset()
-    requests_total = metrics.origin_http_requests
+    requests_total = NodeChildren(metrics.origin_http_requests, metrics.node, metrics.region)
 
     @web.middleware
     async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -183,7 +183,7 @@ def build_app(
             status = error.status
             raise
         finally:
-            requests_total.labels(metrics.node, metrics.region, name, str(status)).inc()
+            requests_total(name, str(status)).inc()
 
     def bearer(request: web.Request) -> str:
         header = request.headers.get("Authorization", "")

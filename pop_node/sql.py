@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from edge.v1 import kv_pb2, origin_pb2, sql_pb2
 from edgepop import sqldb
+from edgepop.metrics import NodeChildren
 from pop_node.deadline import answer_budget_s
 from pop_node.identity import PopIdentity
 from pop_node.upstream import OriginLink, bookmark_wait_s, call_origin
@@ -93,18 +94,19 @@ class SqlReplicas:
         self.databases = sqldb.Databases(directory, primary=False)
         self.snapshot = SqlSnapshot(self)
         self._reads = ThreadPoolExecutor(1, thread_name_prefix="sql-read")
-        self.metrics = pop.metrics
+        self.metrics = metrics = pop.metrics
+        self._queries = NodeChildren(metrics.sql_queries, metrics.node, metrics.region)
+        self._applied_seqs = NodeChildren(
+            metrics.sql_replica_applied_seq, metrics.node, metrics.region
+        )
 
     def _served(self, database: str, where: str) -> Any:
-        metrics = self.metrics
         # Only names of databases that exist: a label per name a client makes up would
         # grow without bound.
-        label = database if self.databases.exists(database) else "(unknown)"
-        return metrics.sql_queries.labels(metrics.node, metrics.region, label, where)
+        return self._queries(database if self.databases.exists(database) else "(unknown)", where)
 
     def _applied_seq(self, database: str) -> Any:
-        metrics = self.metrics
-        return metrics.sql_replica_applied_seq.labels(metrics.node, metrics.region, database)
+        return self._applied_seqs(database)
 
     def close(self) -> None:
         self._reads.shutdown(wait=True)

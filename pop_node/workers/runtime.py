@@ -27,6 +27,7 @@ from edge.v1 import control_plane_pb2, control_plane_pb2_grpc, workers_pb2
 from edgepop import packages, seeding
 from edgepop.bundle import Route, WorkerConfig, bundle_version, check_bundle
 from edgepop.http import origin_session
+from edgepop.metrics import NodeChildren
 from edgepop.netem import NODE_HEADER, REGION_HEADER, sent_at_metadata
 from edgepop.tls import process_tls
 from edgepop.worker_api import (
@@ -179,8 +180,12 @@ class WorkerRuntime:
     def __init__(self, pop: WorkerPop) -> None:
         self.pop = pop
         self.metrics = pop.metrics
-        # worker name -> its CPU-time histogram child (labels() per request costs a lock).
-        self._cpu_children: dict[str, Any] = {}
+        metrics = self.metrics
+        self._cpu_children = NodeChildren(metrics.worker_cpu, metrics.node, metrics.region)
+        self._cache_children = NodeChildren(metrics.cache_requests, metrics.node, metrics.region)
+        self._subrequest_children = NodeChildren(
+            metrics.worker_subrequests, metrics.node, metrics.region
+        )
         self.versions: dict[str, WorkerVersion] = {}
         self.routes: list[tuple[Route, str]] = []
         self.cache = HttpCache()
@@ -394,7 +399,7 @@ class WorkerRuntime:
             version.in_flight -= 1
             if version.retired and version.in_flight == 0:
                 version.module.unload()
-            self._cpu_child(version.name).observe(budget.used_s)
+            self._cpu_children(version.name).observe(budget.used_s)
         for work in context.pending:
             self._spawn_background(work, scope)
         if response.streaming:
@@ -437,13 +442,6 @@ class WorkerRuntime:
             self.metrics.node, self.metrics.region, version.name, "error" if outcome else "ok"
         ).inc()
         return outcome
-
-    def _cpu_child(self, worker: str) -> Any:
-        child = self._cpu_children.get(worker)
-        if child is None:
-            child = self.metrics.worker_cpu.labels(self.metrics.node, self.metrics.region, worker)
-            self._cpu_children[worker] = child
-        return child
 
     async def _metered_stream(
         self,
@@ -494,8 +492,7 @@ class WorkerRuntime:
 
     def cache_lookup(self, request: Request) -> Response | None:
         entry = self.cache.match(request.url, request.headers, time.time())
-        result = "hit" if entry is not None else "miss"
-        self.metrics.cache_requests.labels(self.metrics.node, self.metrics.region, result).inc()
+        self._cache_children("hit" if entry is not None else "miss").inc()
         if entry is None:
             return None
         response = Response(entry.body, status=entry.status, headers=list(entry.headers))
@@ -563,9 +560,7 @@ class WorkerRuntime:
         return response
 
     def _count_subrequest(self, worker: str, cache: str) -> None:
-        self.metrics.worker_subrequests.labels(
-            self.metrics.node, self.metrics.region, worker, cache
-        ).inc()
+        self._subrequest_children(worker, cache).inc()
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:

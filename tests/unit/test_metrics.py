@@ -1,14 +1,16 @@
-"""observe_repeated / observe_ages against prometheus_client's own observe()."""
+"""observe_repeated / observe_ages against prometheus_client's own observe(); NodeChildren
+against labels()."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from edgepop.metrics import (
     PROPAGATION_BUCKETS_S,
     ROLE_METRICS,
+    NodeChildren,
     NodeMetrics,
     observe_ages,
     observe_repeated,
@@ -103,3 +105,26 @@ def test_each_role_exports_its_own_families_and_the_common_ones() -> None:
     assert "edge_cp_nodes" not in pop | origin
     # The log positions are the origin's and every replica's.
     assert "edge_kv_replica_applied_seq" in pop & origin
+
+
+def test_node_children_are_the_labelled_series_of_this_node() -> None:
+    registry = CollectorRegistry()
+    counter = Counter(
+        "calls_total", "test", ("node", "region", "worker", "code"), registry=registry
+    )
+    children = NodeChildren(counter, "tokyo-1", "tokyo")
+    children("shop", "200").inc()
+    children("shop", "200").inc()
+    children("api", "500").inc(3)
+    assert children("shop", "200") is counter.labels("tokyo-1", "tokyo", "shop", "200")
+    value = registry.get_sample_value
+    assert (
+        value(
+            "calls_total", {"node": "tokyo-1", "region": "tokyo", "worker": "shop", "code": "200"}
+        )
+        == 2
+    )
+    assert (
+        value("calls_total", {"node": "tokyo-1", "region": "tokyo", "worker": "api", "code": "500"})
+        == 3
+    )
