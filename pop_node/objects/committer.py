@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from edge.v1 import objects_pb2, pop_pb2_grpc
+from edge.v1 import objects_pb2
 from pop_node.objects.store import ObjectStore, StaleEpochError, Write
 
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ class ObjectCommitter:
     async def send_updates(
         self, address: str, updates: list[objects_pb2.ObjectReplicaUpdate]
     ) -> list[int]:
-        stub = pop_pb2_grpc.PopStub(self.host.channel(address))
+        stub = self.host.stub(address)
         response = await stub.ObjectReplicate(
             objects_pb2.ObjectReplicateRequest(owner=self.host.node_name, updates=updates),
             metadata=self.host.internal_metadata,

@@ -18,7 +18,7 @@ from collections import OrderedDict
 
 import grpc
 
-from edge.v1 import objects_pb2, pop_pb2_grpc
+from edge.v1 import objects_pb2
 from edgepop import objectid, retry
 from edgepop.errors import DeadlineError, EdgeError, UnavailableError, UpstreamError, reason_of
 from edgepop.limits import check_request_id
@@ -160,7 +160,7 @@ class ObjectRouter:
         forwarded.id = object_id.hex()
         forwarded.request_id = request_id
         forwarded.hops = request.hops + 1
-        stub = pop_pb2_grpc.PopStub(self.host.channel(located.grpc_address))
+        stub = self.host.stub(located.grpc_address)
         self.host.metrics.do_forwards.inc()
         try:
             response: objects_pb2.ObjectCallResponse = await stub.ObjectCall(

@@ -20,7 +20,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 import grpc
 
-from edge.v1 import objects_pb2, pop_pb2_grpc
+from edge.v1 import objects_pb2
 from edgepop import objectid, retry
 from edgepop.errors import (
     DeadlineError,
@@ -324,7 +324,7 @@ async def _proxy(
     object_id: bytes,
     requests: AsyncIterator[objects_pb2.ObjectClientMessage],
 ) -> AsyncIterator[objects_pb2.ObjectServerMessage]:
-    stub = pop_pb2_grpc.PopStub(host.channel(located.grpc_address))
+    stub = host.stub(located.grpc_address)
     call = stub.ObjectConnect(metadata=router._forward_metadata)
     forwarded = objects_pb2.ObjectOpen()
     forwarded.CopyFrom(opening)
