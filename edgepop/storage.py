@@ -183,13 +183,6 @@ class Storage:
             sync=synced,
             metasync=synced,
             readahead=False,
-            # A non-durable store commits into the shared mapping itself: no pwrite per
-            # page, ~2.5 instead of ~8 us per small commit (a replica commits once per
-            # stream message). It is exactly as crash-safe here: a process crash leaves
-            # the pages in the page cache, and a store an OS crash may have torn is
-            # discarded on open either way. Not for durable stores: msync made their
-            # commits slower (~224 against ~215 us with fsync).
-            writemap=not self.durable,
         )
 
     def db(self, name: str, *, dupsort: bool = False) -> Any:
