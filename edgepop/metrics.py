@@ -164,7 +164,7 @@ class NodeMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=registry,
         )
-        self._delay_children: dict[tuple[str, str], Any] = {}
+        self._delay_children = NodeChildren(self.injected_delay, node, region)
 
         self.node_up = Gauge(
             "edge_node_up",
@@ -185,12 +185,7 @@ class NodeMetrics:
         return child
 
     def delay(self, from_region: str, to_region: str) -> Any:
-        key = (from_region, to_region)
-        child = self._delay_children.get(key)
-        if child is None:
-            child = self.injected_delay.labels(self.node, self.region, from_region, to_region)
-            self._delay_children[key] = child
-        return child
+        return self._delay_children(from_region, to_region)
 
     def serve(self, host: str, port: int) -> tuple[int, Callable[[], None]]:
         """Serve /metrics on a thread; returns the bound port and a stop function."""

@@ -179,8 +179,7 @@ class WorkerRuntime:
 
     def __init__(self, pop: WorkerPop) -> None:
         self.pop = pop
-        self.metrics = pop.metrics
-        metrics = self.metrics
+        self.metrics = metrics = pop.metrics
         self._cpu_children = NodeChildren(metrics.worker_cpu, metrics.node, metrics.region)
         self._cache_children = NodeChildren(metrics.cache_requests, metrics.node, metrics.region)
         self._subrequest_children = NodeChildren(
