@@ -371,3 +371,53 @@ def test_the_watchdog_unhooks_from_the_collector_on_close() -> None:
     assert watchdog._on_gc in gc.callbacks
     watchdog.close()
     assert watchdog._on_gc not in gc.callbacks
+
+
+class JumpingCpuClock:
+    """time.clock_gettime whose CPU clocks read `jump_s` ahead once a step sets it: the
+    per-thread CPU clock jumping ahead of the wall clock, as seen on this project's VMs."""
+
+    def __init__(self) -> None:
+        self.jump_s = 0.0
+        self._real = time.clock_gettime
+
+    def __call__(self, clock_id: int) -> float:
+        return self._real(clock_id) + self.jump_s
+
+
+def test_a_cpu_clock_jump_is_charged_no_more_than_the_steps_wall_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = JumpingCpuClock()
+    monkeypatch.setattr(time, "clock_gettime", clock)
+
+    async def waits_once() -> str:
+        clock.jump_s = 2 * LIMIT_S  # the thread's CPU clock leaps mid-step
+        time.sleep(0.002)  # noqa: ASYNC251  (wall time past SHORT_STEP_S: read exactly)
+        await asyncio.sleep(0)
+        return "done"
+
+    started = time.perf_counter()
+    outcome, budget, _ = run_metered(waits_once)
+    assert outcome == "done", f"the worker was stopped: {outcome!r}"
+    assert not budget.exceeded
+    assert budget.used_s <= time.perf_counter() - started
+
+
+def test_the_watchdog_checks_a_running_step_against_no_more_than_its_wall_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = JumpingCpuClock()
+    monkeypatch.setattr(time, "clock_gettime", clock)
+    watchdog = Watchdog()
+    budget = CpuBudget(LIMIT_S)
+    try:
+        watchdog.begin(budget)
+        clock.jump_s = 2 * LIMIT_S
+        with watchdog._lock:
+            wait_s = watchdog._check()
+        assert not budget.exceeded
+        assert wait_s is not None and wait_s > 0
+    finally:
+        assert not watchdog.end(), "the watchdog interrupted a step that used no CPU"
+        watchdog.close()
