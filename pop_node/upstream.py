@@ -15,7 +15,7 @@ import grpc
 
 from edge.v1 import origin_pb2_grpc
 from edgepop import retry
-from edgepop.errors import DeadlineError, from_upstream
+from edgepop.errors import from_upstream
 
 T = TypeVar("T")
 
@@ -61,9 +61,8 @@ async def call_origin(call: Callable[[float], Awaitable[T]], budget_s: float) ->
     """
     deadline = time.monotonic() + budget_s
     try:
-        async for attempt in retry.retry_idempotent(budget_s):
-            with attempt:
-                return await call(max(0.001, deadline - time.monotonic()))
+        return await retry.idempotent(
+            lambda: call(max(0.001, deadline - time.monotonic())), deadline
+        )
     except grpc.aio.AioRpcError as error:
         raise from_upstream(error, "origin") from error
-    raise DeadlineError("no time left to reach the origin")

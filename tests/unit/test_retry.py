@@ -268,3 +268,64 @@ def test_a_heartbeat_is_resent_while_refused_and_never_past_its_deadline(
         assert min(waits) >= interval_s * 0.9
     else:
         assert len(tries) == tries_expected
+
+
+def unavailable() -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata()
+    )
+
+
+def test_idempotent_tries_and_waits_as_retry_idempotent_does() -> None:
+    """The first try outside the policy changes nothing a caller sees: the same tries,
+    the same backoff, the last error raised when the next wait would pass the deadline."""
+
+    def run(budget_s: float, use_idempotent: bool) -> list[float]:
+        tries: list[float] = []
+
+        async def call() -> None:
+            tries.append(time.monotonic())
+            raise unavailable()
+
+        async def scenario() -> None:
+            if use_idempotent:
+                await retry.idempotent(call, time.monotonic() + budget_s)
+                return
+            async for attempt in retry.retry_idempotent(budget_s):
+                with attempt:
+                    await call()
+
+        with pytest.raises(grpc.aio.AioRpcError):
+            asyncio.run(scenario())
+        return [later - earlier for earlier, later in itertools.pairwise(tries)]
+
+    # Budgets no jitter can move a try across: waits of 0.05, 0.1, 0.2 and 0.4 s, each
+    # plus up to 0.05, fit 0 of them in 0.03 s, 2 in 0.3 s and 3 in 0.7 s.
+    for budget_s, tries_after_the_first in ((0.03, 0), (0.3, 2), (0.7, 3)):
+        waits = run(budget_s, use_idempotent=True)
+        assert len(waits) == len(run(budget_s, use_idempotent=False)) == tries_after_the_first
+        for index, waited in enumerate(waits):
+            backoff = min(retry.IDEMPOTENT_BACKOFF_MAX_S, retry.IDEMPOTENT_BACKOFF_S * 2**index)
+            assert backoff <= waited < backoff + retry.IDEMPOTENT_JITTER_S + 0.1
+
+
+def test_idempotent_builds_no_policy_for_a_first_try_that_answers_or_must_not_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_policy(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a policy was built")
+
+    monkeypatch.setattr(retry, "retry_idempotent", no_policy)
+
+    async def answers() -> int:
+        return 7
+
+    async def refuses() -> int:
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.INVALID_ARGUMENT, grpc.aio.Metadata(), grpc.aio.Metadata()
+        )
+
+    deadline = time.monotonic() + 5
+    assert asyncio.run(retry.idempotent(answers, deadline)) == 7
+    with pytest.raises(grpc.aio.AioRpcError):
+        asyncio.run(retry.idempotent(refuses, deadline))
