@@ -70,8 +70,9 @@ RATE_NAMESPACE = "RateLimiter"
 # rate-limit's limiter: 100 allowed checks per client key per 60 s (its wrangler vars).
 RATE_LIMIT = 100
 # Client keys enough for both sides at up to this rate each, every key staying under
-# this share of its limit over the whole comparison (all of it inside one window).
-RATE_CEILING_PER_S = 3000.0
+# this share of its limit over the whole comparison (all of it inside one window). At
+# 3,000 the worker side outran its keys (4,753 requests/s measured: 93 answers were 429s).
+RATE_CEILING_PER_S = 6000.0
 KEY_LIMIT_SHARE = 0.8
 WORKER_REQUESTS_METRIC = "edge_worker_requests_total"
 WORKER_CPU_METRIC = "edge_worker_cpu_seconds"

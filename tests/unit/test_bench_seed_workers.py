@@ -125,8 +125,8 @@ def test_lua_strings_are_escaped_and_control_characters_refused() -> None:
 
 def test_client_keys_cover_both_sides_at_the_ceiling_rate_within_the_limit() -> None:
     # full run: 1 s warm-up + 3 rounds of 4 s per side, two sides, 3,000/s each, 80 per key
-    assert keys_needed(13.0) == math.ceil(13 * 2 * 3000 / 80) == 975
-    assert keys_needed(3.0) == 225
+    assert keys_needed(13.0) == math.ceil(13 * 2 * 6000 / 80) == 1950
+    assert keys_needed(3.0) == 450
     assert keys_needed(13.0, rate_ceiling_per_s=1000.0, limit=100, share=0.5) == 520
 
 
