@@ -118,19 +118,40 @@ async def idempotent(call: Callable[[], Awaitable[T]], deadline: float) -> T:
     garbage, and the full collections that cleared it took 30-40 ms each. The tries,
     waits and stop are `retry_idempotent`'s: the first failure waits its first backoff
     (unless that would pass the deadline: then it is raised), and the policy goes on."""
+    return await _first_try_then(
+        call,
+        deadline,
+        is_retryable_write,
+        lambda: min(
+            IDEMPOTENT_BACKOFF_MAX_S, IDEMPOTENT_BACKOFF_S + random.uniform(0, IDEMPOTENT_JITTER_S)
+        ),
+        lambda: retry_idempotent(deadline - time.monotonic(), tried=1),
+    )
+
+
+async def _first_try_then(
+    call: Callable[[], Awaitable[T]],
+    deadline: float,
+    retryable: Callable[[BaseException], bool],
+    first_wait_s: Callable[[], float],
+    policy: Callable[[], AsyncRetrying],
+    before_retry: Callable[[], None] = lambda: None,
+) -> T:
+    """`call()` once without a policy; after a retryable failure, wait `first_wait_s()`
+    (unless that would pass `deadline`: then the failure is raised) and go on under
+    `policy()`, built only then (`idempotent`, `relocated`)."""
     try:
         return await call()
     except Exception as error:
-        first_wait_s = min(
-            IDEMPOTENT_BACKOFF_MAX_S, IDEMPOTENT_BACKOFF_S + random.uniform(0, IDEMPOTENT_JITTER_S)
-        )
-        if not is_retryable_write(error) or time.monotonic() + first_wait_s >= deadline:
+        wait_s = first_wait_s()
+        if not retryable(error) or time.monotonic() + wait_s >= deadline:
             raise
-    await asyncio.sleep(first_wait_s)
-    async for attempt in retry_idempotent(deadline - time.monotonic(), tried=1):
+    before_retry()
+    await asyncio.sleep(wait_s)
+    async for attempt in policy():
         with attempt:
             return await call()
-    raise AssertionError("retry_idempotent raises its last error when it stops")
+    raise AssertionError("a policy raises its last error when it stops")
 
 
 # Finding an object's owner again: quick at first (a stale cache entry is answered at
@@ -177,18 +198,14 @@ async def relocated(
     tenacity policy for it cost ~15 us, about 3% of a hot object's CPU per call. The
     tries, waits and stop are `relocating`'s: the first failure waits its first backoff
     (unless that would pass the deadline: then it is raised), and the policy goes on."""
-    try:
-        return await call()
-    except Exception as error:
-        first_wait_s = RELOCATE_BACKOFF_S[0]
-        if not retryable(error) or time.monotonic() + first_wait_s >= deadline:
-            raise
-    before_retry()
-    await asyncio.sleep(first_wait_s)
-    async for attempt in relocating(deadline, retryable, before_retry, tried=1):
-        with attempt:
-            return await call()
-    raise AssertionError("relocating raises its last error when it stops")
+    return await _first_try_then(
+        call,
+        deadline,
+        retryable,
+        lambda: RELOCATE_BACKOFF_S[0],
+        lambda: relocating(deadline, retryable, before_retry, tried=1),
+        before_retry,
+    )
 
 
 def reconnect(initial_s: float = 0.05, max_s: float = 2.0) -> AsyncRetrying:
