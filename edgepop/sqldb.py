@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -977,6 +978,9 @@ class Databases:
         self.database_bytes_max = database_bytes_max
         directory.mkdir(parents=True, exist_ok=True)
         self._open: dict[str, Database] = {}
+        # A replica's databases are opened by the loop (replay) and the read thread
+        # (queries): one Database per file, never two writers racing to open it.
+        self._opening = threading.Lock()
 
     def path(self, name: str) -> Path:
         return self.directory / f"{check_database_name(name)}{FILE_SUFFIX}"
@@ -985,11 +989,19 @@ class Databases:
         return name in self._open or self.path(name).exists()
 
     def create(self, name: str) -> Database:
-        if name not in self._open:
-            self._open[name] = Database(
-                self.path(name), primary=self.primary, database_bytes_max=self.database_bytes_max
-            )
-        return self._open[name]
+        database = self._open.get(name)
+        if database is not None:
+            return database
+        with self._opening:
+            database = self._open.get(name)
+            if database is None:
+                database = Database(
+                    self.path(name),
+                    primary=self.primary,
+                    database_bytes_max=self.database_bytes_max,
+                )
+                self._open[name] = database
+            return database
 
     def get(self, name: str) -> Database:
         database = self._open.get(name)
@@ -1013,6 +1025,7 @@ class Databases:
                 path.unlink()
 
     def close(self) -> None:
-        for database in self._open.values():
-            database.close()
-        self._open.clear()
+        with self._opening:
+            for database in self._open.values():
+                database.close()
+            self._open.clear()

@@ -165,7 +165,7 @@ class PopService(pb_grpc.PopServicer):
     async def SqlList(
         self, request: sql_pb2.SqlListRequest, context: grpc.aio.ServicerContext
     ) -> sql_pb2.SqlListResponse:
-        return sql_pb2.SqlListResponse(databases=self.node.sql.catalog())
+        return sql_pb2.SqlListResponse(databases=await self.node.sql.catalog())
 
     @rpc(internal=True)
     async def SqlDump(

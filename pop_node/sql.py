@@ -146,13 +146,19 @@ class SqlReplicas:
 
         await asyncio.get_running_loop().run_in_executor(self._reads, swap)
 
-    def catalog(self) -> list[sql_pb2.SqlDatabase]:
-        return [self.databases.get(name).info() for name in self.databases.names()]
+    # Every database a query names is looked up and opened on the read thread, behind any
+    # swap queued there: looked up on the loop during a swap, it could be one the swap
+    # closes, or a Database opened on the replaced file (whose replay then goes nowhere).
+
+    async def catalog(self) -> list[sql_pb2.SqlDatabase]:
+        def listed() -> list[sql_pb2.SqlDatabase]:
+            return [self.databases.get(name).info() for name in self.databases.names()]
+
+        return await asyncio.get_running_loop().run_in_executor(self._reads, listed)
 
     async def dump(self, name: str) -> sql_pb2.SqlDumpResponse:
-        database = self.databases.get(name)
         loop = asyncio.get_running_loop()
-        text, seq = await loop.run_in_executor(self._reads, database.dump)
+        text, seq = await loop.run_in_executor(self._reads, lambda: self.databases.get(name).dump())
         return sql_pb2.SqlDumpResponse(dump=text, applied_seq=seq)
 
     # -- queries ---------------------------------------------------------------------------------
@@ -172,7 +178,7 @@ class SqlReplicas:
             statements = list(request.statements)
 
             def read() -> tuple[list[sql_pb2.SqlResult], int] | None:
-                # On the read thread, as a snapshot's swap is (SqlReplicas.replace_all).
+                # On the read thread, as a snapshot's swap is (see `catalog`).
                 if not self.databases.exists(request.database):
                     return None  # not here (yet): the primary knows
                 try:
