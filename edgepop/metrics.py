@@ -353,6 +353,14 @@ class PopMetrics(_LogPositions):
             labels,
             registry=registry,
         ).labels(node, region)
+        # Per namespace (its class): which objects' memory a user sees go.
+        self.do_idle_evictions = Counter(
+            "edge_do_idle_evictions_total",
+            "Objects evicted from memory here for being idle with no connection (Cloudflare:"
+            " after 70-140 s): the next event constructs the class again.",
+            (*labels, "namespace"),
+            registry=registry,
+        )
 
         # Edge functions (workers) and the PoP's HTTP cache.
         self.worker_requests = Counter(

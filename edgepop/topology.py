@@ -77,6 +77,10 @@ DEFAULT_INTRA_SITE_RTT_MS = 1.0
 # (`ctx.acceptWebSocket`) after about 10 s: it leaves memory, its sockets stay open, and
 # the next event constructs the class again.
 DEFAULT_HIBERNATE_AFTER_S = 10.0
+# Cloudflare evicts an object with no connection after 70-140 s without an event: its
+# memory is gone and the next event constructs the class again. The low end, so a user
+# sees it as soon as Cloudflare may do it.
+DEFAULT_EVICT_IDLE_AFTER_S = 70.0
 # D1's "Maximum database size" (Workers Paid): a SQL database at the origin grows no larger.
 DEFAULT_SQL_DATABASE_BYTES_MAX = 10_000_000_000
 
@@ -128,6 +132,9 @@ class Topology:
     # An object whose only connections are hibernatable WebSockets leaves memory after
     # this long without an event, as on Cloudflare (0: objects never hibernate).
     hibernate_after_s: float = DEFAULT_HIBERNATE_AFTER_S
+    # An object with no connection leaves memory after this long without an event, as on
+    # Cloudflare (0: idle objects stay in memory).
+    evict_idle_after_s: float = DEFAULT_EVICT_IDLE_AFTER_S
     # The largest a SQL database may grow at the origin (a write past it is refused with
     # RESOURCE_EXHAUSTED and changes nothing).
     sql_database_bytes_max: int = DEFAULT_SQL_DATABASE_BYTES_MAX

@@ -24,6 +24,7 @@ from pydantic import (
 from edgepop.configfile import Located, validate
 from edgepop.configmodel import StrictModel, fullmatch
 from edgepop.topology import (
+    DEFAULT_EVICT_IDLE_AFTER_S,
     DEFAULT_HIBERNATE_AFTER_S,
     DEFAULT_REGIONS,
     DEFAULT_SQL_DATABASE_BYTES_MAX,
@@ -95,6 +96,9 @@ class ObjectsEntry(StrictModel):
     # Seconds without an event before an object holding only hibernatable WebSockets
     # hibernates (0: never).
     hibernate_after_s: NonNegative = DEFAULT_HIBERNATE_AFTER_S
+    # Seconds without an event before an object with no connection is evicted from
+    # memory (0: never).
+    evict_idle_after_s: NonNegative = DEFAULT_EVICT_IDLE_AFTER_S
 
 
 class SqlEntry(StrictModel):
@@ -207,6 +211,7 @@ def build(parsed: TopologyFile, located: Located) -> Topology:
         nodes=nodes,
         kv_cached_namespaces=cached,
         hibernate_after_s=parsed.objects.hibernate_after_s,
+        evict_idle_after_s=parsed.objects.evict_idle_after_s,
         sql_database_bytes_max=parsed.sql.database_bytes_max,
     )
     if not topology.pop_regions():

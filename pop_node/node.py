@@ -108,6 +108,7 @@ class PopNode(Node):
             control_plane=self.control_plane_stub,
             internal_metadata=internal,
             hibernate_after_s=self.config.topology.hibernate_after_s,
+            evict_idle_after_s=self.config.topology.evict_idle_after_s,
         )
         self.router = ObjectRouter(self.objects, self.name, self.region, self.token)
         self.kv = KvFrontend(self, self.config.topology.kv_cached_namespaces)

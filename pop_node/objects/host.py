@@ -48,7 +48,7 @@ from edgepop.lease import Lease
 from edgepop.metrics import PopMetrics
 from edgepop.rpc import channel
 from edgepop.storage import Storage
-from edgepop.topology import DEFAULT_HIBERNATE_AFTER_S
+from edgepop.topology import DEFAULT_EVICT_IDLE_AFTER_S, DEFAULT_HIBERNATE_AFTER_S
 from pop_node.objects.committer import ObjectCommitter
 from pop_node.objects.fetch import FETCH_METHOD, decode_request, run_fetch
 from pop_node.objects.instance import (
@@ -72,7 +72,8 @@ ARGS_BYTES_MAX = 1024 * 1024
 LOCATE_TIMEOUT_S = 3.0
 LEASE_CHECK_INTERVAL_S = 0.05
 ALARM_SCAN_INTERVAL_S = 0.5
-# Hibernation is looked for at least this often (and 4 times per hibernate_after_s).
+# Idle objects are looked for at least this often (and 4 times per hibernate_after_s or
+# evict_idle_after_s, whichever is shorter).
 HIBERNATION_CHECK_S_MAX = 1.0
 NOT_MINE_RECHECK_S = 30.0
 # Objects brought to a new standby at once (each a full copy and a control-plane call).
@@ -143,11 +144,14 @@ class ObjectHost:
         control_plane: Callable[[], control_plane_pb2_grpc.ControlPlaneStub | None],
         internal_metadata: tuple[tuple[str, str], ...],
         hibernate_after_s: float = DEFAULT_HIBERNATE_AFTER_S,
+        evict_idle_after_s: float = DEFAULT_EVICT_IDLE_AFTER_S,
     ) -> None:
         """`hibernate_after_s`: an object holding only hibernatable WebSockets leaves
-        memory after this long without an event (0: never)."""
+        memory after this long without an event; `evict_idle_after_s`: an object with no
+        connection at all (0: never, for either)."""
         self.node_name = node_name
         self.hibernate_after_s = hibernate_after_s
+        self.evict_idle_after_s = evict_idle_after_s
         self.region = region
         self.storage = storage
         self.store = ObjectStore(storage)
@@ -697,18 +701,28 @@ class ObjectHost:
                 await instance.execute(instance.state.storage.delete_alarm)
 
     async def _hibernate(self) -> None:
-        """Hibernate the objects Cloudflare would (`ObjectInstance.hibernate_if_idle`),
-        looking a few times per `hibernate_after_s` (at least once a second)."""
-        if self.hibernate_after_s <= 0:
+        """Hibernate or evict the idle objects Cloudflare would
+        (`ObjectInstance.hibernate_if_idle`, `evict_if_idle`), looking a few times per
+        period (at least once a second)."""
+        periods = [p for p in (self.hibernate_after_s, self.evict_idle_after_s) if p > 0]
+        if not periods:
             return
-        interval = min(HIBERNATION_CHECK_S_MAX, self.hibernate_after_s / 4)
+        interval = min(HIBERNATION_CHECK_S_MAX, min(periods) / 4)
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
             for instance in list(self.instances.values()):
-                if instance.websockets and instance.hibernate_if_idle(now, self.hibernate_after_s):
-                    self.metrics.do_hibernations.inc()
-                    log.info("hibernated %s/%s", instance.namespace, instance.object_id.hex()[:12])
+                if instance.websockets:
+                    if instance.hibernate_if_idle(now, self.hibernate_after_s):
+                        self.metrics.do_hibernations.inc()
+                        log.info(
+                            "hibernated %s/%s", instance.namespace, instance.object_id.hex()[:12]
+                        )
+                elif instance.evict_if_idle(now, self.evict_idle_after_s):
+                    metrics = self.metrics
+                    metrics.do_idle_evictions.labels(
+                        metrics.node, metrics.region, instance.namespace
+                    ).inc()
 
     async def _scan_alarms(self) -> None:
         """Wake objects whose alarm is due but which have no live instance (e.g. moved here)."""

@@ -304,6 +304,13 @@ def hibernation_due(
     )
 
 
+def eviction_due(*, idle_s: float, after_s: float, busy: bool, sessions: int) -> bool:
+    """Cloudflare's other rule: an object with no connection at all, idle for 70-140 s
+    (`after_s`; 0: never), is evicted from memory; the next event constructs it again.
+    A connection of any kind keeps it (hibernatable sockets hibernate it instead)."""
+    return after_s > 0 and idle_s >= after_s and not busy and sessions == 0
+
+
 class InstanceState(ObjectState):
     def __init__(self, instance: ObjectInstance) -> None:
         self._instance = instance
@@ -397,12 +404,13 @@ class ObjectInstance:
         self._durable = asyncio.Event()
         self.sql = SqlStorage(self.read_internal) if sqlite else None
         self.state = InstanceState(self)
-        # None while hibernated: the next event constructs the class again and runs its
-        # `setup` first (`_needs_setup`), as Cloudflare runs the constructor on waking.
+        # None while hibernated or evicted: the next event constructs the class again and
+        # runs its `setup` first (`_needs_setup`), as Cloudflare runs the constructor.
         self._obj: DurableObject | None = self._construct()
         self._needs_setup = False
         self.last_event_at = time.monotonic()
         self.hibernations = 0
+        self.idle_evictions = 0
         self.alarm_task: asyncio.Task[None] | None = None
         self.created_at = time.monotonic()
         # Calls run here since activation (Status reports it; the console makes a rate).
@@ -418,7 +426,7 @@ class ObjectInstance:
 
     @property
     def obj(self) -> DurableObject:
-        """The object; constructed again on first use after it hibernated."""
+        """The object; constructed again on first use after it hibernated or was evicted."""
         if self._obj is None:
             self._obj = self._construct()
             self._needs_setup = True
@@ -433,10 +441,9 @@ class ObjectInstance:
     def hibernated(self) -> bool:
         return self._obj is None
 
-    def hibernate_if_idle(self, now: float, after_s: float) -> bool:
-        """Leave memory (the object, not its sockets, storage or epoch) when Cloudflare
-        would hibernate it; True when it did."""
-        busy = (
+    def _busy_or_away(self) -> bool:
+        """Out of memory already, or with an event or a commit under way."""
+        return (
             self._obj is None
             or bool(self.broken)
             or self.gate.locked()
@@ -444,16 +451,34 @@ class ObjectInstance:
             or bool(self.pending)
             or self.durable_seq < self.seq
         )
+
+    def hibernate_if_idle(self, now: float, after_s: float) -> bool:
+        """Leave memory (the object, not its sockets, storage or epoch) when Cloudflare
+        would hibernate it; True when it did."""
         if not hibernation_due(
             idle_s=now - self.last_event_at,
             after_s=after_s,
-            busy=busy,
+            busy=self._busy_or_away(),
             hibernatable_sockets=len(self.websockets),
             sessions=len(self.sessions),
         ):
             return False
         self._obj = None
         self.hibernations += 1
+        return True
+
+    def evict_if_idle(self, now: float, after_s: float) -> bool:
+        """Leave memory (the object; its storage, epoch, standby and alarm stay) when
+        Cloudflare would evict it for being idle; True when it did."""
+        if not eviction_due(
+            idle_s=now - self.last_event_at,
+            after_s=after_s,
+            busy=self._busy_or_away(),
+            sessions=len(self.sessions),
+        ):
+            return False
+        self._obj = None
+        self.idle_evictions += 1
         return True
 
     def _waking(self, handler: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:

@@ -76,15 +76,19 @@ def converged(cluster: Cluster) -> bool:
     return True
 
 
-def metric_value(cluster: Cluster, name: str, metric: str) -> float:
-    """Sum of a metric's samples on one node's /metrics (0 when absent)."""
+def metric_value(
+    cluster: Cluster, name: str, metric: str, labels: dict[str, str] | None = None
+) -> float:
+    """Sum of a metric's samples on one node's /metrics, of those with `labels` if given
+    (0 when absent)."""
     address = cluster.node(name).metrics_address
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
         text = response.read().decode()
+    wanted = (labels or {}).items()
     total = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == metric:
+            if sample.name == metric and wanted <= sample.labels.items():
                 total += sample.value
     return total
 

@@ -38,7 +38,12 @@ RTT_SLACK_MS = 100.0
 # nothing in memory, so its test holds whether it hibernates between phases or not.
 HIBERNATE_AFTER_S = 1.0
 HIBERNATION_TIMEOUT_S = 15.0
-TOPOLOGY = origin_and_pops(*REGIONS, objects={"hibernate_after_s": HIBERNATE_AFTER_S})
+# And an object with no connection is evicted after 2 s idle (Cloudflare: 70-140 s).
+EVICT_IDLE_AFTER_S = 2.0
+TOPOLOGY = origin_and_pops(
+    *REGIONS,
+    objects={"hibernate_after_s": HIBERNATE_AFTER_S, "evict_idle_after_s": EVICT_IDLE_AFTER_S},
+)
 ENTRY = """
 import json
 from urllib.parse import parse_qs, urlparse
@@ -57,6 +62,8 @@ class Default(WorkerEntrypoint):
             return Response(None, status=101, web_socket=client)
         if urlparse(request.url).path == "/sleepy":
             return await self.env.SLEEPY.getByName("nap").fetch(request)
+        if urlparse(request.url).path == "/forgetful":
+            return await self.env.FORGETFUL.getByName("idle").fetch(request)
         room = self.env.ROOMS.getByName("lobby")
         return await room.fetch(request)
 
@@ -82,6 +89,18 @@ class Sleepy(DurableObject):
             "attachment": ws.deserializeAttachment(),
             "sockets": len(self.ctx.getWebSockets()),
         }))
+
+
+class Forgetful(DurableObject):
+    def __init__(self, ctx, env):
+        super().__init__(ctx, env)
+        self.calls = 0  # in memory: gone when the object is evicted
+
+    async def fetch(self, request):
+        self.calls += 1
+        stored = (await self.ctx.storage.get("calls") or 0) + 1
+        await self.ctx.storage.put("calls", stored)
+        return Response.json({"in_memory": self.calls, "stored": stored})
 
 
 class ChatRoom(DurableObject):
@@ -118,9 +137,10 @@ WRANGLER = {
         "bindings": [
             {"name": "ROOMS", "class_name": "ChatRoom"},
             {"name": "SLEEPY", "class_name": "Sleepy"},
+            {"name": "FORGETFUL", "class_name": "Forgetful"},
         ]
     },
-    "migrations": [{"tag": "v1", "new_classes": ["ChatRoom", "Sleepy"]}],
+    "migrations": [{"tag": "v1", "new_classes": ["ChatRoom", "Sleepy", "Forgetful"]}],
 }
 
 
@@ -292,3 +312,38 @@ def test_an_idle_object_holding_only_hibernatable_sockets_hibernates_and_wakes(
     running: tuple[Cluster, Path],
 ) -> None:
     asyncio.run(nap(running[0]))
+
+
+def idle_evictions(cluster: Cluster, namespace: str) -> float:
+    return sum(
+        metric_value(cluster, pop.name, "edge_do_idle_evictions_total", {"namespace": namespace})
+        for pop in cluster.by_role("pop")
+    )
+
+
+async def forget(cluster: Cluster) -> None:
+    before = idle_evictions(cluster, "chat.Forgetful")
+    async with aiohttp.ClientSession() as session:
+
+        async def call() -> Any:
+            async with session.get(
+                url(cluster, "london", "/forgetful"), headers=headers("london")
+            ) as response:
+                assert response.status == 200, await response.text()
+                return await response.json()
+
+        assert await call() == {"in_memory": 1, "stored": 1}
+        assert await call() == {"in_memory": 2, "stored": 2}
+        # Idle, with no connection: evicted from memory, as Cloudflare does.
+        deadline = time.monotonic() + HIBERNATION_TIMEOUT_S
+        while idle_evictions(cluster, "chat.Forgetful") <= before:
+            assert time.monotonic() < deadline, "the idle object was never evicted"
+            await asyncio.sleep(0.1)
+        # Constructed again: its memory starts over, its storage is all there.
+        assert await call() == {"in_memory": 1, "stored": 3}
+
+
+def test_an_idle_object_with_no_connection_is_evicted_and_its_next_call_constructs_it(
+    running: tuple[Cluster, Path],
+) -> None:
+    asyncio.run(forget(running[0]))

@@ -33,6 +33,7 @@ from pop_node.objects.instance import (
     ObjectInstance,
     RemoteError,
     SessionChannel,
+    eviction_due,
     hibernation_due,
 )
 from pop_node.objects.store import ObjectStore, Write, okey
@@ -779,6 +780,51 @@ def test_a_hibernated_object_is_constructed_and_set_up_again_at_its_next_event(
         assert json.loads((await _durably(host, _call(instance, "touch")))[0]) == [1, 3]
         assert (Sleeper.constructed, Sleeper.set_up) == (2, 1)
         assert not instance.hibernated
+
+    asyncio.run(scenario())
+
+
+def test_eviction_needs_idle_time_no_connection_and_nothing_under_way() -> None:
+    due = {"idle_s": 71.0, "after_s": 70.0, "busy": False, "sessions": 0}
+    assert eviction_due(**due)
+    assert not eviction_due(**{**due, "idle_s": 69.9})  # not idle long enough
+    assert not eviction_due(**{**due, "after_s": 0.0})  # eviction off
+    assert not eviction_due(**{**due, "busy": True})  # an event or a commit under way
+    assert not eviction_due(**{**due, "sessions": 1})  # a connection keeps it
+
+
+def test_an_idle_object_is_evicted_and_its_next_call_constructs_it_with_storage_intact(
+    host: FakeHost,
+) -> None:
+    async def scenario() -> None:
+        Sleeper.constructed = Sleeper.set_up = 0
+        instance = _instance(host, Sleeper)
+        assert json.loads((await _durably(host, _call(instance, "touch")))[0]) == [1, 1]
+        assert json.loads((await _durably(host, _call(instance, "touch")))[0]) == [2, 2]
+        now = time.monotonic()
+        assert not instance.evict_if_idle(now + 5, 70.0)  # not idle long enough
+        instance.sessions["plain"] = object()  # type: ignore[assignment]
+        assert not instance.evict_if_idle(now + 100, 70.0)  # connected: it stays
+        del instance.sessions["plain"]
+        assert instance.evict_if_idle(now + 100, 70.0)
+        assert instance.hibernated and instance.idle_evictions == 1
+        assert not instance.evict_if_idle(now + 200, 70.0)  # already gone
+        # Memory gone, storage intact; constructed and set up again in the call's turn.
+        assert json.loads((await _durably(host, _call(instance, "touch")))[0]) == [1, 3]
+        assert (Sleeper.constructed, Sleeper.set_up) == (2, 1)
+
+    asyncio.run(scenario())
+
+
+def test_an_object_with_a_call_waiting_is_not_evicted(host: FakeHost) -> None:
+    async def scenario() -> None:
+        instance = _instance(host, Sleeper)
+        call = asyncio.ensure_future(_call(instance, "touch"))
+        await _settle()  # run, submitted, not durable: the output gate holds it
+        assert not instance.evict_if_idle(time.monotonic() + 100, 70.0)
+        host.committer.complete()
+        await call
+        assert instance.evict_if_idle(time.monotonic() + 100, 70.0)
 
     asyncio.run(scenario())
 

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgepop.topology import (
+    DEFAULT_EVICT_IDLE_AFTER_S,
     DEFAULT_HIBERNATE_AFTER_S,
     DEFAULT_REGIONS,
     NodeSpec,
@@ -538,6 +539,16 @@ def test_objects_hibernate_after_ten_seconds_unless_the_topology_says_otherwise(
     assert parse_topology({}).hibernate_after_s == DEFAULT_HIBERNATE_AFTER_S == 10.0
     assert parse_topology({"objects": {"hibernate_after_s": 1.5}}).hibernate_after_s == 1.5
     assert parse_topology({"objects": {"hibernate_after_s": 0}}).hibernate_after_s == 0.0
+
+
+def test_idle_objects_are_evicted_after_seventy_seconds_unless_the_topology_says_otherwise() -> (
+    None
+):
+    assert parse_topology({}).evict_idle_after_s == DEFAULT_EVICT_IDLE_AFTER_S == 70.0
+    assert parse_topology({"objects": {"evict_idle_after_s": 2}}).evict_idle_after_s == 2.0
+    assert parse_topology({"objects": {"evict_idle_after_s": 0}}).evict_idle_after_s == 0.0
+    with pytest.raises(TopologyError, match=r"objects\.evict_idle_after_s: "):
+        parse_topology({"objects": {"evict_idle_after_s": -1}})
 
 
 @pytest.mark.parametrize(
