@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -421,3 +422,58 @@ def test_the_watchdog_checks_a_running_step_against_no_more_than_its_wall_time(
     finally:
         assert not watchdog.end(), "the watchdog interrupted a step that used no CPU"
         watchdog.close()
+
+
+class CountingCpuClock:
+    """time.clock_gettime, counting the loop thread's reads of a per-thread CPU clock."""
+
+    def __init__(self) -> None:
+        self.loop_thread = threading.get_ident()
+        self.reads = 0
+        self._real = time.clock_gettime
+
+    def __call__(self, clock_id: int) -> float:
+        # pthread_getcpuclockid gives negative ids; CLOCK_THREAD_CPUTIME_ID (spin's) is not.
+        if threading.get_ident() == self.loop_thread and clock_id < 0:
+            self.reads += 1
+        return self._real(clock_id)
+
+
+def test_steps_close_together_share_one_reading_of_the_cpu_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = CountingCpuClock()
+    monkeypatch.setattr(time, "clock_gettime", clock)
+    steps = 500
+
+    async def many_short_steps() -> str:
+        for _ in range(steps - 1):
+            await asyncio.sleep(0)
+        return "done"
+
+    started = time.perf_counter()
+    outcome, budget, _ = run_metered(many_short_steps)
+    elapsed_s = time.perf_counter() - started
+    assert outcome == "done" and not budget.exceeded
+    # At most one reading per SHORT_STEP_S of wall time, and far fewer than the steps.
+    assert clock.reads <= elapsed_s / SHORT_STEP_S + 1
+    assert clock.reads < steps / 2, f"{clock.reads} readings for {steps} steps"
+
+
+def test_a_long_step_starting_from_an_earlier_reading_is_charged_all_but_a_short_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = CountingCpuClock()
+    monkeypatch.setattr(time, "clock_gettime", clock)
+    spin_s = 0.01
+
+    async def short_then_long() -> str:
+        await asyncio.sleep(0)  # a short step; the next starts from its reading
+        spin(spin_s)
+        return "done"
+
+    outcome, budget, _ = run_metered(short_then_long, limit_s=1.0)
+    assert outcome == "done"
+    # The first step's start and the long step's end: no reading at the long one's start.
+    assert clock.reads == 2
+    assert spin_s - SHORT_STEP_S <= budget.used_s <= spin_s + 2 * SHORT_STEP_S + 0.005
