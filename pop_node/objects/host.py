@@ -252,7 +252,10 @@ class ObjectHost:
     async def run(self) -> None:
         """Background work: commits, lease watch, alarm scan."""
         await asyncio.gather(
-            self.committer.run(), self._watch_lease(), self._scan_alarms(), self._hibernate()
+            self.committer.run(),
+            self._watch_lease(),
+            self._scan_alarms(),
+            self._put_idle_objects_away(),
         )
 
     async def close(self) -> None:
@@ -700,7 +703,7 @@ class ObjectHost:
             with contextlib.suppress(EdgeError):
                 await instance.execute(instance.state.storage.delete_alarm)
 
-    async def _hibernate(self) -> None:
+    async def _put_idle_objects_away(self) -> None:
         """Hibernate or evict the idle objects Cloudflare would
         (`ObjectInstance.hibernate_if_idle`, `evict_if_idle`), looking a few times per
         period (at least once a second)."""

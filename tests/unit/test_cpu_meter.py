@@ -439,11 +439,17 @@ class CountingCpuClock:
         return self._real(clock_id)
 
 
-def test_steps_close_together_share_one_reading_of_the_cpu_clock(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def counting_clock(monkeypatch: pytest.MonkeyPatch) -> CountingCpuClock:
     clock = CountingCpuClock()
     monkeypatch.setattr(time, "clock_gettime", clock)
+    return clock
+
+
+def test_steps_close_together_share_one_reading_of_the_cpu_clock(
+    counting_clock: CountingCpuClock,
+) -> None:
+    clock = counting_clock
     steps = 500
 
     async def many_short_steps() -> str:
@@ -461,10 +467,9 @@ def test_steps_close_together_share_one_reading_of_the_cpu_clock(
 
 
 def test_a_long_step_starting_from_an_earlier_reading_is_charged_all_but_a_short_step(
-    monkeypatch: pytest.MonkeyPatch,
+    counting_clock: CountingCpuClock,
 ) -> None:
-    clock = CountingCpuClock()
-    monkeypatch.setattr(time, "clock_gettime", clock)
+    clock = counting_clock
     spin_s = 0.01
 
     async def short_then_long() -> str:

@@ -748,6 +748,12 @@ class Sleeper(DurableObject):
         return [self.in_memory, stored]
 
 
+async def _touch(host: FakeHost, instance: ObjectInstance) -> list[int]:
+    """Sleeper.touch, durably: [calls counted in memory, calls counted in storage]."""
+    counts: list[int] = json.loads((await _durably(host, _call(instance, "touch")))[0])
+    return counts
+
+
 def test_hibernation_needs_idle_time_hibernatable_sockets_only_and_nothing_under_way() -> None:
     due = {"idle_s": 12.0, "after_s": 10.0, "busy": False, "hibernatable_sockets": 2, "sessions": 2}
     assert hibernation_due(**due)
@@ -765,8 +771,8 @@ def test_a_hibernated_object_is_constructed_and_set_up_again_at_its_next_event(
     async def scenario() -> None:
         Sleeper.constructed = Sleeper.set_up = 0
         instance = _instance(host, Sleeper)
-        assert json.loads((await _durably(host, _call(instance, "touch")))[0]) == [1, 1]
-        assert json.loads((await _durably(host, _call(instance, "touch")))[0]) == [2, 2]
+        assert await _touch(host, instance) == [1, 1]
+        assert await _touch(host, instance) == [2, 2]
         now = time.monotonic()
         # No socket: idle, not hibernating.
         assert not instance.hibernate_if_idle(now + 60, 10.0)
@@ -777,7 +783,7 @@ def test_a_hibernated_object_is_constructed_and_set_up_again_at_its_next_event(
         assert instance.hibernated and instance.hibernations == 1
         assert not instance.hibernate_if_idle(now + 120, 10.0)  # already asleep
         # The next event wakes it: a new object (memory gone), set up, storage intact.
-        assert json.loads((await _durably(host, _call(instance, "touch")))[0]) == [1, 3]
+        assert await _touch(host, instance) == [1, 3]
         assert (Sleeper.constructed, Sleeper.set_up) == (2, 1)
         assert not instance.hibernated
 
@@ -799,8 +805,8 @@ def test_an_idle_object_is_evicted_and_its_next_call_constructs_it_with_storage_
     async def scenario() -> None:
         Sleeper.constructed = Sleeper.set_up = 0
         instance = _instance(host, Sleeper)
-        assert json.loads((await _durably(host, _call(instance, "touch")))[0]) == [1, 1]
-        assert json.loads((await _durably(host, _call(instance, "touch")))[0]) == [2, 2]
+        assert await _touch(host, instance) == [1, 1]
+        assert await _touch(host, instance) == [2, 2]
         now = time.monotonic()
         assert not instance.evict_if_idle(now + 5, 70.0)  # not idle long enough
         instance.sessions["plain"] = object()  # type: ignore[assignment]
@@ -810,7 +816,7 @@ def test_an_idle_object_is_evicted_and_its_next_call_constructs_it_with_storage_
         assert instance.hibernated and instance.idle_evictions == 1
         assert not instance.evict_if_idle(now + 200, 70.0)  # already gone
         # Memory gone, storage intact; constructed and set up again in the call's turn.
-        assert json.loads((await _durably(host, _call(instance, "touch")))[0]) == [1, 3]
+        assert await _touch(host, instance) == [1, 3]
         assert (Sleeper.constructed, Sleeper.set_up) == (2, 1)
 
     asyncio.run(scenario())
