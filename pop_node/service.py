@@ -146,12 +146,16 @@ class PopService(pb_grpc.PopServicer):
             object_id = objectid.new_unique_id(request.namespace)
         return objects_pb2.ObjectIdResponse(id=object_id.hex())
 
-    @rpc(internal=True)
+    @rpc(internal=True, bidi=True)
     async def ObjectReplicate(
-        self, request: objects_pb2.ObjectReplicateRequest, context: grpc.aio.ServicerContext
-    ) -> objects_pb2.ObjectReplicateResponse:
-        results = await self.node.objects.apply_replica(list(request.updates))
-        return objects_pb2.ObjectReplicateResponse(results=results)
+        self,
+        request_iterator: AsyncIterator[objects_pb2.ObjectReplicateRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[objects_pb2.ObjectReplicateResponse]:
+        # One at a time, in the owner's order: each answer says the copy is durable here.
+        async for request in request_iterator:
+            results = await self.node.objects.apply_replica(list(request.updates))
+            yield objects_pb2.ObjectReplicateResponse(results=results)
 
     # -- SQL databases -------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Instances submit (instance, seq, writes) as calls finish. The committer takes everything
 queued, writes it in one LMDB transaction (every object, every call) and, at the same
-time, sends each standby node one ObjectReplicate with its objects' updates. A commit
+time, sends each standby node one request with its objects' updates, on the stream the
+node keeps open to that standby (standby_link.py). A commit
 is durable — and its callers are answered — only when both are done. A standby that is
 behind gets the object in full; one that knows a newer epoch means this node is no
 longer the owner: the instance breaks and its callers get UNAVAILABLE (and retry at the
@@ -18,9 +19,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import grpc
-
 from edge.v1 import objects_pb2
+from pop_node.objects.standby_link import StandbyUnreachable
 from pop_node.objects.store import ObjectStore, StaleEpochError, Write
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ class ObjectCommitter:
         return failed
 
     async def _replicate(self, batch: list[_Commit]) -> dict[int, str]:
-        """One ObjectReplicate per standby node; objects without a standby skip this."""
+        """One request per standby node; objects without a standby skip this."""
         by_standby: dict[str, list[_Commit]] = defaultdict(list)
         for commit in batch:
             if commit.instance.standby_address:
@@ -180,8 +180,8 @@ class ObjectCommitter:
             )
         try:
             results = await self.send_updates(address, updates)
-        except grpc.aio.AioRpcError as error:
-            reason = f"standby {address} unreachable: {error.code().name}"
+        except StandbyUnreachable as error:
+            reason = f"standby {address} unreachable: {error.reason}"
             return {id(instance): reason for instance in order}
         for instance, result in zip(order, results, strict=True):
             if result == objects_pb2.REPLICA_RESULT_APPLIED:
@@ -198,11 +198,11 @@ class ObjectCommitter:
     async def send_updates(
         self, address: str, updates: list[objects_pb2.ObjectReplicaUpdate]
     ) -> list[int]:
-        stub = self.host.stub(address)
-        response = await stub.ObjectReplicate(
+        """The standby's result per update, in order; StandbyUnreachable if it did not
+        answer within REPLICATE_TIMEOUT_S."""
+        response = await self.host.standby_link(address).send(
             objects_pb2.ObjectReplicateRequest(owner=self.host.node_name, updates=updates),
-            metadata=self.host.internal_metadata,
-            timeout=REPLICATE_TIMEOUT_S,
+            REPLICATE_TIMEOUT_S,
         )
         if len(response.results) != len(updates):
             raise AssertionError("standby answered a different number of updates")
@@ -230,7 +230,7 @@ class ObjectCommitter:
         )
         try:
             results = await self.send_updates(address, [update])
-        except grpc.aio.AioRpcError:
+        except StandbyUnreachable:
             return False
         return results[0] == objects_pb2.REPLICA_RESULT_APPLIED
 

@@ -56,6 +56,7 @@ from pop_node.objects.instance import (
     InstanceBrokenError,
     ObjectInstance,
 )
+from pop_node.objects.standby_link import StandbyLink, StandbyUnreachable
 from pop_node.objects.store import (
     ALARM_KEY,
     OBJECT_KEY_BYTES_MAX,
@@ -169,6 +170,7 @@ class ObjectHost:
         self._activating: dict[bytes, asyncio.Future[ObjectInstance]] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, pop_pb2_grpc.PopStub] = {}
+        self._standby_links: dict[str, StandbyLink] = {}
         self.committer = ObjectCommitter(self)
         self._queue_depth = 0
         self._metric_children: dict[tuple[str, str], tuple[Any, Any]] = {}
@@ -211,6 +213,16 @@ class ObjectHost:
         existing = self._stubs.get(address)
         if existing is None:
             existing = self._stubs[address] = pop_pb2_grpc.PopStub(self.channel(address))
+        return existing
+
+    def standby_link(self, address: str) -> StandbyLink:
+        """The stream of standby copies to the node at `address`, kept open."""
+        existing = self._standby_links.get(address)
+        if existing is None:
+            stub = self.stub(address)
+            existing = self._standby_links[address] = StandbyLink(
+                address, lambda: stub.ObjectReplicate(metadata=self.internal_metadata)
+            )
         return existing
 
     def lease_generation(self) -> int:
@@ -263,6 +275,8 @@ class ObjectHost:
             task.cancel()
         for instance in list(self.instances.values()):
             self.evict(instance, "node shutting down")
+        for link in self._standby_links.values():
+            link.close()
         for open_channel in self._channels.values():
             await open_channel.close(grace=None)
 
@@ -532,7 +546,7 @@ class ObjectHost:
         )
         try:
             results = await self.committer.send_updates(address, [check])
-        except grpc.aio.AioRpcError:
+        except StandbyUnreachable:
             return False
         if results[0] == objects_pb2.REPLICA_RESULT_APPLIED:
             return True

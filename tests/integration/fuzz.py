@@ -971,9 +971,13 @@ def call_for(ctx: FuzzContext, rpc: Rpc, messages: MessageStrategies) -> Strateg
     payload = st.one_of(*[request] * 7, mangled)
     more: Strategy[list[bytes]] = st.just([])
     if rpc.client_streaming:
-        data = st.one_of(st.sampled_from(SESSION_DATA), any_text()).map(
-            lambda text: rpc.request(data=text).SerializeToString()
-        )
+        data: Strategy[bytes]
+        if "data" in rpc.request.DESCRIPTOR.fields_by_name:  # a session's later messages
+            data = st.one_of(st.sampled_from(SESSION_DATA), any_text()).map(
+                lambda text: rpc.request(data=text).SerializeToString()
+            )
+        else:  # any other stream (the standby's copies): more requests like the first
+            data = request.map(_payload)
         # Now and then a later message that does not parse (the session must still end).
         broken = st.sampled_from([b"\x80" * 11, b"\x12\x02\xc3\x28", b"\x0a\x05ab"])
         more = st.lists(st.one_of(*[data] * 5, broken), max_size=3)
@@ -987,6 +991,10 @@ def call_for(ctx: FuzzContext, rpc: Rpc, messages: MessageStrategies) -> Strateg
         st.sampled_from(REGION_METADATA),
         more,
     )
+
+
+def _payload(chosen: tuple[str, bytes]) -> bytes:
+    return chosen[1]
 
 
 def batches(

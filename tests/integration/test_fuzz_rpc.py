@@ -381,6 +381,9 @@ def problems(call: FuzzCall, outcome: Outcome) -> list[str]:
     if parsed is None:
         # Bytes that are not the request message: refused as such, before anything runs.
         allowed = {Code.INVALID_ARGUMENT}
+        if rpc.client_streaming and not authorized:
+            # A stream's headers arrive before its first message: the token is checked first.
+            allowed.add(Code.UNAUTHENTICATED)
     elif not authorized and not (rpc.server_streaming and outcome.cut):
         # An internal method without the token refuses, whatever else is wrong.
         allowed = {Code.UNAUTHENTICATED}

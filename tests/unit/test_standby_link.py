@@ -1,0 +1,146 @@
+"""The owner's stream of standby copies (`StandbyLink`) against a real grpc.aio server on
+loopback: answers go to their requests in order; a late answer, a failed stream or a
+standby that is down fail every request in flight, and the next request opens a new stream.
+
+The server plays a standby whose behaviour each request picks by its `owner` field:
+"answer" (results = [number of updates]), "hold" (never answers), "abort" (ends the
+stream UNAVAILABLE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from edge.v1 import objects_pb2, pop_pb2_grpc
+from pop_node.objects.standby_link import StandbyLink, StandbyUnreachable
+
+METHOD = "/edge.v1.Pop/ObjectReplicate"
+TIMEOUT_S = 5.0
+
+
+class Standby:
+    def __init__(self) -> None:
+        self.streams_opened = 0
+        self.received: list[str] = []
+        self.got_one = asyncio.Event()
+
+    async def replicate(
+        self, requests: AsyncIterator[objects_pb2.ObjectReplicateRequest], context: Any
+    ) -> AsyncIterator[objects_pb2.ObjectReplicateResponse]:
+        self.streams_opened += 1
+        async for request in requests:
+            self.received.append(request.owner)
+            self.got_one.set()
+            if request.owner == "hold":
+                await asyncio.Event().wait()
+            if request.owner == "abort":
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "standby going away")
+            yield objects_pb2.ObjectReplicateResponse(
+                results=[objects_pb2.REPLICA_RESULT_APPLIED] * len(request.updates)
+            )
+
+
+def request(behaviour: str, updates: int = 1) -> objects_pb2.ObjectReplicateRequest:
+    return objects_pb2.ObjectReplicateRequest(
+        owner=behaviour, updates=[objects_pb2.ObjectReplicaUpdate()] * updates
+    )
+
+
+def with_standby(scenario: Callable[[StandbyLink, Standby], Awaitable[None]]) -> None:
+    async def run() -> None:
+        standby = Standby()
+        server = grpc.aio.server()
+        handler = grpc.stream_stream_rpc_method_handler(
+            standby.replicate,
+            request_deserializer=objects_pb2.ObjectReplicateRequest.FromString,
+            response_serializer=objects_pb2.ObjectReplicateResponse.SerializeToString,
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("edge.v1.Pop", {"ObjectReplicate": handler}),)
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        address = f"127.0.0.1:{port}"
+        channel = grpc.aio.insecure_channel(address)
+        stub = pop_pb2_grpc.PopStub(channel)
+        link = StandbyLink(address, lambda: stub.ObjectReplicate())
+        try:
+            await asyncio.wait_for(scenario(link, standby), 30)
+        finally:
+            link.close()
+            await channel.close(grace=None)
+            await server.stop(grace=None)
+
+    asyncio.run(run())
+
+
+def test_answers_go_to_their_requests_in_order_on_one_stream() -> None:
+    async def scenario(link: StandbyLink, standby: Standby) -> None:
+        answers = await asyncio.gather(
+            *(link.send(request("answer", updates=count), TIMEOUT_S) for count in (1, 2, 3, 4))
+        )
+        assert [len(answer.results) for answer in answers] == [1, 2, 3, 4]
+        assert standby.streams_opened == 1
+
+    with_standby(scenario)
+
+
+def test_a_late_answer_fails_every_request_in_flight_and_the_next_opens_a_new_stream() -> None:
+    async def scenario(link: StandbyLink, standby: Standby) -> None:
+        held = asyncio.ensure_future(link.send(request("hold"), 0.2))
+        behind = asyncio.ensure_future(link.send(request("answer"), TIMEOUT_S))
+        with pytest.raises(StandbyUnreachable, match=r"no answer within 0\.2 s"):
+            await held
+        # Queued behind the held one on the same stream: its fate is unknown too.
+        with pytest.raises(StandbyUnreachable, match=r"no answer within 0\.2 s"):
+            await behind
+        answer = await link.send(request("answer", updates=2), TIMEOUT_S)
+        assert len(answer.results) == 2
+        assert standby.streams_opened == 2
+
+    with_standby(scenario)
+
+
+def test_a_stream_the_standby_ends_fails_its_request_and_the_next_opens_a_new_stream() -> None:
+    async def scenario(link: StandbyLink, standby: Standby) -> None:
+        assert len((await link.send(request("answer"), TIMEOUT_S)).results) == 1
+        with pytest.raises(StandbyUnreachable) as failed:
+            await link.send(request("abort"), TIMEOUT_S)
+        assert failed.value.reason == "UNAVAILABLE"
+        assert len((await link.send(request("answer"), TIMEOUT_S)).results) == 1
+        assert standby.streams_opened == 2
+        assert standby.received == ["answer", "abort", "answer"]
+
+    with_standby(scenario)
+
+
+def test_closing_the_link_fails_what_waits() -> None:
+    async def scenario(link: StandbyLink, standby: Standby) -> None:
+        held = asyncio.ensure_future(link.send(request("hold"), TIMEOUT_S))
+        await standby.got_one.wait()
+        link.close()
+        with pytest.raises(StandbyUnreachable, match="node shutting down"):
+            await held
+
+    with_standby(scenario)
+
+
+def test_a_standby_that_is_down_is_unreachable_at_once() -> None:
+    async def run() -> None:
+        channel = grpc.aio.insecure_channel("127.0.0.1:1")  # nothing listens on port 1
+        stub = pop_pb2_grpc.PopStub(channel)
+        link = StandbyLink("127.0.0.1:1", lambda: stub.ObjectReplicate())
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(StandbyUnreachable) as failed:
+            await link.send(request("answer"), TIMEOUT_S)
+        assert failed.value.reason == "UNAVAILABLE"
+        assert asyncio.get_running_loop().time() - started < TIMEOUT_S
+        link.close()
+        await channel.close(grace=None)
+
+    asyncio.run(run())
