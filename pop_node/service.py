@@ -152,10 +152,8 @@ class PopService(pb_grpc.PopServicer):
         request_iterator: AsyncIterator[objects_pb2.ObjectReplicateRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[objects_pb2.ObjectReplicateResponse]:
-        # One at a time, in the owner's order: each answer says the copy is durable here.
-        async for request in request_iterator:
-            results = await self.node.objects.apply_replica(list(request.updates))
-            yield objects_pb2.ObjectReplicateResponse(results=results)
+        async for response in self.node.objects.serve_replica_stream(request_iterator):
+            yield response
 
     # -- SQL databases -------------------------------------------------------------------------
 

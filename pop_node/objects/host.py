@@ -28,7 +28,7 @@ import heapq
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -171,6 +171,9 @@ class ObjectHost:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, pop_pb2_grpc.PopStub] = {}
         self._standby_links: dict[str, StandbyLink] = {}
+        # Owners' streams of copies to this node, being served (cancelled at close).
+        self._replica_streams: set[asyncio.Task[Any]] = set()
+        self._closing = False
         self.committer = ObjectCommitter(self)
         self._queue_depth = 0
         self._metric_children: dict[tuple[str, str], tuple[Any, Any]] = {}
@@ -277,6 +280,9 @@ class ObjectHost:
             self.evict(instance, "node shutting down")
         for link in self._standby_links.values():
             link.close()
+        self._closing = True
+        for stream in list(self._replica_streams):
+            stream.cancel()
         for open_channel in self._channels.values():
             await open_channel.close(grace=None)
 
@@ -629,6 +635,32 @@ class ObjectHost:
             duration.observe(time.perf_counter() - started)
 
     # -- standby side ----------------------------------------------------------------------
+
+    async def serve_replica_stream(
+        self, requests: AsyncIterator[objects_pb2.ObjectReplicateRequest]
+    ) -> AsyncIterator[objects_pb2.ObjectReplicateResponse]:
+        """An owner's stream of copies: each request applied and answered, in order.
+
+        The stream never ends on its own, so a node that stops ends it UNAVAILABLE
+        (`close` cancels it here: grpc would leave a cancelled handler's call open until
+        the server's drain ran out); the owner's requests in flight then fail, as they
+        would if this node had died.
+        """
+        task = asyncio.current_task()
+        if task is not None:
+            self._replica_streams.add(task)
+        try:
+            async for request in requests:
+                results = await self.apply_replica(list(request.updates))
+                yield objects_pb2.ObjectReplicateResponse(results=results)
+        except asyncio.CancelledError:
+            if task is None or not self._closing:
+                raise
+            task.uncancel()
+            raise UnavailableError("the standby is shutting down") from None
+        finally:
+            if task is not None:
+                self._replica_streams.discard(task)
 
     async def apply_replica(
         self, updates: list[objects_pb2.ObjectReplicaUpdate]

@@ -1,6 +1,7 @@
 """The owner's stream of standby copies (`StandbyLink`) against a real grpc.aio server on
 loopback: answers go to their requests in order; a late answer, a failed stream or a
 standby that is down fail every request in flight, and the next request opens a new stream.
+And the standby's end (`ObjectHost.serve_replica_stream`) ends its streams when it stops.
 
 The server plays a standby whose behaviour each request picks by its `owner` field:
 "answer" (results = [number of updates]), "hold" (never answers), "abort" (ends the
@@ -11,12 +12,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
 from edge.v1 import objects_pb2, pop_pb2_grpc
+from edgepop.errors import UnavailableError
+from edgepop.metrics import PopMetrics
+from edgepop.storage import Storage
+from pop_node.objects.host import ObjectHost
 from pop_node.objects.standby_link import StandbyLink, StandbyUnreachable
 
 METHOD = "/edge.v1.Pop/ObjectReplicate"
@@ -144,3 +150,45 @@ def test_a_standby_that_is_down_is_unreachable_at_once() -> None:
         await channel.close(grace=None)
 
     asyncio.run(run())
+
+
+def test_a_standby_that_stops_ends_the_owners_streams_unavailable(tmp_path: Path) -> None:
+    """Not cancelled: grpc sends no status for a cancelled handler, so the call would stay
+    open, and the node's stop wait for it, until the server's drain ran out."""
+    storage = Storage(tmp_path / "objects", 64 * 1024**2)
+    host = ObjectHost(
+        node_name="london-2",
+        region="london",
+        storage=storage,
+        metrics=PopMetrics("london-2", "london"),
+        classes={},
+        env=None,
+        lease=lambda: None,
+        control_plane=lambda: None,
+        internal_metadata=(),
+    )
+
+    async def scenario() -> None:
+        owner_sends = asyncio.Event()
+
+        async def requests() -> AsyncIterator[objects_pb2.ObjectReplicateRequest]:
+            yield request("answer", updates=0)
+            await owner_sends.wait()  # the owner has nothing more to copy, for now
+            yield request("answer", updates=0)
+
+        answered = asyncio.Event()
+
+        async def serve() -> None:
+            async for _answer in host.serve_replica_stream(requests()):
+                answered.set()
+
+        serving = asyncio.ensure_future(serve())
+        await asyncio.wait_for(answered.wait(), 5)
+        await host.close()
+        with pytest.raises(UnavailableError, match="shutting down"):
+            await asyncio.wait_for(serving, 5)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        storage.close()
