@@ -191,6 +191,13 @@ def check_statement(statement: sql_pb2.SqlStatement, index: int = 0) -> None:
     size = len(statement.sql.encode())
     if size == 0 or not statement.sql.strip():
         raise SqlError("empty SQL statement", index)
+    if "\x00" in statement.sql:
+        # SQLite's tokenizer has no token for it; apsw refuses the text before SQLite sees it.
+        raise SqlError(
+            f"unrecognized token: a NUL character at offset {statement.sql.index(chr(0))} of "
+            "the SQL text: SQLITE_ERROR",
+            index,
+        )
     if size > SQL_BYTES_MAX:
         raise SqlError(
             f"statement too long: {size} bytes, at most {SQL_BYTES_MAX} (SQL_BYTES_MAX): "
@@ -222,7 +229,10 @@ def check_statement(statement: sql_pb2.SqlStatement, index: int = 0) -> None:
 
 def split_statements(sql: str) -> list[str]:
     """SQL text cut into complete statements (a ';' inside a string or a trigger's body
-    does not end one). A trailing statement without ';' counts too."""
+    does not end one). A trailing statement without ';' counts too. Text holding a NUL
+    character is one statement, which `check_statement` refuses (apsw cannot look into it)."""
+    if "\x00" in sql:
+        return [sql]
     statements: list[str] = []
     start = 0
     for index, char in enumerate(sql):

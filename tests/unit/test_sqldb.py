@@ -185,6 +185,11 @@ def test_request_limits_and_bookmarks() -> None:
         sqldb.check_query(
             sql_pb2.SqlQueryRequest(database="db", statements=[statement("x" * 100_001)])
         )
+    # Found by the fuzz: apsw refused the text with a ValueError, which answered INTERNAL.
+    with pytest.raises(InvalidArgumentError, match="NUL character at offset 6"):
+        sqldb.check_query(
+            sql_pb2.SqlQueryRequest(database="db", statements=[statement("SELECT\x001")])
+        )
     assert sqldb.parse_bookmark(sqldb.format_bookmark(1234)) == 1234
     assert sqldb.format_bookmark(9) < sqldb.format_bookmark(10)  # ordered as text
     with pytest.raises(InvalidArgumentError, match="malformed bookmark"):
