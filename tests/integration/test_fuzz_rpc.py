@@ -302,6 +302,10 @@ class Driver:
             # A write the server's end of the call overtook fails here, with a status this
             # client made up ("Internal error from Core"): not the server's answer.
             return Outcome(error.code(), error.details() or "", responses, write_failed=True)
+        except asyncio.InvalidStateError:
+            # The server had ended the call (refusing an earlier message) before this
+            # write began: its status is the answer.
+            return Outcome(await stream.code(), await stream.details() or "", responses)
         return await _read_stream(stream, responses)
 
     # -- state the checks compare ------------------------------------------------------------
