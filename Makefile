@@ -9,7 +9,7 @@ DATA_DIR ?= .cluster
 PYTEST_ARGS ?= --durations=20
 PROMTOOL ?= promtool
 
-.PHONY: install browser proto test test-chaos test-tls lint cluster bench chaos clean distclean observe check-observability
+.PHONY: install browser proto test test-chaos test-tls lint cluster bench chaos fuzz clean distclean observe check-observability
 
 install: $(VENV)/.installed $(GEN_STAMP)
 
@@ -105,6 +105,15 @@ DURATION ?= 60
 CHAOS_ARGS ?=
 chaos: install
 	$(VENV)/bin/edgectl chaos run --seeds $(SEEDS) --duration $(DURATION) $(CHAOS_ARGS)
+
+# The RPC and HTTP fuzz on another sequence of requests than `make test` replays: a new
+# one per run unless SEED=N is given; the seed is printed first, so a failure replays
+# with `make fuzz SEED=N` (EDGEPOP_FUZZ_SEED, tests/integration/fuzz.py).
+FUZZ_SEED := $(or $(SEED),$(shell od -An -N4 -tu4 /dev/urandom | tr -d ' '))
+fuzz: install
+	@echo "fuzz seed $(FUZZ_SEED): make fuzz SEED=$(FUZZ_SEED) replays this run"
+	EDGEPOP_FUZZ_SEED=$(FUZZ_SEED) $(PY) -m pytest tests/integration/test_fuzz_rpc.py \
+		tests/integration/test_fuzz_http.py $(PYTEST_ARGS)
 
 .PHONY: check-deploy k8s-token
 

@@ -44,6 +44,7 @@ from tests.integration.fuzz import (
     HTTP_WORKER_YAML,
     HttpRequest,
     http_requests,
+    reseeded,
 )
 
 pytestmark = pytest.mark.cluster
@@ -383,6 +384,7 @@ def driver(cluster: Cluster, slow: SlowClients) -> Iterator[HttpDriver]:
 # -- the tests -------------------------------------------------------------------------------------
 
 
+@reseeded
 @settings(HYPOTHESIS, max_examples=EXAMPLES)
 @given(data=st.data())
 def test_malformed_http_gets_a_4xx_or_a_closed_connection_never_a_hang_or_5xx(

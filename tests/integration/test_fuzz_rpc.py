@@ -53,6 +53,7 @@ from tests.integration.fuzz import (
     Rpc,
     batches,
     parse_or_none,
+    reseeded,
 )
 from tests.integration.kvclient import converged
 
@@ -588,6 +589,7 @@ def strategies(ctx: FuzzContext) -> Batches:
 # -- the tests ------------------------------------------------------------------------------------
 
 
+@reseeded
 @settings(HYPOTHESIS, max_examples=BULK_EXAMPLES)
 @given(data=st.data())
 def test_fuzzed_calls_to_every_rpc_get_a_clear_status_and_refused_writes_leave_no_trace(
@@ -666,6 +668,7 @@ def touched_changes(request: Any, before: ControlPlaneState, after: ControlPlane
     return [f"{name}: {old} -> {new}" for name, (old, new) in parts.items() if old != new]
 
 
+@reseeded
 @settings(HYPOTHESIS, max_examples=ADMIN_EXAMPLES)
 @given(data=st.data())
 def test_refused_admin_requests_leave_the_control_plane_as_it_was(
