@@ -3,11 +3,11 @@
 Instances submit (instance, seq, writes) as calls finish. The committer takes everything
 queued, writes it in one LMDB transaction (every object, every call) and, at the same
 time, sends each standby node one request with its objects' updates, on the stream the
-node keeps open to that standby (standby_link.py). A commit
-is durable — and its callers are answered — only when both are done. A standby that is
-behind gets the object in full; one that knows a newer epoch means this node is no
-longer the owner: the instance breaks and its callers get UNAVAILABLE (and retry at the
-new owner, where their request ids make the retry safe).
+node keeps open to that standby (standby_link.py). A commit is durable — and its callers
+are answered — only when both are done. A standby that is behind gets the object in
+full; one that knows a newer epoch means this node is no longer the owner: the instance
+breaks and its callers get UNAVAILABLE (and retry at the new owner, where their request
+ids make the retry safe).
 """
 
 from __future__ import annotations

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from edgepop import objectid
 from edgepop.lease import Lease
-from edgepop.metrics import PopMetrics
 from edgepop.storage import Storage
 from pop_node.objects.builtin import Counter
-from pop_node.objects.host import LEASE_CHECK_INTERVAL_S, ObjectHost
+from pop_node.objects.host import LEASE_CHECK_INTERVAL_S
+from tests.unit.conftest import object_host
 
 LEASE_S = 0.4
 # How late past the expiry the eviction may be seen: a timer's lateness on a busy
@@ -50,17 +50,7 @@ def test_instances_stop_when_the_lease_lapses_and_a_valid_lease_is_not_polled(
 ) -> None:
     storage = Storage(tmp_path / "objects", 64 * 1024**2)
     lease = CountingLease()
-    host = ObjectHost(
-        node_name="solo-1",
-        region="tokyo",
-        storage=storage,
-        metrics=PopMetrics("solo-1", "tokyo"),
-        classes={"Counter": Counter},
-        env=None,
-        lease=lambda: lease,
-        control_plane=lambda: None,
-        internal_metadata=(),
-    )
+    host = object_host(storage, {"Counter": Counter}, lease=lambda: lease)
     object_id = objectid.id_from_name("Counter", "leased")
 
     async def scenario() -> tuple[float, float, int, int]:

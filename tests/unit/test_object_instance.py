@@ -22,7 +22,6 @@ import pytest
 from edgepop import objectid, retry
 from edgepop.durable import DurableObject, Session, callable_methods
 from edgepop.errors import EdgeError, InvalidArgumentError, OverloadedError
-from edgepop.metrics import PopMetrics
 from edgepop.storage import Storage
 from pop_node.objects.builtin import DocumentSession
 from pop_node.objects.host import ObjectHost
@@ -37,6 +36,7 @@ from pop_node.objects.instance import (
     hibernation_due,
 )
 from pop_node.objects.store import ObjectStore, Write, okey
+from tests.unit.conftest import object_host
 
 T = TypeVar("T")
 
@@ -624,17 +624,7 @@ class Alarmed(DurableObject):
 
 def _real_host(tmp_path: Path) -> tuple[ObjectHost, Storage]:
     storage = Storage(tmp_path / "alarms", 64 * 1024**2)
-    host = ObjectHost(
-        node_name="solo-1",
-        region="tokyo",
-        storage=storage,
-        metrics=PopMetrics("solo-1", "tokyo"),
-        classes={"Alarmed": Alarmed},
-        env=None,
-        lease=lambda: None,
-        control_plane=lambda: None,
-        internal_metadata=(),
-    )
+    host = object_host(storage, {"Alarmed": Alarmed})
     return host, storage
 
 

@@ -16,7 +16,6 @@ import pytest
 
 from edge.v1 import objects_pb2
 from edgepop import objectid
-from edgepop.metrics import PopMetrics
 from edgepop.storage import Storage
 from pop_node.objects.builtin import BUILTIN_CLASSES
 from pop_node.objects.host import ObjectHost
@@ -30,6 +29,7 @@ from pop_node.objects.store import (
     encode_alarm,
     okey,
 )
+from tests.unit.conftest import object_host
 
 NAMESPACE = "Counter"
 OBJECT_ID = objectid.id_from_name(NAMESPACE, "store-test")
@@ -220,17 +220,7 @@ def test_alarm_key_writes_maintain_the_alarm_index(storage: Storage, store: Obje
 
 
 def _host(storage: Storage) -> ObjectHost:
-    return ObjectHost(
-        node_name="standby-1",
-        region="tokyo",
-        storage=storage,
-        metrics=PopMetrics("standby-1", "tokyo"),
-        classes=BUILTIN_CLASSES,
-        env=None,
-        lease=lambda: None,
-        control_plane=lambda: None,
-        internal_metadata=(),
-    )
+    return object_host(storage, BUILTIN_CLASSES, node_name="standby-1")
 
 
 def _update(

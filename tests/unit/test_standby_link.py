@@ -20,10 +20,9 @@ import pytest
 
 from edge.v1 import objects_pb2, pop_pb2_grpc
 from edgepop.errors import UnavailableError
-from edgepop.metrics import PopMetrics
 from edgepop.storage import Storage
-from pop_node.objects.host import ObjectHost
 from pop_node.objects.standby_link import StandbyLink, StandbyUnreachable
+from tests.unit.conftest import object_host
 
 METHOD = "/edge.v1.Pop/ObjectReplicate"
 TIMEOUT_S = 5.0
@@ -156,17 +155,7 @@ def test_a_standby_that_stops_ends_the_owners_streams_unavailable(tmp_path: Path
     """Not cancelled: grpc sends no status for a cancelled handler, so the call would stay
     open, and the node's stop wait for it, until the server's drain ran out."""
     storage = Storage(tmp_path / "objects", 64 * 1024**2)
-    host = ObjectHost(
-        node_name="london-2",
-        region="london",
-        storage=storage,
-        metrics=PopMetrics("london-2", "london"),
-        classes={},
-        env=None,
-        lease=lambda: None,
-        control_plane=lambda: None,
-        internal_metadata=(),
-    )
+    host = object_host(storage, {}, node_name="london-2", region="london")
 
     async def scenario() -> None:
         owner_sends = asyncio.Event()
