@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from edgepop.errors import EdgeError
-from edgepop.netem import Caller, NetworkEmulator, caller_from_headers
+from edgepop.netem import Caller, NetworkEmulator, caller_from_headers, reply_credit_s
 from edgepop.tls import process_tls
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ async def hold_inbound(
         await netem.cross(into, time.monotonic() - caller.transit_s, None)
     except EdgeError as error:
         return web.json_response({"error": error.message}, status=504)
-    request[_OUTBOUND] = (back, caller.transit_s)
+    request[_OUTBOUND] = (back, reply_credit_s(caller))
     return None
 
 
@@ -49,9 +49,9 @@ async def hold_outbound(netem: NetworkEmulator, request: web.BaseRequest) -> Non
     leg = request.pop(_OUTBOUND, None)
     if leg is None:
         return
-    back, transit_s = leg
+    back, reply_credit_s = leg
     try:
-        await netem.cross(back, time.monotonic() - transit_s, None)
+        await netem.cross(back, time.monotonic() - reply_credit_s, None)
     except EdgeError:
         log.info("reply to %s lost to a partition", back.to_region)
         raise

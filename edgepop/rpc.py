@@ -47,6 +47,7 @@ from edgepop.netem import (
     Leg,
     NetworkEmulator,
     caller_from_metadata,
+    reply_credit_s,
 )
 from edgepop.tls import TlsConfig, process_tls
 
@@ -314,7 +315,9 @@ def rpc(
                 finally:
                     if caller is not None and outbound is not None:
                         await env.netem.cross(
-                            outbound, time.monotonic() - caller.transit_s, context.time_remaining()
+                            outbound,
+                            time.monotonic() - reply_credit_s(caller),
+                            context.time_remaining(),
                         )
 
         return unary

@@ -260,10 +260,10 @@ class EdgeClient:
             all_headers.setdefault(REGION_HEADER, self.region)
         for attempt in range(2):
             connection = self._connect()
+            started = time.perf_counter()  # before the stamp: see EdgeClient._timed_method
             if self.stamp:
                 name, value = sent_at_metadata()
                 all_headers[name] = value
-            started = time.perf_counter()
             try:
                 connection.request(method, path, body=body, headers=all_headers)
                 response = connection.getresponse()

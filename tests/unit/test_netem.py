@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import random
+import statistics
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -13,9 +15,11 @@ import pytest
 from edgepop.metrics import NodeMetrics
 from edgepop.netem import (
     DELAY_LINE_MESSAGES_MAX,
+    REPLY_CREDIT_S_MAX,
     Caller,
     Leg,
     NetworkEmulator,
+    _ReplyTransit,
     caller_from_metadata,
 )
 from edgepop.topology import default_topology
@@ -48,6 +52,35 @@ def test_bytes_metadata_values_are_decoded() -> None:
 def test_node_header_without_a_region_is_no_caller_location() -> None:
     assert caller_from_metadata([("x-edge-node", "tokyo-1")]) is None
     assert caller_from_metadata([("x-edge-region", "")]) is None
+
+
+# -- the reply's credited transport ----------------------------------------------------------
+
+
+def test_reply_credit_settles_on_the_median_request_transit() -> None:
+    transits = random.Random(7)
+    reply = _ReplyTransit()
+    samples = [transits.uniform(0.0001, 0.0005) for _ in range(3000)]
+    for transit_s in samples:
+        reply.credit(transit_s)
+    assert reply.typical_s == pytest.approx(statistics.median(samples), rel=0.1)
+
+
+def test_a_request_that_waited_is_not_credited_its_wait_on_the_reply() -> None:
+    """12 client threads: a request stamped, then queued 3.4 ms. Its reply travels like
+    any other; crediting it the request's 3.4 ms would return it 3.4 ms early."""
+    reply = _ReplyTransit()
+    for _ in range(500):
+        reply.credit(0.0003)
+    assert reply.credit(0.0034) <= 0.0003 * _ReplyTransit.step**2
+    assert reply.credit(0.0001) == 0.0001  # never more than the request's own transit
+
+
+def test_reply_credit_stays_within_what_loopback_explains() -> None:
+    reply = _ReplyTransit()
+    for _ in range(2000):
+        credit = reply.credit(0.04)  # a stalled machine: every request 40 ms
+    assert credit == REPLY_CREDIT_S_MAX
 
 
 # -- one_way_s -------------------------------------------------------------------------------
