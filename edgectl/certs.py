@@ -49,7 +49,6 @@ from edgepop.tls import (
     key_path,
 )
 
-TLS_DIR_NAME = "tls"
 CA_VALID_DAYS = 3650
 CERT_VALID_DAYS = 365
 # A certificate this close to its end is issued again by the next `edgectl certs`.

@@ -41,18 +41,20 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import control_plane_pb2_grpc as cp_grpc
-from edgectl.certs import TLS_DIR_NAME, Issued, ensure_certs
 from edgepop.auth import TOKEN_FILE_NAME, ensure_token
 from edgepop.lifecycle import LAUNCHER_ENV, READY_FILE_NAME, launcher_alive, launcher_spec
-from edgepop.tls import CLIENT_NAME, TlsConfig
+from edgepop.tls import CLIENT_NAME, TLS_DIR_NAME, TlsConfig
 from edgepop.topology import NodeSpec, Topology, load_topology
+
+if TYPE_CHECKING:
+    from edgectl.certs import Issued
 
 STATE_FILE_NAME = "cluster.json"
 # Held (flock) by whoever changes cluster.json; a file of its own, as the rename replaces
@@ -302,6 +304,9 @@ class Cluster:
 
     def ensure_certs(self, extra_sans: Iterable[str] = (), renew: bool = False) -> list[Issued]:
         """CA and certificates for every node and for clients (kept when still good)."""
+        # Imported here: cryptography is for TLS clusters, not every edgectl command's start.
+        from edgectl.certs import ensure_certs
+
         names = [spec.name for spec in self.topology.node_specs()]
         names += [name for name in self.nodes if name not in names]
         return ensure_certs(

@@ -30,6 +30,8 @@ from typing import Literal
 
 import grpc
 
+# A cluster's certificates: this folder of its data dir (`edgectl certs`).
+TLS_DIR_NAME = "tls"
 CA_CERT_FILE_NAME = "ca.crt"
 CA_KEY_FILE_NAME = "ca.key"
 CLIENT_NAME = "client"

@@ -29,7 +29,6 @@ from edgectl import deploys, observe, views
 from edgectl.client import CliError, ClusterMonitor, EdgeClient
 from edgectl.commands.deploy import deploy_and_wait, fail_if_lagging, rollout_summary
 from edgectl.console import cli as console_cli
-from edgectl.console.app import ConsoleConfig, ConsoleServer
 from edgectl.launcher import (
     START_TIMEOUT_S_DEFAULT,
     STATE_FILE_NAME,
@@ -41,6 +40,7 @@ from edgectl.signals import interrupted_by_signals
 
 if TYPE_CHECKING:
     from edgectl.cli import CommandSet
+    from edgectl.console.app import ConsoleServer
 
 LIVE_REFRESH_S = 1.0
 
@@ -257,11 +257,8 @@ def _run_foreground(
 def _start_console(cluster: Cluster, port: int | None) -> ConsoleServer | None:
     """The web console beside the live view; a console that cannot start (its port is
     taken) is said and skipped: the cluster is what the user asked for."""
-    config = ConsoleConfig(
-        cluster.data_dir, "127.0.0.1", console_cli.port_or_free("127.0.0.1", port)
-    )
     try:
-        server = console_cli.start_console(config)
+        server = console_cli.start_console(cluster.data_dir, "127.0.0.1", port)
     except CliError as error:
         views.stderr.print(f"console not started: {error.details}", markup=False)
         return None

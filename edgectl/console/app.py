@@ -31,7 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from edgectl.client import CliError
-from edgectl.console import geo
+from edgectl.console import PORT_DEFAULT, geo
 from edgectl.console.state import ConsoleModel
 from edgepop.auth import TOKEN_FILE_NAME, read_token
 
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).with_name("static")
 SAMPLE_INTERVAL_S = 1.0
-PORT_DEFAULT = 8070
 # The page's requests are small; anything larger is not the page.
 REQUEST_BYTES_MAX = 64 * 1024
 KEY_BYTES_MAX = 512
