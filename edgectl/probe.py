@@ -331,11 +331,13 @@ def run_probe(
 
 
 def plain_grpc_rtt_ms(call: Callable[..., Any], region: str, pairs: int) -> tuple[float, float]:
-    """(median delayed call - median undelayed call, median undelayed call) in ms, over
-    `pairs` alternating calls with and without `x-edge-region`, nothing else stamped.
+    """(median over pairs of delayed call - undelayed call, median undelayed call) in ms,
+    over `pairs` alternating calls with and without `x-edge-region`, nothing else stamped.
 
     The undelayed call is the same client's own cost (serialisation, loopback, the
-    handler), which the emulation does not add to; the difference is what it does add."""
+    handler), which the emulation does not add to; the difference is what it does add.
+    Differenced pair by pair: a busy moment of a shared machine slows both calls of a
+    pair, and cancels, where it would shift one of two separate medians."""
     delayed, undelayed = [], []
     for _ in range(pairs):
         started = time.perf_counter()
@@ -344,8 +346,13 @@ def plain_grpc_rtt_ms(call: Callable[..., Any], region: str, pairs: int) -> tupl
         started = time.perf_counter()
         call(metadata=[])
         undelayed.append(time.perf_counter() - started)
-    base = statistics.median(undelayed) * 1e3
-    return statistics.median(delayed) * 1e3 - base, base
+    return _pairwise_ms(delayed, undelayed)
+
+
+def _pairwise_ms(delayed: list[float], undelayed: list[float]) -> tuple[float, float]:
+    """(median of the pairs' differences, median undelayed), seconds in, ms out."""
+    differences = [slow - fast for slow, fast in zip(delayed, undelayed, strict=True)]
+    return statistics.median(differences) * 1e3, statistics.median(undelayed) * 1e3
 
 
 def plain_http_rtt_ms(address: str, region: str, pairs: int) -> tuple[float, float]:
@@ -368,5 +375,4 @@ def plain_http_rtt_ms(address: str, region: str, pairs: int) -> tuple[float, flo
         times[kind].append(float(seconds))
     if not len(times["1"]) == len(times["0"]) == pairs:
         raise RuntimeError(f"curl answered {len(times['1'])}+{len(times['0'])} of {2 * pairs}")
-    base = statistics.median(times["0"]) * 1e3
-    return statistics.median(times["1"]) * 1e3 - base, base
+    return _pairwise_ms(times["1"], times["0"])

@@ -162,3 +162,23 @@ def test_topology_message_regions_carry_the_edge_targets() -> None:
     assert isinstance(topology, cp_pb2.Topology)
     assert edge["tokyo"] == 8.0
     assert edge["new-york"] == 2.0
+
+
+def test_plain_rtt_differences_each_pair_so_a_busy_moment_cancels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """8 ms of emulated delay; from the third pair's first call to the fifth's first the
+    machine is busy and every call costs 5 ms more. Separate medians would read
+    14 - 1 = 13 ms (three of five delayed calls were slowed, two undelayed); pair by
+    pair, 8."""
+    clock = [0.0]
+    own_ms = iter([1, 1, 1, 1, 6, 6, 6, 6, 6, 1])  # undelayed cost per call, in order
+
+    def call(metadata: list[tuple[str, str]]) -> None:
+        cost_ms = next(own_ms) + (8 if metadata else 0)
+        clock[0] += cost_ms / 1e3
+
+    monkeypatch.setattr(probe.time, "perf_counter", lambda: clock[0])
+    emulated_ms, own_cost_ms = probe.plain_grpc_rtt_ms(call, "tokyo", pairs=5)
+    assert emulated_ms == pytest.approx(8.0)
+    assert own_cost_ms == pytest.approx(1.0)
