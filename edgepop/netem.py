@@ -10,9 +10,9 @@ region are not delayed. Decisions live in `edgepop.faults` and `edgepop.topology
 Accuracy: a hold ends on a timerfd (`edgepop.hrtimer`: asyncio's own timers fire up to
 1 ms late) and aims early by the timer lateness this process has been observing (an
 EWMA: it grows when the machine is busy), and when a caller stamps `x-edge-sent-at` the
-transport time of the request is counted against the inbound delay, and a typical one
-(`_ReplyTransit`) against the outbound. Together they keep the median round trip a
-client measures on the matrix value, and no round trip below it.
+transport time of the request is counted against the inbound delay, and against the
+outbound up to twice a typical request's (`_ReplyTransit`). Together they keep the
+median round trip a client measures on the matrix value, and none far below it.
 
 Jitter and loss draw from one generator per node: from the OS's entropy, or, with
 `EDGEPOP_RANDOM_SEED` (tests), from the seed again whenever the fault table changes, so
@@ -22,6 +22,8 @@ a statistical test replays (`edgepop.seeding`).
 from __future__ import annotations
 
 import asyncio
+import bisect
+import collections
 import contextlib
 import random
 import time
@@ -42,8 +44,7 @@ NODE_HEADER = "x-edge-node"
 # measures is the matrix RTT rather than RTT + loopback overhead. Ignored when implausible.
 SENT_AT_HEADER = "x-edge-sent-at"
 SENT_AT_TRUSTED_S_MAX = 0.05
-# Bounds of the reply's credited transport time (`_ReplyTransit`): loopback's, not a stall's.
-REPLY_CREDIT_S_MIN = 0.00002
+# The most a reply is credited for its transport (`_ReplyTransit`): loopback's, not a stall's.
 REPLY_CREDIT_S_MAX = 0.001
 # Messages a delayed stream may hold in flight before its producer waits.
 DELAY_LINE_MESSAGES_MAX = 10_000
@@ -157,28 +158,34 @@ _timer_lateness = _TimerLateness()
 
 
 class _ReplyTransit:
-    """What a reply is credited for its transport: min(this request's, a typical one).
+    """What a reply is credited for its transport: its request's, up to twice a typical
+    request's (and `REPLY_CREDIT_S_MAX`).
 
     The reply's own transport is unknown here (the caller measures it), so it is taken
-    to be like a request's. Not this request's: a request that waited in its client or
-    in this server's queue would have that wait counted twice, and its round trip come
-    out that much below the matrix (CI saw 3.4 ms below with 12 client threads). The
-    typical transport is the running median of requests' (a multiplicative step towards
-    each sample: equal steps up and down settle where half the samples are above),
-    bounded to what loopback explains.
+    to be like its request's: that keeps the median round trip on the matrix. But not
+    beyond twice the typical (the median of the last `window` requests'): a request
+    that waited in its client or in this server's queue would have that wait counted
+    twice, and its round trip come out that much below the matrix (CI saw 3.4 ms below
+    with 12 client threads).
     """
 
-    step = 1.03
+    window = 64
 
     def __init__(self) -> None:
-        self.typical_s = 0.0002
+        self._recent: collections.deque[float] = collections.deque()
+        self._sorted: list[float] = []
+
+    @property
+    def typical_s(self) -> float:
+        return self._sorted[len(self._sorted) // 2] if self._sorted else 0.0
 
     def credit(self, request_transit_s: float) -> float:
-        if request_transit_s > self.typical_s:
-            self.typical_s = min(self.typical_s * self.step, REPLY_CREDIT_S_MAX)
-        else:
-            self.typical_s = max(self.typical_s / self.step, REPLY_CREDIT_S_MIN)
-        return min(request_transit_s, self.typical_s)
+        if len(self._recent) == self.window:
+            oldest = self._recent.popleft()
+            del self._sorted[bisect.bisect_left(self._sorted, oldest)]
+        self._recent.append(request_transit_s)
+        bisect.insort(self._sorted, request_transit_s)
+        return min(request_transit_s, 2 * self.typical_s, REPLY_CREDIT_S_MAX)
 
 
 _reply_transit = _ReplyTransit()
@@ -186,7 +193,7 @@ _reply_transit = _ReplyTransit()
 
 def reply_credit_s(caller: Caller) -> float:
     """Seconds of the reply's transport to count against the outbound delay: once per
-    call (it moves the running median), <= the request's own transit, 0 unstamped."""
+    call (it feeds the typical), <= the request's own transit, 0 unstamped."""
     return _reply_transit.credit(caller.transit_s) if caller.transit_s > 0 else 0.0
 
 
