@@ -20,7 +20,12 @@ from edgectl.client import (
 )
 from edgectl.console import app as console_app
 from edgectl.console import geo
-from edgectl.console.state import build_snapshot, propagation_ms, propagation_totals
+from edgectl.console.state import (
+    build_snapshot,
+    cli_error_from_stderr,
+    propagation_ms,
+    propagation_totals,
+)
 
 # -- map ---------------------------------------------------------------------------------
 
@@ -259,3 +264,14 @@ def test_actions_need_the_token_and_looking_does_not_on_loopback(tmp_path: Path)
             return (await client.get("/api/map")).status
 
     assert asyncio.run(look()) == 401  # off loopback, looking needs the token too
+
+
+def test_an_edgectl_subprocess_error_keeps_its_status_code_and_details() -> None:
+    error = cli_error_from_stderr("probing...\nerror: UNAVAILABLE: tokyo-1: connection refused\n")
+    assert (error.code, error.details) == ("UNAVAILABLE", "tokyo-1: connection refused")
+    plain = cli_error_from_stderr("error: no cluster in /x (no cluster.json); run `edgectl`\n")
+    assert (plain.code, plain.details) == (
+        "UNKNOWN",
+        "no cluster in /x (no cluster.json); run `edgectl`",
+    )
+    assert cli_error_from_stderr("").code == "UNKNOWN"
