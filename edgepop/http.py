@@ -49,9 +49,9 @@ async def hold_outbound(netem: NetworkEmulator, request: web.BaseRequest) -> Non
     leg = request.pop(_OUTBOUND, None)
     if leg is None:
         return
-    back, reply_credit_s = leg
+    back, credit_s = leg
     try:
-        await netem.cross(back, time.monotonic() - reply_credit_s, None)
+        await netem.cross(back, time.monotonic() - credit_s, None)
     except EdgeError:
         log.info("reply to %s lost to a partition", back.to_region)
         raise

@@ -588,7 +588,7 @@ def test_jitter_spread_matches_the_configured_standard_deviation(
     assert statistics.median(rtts) == pytest.approx(220.0, rel=0.05), report
     # Clipped at the base delay: never below the 170 ms round trip, but for the two
     # holds (one per leg) that may each aim early by their timer-lateness estimate, and
-    # the reply's credited transport (a typical request's; the reply's own may be less).
+    # the reply's credited transport (at most REPLY_CREDIT_S_MAX; its own may be less).
     floor_ms = 170.0 - 1e3 * (2 * TIMER_AIM_EARLY_MAX_S + REPLY_CREDIT_S_MAX)
     assert min(rtts) >= floor_ms, report
 
