@@ -36,8 +36,17 @@ proto:
 
 # The whole suite except the seeded fault runs (marker `chaos`), which `test-chaos` runs:
 # together they would outgrow the 15 minutes a change may take; CI runs both.
+# Two phases. Most tests wait (leases, caches, emulated WAN) more than they compute, so
+# they run on TEST_WORKERS pytest-xdist workers side by side, each file whole on one
+# worker (its module cluster starts once; each worker picks ports from its own range).
+# Tests marked `timing` assert wall-clock bounds that a neighbour's CPU could break:
+# they run alone afterwards. Both phases always run; make test fails if either failed.
+TEST_WORKERS ?= 2
 test: install browser
-	$(PY) -m pytest -m "not chaos" $(PYTEST_ARGS)
+	rc=0; \
+	$(PY) -m pytest -m "not chaos and not timing" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) || rc=$$?; \
+	$(PY) -m pytest -m "timing and not chaos" $(PYTEST_ARGS) || rc=$$?; \
+	exit $$rc
 
 # The web console's tests drive Debian's Chromium headless through Playwright (issue 14):
 # installed from Debian's packages when missing (as root, or with sudo).

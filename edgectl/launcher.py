@@ -120,13 +120,18 @@ def secure_or_insecure_channel(
 # connection (CI saw an origin fail to bind that way). Ports below it are only ever
 # taken by someone asking for that number.
 _PICKED_PORT_LOW = 20000
+# "LOW-HIGH" (HIGH excluded): the ports this process and its children pick from. Two
+# launchers that run side by side (make test's parallel workers) are given disjoint
+# ranges: each one's probe-then-bind can then never race the other's.
+PORT_RANGE_ENV = "EDGEPOP_PORT_RANGE"
 # Not the seeded module RNG: processes given the same EDGEPOP_RANDOM_SEED must not all
 # try the same ports.
 _port_rng = random.SystemRandom()
 _handed_out: set[int] = set()
 
 
-def _ephemeral_low() -> int:
+def ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (32768 where it cannot be read)."""
     try:
         text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
         return int(text.split()[0])
@@ -134,15 +139,30 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+def picked_port_range(setting: str | None, ephemeral_start: int) -> tuple[int, int]:
+    """The [low, high) range free_port picks from: `setting` ("LOW-HIGH", from
+    EDGEPOP_PORT_RANGE) when given, else everything from 20000 up to the ephemeral range."""
+    if not setting:
+        return _PICKED_PORT_LOW, ephemeral_start
+    try:
+        low_text, high_text = setting.split("-")
+        low, high = int(low_text), int(high_text)
+    except ValueError:
+        raise ValueError(f"{PORT_RANGE_ENV}={setting!r}: expected LOW-HIGH") from None
+    if not 1024 <= low < high <= 65536:
+        raise ValueError(f"{PORT_RANGE_ENV}={setting!r}: expected 1024 <= LOW < HIGH <= 65536")
+    return low, high
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that was free a moment ago, outside the ephemeral range where possible.
 
     The node binds it without SO_REUSEPORT, so a clash fails loudly rather than sharing.
     """
-    high = _ephemeral_low()
-    if high - _PICKED_PORT_LOW >= 1000:
+    low, high = picked_port_range(os.environ.get(PORT_RANGE_ENV), ephemeral_low())
+    if high - low >= 1000:
         for _ in range(64):
-            port = _port_rng.randrange(_PICKED_PORT_LOW, high)
+            port = _port_rng.randrange(low, high)
             if port in _handed_out:
                 continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

@@ -30,7 +30,7 @@ import grpc
 import pytest
 import yaml
 
-from edgectl.launcher import Cluster
+from edgectl.launcher import PORT_RANGE_ENV, Cluster, ephemeral_low, picked_port_range
 
 TLS_ENV = "EDGEPOP_TEST_TLS"
 # Whether fixture clusters run mutual TLS unless a test says otherwise.
@@ -60,6 +60,37 @@ def poll_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
         time.sleep(interval)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (make test's first phase), each worker and the processes it
+    starts pick ports from a range of their own: two clusters starting at once never
+    probe the same free port and then race to bind it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ...
+    if worker is None or PORT_RANGE_ENV in os.environ:
+        return
+    index, count = int(worker.removeprefix("gw")), int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    low, high = picked_port_range(None, ephemeral_low())
+    span = (high - low) // count
+    os.environ[PORT_RANGE_ENV] = f"{low + index * span}-{low + (index + 1) * span}"
+
+
+# The longest files (1-4 minutes each, mostly waiting on leases, caches and clocks)
+# first: make test's parallel phase hands files to its workers in collection order, so
+# these start at once on different workers and the short files even out the end.
+LONGEST_FIRST = (
+    "test_objects_failover.py",
+    "test_objects_failover_sequences.py",
+    "test_fuzz_rpc.py",
+    "test_cloudflare_kv_mode.py",
+    "test_cron_triggers.py",
+    "test_prometheus.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
 
 
 ClusterFactory = Callable[..., Cluster]

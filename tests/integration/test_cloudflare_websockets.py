@@ -24,7 +24,7 @@ from edgepop.topology import load_topology
 from tests.integration.cli import cluster_up, edgectl_json, origin_and_pops, write_wrangler_worker
 from tests.integration.kvclient import metric_value
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.timing]
 
 HOST = "chat.workers.dev"
 REGIONS = ("tokyo", "london", "sydney")

@@ -50,7 +50,7 @@ SCREENSHOT_DIR = Path(
 PAGE_TIMEOUT_MS = 15_000
 PROCESS_TIMEOUT_S = 15.0
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.timing]
 
 
 @dataclass

@@ -56,7 +56,7 @@ from tests.integration.kvclient import (
 )
 from tests.integration.seeds import replay, seeded_nodes
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.timing]
 
 NET_TOPOLOGY: dict[str, Any] = {
     "emulate_delay": True,

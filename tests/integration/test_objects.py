@@ -107,6 +107,7 @@ def test_six_client_processes_in_six_regions_get_every_value_from_1_to_1200_exac
 # -- acceptance: latency at the owner's region ---------------------------------------------------
 
 
+@pytest.mark.timing
 def test_call_from_the_owners_region_costs_the_edge_rtt_plus_a_few_ms_standby_included(
     shared_cluster: Cluster,
 ) -> None:

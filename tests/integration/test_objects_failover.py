@@ -309,6 +309,7 @@ def _probe(cluster: Cluster, node: str, name: str, region: str) -> tuple[bool, A
     return True, response, sent
 
 
+@pytest.mark.timing
 def test_owner_cut_off_from_the_control_plane_stops_after_its_lease_and_refuses_after_heal(
     whole: Cluster,
 ) -> None:
@@ -729,6 +730,7 @@ def test_owner_cut_off_from_its_standby_confirms_a_new_one_and_loses_no_incremen
     )
 
 
+@pytest.mark.timing
 def test_control_plane_unreachable_for_1_s_interrupts_no_object_call(whole: Cluster) -> None:
     """The control plane is paused (SIGSTOP) for 1 s, shorter than the lease minus one
     heartbeat interval: owners keep serving on their lease and PoPs on cached routes."""
@@ -770,6 +772,7 @@ def test_control_plane_unreachable_for_1_s_interrupts_no_object_call(whole: Clus
 RESTART_WITHIN_LEASE_S = LEASE_S - 0.5 - 0.3 - 0.2
 
 
+@pytest.mark.timing
 def test_control_plane_restart_within_1_s_interrupts_no_call_and_a_longer_one_only_while_away(
     whole: Cluster,
 ) -> None:

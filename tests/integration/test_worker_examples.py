@@ -54,7 +54,7 @@ from tests.integration.workerclient import (
     wait_loaded,
 )
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.timing]
 
 FRANKFURT = {
     "name": "frankfurt",

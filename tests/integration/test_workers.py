@@ -55,7 +55,7 @@ from tests.integration.workerclient import (
     wait_loaded,
 )
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.timing]
 
 RUNTIME_TOPOLOGY = {
     "regions": [

@@ -10,7 +10,10 @@ import pytest
 
 from edgepop import hrtimer
 
-pytestmark = pytest.mark.skipif(not hrtimer.PRECISE, reason="timerfd is Linux-only")
+pytestmark = [
+    pytest.mark.skipif(not hrtimer.PRECISE, reason="timerfd is Linux-only"),
+    pytest.mark.timing,
+]
 
 
 def test_a_sleep_never_ends_before_its_due_time() -> None:

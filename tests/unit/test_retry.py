@@ -119,6 +119,7 @@ class Moved(Exception):
     pass
 
 
+@pytest.mark.timing
 def test_relocating_retries_until_the_deadline_and_forgets_before_each_retry() -> None:
     forgotten: list[float] = []
     tries: list[float] = []
@@ -245,6 +246,7 @@ def _rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
     ("code", "tries_expected"),
     [(grpc.StatusCode.UNAVAILABLE, "several"), (grpc.StatusCode.INVALID_ARGUMENT, 1)],
 )
+@pytest.mark.timing
 def test_a_heartbeat_is_resent_while_refused_and_never_past_its_deadline(
     code: grpc.StatusCode, tries_expected: object
 ) -> None:
