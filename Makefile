@@ -46,15 +46,10 @@ proto:
 TEST_WORKERS ?= 2
 test: install browser
 	rc=0; empty=0; \
-	for phase in parallel alone; do \
-	  if [ $$phase = parallel ]; then \
-	    $(PY) -m pytest -m "not chaos and not timing" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); \
-	  else \
-	    $(PY) -m pytest -m "timing and not chaos" $(PYTEST_ARGS); \
-	  fi; \
-	  status=$$?; \
-	  if [ $$status = 5 ]; then empty=$$((empty + 1)); elif [ $$status != 0 ]; then rc=$$status; fi; \
-	done; \
+	phase() { "$$@"; status=$$?; \
+	  if [ $$status = 5 ]; then empty=$$((empty + 1)); elif [ $$status != 0 ]; then rc=$$status; fi; }; \
+	phase $(PY) -m pytest -m "not chaos and not timing" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); \
+	phase $(PY) -m pytest -m "timing and not chaos" $(PYTEST_ARGS); \
 	if [ $$empty = 2 ]; then rc=5; fi; \
 	exit $$rc
 
