@@ -123,7 +123,14 @@ def write_outputs(
         f"{meta['node_event_loop']} · load average at the end {meta['loadavg_at_end'][0]}",
         "",
         "Every comparison was measured side by side in this one run, on a shared machine "
-        "with 2 cores: read the ratios first, the absolute numbers second.",
+        "with 2 cores: read the ratios first, the absolute numbers second."
+        + (
+            " Goals in absolute units (ms, entries/s, % of a core) move with the machine: "
+            "the `machine` rows measure the costs they are made of, to compare reports "
+            "from different machines."
+            if any(row.benchmark == "machine" for row in rows)
+            else ""
+        ),
         "",
         markdown_table(rows),
         "",
