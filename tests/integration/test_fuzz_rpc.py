@@ -40,6 +40,8 @@ from hypothesis import strategies as st
 from edge.v1 import control_plane_pb2, kv_pb2, objects_pb2, origin_pb2, sql_pb2, workers_pb2
 from edgectl.launcher import Cluster
 from edgepop import limits
+from edgepop.netem import REGION_HEADER
+from edgepop.topology import DEFAULT_ORIGIN_REGION
 from tests.conftest import _make_factory, poll_until
 from tests.integration.fuzz import (
     INTERNAL_METHODS,
@@ -67,6 +69,8 @@ FUZZ_TOPOLOGY: dict[str, Any] = {
         {"name": "london", "pop_nodes": 1},
     ],
 }
+# The topology names no origin region: the control plane is in the default one.
+CONTROL_PLANE_REGION = DEFAULT_ORIGIN_REGION
 KV_NAMESPACES = ("fuzz", "fuzz-b")
 KV_KEYS = ("fuzz-a", "fuzz-b", "fuzz-c/d", "fuzz-é", "k")
 OBJECT_NAMES = ("fuzz-1", "fuzz-2", "fuzz-3")
@@ -367,6 +371,23 @@ async def _read_stream(stream: Any, responses: list[bytes] | None = None) -> Out
 # -- what an answer must look like --------------------------------------------------------------
 
 
+def partitions_its_own_answer(call: FuzzCall) -> bool:
+    """A SetLinkFault partitioning the link from the control plane to the region its
+    caller says it is in: the answer crosses that link after the fault is in force, so it
+    waits there like any other message, and the caller sees its deadline pass (the fault
+    is set all the same)."""
+    request = call.request
+    if call.rpc.key != "ControlPlane/SetLinkFault" or request is None:
+        return False
+    caller_region = dict(call.metadata).get(REGION_HEADER, "")
+    if not request.partitioned or caller_region in ("", CONTROL_PLANE_REGION):
+        return False
+    pair = (request.from_region, request.to_region)
+    return pair == (CONTROL_PLANE_REGION, caller_region) or (
+        pair == (caller_region, CONTROL_PLANE_REGION) and not request.one_way
+    )
+
+
 def problems(call: FuzzCall, outcome: Outcome) -> list[str]:
     """Why `outcome` is not an acceptable answer to `call` (empty when it is)."""
     rpc = call.rpc
@@ -378,6 +399,8 @@ def problems(call: FuzzCall, outcome: Outcome) -> list[str]:
         allowed.add(Code.UNAVAILABLE)
     if rpc.server_streaming and outcome.cut:
         allowed.add(Code.DEADLINE_EXCEEDED)  # a stream we ended
+    if partitions_its_own_answer(call):
+        allowed.add(Code.DEADLINE_EXCEEDED)
     if rpc.key in OBJECT_METHODS and outcome.details.startswith("remote "):
         allowed.add(Code.UNKNOWN)
     authorized = call.auth == "token" or not rpc.internal
@@ -680,16 +703,41 @@ def test_refused_admin_requests_leave_the_control_plane_as_it_was(
         (outcome,) = driver.run([call])
         assert_clear([call], [outcome])
         request = call.request
-        if outcome.code != grpc.StatusCode.OK and request is not None:
+        # A call whose answer its own partition held was not refused: it took effect.
+        held = outcome.code == grpc.StatusCode.DEADLINE_EXCEEDED and partitions_its_own_answer(call)
+        if outcome.code != grpc.StatusCode.OK and request is not None and not held:
             changed = touched_changes(request, before, ControlPlaneState.read(driver))
             assert not changed, f"refused ({outcome.code.name}) but changed: {changed}\n" + (
                 call.describe()
             )
-        if call.rpc.key == "ControlPlane/SetLinkFault" and outcome.code == grpc.StatusCode.OK:
+        if call.rpc.key == "ControlPlane/SetLinkFault" and (
+            outcome.code == grpc.StatusCode.OK or held
+        ):
             # Heal at once: a fault left in force would slow or cut the rest of the fuzz.
             driver.call(
                 "ControlPlane/ClearFaults", "control-plane", control_plane_pb2.ClearFaultsRequest()
             )
+
+
+def test_only_a_partition_of_its_own_answer_link_may_hold_a_fault_call() -> None:
+    rpc = RPC_BY_KEY["ControlPlane/SetLinkFault"]
+    here = CONTROL_PLANE_REGION
+
+    def held(caller_region: str, **fields: Any) -> bool:
+        request = control_plane_pb2.SetLinkFaultRequest(**fields)
+        metadata = ((REGION_HEADER, caller_region),) if caller_region else ()
+        call = FuzzCall(
+            rpc, "control-plane", request.SerializeToString(), "valid", "token", metadata
+        )
+        return partitions_its_own_answer(call)
+
+    assert held("tokyo", from_region=here, to_region="tokyo", partitioned=True, one_way=True)
+    assert held("tokyo", from_region="tokyo", to_region=here, partitioned=True)
+    # The other way only, another region, no region stated, or no partition: answered.
+    assert not held("tokyo", from_region="tokyo", to_region=here, partitioned=True, one_way=True)
+    assert not held("london", from_region=here, to_region="tokyo", partitioned=True)
+    assert not held("", from_region=here, to_region="tokyo", partitioned=True)
+    assert not held("tokyo", from_region=here, to_region="tokyo", delay_ms=5.0)
 
 
 def test_requests_at_and_past_the_size_limits(driver: Driver, ctx: FuzzContext) -> None:
