@@ -36,6 +36,7 @@ from typing import Any
 import apsw
 
 from edge.v1 import sql_pb2
+from edgepop import limits
 from edgepop.errors import (
     D1_TYPE_ERROR,
     InvalidArgumentError,
@@ -175,6 +176,8 @@ def check_query(request: sql_pb2.SqlQueryRequest) -> None:
     """The request's limits, before it goes anywhere: INVALID_ARGUMENT, worded as D1 words
     it (a D1 prefix, SQLite's phrase and result code) and naming our limit."""
     check_database_name(request.database)
+    # Logged as an LMDB key with the write: one too long would fail its whole group.
+    limits.check_request_id(request.request_id)
     if not request.statements:
         raise SqlError("no SQL statement: a query needs at least one")
     if len(request.statements) > STATEMENTS_PER_QUERY_MAX:

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.v1 import kv_pb2, sql_pb2
-from edgepop.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
+from edgepop import limits
+from edgepop.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from edgepop.kvstore import KvStore, decode_u64, encode_u64
 
 HEAD_SEQ_KEY = b"head_seq"
@@ -77,6 +83,10 @@ class WriteLog:
         head, first = self.positions(txn)
         recorded: set[str] = set()  # namespaces recorded in this transaction
         for request in batch:
+            oversized = _oversized_request_id(request)
+            if oversized is not None:
+                request.error = oversized
+                continue
             if request.request_id:
                 seen = txn.get(request.request_id.encode(), db=self.requests_db)
                 if seen is not None:
@@ -224,3 +234,18 @@ class WriteLog:
                 raise AssertionError(f"log gap: expected seq {expected}, found {decode_u64(key)}")
             yield raw
             expected += 1
+
+
+def _oversized_request_id(request: WriteRequest) -> InvalidArgumentError | None:
+    """A request id longer than the limit, refused for its request alone.
+
+    Ids are checked where requests enter; this is the last line. Past LMDB's key size, an
+    id would fail the put and with it the whole batch's transaction: every other client's
+    write in the group (a fuzzed SQL write once took a KvPutMany down with it).
+    """
+    for request_id in (request.request_id, *(change.request_id for change in request.changes)):
+        try:
+            limits.check_request_id(request_id)
+        except InvalidArgumentError as error:
+            return error
+    return None

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from edge.v1 import sql_pb2
-from edgepop import sqldb
+from edgepop import limits, sqldb
 from edgepop.errors import (
     InvalidArgumentError,
     SqlError,
@@ -327,3 +327,14 @@ async def query(origin: Origin, sql: str) -> sql_pb2.SqlQueryResponse:
     return await origin.sql.query(
         sql_pb2.SqlQueryRequest(database="db", statements=[sql_pb2.SqlStatement(sql=sql)])
     )
+
+
+def test_a_query_with_a_request_id_past_the_limit_is_refused_where_it_enters() -> None:
+    # Logged as an LMDB key with its write: past LMDB's key size it once failed the whole
+    # group commit, and another client's KvPutMany with it (found by `make fuzz`).
+    query = request(statement("INSERT INTO t (v) VALUES (1)"))
+    query.request_id = "r" * limits.REQUEST_ID_BYTES_MAX
+    sqldb.check_query(query)
+    query.request_id = "r" * (limits.REQUEST_ID_BYTES_MAX + 1)
+    with pytest.raises(InvalidArgumentError, match="REQUEST_ID_BYTES_MAX"):
+        sqldb.check_query(query)

@@ -7,6 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.v1 import kv_pb2
+from edgepop import limits
+from edgepop.errors import InvalidArgumentError
 from edgepop.kvstore import KvStore
 from edgepop.storage import Storage
 from origin_node.writelog import Change, WriteLog, WriteRequest
@@ -301,3 +303,22 @@ def test_a_compare_and_set_on_an_expired_key_sees_it_absent(log: WriteLog) -> No
     revived = WriteRequest("app", [_cas("k", 0, b"new")])
     _commit(log, revived)
     assert revived.error is None and revived.seq == 2
+
+
+def test_a_request_id_past_the_limit_is_refused_alone_and_the_batch_commits(
+    log: WriteLog,
+) -> None:
+    # Ids are checked where requests enter; the log is the last line. Past LMDB's key
+    # size, one id would fail the put and every other request of the batch with it.
+    too_long = "r" * (limits.REQUEST_ID_BYTES_MAX + 1)
+    before = WriteRequest("app", [_put("a")])
+    on_request = WriteRequest("app", [_put("b")], request_id=too_long)
+    on_change = WriteRequest("app", [Change(PUT, "c", b"v", request_id=too_long)])
+    after = WriteRequest("app", [_put("d")], request_id="fine")
+    head, _ = _commit(log, before, on_request, on_change, after)
+    assert head == 2
+    assert (before.seq, after.seq) == (1, 2)
+    for refused in (on_request, on_change):
+        assert isinstance(refused.error, InvalidArgumentError)
+        assert refused.entries == []
+    assert [entry.key for entry in _read(log, 1)] == ["a", "d"]
