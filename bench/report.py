@@ -13,6 +13,7 @@ from typing import Any
 
 from rich.table import Table
 
+from bench.machine import BENCHMARK as MACHINE_BENCHMARK
 from bench.runner import Benchmark, BenchResult, Settings
 from bench.stats import Row, format_value, json_safe, markdown_table
 from edgepop.lifecycle import EVENT_LOOP_ENV
@@ -128,7 +129,7 @@ def write_outputs(
             " Goals in absolute units (ms, entries/s, % of a core) move with the machine: "
             "the `machine` rows measure the costs they are made of, to compare reports "
             "from different machines."
-            if any(row.benchmark == "machine" for row in rows)
+            if any(row.benchmark == MACHINE_BENCHMARK for row in rows)
             else ""
         ),
         "",
