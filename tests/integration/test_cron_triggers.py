@@ -28,15 +28,24 @@ ENTRY = """
 from workers import Response, WorkerEntrypoint
 
 
+CRONS = ("* * * * *", "*/5 * * * *")
+
+
 class Default(WorkerEntrypoint):
     async def fetch(self, request):
-        runs = await self.env.RUNS.get("runs", "json", consistency="strong")
-        return Response.json(runs or [])
+        runs = []
+        for cron in CRONS:
+            runs += await self.env.RUNS.get("runs:" + cron, "json", consistency="strong") or []
+        return Response.json(runs)
 
     async def scheduled(self, controller, env, ctx):
-        runs = await env.RUNS.get("runs", "json", consistency="strong") or []
+        # A list per cron: a run on schedule and one by hand may overlap, and each
+        # read-modify-write of one shared list would drop the other's run (KV is last
+        # write wins); runs of one cron a minute apart do not overlap.
+        key = "runs:" + controller.cron
+        runs = await env.RUNS.get(key, "json", consistency="strong") or []
         runs.append({"cron": controller.cron, "at": controller.scheduledTime, "by": env.WHO})
-        await env.RUNS.put("runs", __import__("json").dumps(runs))
+        await env.RUNS.put(key, __import__("json").dumps(runs))
 """
 WRANGLER = {
     "name": "cron-demo",
