@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from bench.stats import MetricSample, parse_prometheus
+from bench.stats import MetricSample, metric_value, parse_prometheus
 
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -152,3 +153,46 @@ async def idle_cores(groups: dict[str, list[int]], seconds: float = 1.0) -> dict
         name: max(0.0, sum(cpu_seconds(pid) for pid in pids) - before[name]) / elapsed
         for name, pids in groups.items()
     }
+
+
+CPU_RAN = "edge_process_cpu_seconds_total"
+CPU_WAITED = "edge_process_cpu_wait_seconds_total"
+
+
+@dataclass(frozen=True)
+class HostCpuReading:
+    """When, and each node's (CPU seconds ran, seconds waited for a CPU) so far."""
+
+    at: float
+    per_node: dict[str, tuple[float, float]]
+
+
+async def host_cpu(addresses: dict[str, str]) -> HostCpuReading:
+    """Every node's own CPU counters (edgepop/host_cpu.py), from its /metrics."""
+    pages = await scrape_many(addresses, (CPU_RAN, CPU_WAITED))
+    at = time.monotonic()
+    return HostCpuReading(
+        at,
+        {
+            name: (metric_value(samples, CPU_RAN) or 0.0, metric_value(samples, CPU_WAITED) or 0.0)
+            for name, samples in pages.items()
+        },
+    )
+
+
+def cpu_shares(before: HostCpuReading, after: HostCpuReading) -> dict[str, dict[str, float]]:
+    """Per node, cores it used and cores' worth of its threads' waiting for a CPU,
+    between two readings (a node missing from either is left out)."""
+    elapsed = after.at - before.at
+    if elapsed <= 0:
+        return {}
+    shares = {}
+    for name, (ran_after, waited_after) in after.per_node.items():
+        if name not in before.per_node:
+            continue
+        ran_before, waited_before = before.per_node[name]
+        shares[name] = {
+            "ran": max(0.0, ran_after - ran_before) / elapsed,
+            "waited": max(0.0, waited_after - waited_before) / elapsed,
+        }
+    return shares

@@ -42,7 +42,7 @@ from bench.loadgen import (
     redis_writes,
     watch_visibility,
 )
-from bench.probe import scrape_many
+from bench.probe import HostCpuReading, cpu_shares, host_cpu, scrape_many
 from bench.redis_baseline import RedisReplicaSet, find_or_install_redis
 from bench.runner import BenchResult, Context
 from bench.stats import (
@@ -218,6 +218,7 @@ async def run_propagation(context: Context) -> BenchResult:
             value=edge["writes"].acked / edge["writes"].elapsed_s,
             note=_write_problems(edge["writes"]),
         ),
+        *_host_cpu_rows(edge["host_cpu"], rate, pops),
     ]
     plot = plots.latency_cdf(
         context.settings.out_dir / "propagation_cdf.png",
@@ -388,6 +389,7 @@ async def _edgepop_propagation(
     ]
     key_prefix = f"r{rate_per_s:g}"
     visible: dict[str, Any] = {}
+    host: dict[str, Any] = {}
     if not visibility:
         writes = await context.ui.timed(
             f"edgepop: {rate_per_s:,.0f} writes/s to {len(pops)} PoPs",
@@ -416,14 +418,17 @@ async def _edgepop_propagation(
             start_at=start_at,
             sample_every=VISIBILITY_SAMPLE_EVERY,
         )
-        writes, watched = await context.ui.timed(
+        writes, watched, cpu_window = await context.ui.timed(
             f"edgepop: {rate_per_s:,.0f} writes/s to {len(pops)} PoPs, sampled reader",
             duration + START_DELAY_S,
             asyncio.gather(
-                context.in_loadgen(paced_puts, spec), context.in_loadgen(watch_visibility, watch)
+                context.in_loadgen(paced_puts, spec),
+                context.in_loadgen(watch_visibility, watch),
+                _host_cpu_during(cluster, start_at, duration),
             ),
         )
         visible = _visibility([pop.name for pop in cluster.pops], watched, writes)
+        host = _host_cpu_summary(cluster, cpu_shares(*cpu_window))
     if writes.acked == 0:
         raise RuntimeError(f"no write was acknowledged: {writes.first_error}")
     await context.ui.step("waiting for every PoP", wait_caught_up(cluster, writes.last_seq))
@@ -444,6 +449,60 @@ async def _edgepop_propagation(
         "merged": merge_buckets(per_pop.values()),
         "origin_commit": _commit_stats(origin_before, origin_after),
         "visibility": visible,
+        "host_cpu": host,
+    }
+
+
+def _host_cpu_rows(host: dict[str, Any], rate: str, pops: int) -> list[Row]:
+    """How long the origin's and the PoPs' threads waited for a CPU during the load,
+    beside how long they ran: what of the latencies above is the host, not the WAN."""
+    rows = []
+    for group, what in (("origin", "the origin's"), ("pops", f"the {pops} PoPs'")):
+        shares = host.get(group)
+        rows.append(
+            Row(
+                "propagation",
+                f"{what} threads waiting for a CPU, {rate} (vs running)",
+                "% of a core",
+                value=None if shares is None else 100 * shares["waited"],
+                baseline=None if shares is None else 100 * shares["ran"],
+                baseline_name="running",
+                status="" if shares is not None else "skipped",
+                note="schedstat run-queue wait: the host's, included in every latency above"
+                if group == "origin"
+                else "",
+            )
+        )
+    return rows
+
+
+async def _host_cpu_during(
+    cluster: Cluster, start_at: float, duration: float
+) -> tuple[HostCpuReading, HostCpuReading]:
+    """Every node's CPU and wait for a CPU, read when the load starts and when it ends."""
+    addresses = {node.name: node.metrics_address for node in cluster.nodes.values()}
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    before = await host_cpu(addresses)
+    await asyncio.sleep(duration)
+    return before, await host_cpu(addresses)
+
+
+def _host_cpu_summary(cluster: Cluster, shares: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Cores used and waited for by the origin, the PoPs together and the control plane."""
+    groups = {
+        "origin": [cluster.origin.name],
+        "pops": [pop.name for pop in cluster.pops],
+        "control_plane": [cluster.control_plane.name],
+    }
+    return {
+        "per_node": shares,
+        **{
+            group: {
+                kind: sum(shares[name][kind] for name in names if name in shares)
+                for kind in ("ran", "waited")
+            }
+            for group, names in groups.items()
+        },
     }
 
 

@@ -61,6 +61,7 @@ from edgectl.launcher import (
 )
 from edgepop import metrics
 from edgepop.auth import TOKEN_FILE_NAME
+from edgepop.host_cpu import CpuTimes, ProcessCpu
 from edgepop.netem import sent_at_metadata
 from edgepop.rpc import CHANNEL_OPTIONS, client_metadata
 from edgepop.tls import TlsConfig
@@ -658,6 +659,10 @@ class NodeSample:
     p99_ms: float | None = None
     # (namespace, id) -> calls/s since the previous sample, of the objects it owns.
     object_rates: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    # Since the previous sample, in % of one core: CPU its threads used, and time they
+    # were ready to run but waited for a CPU (edgepop/host_cpu.py). None if unknown.
+    cpu_percent: float | None = None
+    cpu_wait_percent: float | None = None
 
 
 @dataclass(frozen=True)
@@ -768,6 +773,27 @@ class _NodeTrack:
     p99_ms: float | None = None
     object_rates: dict[tuple[str, str], float] = field(default_factory=dict)
     stale: bool = False
+    # This host's view of the node's process (its pid: a restart starts afresh).
+    cpu: ProcessCpu | None = None
+    last_cpu: tuple[float, CpuTimes] | None = None
+    cpu_percent: float | None = None
+    cpu_wait_percent: float | None = None
+
+    def sample_cpu(self, pid: int) -> None:
+        """CPU used and waited for since the last call, from /proc (a local node)."""
+        if self.cpu is None or self.cpu.pid != pid:
+            self.cpu, self.last_cpu = ProcessCpu(pid), None
+        times = self.cpu.read()
+        now = time.monotonic()
+        if times is None:
+            self.cpu_percent = self.cpu_wait_percent = None
+            return
+        if self.last_cpu is not None and now > self.last_cpu[0]:
+            used = times - self.last_cpu[1]
+            elapsed = now - self.last_cpu[0]
+            self.cpu_percent = 100 * used.ran_s / elapsed
+            self.cpu_wait_percent = 100 * used.waited_s / elapsed
+        self.last_cpu = (now, times)
 
 
 @dataclass
@@ -891,6 +917,8 @@ class ClusterMonitor:
             if not alive[name]:
                 # A restarted node starts its counters afresh; forget the old ones.
                 self._tracks[name] = track = _NodeTrack()
+            elif node.pid:
+                track.sample_cpu(node.pid)
             last = track.last
             rows.append(
                 NodeSample(
@@ -915,6 +943,8 @@ class ClusterMonitor:
                     p50_ms=track.p50_ms,
                     p99_ms=track.p99_ms,
                     object_rates=track.object_rates,
+                    cpu_percent=track.cpu_percent,
+                    cpu_wait_percent=track.cpu_wait_percent,
                 )
             )
         return rows

@@ -32,6 +32,7 @@ from edge.v1 import kv_pb2, objects_pb2
 from edgectl import deploys, net, probe
 from edgectl import objects as do
 from edgectl.client import NodeSample, Target, role_name
+from edgepop.host_cpu import wait_is_notable
 
 # Piped output is not cut to 80 columns: a table of addresses must stay whole in a log.
 PIPED_WIDTH = 200
@@ -166,8 +167,10 @@ def live_view(samples: Sequence[NodeSample], data_dir: Path, started_at: float) 
         title=f"edgepop cluster · {data_dir} · up {_duration(time.monotonic() - started_at)}",
         title_justify="left",
         caption="seq: applied (PoP) / head (origin) · behind: entries not yet applied · "
-        "lag: staleness bound · req/s excludes this view's polls · workers: loaded · "
-        "http: ingress · Ctrl-C stops every node",
+        "lag: staleness bound · req/s excludes this view's polls · cpu: % of a core · "
+        "cpu wait: % of a second its threads waited for a CPU (yellow: the host's queue "
+        "adds to what this node measures) · workers: loaded · http: ingress · "
+        "Ctrl-C stops every node",
         caption_justify="left",
     )
     table.add_column("node")
@@ -179,6 +182,8 @@ def live_view(samples: Sequence[NodeSample], data_dir: Path, started_at: float) 
     table.add_column("behind", justify="right")
     table.add_column("lag", justify="right")
     table.add_column("req/s", justify="right")
+    table.add_column("cpu", justify="right")
+    table.add_column("cpu wait", justify="right")
     table.add_column("workers", justify="right")
     table.add_column("http")
     for sample in samples:
@@ -190,6 +195,8 @@ def live_view(samples: Sequence[NodeSample], data_dir: Path, started_at: float) 
                 sample.region,
                 Text("stopped", style="red"),
                 fmt_health(False),
+                "",
+                "",
                 "",
                 "",
                 "",
@@ -217,11 +224,20 @@ def live_view(samples: Sequence[NodeSample], data_dir: Path, started_at: float) 
             behind,
             lag,
             "" if sample.requests_per_s is None else f"{sample.requests_per_s:.1f}",
+            "" if sample.cpu_percent is None else f"{sample.cpu_percent:.0f}%",
+            fmt_cpu_wait(sample.cpu_percent, sample.cpu_wait_percent),
             "" if sample.workers is None else str(sample.workers),
             sample.http_address,
             style=style,
         )
     return table
+
+
+def fmt_cpu_wait(cpu_percent: float | None, wait_percent: float | None) -> Text | str:
+    if wait_percent is None:
+        return ""
+    style = "yellow" if wait_is_notable(cpu_percent, wait_percent) else ""
+    return Text(f"{wait_percent:.0f}%", style=style)
 
 
 def _duration(seconds: float) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from edge.v1 import node_pb2
+from edgepop.host_cpu import HostCpuCollector
 
 # Request latencies from sub-millisecond local reads up to multi-second timeouts.
 LATENCY_BUCKETS_S = (
@@ -172,6 +173,9 @@ class NodeMetrics:
             labels,
             registry=registry,
         ).labels(node, region)
+
+        # Its own CPU, and its threads' wait for one (edgepop/host_cpu.py): read at scrape.
+        registry.register(HostCpuCollector(node, region))
 
     def request(self, service: str, method: str, code: str) -> Any:
         """The request-duration child for one (service, method, code), cached."""

@@ -307,6 +307,22 @@ def node_panels() -> list[g.Panel]:
             drawStyle="bars",
             fillOpacity=80,
         ),
+        timeseries(
+            "CPU per node",
+            "Cores each node's threads ran on (edge_process_cpu_seconds_total, from the "
+            "kernel's schedstat).",
+            [target("node:edge_process_cpu:rate1m{" + REGION + "}", "{{node}}")],
+            unit=g.SHORT_FORMAT,
+        ),
+        timeseries(
+            "Waiting for a CPU per node",
+            "Cores' worth of time each node's threads were ready to run but waited for a "
+            "CPU (the host's run queue). Latency and staleness measured meanwhile include "
+            "it: near the CPU the node used, the host adds about as much as the node "
+            "itself (HostCpuContention).",
+            [target("node:edge_process_cpu_wait:rate1m{" + REGION + "}", "{{node}}")],
+            unit=g.SHORT_FORMAT,
+        ),
     ]
 
 

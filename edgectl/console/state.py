@@ -38,6 +38,7 @@ from edgectl.client import (
 from edgectl.console import geo
 from edgectl.launcher import Cluster
 from edgepop import sqldb
+from edgepop.host_cpu import wait_is_notable
 
 # Sparklines: one point a second, the last five minutes.
 HISTORY_POINTS = 300
@@ -83,6 +84,10 @@ def node_json(sample: NodeSample, info: cp_pb2.NodeInfo | None) -> dict[str, Any
         "p50_ms": _round(sample.p50_ms),
         "p99_ms": _round(sample.p99_ms),
         "workers": sample.workers,
+        # % of a core since the previous sample; notable: the host adds to its figures.
+        "cpu_percent": _round(sample.cpu_percent, 1),
+        "cpu_wait_percent": _round(sample.cpu_wait_percent, 1),
+        "cpu_wait_notable": wait_is_notable(sample.cpu_percent, sample.cpu_wait_percent),
         "http_address": sample.http_address,
         "stale": sample.stale,
     }

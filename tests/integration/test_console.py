@@ -161,6 +161,14 @@ def test_the_page_shows_every_node_at_its_region_with_no_errors_and_nothing_fetc
     for series in ("lag_s", "requests_per_s"):
         page.wait_for_selector(f"{row} td.spark-{series} polyline", state="attached")
     assert page.locator(f"{row} td.spark-p99_ms svg.spark").count() == 1
+    # Its CPU and its wait for a CPU, in % of a core, from the second sample on.
+    poll_until(
+        lambda: (
+            page.locator(f"{row} td.cpu").inner_text().endswith("%")
+            and page.locator(f"{row} td.cpu-wait").inner_text().endswith("%")
+        ),
+        what="tokyo-1's CPU and wait for a CPU on the page",
+    )
     screenshot(page, "map")
     page.set_viewport_size({"width": 420, "height": 900})
     overflow = page.evaluate("document.scrollingElement.scrollWidth - window.innerWidth")

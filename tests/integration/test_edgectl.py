@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -203,7 +204,7 @@ def test_nodes_json_is_the_control_plane_registry(data_dir: Path) -> None:
         assert {"name", "role", "region", "healthy", "grpc_address", "metrics_address"} <= set(info)
 
 
-def test_live_view_shows_seq_lag_and_request_rate_of_each_node(data_dir: Path) -> None:
+def test_live_view_shows_seq_lag_request_rate_and_cpu_of_each_node(data_dir: Path) -> None:
     cluster = Cluster.open(data_dir)
     with futures.ThreadPoolExecutor(max_workers=len(NODE_NAMES) + 1) as pool:
         monitor = ClusterMonitor(cluster, pool)
@@ -216,6 +217,8 @@ def test_live_view_shows_seq_lag_and_request_rate_of_each_node(data_dir: Path) -
                 rows = {row.name: row for row in monitor.sample()}
                 london = rows["london-1"]
                 done = london.requests_per_s and (london.seq or 0) >= put["seq"]
+                # CPU is a rate between two samples of /proc: known from the second on.
+                done = done and all(row.cpu_percent is not None for row in rows.values())
                 return rows if done else None
 
             rows = poll_until(served_and_applied, timeout=10, what="london-1 traffic in the view")
@@ -225,10 +228,16 @@ def test_live_view_shows_seq_lag_and_request_rate_of_each_node(data_dir: Path) -
     assert all(row.alive and row.healthy for row in rows.values())
     assert (rows["origin"].seq or 0) >= put["seq"]
     assert rows["london-1"].lag_s is not None
-    screen = Console(record=True, width=200, file=io.StringIO())
+    # Every live node ran (its Status answered) and its wait is a share of a second.
+    for row in rows.values():
+        assert row.cpu_percent is not None and row.cpu_wait_percent is not None
+        assert row.cpu_wait_percent >= 0 and 0 <= row.cpu_percent <= 100 * os.cpu_count()
+    assert rows["london-1"].cpu_percent > 0
+    screen = Console(record=True, width=240, file=io.StringIO())
     screen.print(views.live_view(list(rows.values()), data_dir, time.monotonic()))
     text = screen.export_text()
     assert all(name in text for name in NODE_NAMES) and "req/s" in text
+    assert "cpu wait" in text
 
 
 def test_cluster_down_leaves_no_process_alive(tmp_path: Path) -> None:

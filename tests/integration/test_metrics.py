@@ -101,3 +101,37 @@ def test_lag_gauge_stays_near_the_one_way_delay_while_caught_up(shared_cluster: 
     assert (
         statistics.median(samples) < SYDNEY_ONE_WAY_S + STREAM_HEARTBEAT_INTERVAL_S_DEFAULT + 0.1
     ), report
+
+
+CPU_RAN = "edge_process_cpu_seconds"
+CPU_WAITED = "edge_process_cpu_wait_seconds"
+
+
+def _cpu(address: str) -> tuple[float, float]:
+    families = _families(address)
+    (ran,) = [value for name, _, value in families[CPU_RAN] if name == f"{CPU_RAN}_total"]
+    (waited,) = [value for name, _, value in families[CPU_WAITED] if name == f"{CPU_WAITED}_total"]
+    return ran, waited
+
+
+def test_every_node_exports_its_cpu_and_its_wait_for_a_cpu_and_they_only_grow(
+    shared_cluster: Cluster,
+) -> None:
+    first = {node.name: _cpu(node.metrics_address) for node in shared_cluster.nodes.values()}
+    for name, (ran, waited) in first.items():
+        assert ran > 0, f"{name} says it never ran"
+        assert waited >= 0
+    # Work at one PoP: its CPU counter moves; no node's counters ever go down.
+    pop = shared_cluster.pops[0]
+    with grpc.insecure_channel(pop.grpc_address) as channel:
+        stub = pop_pb2_grpc.PopStub(channel)
+        for _ in range(50):
+            stub.KvGet(kv_pb2.KvGetRequest(namespace="m", key="k"), timeout=5)
+    poll_until(
+        lambda: _cpu(pop.metrics_address)[0] > first[pop.name][0],
+        timeout=5,
+        what=f"{pop.name}'s CPU counter moving after 50 calls",
+    )
+    for node in shared_cluster.nodes.values():
+        ran, waited = _cpu(node.metrics_address)
+        assert ran >= first[node.name][0] and waited >= first[node.name][1], node.name

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench.loadgen import PacedResult, VisibilityResult, VisibilitySample
-from bench.replication import _visibility
+from bench.probe import HostCpuReading, cpu_shares
+from bench.replication import _host_cpu_rows, _visibility
 
 
 def _writes(seqs: dict[int, int]) -> PacedResult:
@@ -42,3 +45,23 @@ def test_only_reads_that_waited_at_the_replica_for_the_writes_own_seq_are_kept()
     assert found["per_pop"] == {"tokyo-1": [0.003, 0.003], "tokyo-2": []}
     assert found["dropped"] == {"reordered": 1, "late_read": 1, "origin": 1, "unacknowledged": 1}
     assert found["watched"] == 3
+
+
+def test_cpu_shares_are_cores_used_and_waited_for_between_two_readings() -> None:
+    before = HostCpuReading(10.0, {"origin": (5.0, 1.0), "tokyo-1": (1.0, 0.5), "gone": (1, 1)})
+    after = HostCpuReading(12.0, {"origin": (6.0, 2.0), "tokyo-1": (1.2, 0.5), "new": (9, 9)})
+    assert cpu_shares(before, after) == {
+        "origin": {"ran": 0.5, "waited": 0.5},
+        "tokyo-1": {"ran": pytest.approx(0.1), "waited": 0.0},
+    }
+    assert cpu_shares(after, after) == {}
+
+
+def test_the_host_rows_put_waiting_beside_running_and_say_when_unknown() -> None:
+    host = {"origin": {"ran": 0.42, "waited": 0.40}, "pops": {"ran": 0.85, "waited": 2.9}}
+    origin, pops = (row.judge() for row in _host_cpu_rows(host, "1,000 writes/s", 12))
+    assert (origin.value, origin.baseline) == (pytest.approx(40.0), pytest.approx(42.0))
+    assert origin.status == "info" and "12 PoPs" in pops.metric
+    assert (pops.value, pops.baseline) == (pytest.approx(290.0), pytest.approx(85.0))
+    unknown = [row.judge() for row in _host_cpu_rows({}, "1,000 writes/s", 12)]
+    assert [row.status for row in unknown] == ["skipped", "skipped"]

@@ -95,12 +95,14 @@ def sample(
     *,
     alive: bool = True,
     object_rates: dict[tuple[str, str], float] | None = None,
+    cpu: tuple[float, float] | None = None,
 ) -> NodeSample:
     return NodeSample(
         name=name, role=role, region=region, pid=10 if alive else 0, alive=alive,
         healthy=alive, seq=5, head_seq=5, lag_s=0.0123, replicating=True,
         requests_per_s=3.0, stale=False, workers=2, p50_ms=1.234, p99_ms=9.87,
         object_rates=object_rates or {},
+        cpu_percent=cpu[0] if cpu else None, cpu_wait_percent=cpu[1] if cpu else None,
     )  # fmt: skip
 
 
@@ -130,10 +132,11 @@ def test_a_snapshot_says_who_is_where_and_how_healthy() -> None:
         objects_pb2.Placement(namespace="C", id="ab", owner="tokyo-1", epoch=3),
         objects_pb2.Placement(namespace="C", id="cd", owner="tokyo-1", epoch=1),
     ]
-    tokyo_1 = sample("tokyo-1", "pop", "tokyo", object_rates={("C", "ab"): 12.34})
+    tokyo_1 = sample("tokyo-1", "pop", "tokyo", object_rates={("C", "ab"): 12.34}, cpu=(8.0, 1.0))
+    origin = sample("origin", "origin", "us-east-1", cpu=(42.04, 40.0))
     snapshot = build_snapshot(
         topology,
-        [tokyo_1, sample("origin", "origin", "us-east-1")],
+        [tokyo_1, origin],
         placements,
         {"tokyo": "tokyo-1"},
         now=100.0,
@@ -143,6 +146,10 @@ def test_a_snapshot_says_who_is_where_and_how_healthy() -> None:
     assert nodes["tokyo-1"]["healthy"] is False  # alive, but its lease lapsed
     assert nodes["origin"]["healthy"] is True
     assert nodes["tokyo-1"]["p50_ms"] == 1.23
+    # The origin waited for a CPU about as long as it ran: the page marks it.
+    assert (nodes["origin"]["cpu_percent"], nodes["origin"]["cpu_wait_percent"]) == (42.0, 40.0)
+    assert nodes["origin"]["cpu_wait_notable"] is True
+    assert nodes["tokyo-1"]["cpu_wait_notable"] is False
     assert snapshot["links"] == [{"from": "tokyo", "to": "us-east-1", "rtt_ms": 170.0}]
     assert [f["from_region"] for f in snapshot["faults"]] == ["tokyo"]
     assert snapshot["objects"][0]["owner"] == "tokyo-1"
