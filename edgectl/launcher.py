@@ -781,6 +781,17 @@ class Cluster:
         _wait_exit(pids, STOP_TIMEOUT_S_DEFAULT)
         self._children.pop(name, None)
 
+    def pause(self, name: str) -> list[int]:
+        """SIGSTOP: the node freezes mid-whatever (a long GC pause, a stalled VM), its
+        sockets open and its leases running out; returns the pids stopped."""
+        pids = self.pids_of(name)
+        _send(pids, signal.SIGSTOP)
+        return pids
+
+    def resume(self, pids: list[int]) -> None:
+        """SIGCONT to processes `pause` stopped (harmless to one that runs)."""
+        _send([pid for pid in pids if pid_alive(pid)], signal.SIGCONT)
+
     def down(self, timeout: float = STOP_TIMEOUT_S_DEFAULT) -> None:
         """Stop every node: PoPs first, then the origin, then the control plane; then any
         other process of this cluster (one the state file lost, a lingering zygote)."""

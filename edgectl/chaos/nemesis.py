@@ -49,7 +49,10 @@ OBJECT_KILLS = ("kill-owner", "kill-standby", "kill-chain", "kill-owner-and-stan
 NODE_KILLS = ("kill-origin", "kill-control-plane", "kill-pop")
 PARTITIONS = ("isolate-region", "partition-regions", "partition-origin", "partition-one-way")
 LINK_FAULTS = ("delay", "jitter", "loss")
-FAULT_KINDS: tuple[str, ...] = (*OBJECT_KILLS, *NODE_KILLS, *PARTITIONS, *LINK_FAULTS)
+# SIGSTOP, then SIGCONT: a process frozen past its leases that wakes up believing them
+# (Jepsen's process pause). Its sockets stay open, so peers see silence, not a close.
+PAUSES = ("pause-owner", "pause-origin")
+FAULT_KINDS: tuple[str, ...] = (*OBJECT_KILLS, *NODE_KILLS, *PARTITIONS, *LINK_FAULTS, *PAUSES)
 # Names for several kinds at once in --faults.
 FAULT_GROUPS: dict[str, tuple[str, ...]] = {
     "all": FAULT_KINDS,
@@ -57,6 +60,7 @@ FAULT_GROUPS: dict[str, tuple[str, ...]] = {
     "object-kills": OBJECT_KILLS,
     "partitions": PARTITIONS,
     "network": (*PARTITIONS, *LINK_FAULTS),
+    "pauses": PAUSES,
 }
 # How often each kind is drawn: the object kills (the sequences that lost writes) most,
 # then region isolation; link faults are background noise.
@@ -66,9 +70,14 @@ KIND_WEIGHTS: dict[str, float] = {
     "isolate-region": 2.0,
     **dict.fromkeys(("partition-regions", "partition-origin", "partition-one-way"), 1.0),
     **dict.fromkeys(LINK_FAULTS, 1.0),
+    "pause-owner": 2.0,
+    "pause-origin": 1.0,
 }
-# Kills of PoPs: at most one such step runs at a time (a chain already kills two).
-POP_KILLS = frozenset({*OBJECT_KILLS, "kill-pop"})
+# Kills (and pauses) of PoPs: at most one such step runs at a time (a chain already
+# kills two).
+POP_KILLS = frozenset({*OBJECT_KILLS, "kill-pop", "pause-owner"})
+# Faults of the origin's process: one at a time.
+ORIGIN_FAULTS = frozenset({"kill-origin", "pause-origin"})
 NETWORK = frozenset({*PARTITIONS, *LINK_FAULTS})
 
 # -- timing of a schedule (seconds) ------------------------------------------------------
@@ -102,6 +111,9 @@ PAIR_GAP_S = (1.0, 4.0)  # kill-owner-and-standby: seconds between the two kills
 ORIGIN_DOWN_S = (1.0, 5.0)
 # Shorter than the 2 s lease interrupts nothing; longer lapses every lease.
 CONTROL_PLANE_DOWN_S = (0.5, 4.0)
+# Frozen from below the 2 s lease (calls wait) to well past it (the standby takes over
+# while the owner sleeps, then the owner wakes up).
+PAUSE_S = (0.5, 6.0)
 PARTITION_S = (2.0, 8.0)
 ISOLATE_S = (3.0, 8.0)
 LINK_FAULT_S = (2.0, 6.0)
@@ -178,12 +190,12 @@ class Step:
 
     def describe(self) -> str:
         """The step in words, as the report's fault timeline shows it."""
-        if self.kind in OBJECT_KILLS:
+        if self.kind in OBJECT_KILLS or self.kind == "pause-owner":
             text = f"{self.kind} {self.object}"
             return text + (f" (standby {self.gap_s:.1f} s later)" if self.gap_s else "")
         if self.kind == "kill-pop":
             return f"kill-pop {self.node}"
-        if self.kind in ("kill-origin", "kill-control-plane"):
+        if self.kind in ("kill-origin", "kill-control-plane", "pause-origin"):
             return self.kind
         if self.kind == "isolate-region":
             return f"isolate-region {self.regions[0]}"
@@ -288,6 +300,11 @@ def _draw(kind: str, at_s: float, rng: random.Random, topo: PlanTopology) -> Ste
     elif kind == "kill-pop":
         step = replace(step, node=rng.choice(topo.pops))
         length = _uniform(rng, KILL_DOWN_S)
+    elif kind == "pause-owner":
+        step = replace(step, object=rng.choice(topo.objects))
+        length = _uniform(rng, PAUSE_S)
+    elif kind == "pause-origin":
+        length = _uniform(rng, PAUSE_S)
     elif kind == "kill-origin":
         length = _uniform(rng, ORIGIN_DOWN_S)
     elif kind == "kill-control-plane":
@@ -347,7 +364,7 @@ def _conflict(a: Step, b: Step, topo: PlanTopology) -> bool:
         return not (other.at_s < start and other.until_s > end)
     if a.kind in POP_KILLS and b.kind in POP_KILLS:
         return True
-    if a.kind == b.kind == "kill-origin":
+    if a.kind in ORIGIN_FAULTS and b.kind in ORIGIN_FAULTS:
         return True
     return bool(a.links(topo) & b.links(topo))
 
@@ -373,7 +390,7 @@ def plan(seed: int, duration_s: float, kinds: Sequence[str], topo: PlanTopology)
     unknown = [kind for kind in kinds if kind not in FAULT_KINDS]
     if unknown:
         raise ValueError(f"unknown fault kinds: {unknown}")
-    if not topo.objects and any(kind in OBJECT_KILLS for kind in kinds):
+    if not topo.objects and any(kind in (*OBJECT_KILLS, "pause-owner") for kind in kinds):
         raise ValueError("object kills need at least one object")
     # A string seed is hashed with SHA-512: the same on every platform and process.
     rng = random.Random(f"edgepop-chaos:{seed}")
@@ -480,6 +497,8 @@ class Nemesis:
         # plane cannot register, so its restart waits for the cut to heal.
         self._cut: dict[tuple[str, str], int] = {}
         self._cut_changed = asyncio.Condition()
+        # Nodes frozen now (SIGSTOP) and their pids: the heal resumes any still frozen.
+        self._paused: dict[str, list[int]] = {}
 
     def close(self) -> None:
         self._restarts.shutdown(wait=True)
@@ -504,6 +523,8 @@ class Nemesis:
                 await self._network(step)
             elif step.kind in OBJECT_KILLS:
                 await self._object_kill(step)
+            elif step.kind in PAUSES:
+                await self._pause(step)
             else:
                 await self._node_kill(step)
         except (grpc.RpcError, ClusterError) as error:
@@ -624,6 +645,31 @@ class Nemesis:
         event = self._event(step.kind, [name], f"{name} killed")
         await self._restart_at(step.until_s, [name], event)
 
+    # -- pauses ---------------------------------------------------------------------------
+
+    async def _pause(self, step: Step) -> None:
+        if step.kind == "pause-owner":
+            placement = await self._placement(step.object)
+            if placement is None:
+                self._skip(step, "not placed yet")
+                return
+            name = placement.owner
+            detail = f"{step.object}: {name} (owner, epoch {placement.epoch}) frozen"
+        else:
+            name = self.cluster.origin.name
+            detail = f"{name} frozen"
+        if not self.cluster.alive(name):
+            self._skip(step, f"{name} is down")
+            return
+        pids = await asyncio.to_thread(self.cluster.pause, name)
+        self._paused[name] = pids
+        event = self._event(step.kind, [name], detail)
+        try:
+            await self.clock.sleep_until(step.until_s)
+        finally:
+            await asyncio.to_thread(self.cluster.resume, self._paused.pop(name, pids))
+            event.end_s = self.clock.now()
+
     # -- restarts -------------------------------------------------------------------------
 
     def _cut_from_control_plane(self, name: str) -> bool:
@@ -682,7 +728,11 @@ class Nemesis:
     # -- the end --------------------------------------------------------------------------
 
     async def heal(self) -> None:
-        """Clear every fault and restart every node that is down (control plane first)."""
+        """Resume every frozen node, clear every fault and restart every node that is down
+        (control plane first)."""
+        for name, pids in list(self._paused.items()):
+            await asyncio.to_thread(self.cluster.resume, pids)
+            self._paused.pop(name, None)
         order = [
             *self.cluster.by_role("control_plane"),
             *self.cluster.by_role("origin"),

@@ -12,6 +12,7 @@ from edgectl.chaos.nemesis import (
     FAULT_KINDS,
     NETWORK,
     OBJECT_KILLS,
+    ORIGIN_FAULTS,
     POP_KILLS,
     PlanTopology,
     Schedule,
@@ -108,7 +109,7 @@ def test_steps_that_touch_the_same_thing_never_overlap() -> None:
             if not (a.at_s < b.until_s and b.at_s < a.until_s):
                 continue
             assert not (a.kind in POP_KILLS and b.kind in POP_KILLS), (a, b)
-            assert not (a.kind == b.kind == "kill-origin"), (a, b)
+            assert not (a.kind in ORIGIN_FAULTS and b.kind in ORIGIN_FAULTS), (a, b)
             assert not (a.links(TOPOLOGY) & b.links(TOPOLOGY)), (a, b)
 
 
@@ -127,7 +128,7 @@ def test_nothing_changes_while_the_control_plane_is_down() -> None:
 def test_targets_come_from_the_topology() -> None:
     for schedule in _all():
         for step in schedule.steps:
-            if step.kind in OBJECT_KILLS:
+            if step.kind in (*OBJECT_KILLS, "pause-owner"):
                 assert step.object in TOPOLOGY.objects
             if step.kind == "kill-pop":
                 assert step.node in TOPOLOGY.pops
@@ -194,6 +195,9 @@ def test_parse_faults_takes_kinds_and_groups() -> None:
 def test_step_descriptions_name_kind_and_target() -> None:
     chain = nemesis.Step(at_s=1, until_s=2, kind="kill-chain", object="counter-2")
     assert chain.describe() == "kill-chain counter-2"
+    pause = nemesis.Step(at_s=1, until_s=2, kind="pause-owner", object="counter-1")
+    assert pause.describe() == "pause-owner counter-1"
+    assert nemesis.Step(at_s=1, until_s=2, kind="pause-origin").describe() == "pause-origin"
     delay = nemesis.Step(at_s=1, until_s=2, kind="delay", regions=("tokyo", "london"), delay_ms=150)
     assert delay.describe() == "delay +150 ms tokyo <-> london"
 
@@ -201,7 +205,7 @@ def test_step_descriptions_name_kind_and_target() -> None:
 def test_the_ci_seeds_use_every_fault_kind() -> None:
     # Seeds CI runs in tests/integration/test_chaos.py (kept in step by hand: importing
     # that module would start nothing, but it belongs to the cluster tests).
-    ci_seeds, ci_duration_s = (1, 3, 10), 36.0
+    ci_seeds, ci_duration_s = (10, 16, 38), 36.0
     used = {
         step.kind
         for seed in ci_seeds
@@ -217,3 +221,31 @@ def test_seeds_are_a_count_or_a_list() -> None:
     for bad in ("0", "a", "3-1", "1,,x", "-2"):
         with pytest.raises(ValueError):
             parse_seeds(bad)
+
+
+def test_pauses_last_from_under_the_lease_to_well_past_it() -> None:
+    pauses = [
+        step
+        for schedule in _all(range(1, 41))
+        for step in schedule.steps
+        if step.kind in nemesis.PAUSES
+    ]
+    assert {step.kind for step in pauses} == set(nemesis.PAUSES)
+    lengths = [step.until_s - step.at_s for step in pauses]
+    assert all(nemesis.PAUSE_S[0] <= length <= nemesis.PAUSE_S[1] for length in lengths)
+    # Both sides of the 2 s lease: calls that only wait, and a failover during the pause.
+    assert min(lengths) < 2.0 < max(lengths)
+
+
+def test_a_paused_owner_never_overlaps_a_pop_kill_nor_a_paused_origin_an_origin_kill() -> None:
+    topo = TOPOLOGY
+    pause = nemesis.Step(at_s=10, until_s=14, kind="pause-owner", object="counter-1")
+    kill = nemesis.Step(at_s=12, until_s=15, kind="kill-pop", node="tokyo-1")
+    assert nemesis._conflict(pause, kill, topo)
+    frozen = nemesis.Step(at_s=10, until_s=14, kind="pause-origin")
+    killed = nemesis.Step(at_s=12, until_s=13, kind="kill-origin")
+    assert nemesis._conflict(frozen, killed, topo)
+    # Different things: a paused owner and a frozen origin may overlap.
+    assert not nemesis._conflict(pause, frozen, topo)
+    cp = nemesis.Step(at_s=11, until_s=12, kind="kill-control-plane")
+    assert nemesis._conflict(pause, cp, topo) and nemesis._conflict(frozen, cp, topo)
