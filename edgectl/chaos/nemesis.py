@@ -13,10 +13,10 @@ What the plan guarantees (tested in tests/unit/test_chaos_nemesis.py):
 - two steps that touch one thing never overlap: one PoP-kill step at a time (a chain
   already kills two nodes), one fault per directed region pair (so healing one fault
   cannot heal another), one origin kill at a time;
-- while the control plane is dead nothing else may change: faults are set and cleared
-  through it, a restarted node must register with it, and owner targets are read from
-  it. A control-plane kill therefore overlaps only network faults that start before it
-  and end after its restart;
+- while the control plane is dead or frozen nothing else may change: faults are set and
+  cleared through it, a restarted node must register with it, and owner targets are read
+  from it. A control-plane kill or pause therefore overlaps only network faults that
+  start before it and end after it (and its restart);
 - faults overlap otherwise: the compound sequences that broke failover (an owner killed,
   then its region cut off) are what the schedule is for.
 """
@@ -51,7 +51,7 @@ PARTITIONS = ("isolate-region", "partition-regions", "partition-origin", "partit
 LINK_FAULTS = ("delay", "jitter", "loss")
 # SIGSTOP, then SIGCONT: a process frozen past its leases that wakes up believing them
 # (Jepsen's process pause). Its sockets stay open, so peers see silence, not a close.
-PAUSES = ("pause-owner", "pause-origin")
+PAUSES = ("pause-owner", "pause-origin", "pause-control-plane")
 FAULT_KINDS: tuple[str, ...] = (*OBJECT_KILLS, *NODE_KILLS, *PARTITIONS, *LINK_FAULTS, *PAUSES)
 # Names for several kinds at once in --faults.
 FAULT_GROUPS: dict[str, tuple[str, ...]] = {
@@ -72,12 +72,15 @@ KIND_WEIGHTS: dict[str, float] = {
     **dict.fromkeys(LINK_FAULTS, 1.0),
     "pause-owner": 2.0,
     "pause-origin": 1.0,
+    "pause-control-plane": 1.0,
 }
 # Kills (and pauses) of PoPs: at most one such step runs at a time (a chain already
 # kills two).
 POP_KILLS = frozenset({*OBJECT_KILLS, "kill-pop", "pause-owner"})
 # Faults of the origin's process: one at a time.
 ORIGIN_FAULTS = frozenset({"kill-origin", "pause-origin"})
+# The control plane dead or frozen: nothing else may change meanwhile (see above).
+CONTROL_PLANE_FAULTS = frozenset({"kill-control-plane", "pause-control-plane"})
 NETWORK = frozenset({*PARTITIONS, *LINK_FAULTS})
 
 # -- timing of a schedule (seconds) ------------------------------------------------------
@@ -195,7 +198,7 @@ class Step:
             return text + (f" (standby {self.gap_s:.1f} s later)" if self.gap_s else "")
         if self.kind == "kill-pop":
             return f"kill-pop {self.node}"
-        if self.kind in ("kill-origin", "kill-control-plane", "pause-origin"):
+        if self.kind in ("kill-origin", *CONTROL_PLANE_FAULTS, "pause-origin"):
             return self.kind
         if self.kind == "isolate-region":
             return f"isolate-region {self.regions[0]}"
@@ -303,7 +306,7 @@ def _draw(kind: str, at_s: float, rng: random.Random, topo: PlanTopology) -> Ste
     elif kind == "pause-owner":
         step = replace(step, object=rng.choice(topo.objects))
         length = _uniform(rng, PAUSE_S)
-    elif kind == "pause-origin":
+    elif kind in ("pause-origin", "pause-control-plane"):
         length = _uniform(rng, PAUSE_S)
     elif kind == "kill-origin":
         length = _uniform(rng, ORIGIN_DOWN_S)
@@ -355,8 +358,8 @@ def _conflict(a: Step, b: Step, topo: PlanTopology) -> bool:
     """Whether two steps may not run as placed (see the module docstring)."""
     if not _overlap(a, b):
         return False
-    if "kill-control-plane" in (a.kind, b.kind):
-        other = b if a.kind == "kill-control-plane" else a
+    if a.kind in CONTROL_PLANE_FAULTS or b.kind in CONTROL_PLANE_FAULTS:
+        other = b if a.kind in CONTROL_PLANE_FAULTS else a
         if other.kind not in NETWORK:
             return True
         # A network fault may span the control plane's absence, never start or end in it.
@@ -656,7 +659,8 @@ class Nemesis:
             name = placement.owner
             detail = f"{step.object}: {name} (owner, epoch {placement.epoch}) frozen"
         else:
-            name = self.cluster.origin.name
+            role = "origin" if step.kind == "pause-origin" else "control_plane"
+            name = self.cluster.by_role(role)[0].name
             detail = f"{name} frozen"
         if not self.cluster.alive(name):
             self._skip(step, f"{name} is down")

@@ -9,6 +9,7 @@ import pytest
 from edgectl.chaos import nemesis
 from edgectl.chaos.cli import parse_seeds
 from edgectl.chaos.nemesis import (
+    CONTROL_PLANE_FAULTS,
     FAULT_KINDS,
     NETWORK,
     OBJECT_KILLS,
@@ -113,10 +114,10 @@ def test_steps_that_touch_the_same_thing_never_overlap() -> None:
             assert not (a.links(TOPOLOGY) & b.links(TOPOLOGY)), (a, b)
 
 
-def test_nothing_changes_while_the_control_plane_is_down() -> None:
+def test_nothing_changes_while_the_control_plane_is_down_or_frozen() -> None:
     for schedule in _all():
-        for cp in (step for step in schedule.steps if step.kind == "kill-control-plane"):
-            start, end = cp.at_s, cp.until_s + nemesis.CONTROL_PLANE_RESTART_S
+        for cp in (step for step in schedule.steps if step.kind in CONTROL_PLANE_FAULTS):
+            start, end = nemesis._span(cp)
             for other in schedule.steps:
                 if other is cp or not (other.at_s < end and start < other.until_s):
                     continue
@@ -198,6 +199,8 @@ def test_step_descriptions_name_kind_and_target() -> None:
     pause = nemesis.Step(at_s=1, until_s=2, kind="pause-owner", object="counter-1")
     assert pause.describe() == "pause-owner counter-1"
     assert nemesis.Step(at_s=1, until_s=2, kind="pause-origin").describe() == "pause-origin"
+    frozen_cp = nemesis.Step(at_s=1, until_s=2, kind="pause-control-plane")
+    assert frozen_cp.describe() == "pause-control-plane"
     delay = nemesis.Step(at_s=1, until_s=2, kind="delay", regions=("tokyo", "london"), delay_ms=150)
     assert delay.describe() == "delay +150 ms tokyo <-> london"
 
@@ -205,13 +208,21 @@ def test_step_descriptions_name_kind_and_target() -> None:
 def test_the_ci_seeds_use_every_fault_kind() -> None:
     # Seeds CI runs in tests/integration/test_chaos.py (kept in step by hand: importing
     # that module would start nothing, but it belongs to the cluster tests).
-    ci_seeds, ci_duration_s = (10, 16, 38), 36.0
+    ci_seeds, ci_duration_s = (5, 10, 40), 36.0
     used = {
         step.kind
         for seed in ci_seeds
         for step in plan(seed, ci_duration_s, FAULT_KINDS, TOPOLOGY).steps
     }
     assert used == set(FAULT_KINDS)
+    # And an owner and the control plane each frozen past the 2 s lease.
+    long_pauses = {
+        step.kind
+        for seed in ci_seeds
+        for step in plan(seed, ci_duration_s, FAULT_KINDS, TOPOLOGY).steps
+        if step.kind in nemesis.PAUSES and step.until_s - step.at_s > 2.5
+    }
+    assert {"pause-owner", "pause-control-plane"} <= long_pauses
 
 
 def test_seeds_are_a_count_or_a_list() -> None:
