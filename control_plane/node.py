@@ -17,7 +17,13 @@ import grpc
 from control_plane import placement as placement_rules
 from control_plane.crons import CRON_CHECK_S_MAX, CronRun, next_runs, pick_pop
 from control_plane.placement import ConfirmRefusedError, Placement
-from control_plane.registry import NODE_LEASE_S_DEFAULT, ROLE_POP, NodeEntry, NodeRegistry
+from control_plane.registry import (
+    NODE_LEASE_S_DEFAULT,
+    ROLE_POP,
+    LeaseClock,
+    NodeEntry,
+    NodeRegistry,
+)
 from control_plane.service import ControlPlaneService
 from control_plane.state import ControlPlaneState, entry_to_pb
 from edge.v1 import control_plane_pb2 as pb
@@ -64,13 +70,14 @@ class ControlPlane(Node):
     metrics: ControlPlaneMetrics
 
     def __init__(
-        self, config: ControlPlaneConfig, lease_clock: Callable[[], float] = time.monotonic
+        self, config: ControlPlaneConfig, lease_clock: Callable[[], float] | None = None
     ) -> None:
-        """`lease_clock` times leases (monotonic: a wall-clock step must not expire or
-        extend every lease at once; a test may pass its own). Faults and deploys carry
+        """`lease_clock` times leases (by default a `LeaseClock`: monotonic, so a
+        wall-clock step must not expire or extend every lease at once, and blind to this
+        process's own stalls; a test may pass its own). Faults and deploys carry
         wall-clock times, which users and other nodes read."""
         super().__init__(config)
-        self.lease_clock = lease_clock
+        self.lease_clock = lease_clock if lease_clock is not None else LeaseClock()
         self.registry = NodeRegistry(config.lease_s)
         self.topology_version = 1
         self.topology_changed = asyncio.Condition()

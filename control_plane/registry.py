@@ -8,9 +8,14 @@ the data plane keeps running while the control plane is away.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 NODE_LEASE_S_DEFAULT = 2.0
+# The lease clock runs at most this far between two readings: a longer gap means this
+# process did not run (frozen, or starved of CPU), and leases do not lapse for that.
+LEASE_CLOCK_STEP_S_MAX = 1.0
 
 ROLE_CONTROL_PLANE = "control_plane"
 ROLE_ORIGIN = "origin"
@@ -31,6 +36,43 @@ class NodeEntry:
     # Lease-clock time (monotonic) of the last heartbeat (or registration, or restart
     # grace); never compared across processes or restarts.
     last_heartbeat: float = 0.0
+
+
+class LeaseClock:
+    """Monotonic time that does not count this process's own stalls.
+
+    A control plane frozen for longer than a lease (a GC pause, a stopped VM, SIGSTOP)
+    would wake to every heartbeat stale at once and call every node gone: health flips
+    for the whole cluster and objects may move off owners that are fine, before the
+    heartbeats that queued meanwhile are read. Like etcd's lessor extending leases after
+    a leader change, time counts here only while the control plane runs: a gap between
+    two readings beyond `step_max_s` advances this clock by `step_max_s` only. The clock
+    is read every health check (0.2 s), so a gap that long means the process did not
+    run. Safe: this clock never runs ahead of real time, so an object still moves only
+    after its owner's own lease (timed by the owner) has run out; a node that died during
+    the stall is found out at most the stall's length later.
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        step_max_s: float = LEASE_CLOCK_STEP_S_MAX,
+    ) -> None:
+        self._clock = clock
+        self.step_max_s = step_max_s
+        self._last_real = clock()
+        self._now = self._last_real
+        self.stalled_s = 0.0  # time not counted so far
+
+    def __call__(self) -> float:
+        real = self._clock()
+        step = max(0.0, real - self._last_real)
+        if step > self.step_max_s:
+            self.stalled_s += step - self.step_max_s
+            step = self.step_max_s
+        self._last_real = real
+        self._now += step
+        return self._now
 
 
 class NodeRegistry:

@@ -22,6 +22,7 @@ included.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -36,6 +37,8 @@ from typing import Any
 import grpc
 import pytest
 
+from edge.v1 import control_plane_pb2 as cp_pb2
+from edge.v1 import control_plane_pb2_grpc as cp_grpc
 from edge.v1 import objects_pb2
 from edgectl.launcher import Cluster
 from tests.conftest import _make_factory, poll_until
@@ -46,6 +49,7 @@ from tests.integration.objclient import (
     IncrementJob,
     IncrementLoop,
     apoll_until,
+    auth,
     call,
     call_error,
     check_counter,
@@ -764,6 +768,75 @@ def test_control_plane_unreachable_for_1_s_interrupts_no_object_call(whole: Clus
     assert direct.longest_gap_s() < 0.5
     after = placement_of(cluster, "Counter", name)
     assert after is not None and (after.owner, after.epoch) == (placed.owner, placed.epoch)
+
+
+@pytest.mark.timing
+def test_control_plane_frozen_past_the_lease_wakes_to_no_node_down_and_moves_nothing(
+    whole: Cluster,
+) -> None:
+    """The control plane is frozen (SIGSTOP) for 4 s, twice the lease, as a GC pause or a
+    stopped VM would. Its lease clock does not count its own stall (LeaseClock): waking,
+    it reads every heartbeat as about a second old, not 4 s, so it never marks a node
+    down (no topology push says so) and moves no object; the heartbeats queued meanwhile
+    then renew every lease. Owners, whose own leases lapsed while nobody answered them,
+    serve again at the same epoch."""
+    cluster = whole
+    name = _unique("cp-freeze")
+    call(cluster, "tokyo-1", "increment", name=name, region="tokyo")
+    placed = placement_of(cluster, "Counter", name)
+    assert placed is not None
+    unhealthy_seen: list[set[str]] = []
+    pushes: list[int] = []
+    channel = grpc.insecure_channel(cluster.control_plane.grpc_address)
+    stream = cp_grpc.ControlPlaneStub(channel).WatchTopology(
+        cp_pb2.GetTopologyRequest(), metadata=auth(cluster)
+    )
+
+    def watch() -> None:
+        with contextlib.suppress(grpc.RpcError):
+            for topology in stream:
+                pushes.append(topology.version)
+                down = {node.name for node in topology.nodes if not node.healthy}
+                if down:
+                    unhealthy_seen.append(down)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        poll_until(lambda: pushes, timeout=5, what="the first topology")
+        pid = cluster.control_plane.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            frozen_at = time.monotonic()
+            poll_until(lambda: time.monotonic() - frozen_at >= 4.0, timeout=6, what="4 s frozen")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # Every lease renewed again (the registry's view), then a few health checks more.
+        poll_until(
+            lambda: healthy(cluster) >= set(cluster.nodes), timeout=10, what="every node healthy"
+        )
+        woke_at = time.monotonic()
+        poll_until(lambda: time.monotonic() - woke_at >= 1.0, timeout=2, what="1 s awake")
+        assert unhealthy_seen == [], f"the control plane called nodes down: {unhealthy_seen}"
+        after = placement_of(cluster, "Counter", name)
+        assert after is not None and (after.owner, after.epoch) == (placed.owner, placed.epoch)
+        # The owner serves again at the same epoch (its own lease lapsed while frozen out).
+        response = poll_until(
+            lambda: _increment_or_none(cluster, name), timeout=10, what="the owner serving again"
+        )
+        assert response.epoch == placed.epoch
+    finally:
+        stream.cancel()
+        channel.close()
+
+
+def _increment_or_none(cluster: Cluster, name: str) -> objects_pb2.ObjectCallResponse | None:
+    try:
+        return call(cluster, "tokyo-1", "increment", name=name, region="tokyo")
+    except grpc.RpcError as error:
+        if error.code() == grpc.StatusCode.UNAVAILABLE:
+            return None
+        raise
 
 
 # A control plane away for this long still leaves the owner's lease (2 s) renewed in time:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.registry import NodeEntry, NodeRegistry
+from control_plane.registry import LeaseClock, NodeEntry, NodeRegistry
 
 T0 = 1_000.0
 LEASE_S = 2.0
@@ -117,3 +117,54 @@ def test_entries_are_ordered_by_role_then_name() -> None:
         "london-2",
         "tokyo-1",
     ]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_lease_clock_follows_real_time_while_the_process_runs() -> None:
+    real = FakeClock()
+    clock = LeaseClock(real, step_max_s=1.0)
+    start = clock()
+    for _ in range(10):
+        real.now += 0.2
+        clock()
+    assert clock() - start == pytest.approx(2.0)
+    assert clock.stalled_s == 0
+
+
+def test_a_stall_of_the_process_itself_counts_one_step_only() -> None:
+    real = FakeClock()
+    clock = LeaseClock(real, step_max_s=1.0)
+    registry = NodeRegistry(lease_s=2.0)
+    registry.register(NodeEntry("tokyo-1", "tokyo", "pop", "a:1"), clock())
+    real.now += 0.4
+    heartbeat_at = clock()
+    assert registry.heartbeat("tokyo-1", 1, heartbeat_at)
+    real.now += 5.0  # frozen: no reading for 5 s
+    woke = clock()
+    assert woke - heartbeat_at == pytest.approx(1.0)
+    assert clock.stalled_s == pytest.approx(4.0)
+    # Its lease has not lapsed for the control plane's own absence.
+    assert registry.healthy_names(woke) == {"tokyo-1"}
+    # Running again, time counts in full: without heartbeats the lease lapses on time.
+    real.now += 1.0
+    assert registry.healthy_names(clock()) == frozenset()
+
+
+def test_the_lease_clock_never_runs_ahead_of_real_time_nor_back() -> None:
+    real = FakeClock()
+    clock = LeaseClock(real, step_max_s=1.0)
+    start_real, start = real.now, clock()
+    previous = start
+    for step in (0.1, 3.0, 0.5, 0.0, 7.0, 0.9, 1.1):
+        real.now += step
+        now = clock()
+        assert now >= previous
+        assert now - start <= real.now - start_real + 1e-9
+        previous = now
