@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import signal
 import threading
 import time
 import uuid
@@ -748,13 +746,7 @@ def test_control_plane_unreachable_for_1_s_interrupts_no_object_call(whole: Clus
     for loop in (direct, forwarded):
         loop.start()
     poll_until(lambda: len(forwarded.acknowledged) >= 3, timeout=10, what="load under way")
-    pid = cluster.control_plane.pid
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        paused_at = time.monotonic()
-        poll_until(lambda: time.monotonic() - paused_at >= 1.0, timeout=2, what="1 s paused")
-    finally:
-        os.kill(pid, signal.SIGCONT)
+    _freeze_control_plane(cluster, 1.0)
     resumed_at = time.time()
     poll_until(
         lambda: forwarded.acknowledged[-1].acked_at > resumed_at + 1.0,
@@ -804,13 +796,7 @@ def test_control_plane_frozen_past_the_lease_wakes_to_no_node_down_and_moves_not
     watcher.start()
     try:
         poll_until(lambda: pushes, timeout=5, what="the first topology")
-        pid = cluster.control_plane.pid
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            frozen_at = time.monotonic()
-            poll_until(lambda: time.monotonic() - frozen_at >= 4.0, timeout=6, what="4 s frozen")
-        finally:
-            os.kill(pid, signal.SIGCONT)
+        _freeze_control_plane(cluster, 4.0)
         # Every lease renewed again (the registry's view), then a few health checks more.
         poll_until(
             lambda: healthy(cluster) >= set(cluster.nodes), timeout=10, what="every node healthy"
@@ -828,6 +814,20 @@ def test_control_plane_frozen_past_the_lease_wakes_to_no_node_down_and_moves_not
     finally:
         stream.cancel()
         channel.close()
+
+
+def _freeze_control_plane(cluster: Cluster, seconds: float) -> None:
+    """SIGSTOP the control plane for `seconds` (a GC pause, a stopped VM), then SIGCONT."""
+    pids = cluster.pause(cluster.control_plane.name)
+    try:
+        frozen_at = time.monotonic()
+        poll_until(
+            lambda: time.monotonic() - frozen_at >= seconds,
+            timeout=seconds + 2,
+            what=f"{seconds:g} s frozen",
+        )
+    finally:
+        cluster.resume(pids)
 
 
 def _increment_or_none(cluster: Cluster, name: str) -> objects_pb2.ObjectCallResponse | None:
