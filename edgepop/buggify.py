@@ -13,6 +13,10 @@ cannot catch a planted bug cannot be trusted to catch a real one.
   wait for the commit, which only reached the page cache. A process crash cannot tell;
   the power-loss test (`tests/integration/test_power_loss.py`) must then report lost
   acknowledged writes.
+- `sql-forget-requests`: the SQL primary does not look a write's request id up, so a
+  retry of a write that committed (its answer lost to a kill, a pause or a partition)
+  runs again. Seeded fault runs with origin faults must then report SQL rows applied
+  twice.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import os
 ENV_VAR = "EDGEPOP_BUGGIFY"
 PROMOTE_UNSYNCED = "promote-unsynced"
 NO_FSYNC = "no-fsync"
-KNOWN = frozenset({PROMOTE_UNSYNCED, NO_FSYNC})
+SQL_FORGET_REQUESTS = "sql-forget-requests"
+KNOWN = frozenset({PROMOTE_UNSYNCED, NO_FSYNC, SQL_FORGET_REQUESTS})
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from edge.v1 import kv_pb2, origin_pb2, sql_pb2
-from edgepop import sqldb
+from edgepop import buggify, sqldb
 from edgepop.errors import NotFoundError, SqlError
 from edgepop.storage import Storage
 from origin_node.committer import Committer
@@ -130,6 +130,10 @@ class SqlPrimaries:
         # Writes waiting for their database's next group commit, and its writer task.
         self._queues: dict[str, list[_PendingWrite]] = {}
         self._writers: dict[str, asyncio.Task[None]] = {}
+        # The planted bug of the fault runs (EDGEPOP_BUGGIFY, test-only): retries run again.
+        self._forget_requests = buggify.enabled(buggify.SQL_FORGET_REQUESTS)
+        if self._forget_requests:
+            log.warning("BUGGIFY %s: SQL retries run again", buggify.SQL_FORGET_REQUESTS)
 
     def recover(self) -> None:
         """Bring every database up to its last logged commit (before serving).
@@ -271,7 +275,9 @@ class SqlPrimaries:
         with self.storage.read() as txn:
             fresh = []
             for write in group:
-                first_seq = self.log.request_seq(txn, write.request_id)
+                first_seq = (
+                    None if self._forget_requests else self.log.request_seq(txn, write.request_id)
+                )
                 if first_seq is None:
                     fresh.append(write)
                 else:

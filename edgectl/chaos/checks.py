@@ -44,7 +44,26 @@ socket. Each guarantee gives `Violation`s of its own kind, naming the ops that s
   earlier reads is deliberately not a floor: clients carry only their own writes' seqs
   as their bookmark, and a read served by another PoP, or by the origin as a fallback,
   may rightly report a lower applied_seq.)
-- "replica-diverged": a node's KV dump digest differs from the origin's ("origin").
+- SQL (the ops of the "sql:" key: inserts of unique tags, session reads of every tag;
+  rows are only ever added; a read's `min_bookmark` is the session's bookmark it was
+  sent with, `bookmark` the one it returned):
+  - "sql-lost": an acknowledged insert's tag is not among the primary's rows after heal
+    (`lost` adds one per tag).
+  - "sql-duplicate": a tag in two rows, after heal or in any read: an insert applied twice
+    (exactly-once per request id; `duplicated` adds the rows beyond the first).
+  - "sql-phantom-row": a tag no insert could have written (none, or only ones refused
+    with a definite code) in a read or after heal.
+  - "sql-bookmark-behind": a session read returned a bookmark older than the one it was
+    sent with, or a malformed one.
+  - "sql-bookmark-stale": a session read misses an acknowledged insert at or below the
+    bookmark it was sent with (D1: a session never reads older than its bookmark).
+  - "sql-bookmark-understated": a read holds an insert above the bookmark it returned (the
+    session could then go on from a state older than one it saw).
+  - "sql-session-went-back" (per process): a read misses a tag an earlier read of the
+    same session, completed before it began, returned (sequential consistency).
+  - "final-state-missing": no rows read after heal although inserts were acknowledged.
+- "replica-diverged": a node's KV dump digest differs from the origin's ("origin"); the
+  same for the SQL database's dump (key "NODE sql").
 - "unjudgeable": a key whose ops its model does not describe (a runner bug, shown, not
   raised, so the rest of the run is still judged).
 
@@ -61,7 +80,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgectl.chaos.history import History, Op
+from edgectl.chaos.history import History, Op, bookmark_seq
 from edgectl.chaos.linearizability import (
     CounterModel,
     LinearizabilityResult,
@@ -87,6 +106,13 @@ KINDS = (
     "bookmark-stale",
     "kv-unknown-value",
     "monotonic-reads",
+    "sql-lost",
+    "sql-duplicate",
+    "sql-phantom-row",
+    "sql-bookmark-behind",
+    "sql-bookmark-stale",
+    "sql-bookmark-understated",
+    "sql-session-went-back",
     "replica-diverged",
     "unjudgeable",
 )
@@ -104,6 +130,10 @@ class FinalState:
     placements: dict[str, tuple[str, int]] = field(default_factory=dict)
     # Node name -> digest of its KV dump; the origin's under "origin".
     dumps: dict[str, str] = field(default_factory=dict)
+    # The SQL table's tags, read at the primary (None: not read).
+    sql_rows: list[str] | None = None
+    # Node name -> digest of its SQL database's dump; the origin's under "origin".
+    sql_dumps: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -124,8 +154,8 @@ class CheckResult:
     violations: list[Violation]
     linearizability: dict[str, LinearizabilityResult]
     counts: dict[str, int]  # ops per status: "ok", "fail", "info"
-    lost: int  # acknowledged increments lost (a lower bound)
-    duplicated: int  # increments applied twice / values handed out twice
+    lost: int  # acknowledged increments and SQL inserts lost (a lower bound)
+    duplicated: int  # increments or inserts applied twice / values handed out twice
     unknown_fraction: float  # share of linearizability checks that came back "unknown"
 
     @property
@@ -187,7 +217,14 @@ def check(
         if key.startswith("do:"):
             violations += owner_violations(key, ops, final.placements.get(key))
     violations += bookmark_violations(history.ops)
+    sql_found, sql_lost, sql_duplicated = sql_violations(
+        [op for op in history.ops if op.key.startswith("sql:")], final.sql_rows
+    )
+    violations += sql_found
+    lost += sql_lost
+    duplicated += sql_duplicated
     violations += replica_violations(final.dumps)
+    violations += replica_violations(final.sql_dumps, "SQL")
     unknown = sum(result.verdict == "unknown" for result in linearizability.values())
     return CheckResult(
         violations=violations,
@@ -635,21 +672,191 @@ def _monotonic(
     return found
 
 
+# -- SQL ---------------------------------------------------------------------------------
+
+
+def _tag_counts(tags: Iterable[Any]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for tag in tags:
+        counts[str(tag)] += 1
+    return counts
+
+
+def sql_violations(
+    ops: Sequence[Op], final_rows: list[str] | None
+) -> tuple[list[Violation], int, int]:
+    """The SQL table's guarantees over its ops and the primary's rows after heal; also
+    (lost, duplicated). See the module's docstring for each kind."""
+    if not ops:
+        return [], 0, 0
+    key = ops[0].key
+    inserts = [op for op in ops if op.f == "insert"]
+    reads = sorted((op for op in ops if op.f == "read" and op.ok), key=_by_invoke)
+    # Tags an insert may have written (ok or indeterminate; a refused one never ran).
+    writable = {str(op.input) for op in inserts if op.status != "fail"}
+    # Acknowledged inserts by seq, for "at or below a bookmark".
+    acked = sorted(
+        (seq, op)
+        for op in inserts
+        if op.ok and (seq := bookmark_seq(op.meta.get("bookmark"))) is not None
+    )
+    acked_seqs = [seq for seq, _ in acked]
+    acked_seq_of = {str(op.input): seq for seq, op in acked}
+    found: dict[str, list[tuple[str, list[Op]]]] = defaultdict(list)
+    duplicated_tags: dict[str, int] = {}
+
+    for op in reads:
+        tags = op.output if isinstance(op.output, list) else []
+        counts = _tag_counts(tags)
+        for tag, count in counts.items():
+            if count > 1:
+                duplicated_tags[tag] = max(duplicated_tags.get(tag, 0), count - 1)
+                found["sql-duplicate"].append(
+                    (f"#{op.id} {op.process} read {tag!r} {count} times", [op])
+                )
+        phantoms = sorted(tag for tag in counts if tag not in writable)
+        if phantoms:
+            found["sql-phantom-row"].append(
+                (f"#{op.id} {op.process} read {_some(phantoms)}, which no insert wrote", [op])
+            )
+        sent = bookmark_seq(op.meta.get("min_bookmark")) or 0
+        returned = bookmark_seq(op.meta.get("bookmark"))
+        if returned is None or returned < sent:
+            found["sql-bookmark-behind"].append(
+                (
+                    f"#{op.id} {op.process} sent bookmark {sent} and got back "
+                    f"{op.meta.get('bookmark')!r}",
+                    [op],
+                )
+            )
+        covered = acked[: bisect.bisect_right(acked_seqs, sent)]
+        missing = [write for _, write in covered if str(write.input) not in counts]
+        if missing:
+            found["sql-bookmark-stale"].append(
+                (
+                    f"#{op.id} {op.process} with bookmark {sent} misses "
+                    f"{_plural(len(missing), 'acknowledged insert')} at or below it: "
+                    f"{_inserts(missing)}",
+                    sorted([*missing[:EXAMPLES_MAX], op], key=_by_invoke),
+                )
+            )
+        if returned is not None:
+            beyond = sorted(tag for tag in counts if acked_seq_of.get(tag, 0) > returned)
+            if beyond:
+                found["sql-bookmark-understated"].append(
+                    (
+                        f"#{op.id} {op.process} returned bookmark {returned} but holds "
+                        f"{_some(beyond)}, written above it",
+                        [op],
+                    )
+                )
+    found_went_back = _sql_went_back(reads)
+    if found_went_back:
+        found["sql-session-went-back"] += found_went_back
+
+    lost = 0
+    if final_rows is None:
+        if acked:
+            found["final-state-missing"].append(
+                (f"no rows read after heal, {_plural(len(acked), 'acknowledged insert')}", [])
+            )
+    else:
+        final_counts = _tag_counts(final_rows)
+        missing = [write for _, write in acked if str(write.input) not in final_counts]
+        lost = len(missing)
+        if missing:
+            found["sql-lost"].append(
+                (
+                    f"{_plural(lost, 'acknowledged insert')} missing after heal: "
+                    f"{_inserts(missing)}",
+                    missing[:EXAMPLES_MAX],
+                )
+            )
+        for tag, count in final_counts.items():
+            if count > 1:
+                duplicated_tags[tag] = max(duplicated_tags.get(tag, 0), count - 1)
+                found["sql-duplicate"].append((f"{tag!r} is in {count} rows after heal", []))
+        phantoms = sorted(tag for tag in final_counts if tag not in writable)
+        if phantoms:
+            found["sql-phantom-row"].append(
+                (f"after heal: {_some(phantoms)}, which no insert wrote", [])
+            )
+    violations = []
+    for kind, instances in found.items():
+        message, window = instances[0]
+        prefix = f"{len(instances)} instances; first: " if len(instances) > 1 else ""
+        violations.append(Violation(kind, key, prefix + message, window))
+    return violations, lost, sum(duplicated_tags.values())
+
+
+def _inserts(ops: Sequence[Op]) -> str:
+    shown = ", ".join(
+        f"#{op.id} {op.process} insert {op.input!r} at {bookmark_seq(op.meta.get('bookmark'))}"
+        for op in ops[:EXAMPLES_MAX]
+    )
+    more = len(ops) - EXAMPLES_MAX
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _some(tags: Sequence[str]) -> str:
+    shown = ", ".join(repr(tag) for tag in tags[:EXAMPLES_MAX])
+    more = len(tags) - EXAMPLES_MAX
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _sql_went_back(reads: Sequence[Op]) -> list[tuple[str, list[Op]]]:
+    """Per process (one session each), a read missing a tag that a read of the session
+    completed before it began returned."""
+    found: list[tuple[str, list[Op]]] = []
+    by_process: dict[str, list[Op]] = defaultdict(list)
+    for op in reads:
+        by_process[op.process].append(op)
+    for process_reads in by_process.values():
+        seen: set[str] = set()
+        seen_by: dict[str, Op] = {}
+        done = sorted(process_reads, key=lambda op: (op.complete_s or 0.0, op.id))
+        index = 0
+        for op in process_reads:  # in invoke order
+            while index < len(done) and (done[index].complete_s or 0.0) <= op.invoke_s:
+                earlier = done[index]
+                for tag in earlier.output if isinstance(earlier.output, list) else []:
+                    seen_by.setdefault(str(tag), earlier)
+                    seen.add(str(tag))
+                index += 1
+            tags = {str(tag) for tag in (op.output if isinstance(op.output, list) else [])}
+            gone = sorted(seen - tags)
+            if gone:
+                first = seen_by[gone[0]]
+                found.append(
+                    (
+                        f"#{op.id} {op.process} misses {_some(gone)}, which its session's "
+                        f"read #{first.id} returned before",
+                        [first, op],
+                    )
+                )
+    return found
+
+
 # -- replicas ---------------------------------------------------------------------------
 
 
-def replica_violations(dumps: dict[str, str]) -> list[Violation]:
-    """Every node's KV dump digest equals the origin's."""
+def replica_violations(dumps: dict[str, str], what: str = "KV") -> list[Violation]:
+    """Every node's dump digest (of its KV store, or its SQL database) equals the origin's."""
     if not dumps:
         return []
+    suffix = "" if what == "KV" else f" {what.lower()}"
     origin = dumps.get(ORIGIN_DUMP)
     if origin is None:
-        return [Violation("replica-diverged", ORIGIN_DUMP, "no origin dump to compare with")]
+        return [
+            Violation(
+                "replica-diverged", ORIGIN_DUMP + suffix, f"no origin {what} dump to compare with"
+            )
+        ]
     return [
         Violation(
             "replica-diverged",
-            node,
-            f"{node}'s KV dump {digest} differs from the origin's {origin}",
+            node + suffix,
+            f"{node}'s {what} dump {digest} differs from the origin's {origin}",
         )
         for node, digest in sorted(dumps.items())
         if node != ORIGIN_DUMP and digest != origin

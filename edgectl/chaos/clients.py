@@ -6,7 +6,11 @@ it as an `Op` (edgectl.chaos.history) with times from the run's one clock:
   different regions (`location_hint`) so that owners spread; the i-th client of each
   region calls object i, so every object has a client in every region;
 - KV puts of unique values (the returned seq recorded), STRONG gets, BOOKMARK gets with the
-  client's own last seq as `min_seq` (the applied seq recorded), a few EVENTUAL gets.
+  client's own last seq as `min_seq` (the applied seq recorded), a few EVENTUAL gets;
+- SQL (a D1-style database, `SQL_DATABASE`): INSERTs of a unique tag at the primary (from
+  any PoP: its bookmark recorded) and reads of every tag in a session, as D1's
+  `withSession(bookmark)`: each client carries the newest bookmark any of its SQL ops
+  returned, so its reads must never go back and must hold every write at or below it.
 
 Retries are what makes a history honest. Every write carries a request id and is retried
 with the same id on an ambiguous failure (UNAVAILABLE, DEADLINE_EXCEEDED, ...: it may or
@@ -37,8 +41,8 @@ import grpc
 
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import control_plane_pb2_grpc as cp_grpc
-from edge.v1 import kv_pb2, objects_pb2, pop_pb2_grpc
-from edgectl.chaos.history import Op, Status
+from edge.v1 import kv_pb2, objects_pb2, pop_pb2_grpc, sql_pb2
+from edgectl.chaos.history import Op, Status, bookmark_seq
 from edgectl.chaos.nemesis import Clock
 from edgectl.launcher import NodeState
 from edgepop import retry
@@ -66,15 +70,26 @@ SUSPECT_S = 3.0
 # Route is one round trip to us-east-1 (170 ms from tokyo); a dead control plane must
 # not hold a client longer than this before it falls back to its own list.
 ROUTE_TIMEOUT_S = 1.0
-# The operation mix (weights), as the issue asks: mostly object calls and KV writes.
+# The operation mix (weights): mostly object calls and KV writes (issue 10), and SQL.
 OP_WEIGHTS: dict[str, float] = {
-    "increment": 0.40,
-    "do-get": 0.12,
-    "put": 0.18,
-    "strong-get": 0.12,
-    "bookmark-get": 0.12,
-    "eventual-get": 0.06,
+    "increment": 0.36,
+    "do-get": 0.10,
+    "put": 0.16,
+    "strong-get": 0.10,
+    "bookmark-get": 0.11,
+    "eventual-get": 0.05,
+    "sql-insert": 0.07,
+    "sql-read": 0.05,
 }
+# The SQL database the clients share, made by the runner before they start: one table
+# whose rows are only ever added, each naming the insert (its request id) that made it.
+SQL_DATABASE = "chaos"
+SQL_TABLE = "chaos_rows"
+SQL_SETUP = (
+    f"CREATE TABLE {SQL_TABLE} (id INTEGER PRIMARY KEY, client TEXT NOT NULL, tag TEXT NOT NULL)"
+)
+SQL_INSERT = f"INSERT INTO {SQL_TABLE} (client, tag) VALUES (?, ?)"
+SQL_SELECT = f"SELECT tag FROM {SQL_TABLE} ORDER BY id"
 
 
 @dataclass(frozen=True)
@@ -121,6 +136,19 @@ def object_key(name: str) -> str:
 
 def kv_key(key: str) -> str:
     return f"kv:{KV_NAMESPACE}/{key}"
+
+
+# The history key of every SQL op (one table: its checks look at all of them together).
+SQL_KEY = f"sql:{SQL_DATABASE}/{SQL_TABLE}"
+
+
+def select_tags() -> sql_pb2.SqlStatement:
+    return sql_pb2.SqlStatement(sql=SQL_SELECT)
+
+
+def tags_of(response: sql_pb2.SqlQueryResponse) -> list[str]:
+    """The tags a SELECT of `SQL_SELECT` returned, in row order."""
+    return [row.values[0].text for row in response.results[0].rows] if response.results else []
 
 
 class Recorder:
@@ -240,6 +268,9 @@ class Client:
     # The client's own bookmark: the highest seq of its acknowledged puts, and that key.
     _last_seq: int = field(default=0, init=False)
     _last_key: str = field(default="", init=False)
+    # The client's SQL session: the newest bookmark its SQL ops returned (the runner's
+    # CREATE TABLE's to begin with).
+    sql_bookmark: str = ""
     _sequence: itertools.count[int] = field(default_factory=itertools.count, init=False)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -267,6 +298,10 @@ class Client:
             await self._get(self._last_key, kv_pb2.CONSISTENCY_BOOKMARK, self._last_seq)
         elif kind == "eventual-get":
             await self._get(self.rng.choice(self.workload.kv_keys), kv_pb2.CONSISTENCY_EVENTUAL)
+        elif kind == "sql-insert":
+            await self._sql_insert()
+        elif kind == "sql-read":
+            await self._sql_read()
         else:  # strong-get, or a bookmark read before this client wrote anything
             await self._get(self.rng.choice(self.workload.kv_keys), kv_pb2.CONSISTENCY_STRONG)
 
@@ -395,6 +430,84 @@ class Client:
         op.meta.pop("code", None)
         self.recorder.complete(op, "ok", response.value.decode() if response.found else None)
 
+    def _advance_session(self, bookmark: str) -> None:
+        """The session moves on to a newer bookmark. A malformed one is recorded with its
+        op, for the checker to report, and never carried."""
+        seq = bookmark_seq(bookmark)
+        if seq is not None and seq > (bookmark_seq(self.sql_bookmark) or 0):
+            self.sql_bookmark = bookmark
+
+    async def _sql_insert(self) -> None:
+        """One row at the primary (through the entry PoP), outside a session: its bookmark
+        is the write's own seq."""
+        request_id = self._request_id()
+        op = self.recorder.invoke(
+            self.name, SQL_KEY, "insert", request_id, request_id=request_id, region=self.region
+        )
+        request = sql_pb2.SqlQueryRequest(
+            database=SQL_DATABASE,
+            statements=[
+                sql_pb2.SqlStatement(
+                    sql=SQL_INSERT,
+                    params=[sql_pb2.SqlValue(text=self.name), sql_pb2.SqlValue(text=request_id)],
+                )
+            ],
+            request_id=request_id,
+        )
+
+        async def call(stub: pop_pb2_grpc.PopStub, timeout: float) -> Any:
+            op.meta["entry"] = self._entry.name if self._entry else ""
+            return await stub.SqlQuery(
+                request, metadata=region_metadata(self.region), timeout=timeout
+            )
+
+        try:
+            response = await self._attempts(op, self.workload.give_up_s, call)
+        except grpc.aio.AioRpcError as error:
+            self._failed(op, error)
+            return
+        op.meta["bookmark"] = response.bookmark
+        op.meta.pop("code", None)
+        self._advance_session(response.bookmark)
+        self.recorder.complete(op, "ok")
+
+    async def _sql_read(self) -> None:
+        """Every tag, in the client's session: `withSession(bookmark)` (a replica at least
+        that new, or the primary), or `first-unconstrained` before it has one."""
+        bookmark = self.sql_bookmark
+        op = self.recorder.invoke(
+            self.name, SQL_KEY, "read", min_bookmark=bookmark, region=self.region
+        )
+        request = sql_pb2.SqlQueryRequest(
+            database=SQL_DATABASE,
+            statements=[select_tags()],
+            session=(
+                sql_pb2.SQL_SESSION_BOOKMARK
+                if bookmark
+                else sql_pb2.SQL_SESSION_FIRST_UNCONSTRAINED
+            ),
+            bookmark=bookmark,
+        )
+
+        async def call(stub: pop_pb2_grpc.PopStub, timeout: float) -> Any:
+            op.meta["entry"] = self._entry.name if self._entry else ""
+            return await stub.SqlQuery(
+                request, metadata=region_metadata(self.region), timeout=timeout
+            )
+
+        try:
+            response = await self._attempts(op, self.workload.read_give_up_s, call)
+        except grpc.aio.AioRpcError as error:
+            self._failed(op, error)
+            return
+        meta = response.results[0].meta if response.results else sql_pb2.SqlMeta()
+        op.meta.update(
+            bookmark=response.bookmark, node=meta.served_by, primary=meta.served_by_primary
+        )
+        op.meta.pop("code", None)
+        self._advance_session(response.bookmark)
+        self.recorder.complete(op, "ok", tags_of(response))
+
 
 def make_clients(
     workload: Workload,
@@ -402,8 +515,10 @@ def make_clients(
     recorder: Recorder,
     seed: int,
     request_tag: str,
+    sql_bookmark: str = "",
 ) -> list[Client]:
-    """`clients_per_region` clients in each region, each with its own seeded choices."""
+    """`clients_per_region` clients in each region, each with its own seeded choices;
+    every SQL session starts at `sql_bookmark`."""
     clients = []
     for region in workload.regions:
         for index in range(workload.clients_per_region):
@@ -418,6 +533,7 @@ def make_clients(
                     rng=random.Random(f"edgepop-chaos-client:{seed}:{name}"),
                     request_tag=request_tag,
                     home_object=index % len(workload.objects),
+                    sql_bookmark=sql_bookmark,
                 )
             )
     return clients

@@ -13,7 +13,8 @@ Status, as Jepsen names them:
   gave up; a checker treats it as possibly taking effect at any time after `invoke_s`.
 
 `key` partitions the history (linearizability is checked per key, P-compositionality):
-"do:<Namespace>/<name>" for a Durable Object, "kv:<namespace>/<key>" for a KV key.
+"do:<Namespace>/<name>" for a Durable Object, "kv:<namespace>/<key>" for a KV key,
+"sql:<database>/<table>" for the SQL table the clients share.
 
 A history is stored as JSON lines: one op per line, then the faults (one per line with
 "fault": true), so a run can be checked again and its report rebuilt later.
@@ -29,6 +30,17 @@ from typing import Any, Literal
 
 Status = Literal["ok", "fail", "info"]
 STATUSES: tuple[Status, ...] = ("ok", "fail", "info")
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def bookmark_seq(bookmark: Any) -> int | None:
+    """The log seq a SQL bookmark names (16 hex digits, as edgepop.sqldb formats it);
+    None for a malformed one, or none."""
+    if not isinstance(bookmark, str) or len(bookmark) != 16:
+        return None
+    if any(digit not in _HEX_DIGITS for digit in bookmark):
+        return None
+    return int(bookmark, 16)
 
 
 @dataclass
@@ -40,6 +52,10 @@ class Op:
     - KV: "put" (input: the value written; meta["seq"]: the origin's seq), "delete"
       (meta["seq"]), "get" (output: the value or None; meta["consistency"]: "strong",
       "bookmark" or "eventual"; meta["min_seq"] for bookmark reads; meta["applied_seq"]).
+    - SQL: "insert" (input: the row's tag; meta["bookmark"]: the one its answer carried,
+      the write's seq), "read" (output: every tag, in row order; meta["min_bookmark"]:
+      the session's bookmark it was sent with, "" for none; meta["bookmark"]: the one it
+      returned; meta["primary"]: whether the primary served it).
     `meta` also carries what the reply said about where it ran: "node", "epoch" (Durable
     Objects), "code" (the gRPC status name of a failure), "request_id", "attempts".
     """

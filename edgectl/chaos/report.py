@@ -322,6 +322,10 @@ def violation_text(run: RunSummary, violation: Violation) -> str:
 # -- the timeline plot -------------------------------------------------------------------
 
 
+# A history key's prefix -> what the timeline calls its ops.
+KEY_KINDS = {"do": "object call", "kv": "KV", "sql": "SQL"}
+
+
 def plot_timeline(run: RunSummary, path: Path) -> Path:
     """Latency of every op over time (ok by key kind; failed and indeterminate marked),
     faults shaded as labelled spans, violation windows as a red strip at the bottom."""
@@ -337,7 +341,7 @@ def plot_timeline(run: RunSummary, path: Path) -> Path:
             end = op.complete_s if op.complete_s is not None else run.duration_s
             latency_ms = max(end - op.invoke_s, 1e-4) * 1000
             if op.ok:
-                label = "ok " + ("object call" if op.key.startswith("do:") else "KV")
+                label = "ok " + KEY_KINDS.get(op.key.split(":", 1)[0], "KV")
             else:
                 label = "failed" if op.status == "fail" else "indeterminate"
             xs, ys = series.setdefault(label, ([], []))
@@ -347,6 +351,7 @@ def plot_timeline(run: RunSummary, path: Path) -> Path:
         styles = {
             "ok object call": (STATUS_COLORS["ok"], ".", 10.0, 0.5),
             "ok KV": ("#2ca02c", ".", 10.0, 0.5),
+            "ok SQL": ("#9467bd", ".", 10.0, 0.5),
             "failed": (STATUS_COLORS["fail"], "x", 24.0, 1.0),
             "indeterminate": (STATUS_COLORS["info"], "^", 24.0, 1.0),
         }
@@ -482,6 +487,14 @@ def _seed_section(run: RunSummary, plot: Path | None) -> str:
                     for key in keys
                 ),
             )
+        )
+    if run.final is not None and run.final.sql_rows is not None:
+        rows = len(run.final.sql_rows)
+        digests = set(run.final.sql_dumps.values())
+        agreement = "are identical" if len(digests) == 1 else f"give {len(digests)} digests"
+        parts.append(
+            f"SQL table: {rows} row{'' if rows == 1 else 's'} at the primary; the dumps of "
+            f"{len(run.final.sql_dumps)} nodes {agreement}.\n"
         )
     if run.result.violations:
         parts.append("### Violations\n")

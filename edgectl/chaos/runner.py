@@ -9,7 +9,8 @@ A run (`run_seed`):
    `heal_by_s`, the clients keep going to the end;
 3. lets the cluster settle (every node healthy, every replica at the origin's head), reads
    the final state — each counter through its owner (an object call, retried until it
-   answers), the placements, a digest of every node's KV dump — and stops the cluster;
+   answers), the placements, a digest of every node's KV dump, the SQL table's rows at
+   the primary and a digest of every node's dump of its database — and stops the cluster;
 4. checks the history against the final state (edgectl.chaos.checks).
 
 The clients share the runner's process rather than a client process of their own: on the
@@ -38,10 +39,12 @@ import grpc
 import yaml
 
 from edge.v1 import control_plane_pb2 as cp_pb2
-from edge.v1 import kv_pb2, objects_pb2, origin_pb2, origin_pb2_grpc, pop_pb2
+from edge.v1 import kv_pb2, objects_pb2, origin_pb2, origin_pb2_grpc, pop_pb2, sql_pb2
 from edgectl.chaos import checks, report
 from edgectl.chaos.clients import (
     COUNTER_NAMESPACE,
+    SQL_DATABASE,
+    SQL_SETUP,
     Directory,
     Recorder,
     Workload,
@@ -49,6 +52,8 @@ from edgectl.chaos.clients import (
     make_clients,
     object_key,
     region_metadata,
+    select_tags,
+    tags_of,
 )
 from edgectl.chaos.history import History
 from edgectl.chaos.nemesis import (
@@ -298,7 +303,10 @@ async def _drive(
     recorder = Recorder(clock)
     nemesis = Nemesis(cluster, schedule, clock, directory.control_plane, cluster.token)
     stop = asyncio.Event()
-    clients = make_clients(workload, directory, recorder, config.seed, f"s{config.seed}")
+    sql_bookmark = await _create_sql_table(directory, cluster)
+    clients = make_clients(
+        workload, directory, recorder, config.seed, f"s{config.seed}", sql_bookmark
+    )
     client_tasks = [asyncio.create_task(client.run(stop)) for client in clients]
     progress_task = (
         asyncio.create_task(_report_progress(clock, recorder, nemesis, on_progress))
@@ -340,6 +348,20 @@ async def _drive(
             await progress_task
     history = History(ops=recorder.ops, faults=nemesis.log.faults)
     return history, final, nemesis.log
+
+
+async def _create_sql_table(directory: Directory, cluster: Cluster) -> str:
+    """The clients' SQL database and table, at the primary before any fault; the
+    bookmark of the table's creation (every session starts there)."""
+    origin = origin_pb2_grpc.OriginStub(directory.channel(cluster.origin.grpc_address))
+    await origin.SqlCreate(sql_pb2.SqlCreateRequest(name=SQL_DATABASE), timeout=10)
+    created = await origin.SqlQuery(
+        sql_pb2.SqlQueryRequest(
+            database=SQL_DATABASE, statements=[sql_pb2.SqlStatement(sql=SQL_SETUP)]
+        ),
+        timeout=10,
+    )
+    return str(created.bookmark)
 
 
 async def _report_progress(
@@ -413,12 +435,32 @@ async def _final_state(
     origin = origin_pb2_grpc.OriginStub(directory.channel(cluster.origin.grpc_address))
     sources: list[tuple[str, Any]] = [(cluster.origin.name, origin)]
     sources += [(pop.name, directory.pop(pop.grpc_address)) for pop in cluster.pops]
+    sql_dumps: dict[str, str] = {}
     for name, stub in sources:
         try:
             dumps[name] = await _dump_digest(stub, metadata)
         except grpc.aio.AioRpcError as error:
             dumps[name] = f"unreadable: {error.code().name}"
-    return checks.FinalState(counters=counters, placements=placements, dumps=dumps)
+        try:
+            sql_dumps[name] = await _sql_dump_digest(stub, metadata)
+        except grpc.aio.AioRpcError as error:
+            sql_dumps[name] = f"unreadable: {error.code().name}"
+    sql_rows: list[str] | None = None
+    try:
+        selected = await origin.SqlQuery(
+            sql_pb2.SqlQueryRequest(database=SQL_DATABASE, statements=[select_tags()]),
+            timeout=FINAL_ATTEMPT_TIMEOUT_S,
+        )
+        sql_rows = tags_of(selected)
+    except grpc.aio.AioRpcError as error:
+        notes.append(f"SQL rows: no answer from the primary ({error.code().name})")
+    return checks.FinalState(
+        counters=counters,
+        placements=placements,
+        dumps=dumps,
+        sql_rows=sql_rows,
+        sql_dumps=sql_dumps,
+    )
 
 
 async def _read_counter(directory: Directory, name: str, region: str) -> int | None:
@@ -463,3 +505,11 @@ async def _dump_digest(stub: Any, metadata: tuple[tuple[str, str], ...]) -> str:
             ):
                 digest.update(len(part).to_bytes(8, "big") + part)
     return f"{seq}:{digest.hexdigest()[:32]}"
+
+
+async def _sql_dump_digest(stub: Any, metadata: tuple[tuple[str, str], ...]) -> str:
+    """`seq:sha256` of a node's copy of the clients' SQL database (its SQL dump)."""
+    dumped = await stub.SqlDump(
+        sql_pb2.SqlDumpRequest(database=SQL_DATABASE), metadata=metadata, timeout=60
+    )
+    return f"{dumped.applied_seq}:{hashlib.sha256(dumped.dump.encode()).hexdigest()[:32]}"

@@ -1,8 +1,9 @@
 """Seeded fault runs end to end: real clusters, real kills and partitions, checked histories.
 
 What CI runs of issue 10: three short seeds with the full fault mix must keep every
-guarantee (no violation, nothing acknowledged lost or applied twice), and a planted bug
-(`--buggify promote-unsynced`: a standby promoted without a copy) must be caught. Each
+guarantee (no violation, nothing acknowledged lost or applied twice), and two planted
+bugs must be caught: `--buggify promote-unsynced` (a standby promoted without a copy)
+and `--buggify sql-forget-requests` (the SQL primary runs a retried write again). Each
 seed starts a cluster of its own (us-east-1 + 3 regions x 2 PoPs, the seed's delays) and
 takes about 40 s: ~1 s to start, CI_DURATION_S of load and faults (healed 5 s before the
 end), a second to settle, read and stop. One seed goes through the command line as a
@@ -39,6 +40,11 @@ CLI_SEED = CI_SEEDS[0]
 # a promotion without a copy turns into lost writes.
 BUGGIFY_SEED = 1
 BUGGIFY_FAULTS = "kill-chain"
+# The SQL planted bug: origin faults, which lose answers to writes that committed. Seed 1
+# freezes the origin 5.3 s, past the clients' 3 s attempt timeout (seeds 1-3 all caught
+# it when it was chosen; all three pass without the bug).
+SQL_BUGGIFY_SEED = 1
+SQL_BUGGIFY_FAULTS = "pause-origin,partition-origin,kill-origin"
 
 
 def _explain(run: SeedRun) -> str:
@@ -107,7 +113,7 @@ def test_chaos_run_from_the_command_line_writes_report_and_history(tmp_path: Pat
     assert f"Seed {CLI_SEED}" in (report_dir / report.REPORT_NAME).read_text()
     history = History.load(history_file)
     assert history.ops and history.faults
-    assert {op.key.split(":")[0] for op in history.ops} == {"do", "kv"}
+    assert {op.key.split(":")[0] for op in history.ops} == {"do", "kv", "sql"}
     # The work dir of a clean run is removed.
     assert not list((tmp_path / "work").glob("chaos-seed*")), output
 
@@ -127,3 +133,19 @@ def test_planted_bug_promote_unsynced_is_caught(tmp_path: Path) -> None:
     ), _explain(run)
     assert run.violated, _explain(run)
     assert run.result.lost > 0 or run.result.violations, _explain(run)
+
+
+def test_planted_bug_sql_forget_requests_is_caught(tmp_path: Path) -> None:
+    run = run_seed(
+        RunConfig(
+            seed=SQL_BUGGIFY_SEED,
+            duration_s=CI_DURATION_S,
+            faults=parse_faults(SQL_BUGGIFY_FAULTS),
+            buggify="sql-forget-requests",
+            work_dir=tmp_path,
+        )
+    )
+    assert any(fault.kind == "pause-origin" for fault in run.history.faults), _explain(run)
+    assert run.violated, _explain(run)
+    assert "sql-duplicate" in run.result.violations_by_kind(), _explain(run)
+    assert run.result.duplicated > 0, _explain(run)

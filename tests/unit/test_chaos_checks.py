@@ -9,6 +9,7 @@ from edgectl.chaos.history import FaultEvent, History, Op, Status
 
 COUNTER = "do:Counter/counter-0"
 KEY = "kv:chaos/k0"
+SQL = "sql:chaos/chaos_rows"
 ORIGIN_DIGEST = "120:abc"
 
 
@@ -317,6 +318,159 @@ def test_another_process_reading_before_the_write_is_not_held_to_it() -> None:
     ops.add("other", KEY, "put", 1.0, 1.5, input="theirs", seq=8)
     bookmark(ops, "other", "theirs", 8, 9)
     assert check(ops.history(), final(None, counters={})).ok
+
+
+# -- SQL ---------------------------------------------------------------------------------
+
+
+def mark(seq: int) -> str:
+    """A bookmark, as the platform formats one."""
+    return f"{seq:016x}"
+
+
+def insert(ops: Ops, process: str, tag: str, start: float, seq: int | None, **kw: Any) -> Op:
+    if seq is not None:
+        kw.setdefault("bookmark", mark(seq))
+    kw.setdefault("request_id", tag)
+    return ops.add(process, SQL, "insert", start, start + 0.5, input=tag, **kw)
+
+
+def sql_read(
+    ops: Ops, process: str, tags: list[str], start: float, sent: int | None, returned: int
+) -> Op:
+    return ops.add(
+        process,
+        SQL,
+        "read",
+        start,
+        start + 0.5,
+        output=tags,
+        min_bookmark=mark(sent) if sent is not None else "",
+        bookmark=mark(returned),
+    )
+
+
+def sql_history() -> Ops:
+    """Two sessions: a writes t1 (seq 10) and t2 (seq 12), b writes t3 (seq 11)."""
+    ops = Ops()
+    insert(ops, "a", "t1", 1.0, 10)
+    insert(ops, "b", "t3", 1.2, 11)
+    insert(ops, "a", "t2", 2.0, 12)
+    sql_read(ops, "a", ["t1", "t3", "t2"], 3.0, 12, 12)
+    sql_read(ops, "b", ["t1"], 1.5, None, 10)  # first-unconstrained: a replica at seq 10
+    sql_read(ops, "b", ["t1", "t3"], 2.0, 11, 11)
+    return ops
+
+
+def sql_kinds(ops: Ops, rows: list[str] | None, **changes: Any) -> list[str]:
+    return kinds(
+        check(ops.history(), final(None, counters={}, sql_rows=rows, **changes)).violations
+    )
+
+
+def test_a_healthy_sql_history_passes() -> None:
+    result = check(sql_history().history(), final(None, counters={}, sql_rows=["t1", "t3", "t2"]))
+    assert result.ok, result.violations
+    assert result.lost == 0 and result.duplicated == 0
+    assert SQL not in result.linearizability  # judged by its own checks, not a model
+
+
+def test_an_acknowledged_insert_missing_after_heal_is_lost() -> None:
+    result = check(sql_history().history(), final(None, counters={}, sql_rows=["t1", "t2"]))
+    assert kinds(result.violations) == ["sql-lost"]
+    assert result.lost == 1
+    assert "t3" in result.violations[0].message
+
+
+def test_an_indeterminate_insert_may_be_missing_or_present() -> None:
+    for rows in (["t1", "t3", "t2"], ["t1", "t3", "t2", "t4"]):
+        ops = sql_history()
+        insert(ops, "b", "t4", 4.0, None, status="info")
+        assert sql_kinds(ops, rows) == []
+
+
+def test_an_insert_applied_twice_is_a_duplicate() -> None:
+    result = check(
+        sql_history().history(), final(None, counters={}, sql_rows=["t1", "t3", "t2", "t3"])
+    )
+    assert kinds(result.violations) == ["sql-duplicate"]
+    assert result.duplicated == 1
+
+
+def test_a_read_showing_a_row_twice_is_a_duplicate() -> None:
+    ops = sql_history()
+    sql_read(ops, "a", ["t1", "t3", "t3", "t2"], 4.0, 12, 12)
+    assert sql_kinds(ops, ["t1", "t3", "t2"]) == ["sql-duplicate"]
+
+
+def test_a_row_from_a_refused_insert_or_from_nowhere_is_a_phantom() -> None:
+    ops = sql_history()
+    insert(ops, "b", "t5", 4.0, None, status="fail")
+    assert sql_kinds(ops, ["t1", "t3", "t2", "t5"]) == ["sql-phantom-row"]
+    ops = sql_history()
+    sql_read(ops, "a", ["t1", "t3", "t2", "nobody"], 4.0, 12, 12)
+    assert sql_kinds(ops, ["t1", "t3", "t2"]) == ["sql-phantom-row"]
+
+
+def test_a_session_read_missing_a_write_at_or_below_its_bookmark_is_stale() -> None:
+    ops = sql_history()
+    # Sent with 12 (a's own t2): t3 at 11 must be there too, whoever wrote it.
+    sql_read(ops, "a", ["t1", "t2"], 4.0, 12, 12)
+    found = check(ops.history(), final(None, counters={}, sql_rows=["t1", "t3", "t2"]))
+    assert "sql-bookmark-stale" in kinds(found.violations)
+    stale = next(v for v in found.violations if v.kind == "sql-bookmark-stale")
+    assert "t3" in stale.message and stale.window[-1].f == "read"
+
+
+def test_a_read_answering_an_older_bookmark_than_it_was_sent_is_behind() -> None:
+    ops = sql_history()
+    sql_read(ops, "a", ["t1", "t3", "t2"], 4.0, 12, 11)
+    assert "sql-bookmark-behind" in sql_kinds(ops, ["t1", "t3", "t2"])
+    ops = sql_history()
+    read = sql_read(ops, "a", ["t1", "t3", "t2"], 4.0, 12, 12)
+    read.meta["bookmark"] = "not-a-bookmark"
+    assert sql_kinds(ops, ["t1", "t3", "t2"]) == ["sql-bookmark-behind"]
+
+
+def test_a_bookmark_newer_than_the_rows_read_is_allowed_but_not_an_older_one() -> None:
+    ops = sql_history()
+    sql_read(ops, "c", ["t1"], 4.0, None, 11)  # the replica's seq, read after the rows
+    assert sql_kinds(ops, ["t1", "t3", "t2"]) == []
+    ops = sql_history()
+    sql_read(ops, "c", ["t1", "t3", "t2"], 4.0, None, 11)  # holds t2 (12), says 11
+    assert sql_kinds(ops, ["t1", "t3", "t2"]) == ["sql-bookmark-understated"]
+
+
+def test_a_session_read_missing_what_an_earlier_read_of_it_returned_went_back() -> None:
+    ops = sql_history()
+    # b's later read sent no bookmark (as if it had lost its session): t3 is gone.
+    sql_read(ops, "b", ["t1"], 3.0, None, 10)
+    assert sql_kinds(ops, ["t1", "t3", "t2"]) == ["sql-session-went-back"]
+    # Another session may read less: it never saw t3.
+    ops = sql_history()
+    sql_read(ops, "c", ["t1"], 3.0, None, 10)
+    assert sql_kinds(ops, ["t1", "t3", "t2"]) == []
+
+
+def test_overlapping_reads_of_one_session_are_not_ordered() -> None:
+    ops = sql_history()
+    sql_read(ops, "b", ["t1"], 1.8, None, 10)  # began before b's read at 2.0 completed
+    assert "sql-session-went-back" not in sql_kinds(ops, ["t1", "t3", "t2"])
+
+
+def test_acknowledged_inserts_with_no_rows_read_after_heal() -> None:
+    assert sql_kinds(sql_history(), None) == ["final-state-missing"]
+
+
+def test_a_sql_replica_whose_dump_differs_from_the_primary() -> None:
+    dumps = {"origin": "12:abc", "tokyo-1": "12:abc", "tokyo-2": "11:def"}
+    found = check(
+        sql_history().history(),
+        final(None, counters={}, sql_rows=["t1", "t3", "t2"], sql_dumps=dumps),
+    )
+    assert kinds(found.violations) == ["replica-diverged"]
+    assert found.violations[0].key == "tokyo-2 sql"
+    assert "SQL dump" in found.violations[0].message
 
 
 # -- replicas and the rest ----------------------------------------------------------------

@@ -119,3 +119,22 @@ def test_report_writes_markdown_and_a_png_timeline_per_seed(tmp_path: Path) -> N
         png = tmp_path / "report" / f"seed-{seed}-timeline.png"
         assert png.read_bytes()[:8] == PNG_SIGNATURE
         assert png.stat().st_size > 10_000
+
+
+def test_report_says_how_many_sql_rows_and_whether_the_sql_dumps_agree(tmp_path: Path) -> None:
+    sql = "sql:chaos/chaos_rows"
+    ops = [
+        Op(0, "c", sql, "insert", 1.0, "t0", "ok", None, 1.2, {"bookmark": f"{12:016x}"}),
+        Op(1, "c", sql, "read", 2.0, None, "ok", ["t0"], 2.1, {"bookmark": f"{12:016x}"}),
+    ]
+    history = History(ops, [])
+    agreeing = FinalState(sql_rows=["t0"], sql_dumps={"origin": "12:a", "tokyo-1": "12:a"})
+    differing = FinalState(sql_rows=["t0"], sql_dumps={"origin": "12:a", "tokyo-1": "11:b"})
+    runs = [
+        RunSummary(1, 10.0, history, check(history, agreeing), agreeing),
+        RunSummary(2, 10.0, history, check(history, differing), differing),
+    ]
+    markdown = write_report(tmp_path, runs, plots=False).read_text()
+    assert "SQL table: 1 row at the primary; the dumps of 2 nodes are identical." in markdown
+    assert "the dumps of 2 nodes give 2 digests" in markdown
+    assert "#### replica-diverged - tokyo-1 sql" in markdown
