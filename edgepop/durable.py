@@ -104,6 +104,12 @@ class Storage(abc.ABC):
     async def delete_alarm(self) -> None:
         """Cancel the alarm."""
 
+    @property
+    def sql(self) -> Any:
+        """The object's SQL database (`exec(query, *bindings)`, Cloudflare's cursor), for
+        SQLite-backed classes; runtimes without it refuse."""
+        raise RuntimeError("this runtime has no SQL storage")
+
 
 class ObjectState(abc.ABC):
     """What the runtime gives an object: identity, storage, sessions."""

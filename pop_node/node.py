@@ -21,7 +21,7 @@ from edgepop.rpc import channel, node_metadata
 from edgepop.storage import Storage
 from edgepop.topology import Topology
 from pop_node.kv import KvFrontend
-from pop_node.objects.builtin import BUILTIN_CLASSES
+from pop_node.objects.builtin import BUILTIN_CLASSES, BUILTIN_SQLITE_CLASSES
 from pop_node.objects.host import ObjectHost
 from pop_node.objects.router import ObjectRouter
 from pop_node.overlay import Overlay
@@ -103,6 +103,7 @@ class PopNode(Node):
             storage=self.objects_storage,
             metrics=self.metrics,
             classes=BUILTIN_CLASSES,
+            sqlite_namespaces=BUILTIN_SQLITE_CLASSES,
             env=None,
             lease=self._lease,
             control_plane=self.control_plane_stub,

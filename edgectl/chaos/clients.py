@@ -2,9 +2,11 @@
 
 Each client does one operation at a time against the PoP nearest its region and records
 it as an `Op` (edgectl.chaos.history) with times from the run's one clock:
-- Durable Object `Counter` increments and gets on a few shared objects, placed in
+- Durable Object counter increments and gets on a few shared objects, placed in
   different regions (`location_hint`) so that owners spread; the i-th client of each
-  region calls object i, so every object has a client in every region;
+  region calls object i, so every object has a client in every region; every other
+  object is a `SqlCounter`, SQLite-backed (its value in `storage.sql`), the rest
+  `Counter`s (key-value storage);
 - KV puts of unique values (the returned seq recorded), STRONG gets, BOOKMARK gets with the
   client's own last seq as `min_seq` (the applied seq recorded), a few EVENTUAL gets;
 - SQL (a D1-style database, `SQL_DATABASE`): INSERTs of a unique tag at the primary (from
@@ -42,7 +44,7 @@ import grpc
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import control_plane_pb2_grpc as cp_grpc
 from edge.v1 import kv_pb2, objects_pb2, pop_pb2_grpc, sql_pb2
-from edgectl.chaos.history import Op, Status, bookmark_seq
+from edgectl.chaos.history import Op, Status, bookmark_seq, object_ref, split_object_ref
 from edgectl.chaos.nemesis import Clock
 from edgectl.launcher import NodeState
 from edgepop import retry
@@ -52,7 +54,8 @@ from edgepop.topology import Topology
 
 T = TypeVar("T")
 
-COUNTER_NAMESPACE = "Counter"
+# The built-in counters the clients call: key-value storage, and SQLite-backed.
+COUNTER_NAMESPACES = ("Counter", "SqlCounter")
 KV_NAMESPACE = "chaos"
 # Codes after which a request may have run: retried with the same request id.
 AMBIGUOUS_CODES = frozenset(
@@ -96,7 +99,7 @@ SQL_SELECT = f"SELECT tag FROM {SQL_TABLE} ORDER BY id"
 class Workload:
     """What the clients do: which objects and keys, how many clients, how fast."""
 
-    # (object name, region it is placed in on first use)
+    # (object ref "Namespace/name", the region it is placed in on first use)
     objects: tuple[tuple[str, str], ...]
     kv_keys: tuple[str, ...]
     regions: tuple[str, ...]
@@ -120,18 +123,25 @@ class Workload:
 
 
 def default_workload(pop_regions: Sequence[str], objects: int = 4, keys: int = 6) -> Workload:
-    """`objects` counters spread over the PoP regions in turn, `keys` shared KV keys."""
+    """`objects` counters spread over the PoP regions in turn, of each counter class in
+    turn; `keys` shared KV keys."""
     regions = tuple(pop_regions)
     return Workload(
-        objects=tuple((f"counter-{i}", regions[i % len(regions)]) for i in range(objects)),
+        objects=tuple(
+            (
+                object_ref(COUNTER_NAMESPACES[i % len(COUNTER_NAMESPACES)], f"counter-{i}"),
+                regions[i % len(regions)],
+            )
+            for i in range(objects)
+        ),
         kv_keys=tuple(f"k{i}" for i in range(keys)),
         regions=regions,
     )
 
 
-def object_key(name: str) -> str:
-    """The history key of a Counter (see history.py)."""
-    return f"do:{COUNTER_NAMESPACE}/{name}"
+def object_key(ref: str) -> str:
+    """The history key of a counter (see history.py), from its object ref."""
+    return f"do:{ref}"
 
 
 def kv_key(key: str) -> str:
@@ -290,8 +300,8 @@ class Client:
 
     async def _one(self, kind: str) -> None:
         if kind in ("increment", "do-get"):
-            name, hint = self.workload.objects[self.home_object]
-            await self._object_call(name, hint, "increment" if kind == "increment" else "get")
+            ref, hint = self.workload.objects[self.home_object]
+            await self._object_call(ref, hint, "increment" if kind == "increment" else "get")
         elif kind == "put":
             await self._put(self.rng.choice(self.workload.kv_keys))
         elif kind == "bookmark-get" and self._last_seq:
@@ -346,13 +356,14 @@ class Client:
         status: Status = "info" if op.meta.get("ambiguous") else "fail"
         self.recorder.complete(op, status)
 
-    async def _object_call(self, name: str, hint: str, method: str) -> None:
+    async def _object_call(self, ref: str, hint: str, method: str) -> None:
         request_id = self._request_id()
         op = self.recorder.invoke(
-            self.name, object_key(name), method, request_id=request_id, region=self.region
+            self.name, object_key(ref), method, request_id=request_id, region=self.region
         )
+        namespace, name = split_object_ref(ref)
         request = objects_pb2.ObjectCallRequest(
-            namespace=COUNTER_NAMESPACE,
+            namespace=namespace,
             name=name,
             method=method,
             location_hint=hint,

@@ -33,6 +33,19 @@ STATUSES: tuple[Status, ...] = ("ok", "fail", "info")
 _HEX_DIGITS = frozenset("0123456789abcdef")
 
 
+def object_ref(namespace: str, name: str) -> str:
+    """How a fault run names a Durable Object (its history key after "do:")."""
+    return f"{namespace}/{name}"
+
+
+def split_object_ref(ref: str) -> tuple[str, str]:
+    """(namespace, name) of an `object_ref`."""
+    namespace, slash, name = ref.partition("/")
+    if not slash or not namespace or not name:
+        raise ValueError(f"{ref!r} is not NAMESPACE/NAME")
+    return namespace, name
+
+
 def bookmark_seq(bookmark: Any) -> int | None:
     """The log seq a SQL bookmark names (16 hex digits, as edgepop.sqldb formats it);
     None for a malformed one, or none."""

@@ -37,7 +37,7 @@ import grpc
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import control_plane_pb2_grpc as cp_grpc
 from edge.v1 import objects_pb2
-from edgectl.chaos.history import FaultEvent
+from edgectl.chaos.history import FaultEvent, split_object_ref
 from edgectl.launcher import Cluster, ClusterError
 from edgepop import objectid, retry
 from edgepop.faults import LOSS_MAX
@@ -575,8 +575,8 @@ class Nemesis:
 
     # -- kills ----------------------------------------------------------------------------
 
-    async def _placement(self, name: str) -> objects_pb2.Placement | None:
-        wanted = objectid.id_from_name("Counter", name).hex()
+    async def _placement(self, ref: str) -> objects_pb2.Placement | None:
+        wanted = objectid.id_from_name(*split_object_ref(ref)).hex()
         response: objects_pb2.ListPlacementsResponse = await self.control_plane.ListPlacements(
             objects_pb2.ListPlacementsRequest(), metadata=self.metadata, timeout=ADMIN_TIMEOUT_S
         )

@@ -42,7 +42,6 @@ from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import kv_pb2, objects_pb2, origin_pb2, origin_pb2_grpc, pop_pb2, sql_pb2
 from edgectl.chaos import checks, report
 from edgectl.chaos.clients import (
-    COUNTER_NAMESPACE,
     SQL_DATABASE,
     SQL_SETUP,
     Directory,
@@ -55,7 +54,7 @@ from edgectl.chaos.clients import (
     select_tags,
     tags_of,
 )
-from edgectl.chaos.history import History
+from edgectl.chaos.history import History, split_object_ref
 from edgectl.chaos.nemesis import (
     FAULT_KINDS,
     Clock,
@@ -414,16 +413,14 @@ async def _final_state(
 ) -> checks.FinalState:
     metadata = (("authorization", f"Bearer {cluster.token}"),)
     counters: dict[str, int] = {}
-    for name, region in workload.objects:
-        value = await _read_counter(directory, name, region)
+    for ref, region in workload.objects:
+        value = await _read_counter(directory, ref, region)
         if value is None:
-            notes.append(f"{name}: no answer to the final read in {FINAL_READ_TIMEOUT_S:g} s")
+            notes.append(f"{ref}: no answer to the final read in {FINAL_READ_TIMEOUT_S:g} s")
         else:
-            counters[object_key(name)] = value
+            counters[object_key(ref)] = value
     placements: dict[str, tuple[str, int]] = {}
-    ids = {
-        objectid.id_from_name(COUNTER_NAMESPACE, name).hex(): name for name, _ in workload.objects
-    }
+    ids = {objectid.id_from_name(*split_object_ref(ref)).hex(): ref for ref, _ in workload.objects}
     with contextlib.suppress(grpc.aio.AioRpcError):
         listed = await directory.control_plane.ListPlacements(
             objects_pb2.ListPlacementsRequest(), metadata=metadata, timeout=5
@@ -463,11 +460,12 @@ async def _final_state(
     )
 
 
-async def _read_counter(directory: Directory, name: str, region: str) -> int | None:
+async def _read_counter(directory: Directory, ref: str, region: str) -> int | None:
     """The counter's value, read through its owner: tried through the nearest PoP that has
     not just failed, until one answers (None after FINAL_READ_TIMEOUT_S)."""
+    namespace, name = split_object_ref(ref)
     request = objects_pb2.ObjectCallRequest(
-        namespace=COUNTER_NAMESPACE, name=name, method="get", location_hint=region
+        namespace=namespace, name=name, method="get", location_hint=region
     )
     retrying = retry.until_answered(FINAL_READ_TIMEOUT_S, FINAL_INTERVAL_S)
     try:

@@ -35,6 +35,33 @@ class Counter(DurableObject):
         return int(await self.storage.get("value") or 0)
 
 
+class SqlCounter(DurableObject):
+    """The Counter on the object's SQL storage: a SQLite-backed class (as wrangler's
+    `new_sqlite_classes` declares one), whose rows reach disk and the standby with the
+    call, as the key-value storage's writes do."""
+
+    _TABLE = (
+        "CREATE TABLE IF NOT EXISTS counter "
+        "(id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL)"
+    )
+
+    async def increment(self, by: int = 1) -> int:
+        sql = self.storage.sql
+        sql.exec(self._TABLE)
+        row = sql.exec(
+            "INSERT INTO counter (id, value) VALUES (1, ?) "
+            "ON CONFLICT (id) DO UPDATE SET value = value + excluded.value RETURNING value",
+            int(by),
+        ).one()
+        return int(row["value"])
+
+    async def get(self) -> int:
+        sql = self.storage.sql
+        sql.exec(self._TABLE)  # nothing changes once the table exists
+        rows = sql.exec("SELECT value FROM counter WHERE id = 1").toArray()
+        return int(rows[0]["value"]) if rows else 0
+
+
 def _iso(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -183,7 +210,10 @@ class Lock(DurableObject):
 
 BUILTIN_CLASSES: dict[str, type[DurableObject]] = {
     "Counter": Counter,
+    "SqlCounter": SqlCounter,
     "RateLimiter": RateLimiter,
     "DocumentSession": DocumentSession,
     "Lock": Lock,
 }
+# The built-in classes that are SQLite-backed (`ctx.storage.sql`).
+BUILTIN_SQLITE_CLASSES = frozenset({"SqlCounter"})

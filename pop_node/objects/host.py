@@ -146,6 +146,7 @@ class ObjectHost:
         internal_metadata: tuple[tuple[str, str], ...],
         hibernate_after_s: float = DEFAULT_HIBERNATE_AFTER_S,
         evict_idle_after_s: float = DEFAULT_EVICT_IDLE_AFTER_S,
+        sqlite_namespaces: frozenset[str] = frozenset(),
     ) -> None:
         """`hibernate_after_s`: an object holding only hibernatable WebSockets leaves
         memory after this long without an event; `evict_idle_after_s`: an object with no
@@ -159,7 +160,7 @@ class ObjectHost:
         self.metrics = metrics
         self.classes = dict(classes)
         # Namespaces whose classes are SQLite-backed (wrangler's new_sqlite_classes).
-        self.sqlite_namespaces: set[str] = set()
+        self.sqlite_namespaces: set[str] = set(sqlite_namespaces)
         self.env = env
         # namespace -> the env its objects get (a worker's own classes get the worker's).
         self.envs: dict[str, Any] = {}

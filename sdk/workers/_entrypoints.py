@@ -112,7 +112,7 @@ class DurableObjectStorage:
     @property
     def sql(self) -> Any:
         """The SQL database of a SQLite-backed class (`new_sqlite_classes`)."""
-        return self._storage.sql  # type: ignore[attr-defined]
+        return self._storage.sql
 
     @property
     def kv(self) -> SyncKvStorage:
