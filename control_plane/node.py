@@ -29,7 +29,7 @@ from control_plane.state import ControlPlaneState, entry_to_pb
 from edge.v1 import control_plane_pb2 as pb
 from edge.v1 import control_plane_pb2_grpc as pb_grpc
 from edge.v1 import objects_pb2, workers_pb2
-from edgepop import buggify
+from edgepop import buggify, ticks
 from edgepop.bundle import bundle_version, check_bundle
 from edgepop.config import HEARTBEAT_INTERVAL_S_DEFAULT, NodeConfig
 from edgepop.errors import FailedPreconditionError
@@ -164,7 +164,7 @@ class ControlPlane(Node):
         """Heal `--for` faults on time (nodes also ignore expired faults on their own)."""
         while True:
             next_expiry = self.faults.next_expiry()
-            wait = FAULT_EXPIRY_CHECK_S
+            wait = ticks.until_next_tick(FAULT_EXPIRY_CHECK_S)
             if next_expiry:
                 wait = min(wait, max(0.0, next_expiry - time.time()))
             await asyncio.sleep(wait)
@@ -361,7 +361,7 @@ class ControlPlane(Node):
     async def _watch_health(self) -> None:
         """Bump the topology version whenever a lease lapses or comes back."""
         while True:
-            await asyncio.sleep(HEALTH_CHECK_INTERVAL_S)
+            await ticks.sleep_to_next_tick(HEALTH_CHECK_INTERVAL_S)
             now = self.lease_clock()
             healthy = self.registry.healthy_names(now)
             if healthy != self._healthy:

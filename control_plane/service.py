@@ -17,7 +17,7 @@ from control_plane.state import entry_from_pb, placement_to_pb
 from edge.v1 import control_plane_pb2 as pb
 from edge.v1 import control_plane_pb2_grpc as pb_grpc
 from edge.v1 import objects_pb2, workers_pb2
-from edgepop import objectid
+from edgepop import objectid, ticks
 from edgepop.bundle import BundleError
 from edgepop.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from edgepop.faults import FAULT_DURATION_S_MAX, FaultError, LinkFault, fault_to_pb, validate
@@ -117,7 +117,9 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
 
             async with changed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait_for(moved), WATCH_REFRESH_S)
+                    await asyncio.wait_for(
+                        changed.wait_for(moved), ticks.until_next_tick(WATCH_REFRESH_S)
+                    )
 
     # -- faults ----------------------------------------------------------------------------
 

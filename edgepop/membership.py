@@ -16,7 +16,7 @@ import grpc
 
 from edge.v1 import control_plane_pb2 as pb
 from edge.v1 import control_plane_pb2_grpc as pb_grpc
-from edgepop import retry
+from edgepop import retry, ticks
 from edgepop.lease import Lease
 from edgepop.rpc import channel, node_metadata
 
@@ -79,7 +79,9 @@ class Membership:
         await self.register()
         in_flight: set[asyncio.Task[None]] = set()
         while True:
-            await asyncio.sleep(self.heartbeat_interval_s)
+            # On the grid (edgepop.ticks): every node's heartbeat leaves at one instant, so
+            # the control plane takes a region's in one wake-up.
+            await ticks.sleep_to_next_tick(self.heartbeat_interval_s)
             if self._reregister.is_set():
                 self._reregister.clear()
                 await self.register()

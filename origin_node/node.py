@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ import grpc
 
 from edge.v1 import control_plane_pb2, kv_pb2, origin_pb2
 from edge.v1 import origin_pb2_grpc as pb_grpc
+from edgepop import ticks
 from edgepop.config import NodeConfig
 from edgepop.http import start_site
 from edgepop.kvstore import KvStore
@@ -121,7 +121,7 @@ class OriginNode(Node):
     async def _sweep_expired(self) -> None:
         """Delete expired keys through the log, so every replica deletes them too."""
         while True:
-            await asyncio.sleep(self.config.sweep_interval_s)
+            await ticks.sleep_to_next_tick(self.config.sweep_interval_s)
             with self.storage.read() as txn:
                 expired = self.store.expired_keys(txn, time.time(), SWEEP_KEYS_PER_ROUND_MAX)
             by_namespace: dict[str, list[Change]] = {}

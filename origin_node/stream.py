@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 
 from edge.v1 import origin_pb2
+from edgepop import ticks
 from edgepop.kvapi import chunked
 from edgepop.kvstore import KvStore
 from origin_node.writelog import WriteLog
@@ -165,7 +166,8 @@ class ReplicationStream:
                     continue  # more is pending: keep sending
             else:
                 yield origin_pb2.SubscribeResponse(head_seq=head, origin_time=origin_time)
-            await self.head.wait_beyond(head, self.heartbeat_interval_s)
+            # Idle, every stream's heartbeat goes in one pass (edgepop.ticks).
+            await self.head.wait_beyond(head, ticks.until_next_tick(self.heartbeat_interval_s))
 
     async def snapshot(self) -> AsyncIterator[origin_pb2.SubscribeResponse]:
         """The whole store at one seq, in parts, from one read transaction."""

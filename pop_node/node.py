@@ -11,6 +11,7 @@ import grpc
 
 from edge.v1 import control_plane_pb2, control_plane_pb2_grpc, origin_pb2_grpc, pop_pb2
 from edge.v1 import pop_pb2_grpc as pb_grpc
+from edgepop import ticks
 from edgepop.config import NodeConfig
 from edgepop.http import start_site
 from edgepop.kvstore import KvStore, Record
@@ -172,7 +173,7 @@ class PopNode(Node):
         """Sync the replica within a second of any commit (a flush with nothing new to
         sync returns at once: an idle PoP does not wake its writer thread)."""
         while True:
-            await asyncio.sleep(REPLICA_FLUSH_INTERVAL_S)
+            await ticks.sleep_to_next_tick(REPLICA_FLUSH_INTERVAL_S)
             await self.storage.flush()
 
     def close_storage(self) -> None:

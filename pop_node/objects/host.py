@@ -34,7 +34,7 @@ from typing import Any
 import grpc
 
 from edge.v1 import control_plane_pb2_grpc, objects_pb2, pop_pb2_grpc
-from edgepop import buggify, objectid, retry
+from edgepop import buggify, objectid, retry, ticks
 from edgepop.durable import DurableObject, callable_methods, check_call_arguments
 from edgepop.errors import (
     EdgeError,
@@ -759,7 +759,7 @@ class ObjectHost:
             return
         interval = min(HIBERNATION_CHECK_S_MAX, min(periods) / 4)
         while True:
-            await asyncio.sleep(interval)
+            await ticks.sleep_to_next_tick(interval)
             now = time.monotonic()
             for instance in list(self.instances.values()):
                 if instance.websockets:
@@ -777,7 +777,7 @@ class ObjectHost:
     async def _scan_alarms(self) -> None:
         """Wake objects whose alarm is due but which have no live instance (e.g. moved here)."""
         while True:
-            await asyncio.sleep(ALARM_SCAN_INTERVAL_S)
+            await ticks.sleep_to_next_tick(ALARM_SCAN_INTERVAL_S)
             with self.storage.read() as txn:
                 due = [
                     (object_key, self.store.namespace_of(txn, object_key))
