@@ -78,7 +78,7 @@ import bisect
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from edgectl.chaos.history import History, Op, bookmark_seq
 from edgectl.chaos.linearizability import (
@@ -89,6 +89,8 @@ from edgectl.chaos.linearizability import (
     increment_by,
     model_for_key,
 )
+
+T = TypeVar("T")
 
 ORIGIN_DUMP = "origin"
 
@@ -257,11 +259,15 @@ def _describe(op: Op) -> str:
     return f"#{op.id} {op.process} {op.f}->{op.output!r}"
 
 
-def _examples(ops: Iterable[Op]) -> str:
-    listed = list(ops)
-    shown = ", ".join(_describe(op) for op in listed[:EXAMPLES_MAX])
-    more = len(listed) - EXAMPLES_MAX
+def _first(items: Sequence[T], show: Callable[[T], str]) -> str:
+    """The first EXAMPLES_MAX items shown, the rest counted."""
+    shown = ", ".join(show(item) for item in items[:EXAMPLES_MAX])
+    more = len(items) - EXAMPLES_MAX
     return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _examples(ops: Iterable[Op]) -> str:
+    return _first(list(ops), _describe)
 
 
 def _plural(count: int, noun: str, nouns: str = "") -> str:
@@ -790,18 +796,16 @@ def sql_violations(
 
 
 def _inserts(ops: Sequence[Op]) -> str:
-    shown = ", ".join(
-        f"#{op.id} {op.process} insert {op.input!r} at {bookmark_seq(op.meta.get('bookmark'))}"
-        for op in ops[:EXAMPLES_MAX]
+    return _first(
+        ops,
+        lambda op: (
+            f"#{op.id} {op.process} insert {op.input!r} at {bookmark_seq(op.meta.get('bookmark'))}"
+        ),
     )
-    more = len(ops) - EXAMPLES_MAX
-    return shown + (f" and {more} more" if more > 0 else "")
 
 
 def _some(tags: Sequence[str]) -> str:
-    shown = ", ".join(repr(tag) for tag in tags[:EXAMPLES_MAX])
-    more = len(tags) - EXAMPLES_MAX
-    return shown + (f" and {more} more" if more > 0 else "")
+    return _first(tags, repr)
 
 
 def _sql_went_back(reads: Sequence[Op]) -> list[tuple[str, list[Op]]]:

@@ -448,6 +448,24 @@ class Client:
         if seq is not None and seq > (bookmark_seq(self.sql_bookmark) or 0):
             self.sql_bookmark = bookmark
 
+    async def _sql_query(
+        self, op: Op, request: sql_pb2.SqlQueryRequest, give_up_s: float
+    ) -> sql_pb2.SqlQueryResponse | None:
+        """`Pop.SqlQuery` through `_attempts`; None once `op` is recorded as failed."""
+
+        async def call(stub: pop_pb2_grpc.PopStub, timeout: float) -> Any:
+            op.meta["entry"] = self._entry.name if self._entry else ""
+            return await stub.SqlQuery(
+                request, metadata=region_metadata(self.region), timeout=timeout
+            )
+
+        try:
+            response: sql_pb2.SqlQueryResponse = await self._attempts(op, give_up_s, call)
+        except grpc.aio.AioRpcError as error:
+            self._failed(op, error)
+            return None
+        return response
+
     async def _sql_insert(self) -> None:
         """One row at the primary (through the entry PoP), outside a session: its bookmark
         is the write's own seq."""
@@ -466,16 +484,8 @@ class Client:
             request_id=request_id,
         )
 
-        async def call(stub: pop_pb2_grpc.PopStub, timeout: float) -> Any:
-            op.meta["entry"] = self._entry.name if self._entry else ""
-            return await stub.SqlQuery(
-                request, metadata=region_metadata(self.region), timeout=timeout
-            )
-
-        try:
-            response = await self._attempts(op, self.workload.give_up_s, call)
-        except grpc.aio.AioRpcError as error:
-            self._failed(op, error)
+        response = await self._sql_query(op, request, self.workload.give_up_s)
+        if response is None:
             return
         op.meta["bookmark"] = response.bookmark
         op.meta.pop("code", None)
@@ -500,16 +510,8 @@ class Client:
             bookmark=bookmark,
         )
 
-        async def call(stub: pop_pb2_grpc.PopStub, timeout: float) -> Any:
-            op.meta["entry"] = self._entry.name if self._entry else ""
-            return await stub.SqlQuery(
-                request, metadata=region_metadata(self.region), timeout=timeout
-            )
-
-        try:
-            response = await self._attempts(op, self.workload.read_give_up_s, call)
-        except grpc.aio.AioRpcError as error:
-            self._failed(op, error)
+        response = await self._sql_query(op, request, self.workload.read_give_up_s)
+        if response is None:
             return
         meta = response.results[0].meta if response.results else sql_pb2.SqlMeta()
         op.meta.update(

@@ -118,16 +118,21 @@ def test_chaos_run_from_the_command_line_writes_report_and_history(tmp_path: Pat
     assert not list((tmp_path / "work").glob("chaos-seed*")), output
 
 
-def test_planted_bug_promote_unsynced_is_caught(tmp_path: Path) -> None:
-    run = run_seed(
+def _planted_run(bug: str, seed: int, faults: str, work_dir: Path) -> SeedRun:
+    """A short run of `faults` only, with the planted bug `bug` in every node."""
+    return run_seed(
         RunConfig(
-            seed=BUGGIFY_SEED,
+            seed=seed,
             duration_s=CI_DURATION_S,
-            faults=parse_faults(BUGGIFY_FAULTS),
-            buggify="promote-unsynced",
-            work_dir=tmp_path,
+            faults=parse_faults(faults),
+            buggify=bug,
+            work_dir=work_dir,
         )
     )
+
+
+def test_planted_bug_promote_unsynced_is_caught(tmp_path: Path) -> None:
+    run = _planted_run("promote-unsynced", BUGGIFY_SEED, BUGGIFY_FAULTS, tmp_path)
     assert any(
         fault.kind == "kill-chain" and len(fault.targets) == 2 for fault in run.history.faults
     ), _explain(run)
@@ -136,15 +141,7 @@ def test_planted_bug_promote_unsynced_is_caught(tmp_path: Path) -> None:
 
 
 def test_planted_bug_sql_forget_requests_is_caught(tmp_path: Path) -> None:
-    run = run_seed(
-        RunConfig(
-            seed=SQL_BUGGIFY_SEED,
-            duration_s=CI_DURATION_S,
-            faults=parse_faults(SQL_BUGGIFY_FAULTS),
-            buggify="sql-forget-requests",
-            work_dir=tmp_path,
-        )
-    )
+    run = _planted_run("sql-forget-requests", SQL_BUGGIFY_SEED, SQL_BUGGIFY_FAULTS, tmp_path)
     assert any(fault.kind == "pause-origin" for fault in run.history.faults), _explain(run)
     assert run.violated, _explain(run)
     assert "sql-duplicate" in run.result.violations_by_kind(), _explain(run)
