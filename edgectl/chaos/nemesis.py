@@ -12,7 +12,11 @@ What the plan guarantees (tested in tests/unit/test_chaos_nemesis.py):
   final state is read;
 - two steps that touch one thing never overlap: one PoP-kill step at a time (a chain
   already kills two nodes), one fault per directed region pair (so healing one fault
-  cannot heal another), one origin kill at a time;
+  cannot heal another), one origin kill at a time. Planned, that is: a restart that runs
+  late (an origin replaying its log under load took a second more than planned) can
+  still be under way when the next kill of that node fires, which then kills it while
+  it recovers. Kept, as the harsher fault it is (a crash during recovery); the report's
+  fault table shows the overlap;
 - while the control plane is dead or frozen nothing else may change: faults are set and
   cleared through it, a restarted node must register with it, and owner targets are read
   from it. A control-plane kill or pause therefore overlaps only network faults that
