@@ -875,7 +875,7 @@ async def run_failover(context: Context) -> BenchResult:
             "(`Cluster.kill`), then calls through that PoP one after another (deadline "
             f"{FAILOVER_CALL_TIMEOUT_S:g} s each, retried at once on error) until one is "
             "answered by another node. The time is kill -> that reply: the lease running out "
-            "(2 s), the control plane's margin (0.5 s) and check interval, the move to the "
+            "(2.5 s), the control plane's margin (0.5 s) and check interval, the move to the "
             "standby at epoch + 1, and the entry PoP's re-routing (its retries back off up "
             "to 0.4 s). The killed node is restarted before the next kill; owners rotate "
             f"over the 3 PoPs. Goal: issue 4's 'serves again within {FAILOVER_GOAL_S:g} s'."

@@ -12,7 +12,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-NODE_LEASE_S_DEFAULT = 2.0
+# With a heartbeat every 1 s: a dead node shows unhealthy within 2.7 s (this plus the
+# health check's 0.2 s), and a heartbeat may be 1.5 s late before a lease lapses.
+NODE_LEASE_S_DEFAULT = 2.5
 # The lease clock runs at most this far between two readings: a longer gap means this
 # process did not run (frozen, or starved of CPU), and leases do not lapse for that.
 LEASE_CLOCK_STEP_S_MAX = 1.0

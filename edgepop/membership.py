@@ -17,6 +17,7 @@ import grpc
 from edge.v1 import control_plane_pb2 as pb
 from edge.v1 import control_plane_pb2_grpc as pb_grpc
 from edgepop import retry, ticks
+from edgepop.config import HEARTBEAT_INTERVAL_S_DEFAULT
 from edgepop.lease import Lease
 from edgepop.rpc import channel, node_metadata
 
@@ -45,7 +46,8 @@ class Membership:
         self.on_topology = on_topology
         self.on_heartbeat = on_heartbeat
         self.incarnation = 0
-        self.heartbeat_interval_s = 0.5
+        # The control plane's, from registering.
+        self.heartbeat_interval_s = HEARTBEAT_INTERVAL_S_DEFAULT
         # Renewed by every acknowledged registration or heartbeat (see edgepop.lease).
         self.lease = Lease()
         self.topology: pb.Topology | None = None

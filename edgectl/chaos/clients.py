@@ -108,7 +108,7 @@ class Workload:
     ops_per_s_max: float = 200.0
     attempt_timeout_s: float = 3.0
     # A write (increment, put) is retried this long before it is recorded as "info":
-    # longer than a failover (2.5-4 s), so an owner's death alone leaves no "info".
+    # longer than a failover (3-4.5 s), so an owner's death alone leaves no "info".
     give_up_s: float = 6.0
     # Reads change nothing: they give up sooner and free the client for the next op.
     read_give_up_s: float = 3.0

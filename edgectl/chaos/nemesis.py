@@ -99,7 +99,7 @@ HEAL_QUIET_S_MIN = 5.0
 # Between the starts of consecutive steps: shorter than most faults, so they overlap.
 STEP_GAP_S = (1.0, 5.0)
 # A chain waits this long at most for the control plane to promote the standby (lease
-# 2 s + failover margin 0.5 s + the lease checker's period, with room for a busy machine).
+# 2.5 s + failover margin 0.5 s + the lease checker's period, with room for a busy machine).
 CHAIN_PROMOTION_WAIT_S_MAX = 8.0
 # The control plane takes about a second to come back (spawned, not forked); nothing else
 # may change in that time either.
@@ -116,9 +116,9 @@ KILL_DOWN_S = (2.0, 8.0)
 CHAIN_DOWN_S = (2.0, 6.0)
 PAIR_GAP_S = (1.0, 4.0)  # kill-owner-and-standby: seconds between the two kills
 ORIGIN_DOWN_S = (1.0, 5.0)
-# Shorter than the 2 s lease interrupts nothing; longer lapses every lease.
+# Shorter than the 2.5 s lease interrupts nothing; longer lapses every lease.
 CONTROL_PLANE_DOWN_S = (0.5, 4.0)
-# Frozen from below the 2 s lease (calls wait) to well past it (the standby takes over
+# Frozen from below the 2.5 s lease (calls wait) to well past it (the standby takes over
 # while the owner sleeps, then the owner wakes up).
 PAUSE_S = (0.5, 6.0)
 PARTITION_S = (2.0, 8.0)

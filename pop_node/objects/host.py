@@ -28,7 +28,7 @@ import heapq
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from typing import Any
 
 import grpc
@@ -72,7 +72,10 @@ log = logging.getLogger(__name__)
 ARGS_BYTES_MAX = 1024 * 1024
 LOCATE_TIMEOUT_S = 3.0
 LEASE_CHECK_INTERVAL_S = 0.05
-ALARM_SCAN_INTERVAL_S = 0.5
+# Alarms of objects with no live instance here are looked for at least this often (one
+# that came with no event here: a standby copy promoted); one already seen is woken at
+# its time, and an eviction looks again at once.
+ALARM_SCAN_INTERVAL_S = 1.0
 # Idle objects are looked for at least this often (and 4 times per hibernate_after_s or
 # evict_idle_after_s, whichever is shorter).
 HIBERNATION_CHECK_S_MAX = 1.0
@@ -131,6 +134,27 @@ def parse_args(args_json: str) -> tuple[list[Any], dict[str, Any]]:
     return [args], {}
 
 
+def plan_alarm_scan(
+    alarms: Iterable[tuple[bytes, float]],
+    now: float,
+    live: Collection[bytes],
+    skipped: Collection[bytes],
+) -> tuple[list[bytes], float | None]:
+    """The alarm scan's decision: the objects to wake now (alarm due, no live instance,
+    not skipped), and when the earliest other such alarm falls due (None: none ahead).
+    A live instance's alarm is its own timer's; a skipped one is a standby copy's."""
+    due: list[bytes] = []
+    next_at: float | None = None
+    for object_key, at in alarms:
+        if object_key in live or object_key in skipped:
+            continue
+        if at <= now:
+            due.append(object_key)
+        elif next_at is None or at < next_at:
+            next_at = at
+    return due, next_at
+
+
 class ObjectHost:
     def __init__(
         self,
@@ -181,6 +205,8 @@ class ObjectHost:
         metrics.do_queue_depth.set_function(lambda: self._queue_depth)
         # Objects with a due alarm that this node holds only as a standby copy.
         self._not_mine: dict[bytes, float] = {}
+        # Set by an eviction: the instance's alarm timer is gone, the scan takes it over.
+        self._alarms_unwatched = asyncio.Event()
         # Standby syncs asked for by heartbeats and under way: (namespace, id, epoch, node).
         self._standby_syncs: set[tuple[str, str, int, str]] = set()
         self._standby_sync_slots = asyncio.Semaphore(STANDBY_SYNCS_IN_FLIGHT_MAX)
@@ -566,6 +592,7 @@ class ObjectHost:
         if self.instances.get(instance.okey) is instance:
             del self.instances[instance.okey]
             self.metrics.do_objects_active.set(len(self.instances))
+            self._alarms_unwatched.set()
             log.info("evicted %s/%s: %s", instance.namespace, instance.object_id.hex()[:12], reason)
 
     async def _watch_lease(self) -> None:
@@ -775,28 +802,35 @@ class ObjectHost:
                     ).inc()
 
     async def _scan_alarms(self) -> None:
-        """Wake objects whose alarm is due but which have no live instance (e.g. moved here)."""
+        """Wake objects whose alarm is due but which have no live instance (evicted, or
+        moved here). Between looks it sleeps to the earliest such alarm still ahead, the
+        next tick of ALARM_SCAN_INTERVAL_S or an eviction, whichever comes first: an idle
+        node wakes for it once a second, on the heartbeats' tick."""
         while True:
-            await ticks.sleep_to_next_tick(ALARM_SCAN_INTERVAL_S)
             with self.storage.read() as txn:
-                due = [
-                    (object_key, self.store.namespace_of(txn, object_key))
-                    for object_key, _ in self.store.due_alarms(txn, time.time())
-                    if object_key not in self.instances
-                ]
-            now = time.monotonic()
-            for object_key, namespace in due:
+                due, next_at = plan_alarm_scan(
+                    self.store.all_alarms(txn),
+                    time.time(),
+                    self.instances.keys(),
+                    {key for key, until in self._not_mine.items() if until > time.monotonic()},
+                )
+                due_namespaces = [(key, self.store.namespace_of(txn, key)) for key in due]
+            for object_key, namespace in due_namespaces:
                 if not namespace or namespace not in self.classes:
-                    continue
-                if self._not_mine.get(object_key, 0.0) > now:
                     continue
                 try:
                     await self.instance(namespace, object_key[8:], self.region)
                 except NotOwnerError:
                     # A standby copy: its owner runs the alarm; look again much later.
-                    self._not_mine[object_key] = now + NOT_MINE_RECHECK_S
+                    self._not_mine[object_key] = time.monotonic() + NOT_MINE_RECHECK_S
                 except EdgeError:
                     continue  # the control plane is away: try again next scan
+            wait_s = ticks.until_next_tick(ALARM_SCAN_INTERVAL_S)
+            if next_at is not None:
+                wait_s = min(wait_s, max(next_at - time.time(), 0.0))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._alarms_unwatched.wait(), wait_s)
+            self._alarms_unwatched.clear()
 
 
 def _discard(items: set[Any], item: Any, _: object) -> None:

@@ -119,13 +119,15 @@ class ObjectStore:
         raw = txn.get(object_key, db=self.alarms)
         return None if raw is None else float(_F64.unpack(raw)[0])
 
+    def all_alarms(self, txn: Any) -> list[tuple[bytes, float]]:
+        """Every object's alarm: (object key, wall-clock time)."""
+        return [
+            (bytes(object_key), float(_F64.unpack(raw)[0]))
+            for object_key, raw in txn.cursor(db=self.alarms)
+        ]
+
     def due_alarms(self, txn: Any, before: float) -> list[tuple[bytes, float]]:
-        found = []
-        for object_key, raw in txn.cursor(db=self.alarms):
-            at = float(_F64.unpack(raw)[0])
-            if at <= before:
-                found.append((bytes(object_key), at))
-        return found
+        return [(object_key, at) for object_key, at in self.all_alarms(txn) if at <= before]
 
     def namespace_of(self, txn: Any, object_key: bytes) -> str:
         raw = txn.get(object_key, db=self.meta)

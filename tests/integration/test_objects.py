@@ -26,7 +26,7 @@ from edge.v1 import kv_pb2, objects_pb2, workers_pb2
 from edgectl.launcher import Cluster
 from edgepop import objectid
 from pop_node.objects.instance import QUEUE_DEPTH_MAX
-from tests.conftest import _make_factory, poll_until
+from tests.conftest import ClusterFactory, _make_factory, poll_until
 from tests.integration.objclient import (
     ClientPool,
     IncrementJob,
@@ -503,35 +503,38 @@ def user_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     started: list[Cluster] = []
     cluster = _make_factory(Path(tmp_path_factory.mktemp("objects-user")), started)(USER_TOPOLOGY)
     try:
-        bundle = workers_pb2.WorkerBundle(
-            files=[
-                workers_pb2.WorkerFile(path="worker.py", content=WORKER_PY.encode()),
-                workers_pb2.WorkerFile(path="worker.yaml", content=WORKER_YAML.encode()),
-            ]
-        )
-        with cp_stub(cluster) as stub:
-            stub.Deploy(
-                workers_pb2.DeployRequest(bundle=bundle), metadata=auth(cluster), timeout=10
-            )
-
-        def loaded_everywhere() -> bool:
-            for pop in cluster.pops:
-                try:
-                    call(
-                        cluster,
-                        pop.name,
-                        "get",
-                        namespace="test-object-classes.TestSlowCounter",
-                        name="probe",
-                    )
-                except grpc.RpcError:
-                    return False
-            return True
-
-        poll_until(loaded_everywhere, timeout=20, what="the test classes on every PoP")
+        _deploy_test_classes(cluster)
         yield cluster
     finally:
         cluster.down()
+
+
+def _deploy_test_classes(cluster: Cluster) -> None:
+    """Deploy the test classes and wait until every PoP has loaded them."""
+    bundle = workers_pb2.WorkerBundle(
+        files=[
+            workers_pb2.WorkerFile(path="worker.py", content=WORKER_PY.encode()),
+            workers_pb2.WorkerFile(path="worker.yaml", content=WORKER_YAML.encode()),
+        ]
+    )
+    with cp_stub(cluster) as stub:
+        stub.Deploy(workers_pb2.DeployRequest(bundle=bundle), metadata=auth(cluster), timeout=10)
+
+    def loaded_everywhere() -> bool:
+        for pop in cluster.pops:
+            try:
+                call(
+                    cluster,
+                    pop.name,
+                    "get",
+                    namespace="test-object-classes.TestSlowCounter",
+                    name="probe",
+                )
+            except grpc.RpcError:
+                return False
+        return True
+
+    poll_until(loaded_everywhere, timeout=20, what="the test classes on every PoP")
 
 
 def test_queue_over_the_bound_is_resource_exhausted_with_cloudflares_message(
@@ -692,3 +695,46 @@ def test_alarm_fires_at_least_once_and_a_failing_alarm_is_retried(user_cluster: 
     assert retried["attempts"] == 3
     assert len(retried["fired"]) == 1
     assert retried["alarm"] is None
+
+
+ALARM_CLASS = "test-object-classes.TestAlarmClock"
+# Armed this far ahead: past the owner's restart.
+ALARM_AFTER_KILL_S = 6.0
+# The owner's scan sleeps to the alarm's time; waking the object (a first activation:
+# placement, then the class) may take this long on a busy machine.
+ALARM_LATE_S_MAX = 1.5
+
+
+@pytest.mark.timing
+def test_an_alarm_outlives_its_owners_kill_9_and_restart_and_fires_on_time(
+    cluster_factory: ClusterFactory,
+) -> None:
+    """The owner is killed and started again at once (within the failover time, so it
+    keeps the object), and nothing calls the object after: no instance of it lives
+    anywhere, so the restarted owner's alarm scan must find the alarm in its storage and
+    wake the object at the alarm's time."""
+    cluster = cluster_factory(USER_TOPOLOGY)
+    _deploy_test_classes(cluster)
+    name = _unique("alarm-restart")
+
+    def alarm(entry: str, method: str, *args: Any) -> Any:
+        return result(
+            call(cluster, entry, method, list(args), namespace=ALARM_CLASS, name=name, timeout=5)
+        )
+
+    at = alarm("tokyo-1", "arm", ALARM_AFTER_KILL_S)
+    placed = placement_of(cluster, ALARM_CLASS, name)
+    assert placed is not None
+    cluster.kill(placed.owner)
+    cluster.start(placed.owner)
+    poll_until(
+        lambda: time.time() > at + ALARM_LATE_S_MAX,
+        timeout=ALARM_AFTER_KILL_S + 2 * ALARM_LATE_S_MAX,
+        what="the alarm's time passed",
+    )
+    after = placement_of(cluster, ALARM_CLASS, name)
+    assert after is not None and (after.owner, after.epoch) == (placed.owner, placed.epoch)
+    status = alarm(placed.owner, "status")
+    assert len(status["fired"]) == 1, status
+    assert at - 0.05 <= status["fired"][0] <= at + ALARM_LATE_S_MAX, (status, at)
+    assert status["alarm"] is None

@@ -4,14 +4,15 @@ given twice, no two nodes serve one object.
 One module cluster with the seed's delays: us-east-1 (control plane, origin), tokyo x2,
 london x2, sydney x1. Every test uses fresh object names and leaves the cluster whole
 (killed nodes restarted, faults cleared, all nodes healthy), so the twenty seeded kill
-runs share it and the client processes: a run takes ~8 s here (load, lease 2 s + margin
-0.5 s, the rest of the load, the restarted old owner checked), where a fresh cluster
+runs share it and the client processes: a run takes ~8 s here (load, lease 2.5 s +
+margin 0.5 s, the rest of the load, the restarted old owner checked), where a fresh cluster
 per run would add its start-up each time. Sydney has a single PoP: an object hinted
 there has its standby in tokyo, so sydney can be cut off from the control plane while
 the new owner stays reachable.
 
-The owner lease is the control plane's default (2 s, heartbeats every 0.5 s), objects
-move 0.5 s after it lapses: failover measures 2.5-3.8 s of the 5 s the issue allows.
+The owner lease is the control plane's default (2.5 s, heartbeats every 1 s), objects
+move 0.5 s after it lapses: failover measures 3.1-4.3 s of the 5 s the issue allows (2.5-3.8
+s with the earlier 2 s lease and 0.5 s heartbeats).
 Also here: a reply lost before a failover (the retry is answered from the first run),
 the standby dying, both copies dying, the owner cut off from its standby, and the
 control plane paused or restarted. The seeded kill runs are also judged whole by the
@@ -35,10 +36,12 @@ from typing import Any
 import grpc
 import pytest
 
+from control_plane.registry import NODE_LEASE_S_DEFAULT
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import control_plane_pb2_grpc as cp_grpc
 from edge.v1 import objects_pb2
 from edgectl.launcher import Cluster
+from edgepop.config import HEARTBEAT_INTERVAL_S_DEFAULT
 from tests.conftest import _make_factory, poll_until
 from tests.integration.kvclient import metric_value
 from tests.integration.objclient import (
@@ -76,7 +79,7 @@ FAILOVER_TOPOLOGY: dict[str, Any] = {
     ],
 }
 CLIENT_REGIONS = ["tokyo", "london", "sydney"]
-LEASE_S = 2.0
+LEASE_S = NODE_LEASE_S_DEFAULT
 FAILOVER_S_MAX = 5.0
 SEEDS = range(20)
 
@@ -839,10 +842,10 @@ def _increment_or_none(cluster: Cluster, name: str) -> objects_pb2.ObjectCallRes
         raise
 
 
-# A control plane away for this long still leaves the owner's lease (2 s) renewed in time:
-# the last heartbeat before the stop may be one interval (0.5 s) old, and a waiting one is
-# delivered only when the channel reconnects (backoff up to 0.25 s + 20% jitter).
-RESTART_WITHIN_LEASE_S = LEASE_S - 0.5 - 0.3 - 0.2
+# A control plane away for this long still leaves the owner's lease (2.5 s) renewed in
+# time: the last heartbeat before the stop may be one interval (1 s) old, and a waiting
+# one is delivered only when the channel reconnects (backoff up to 0.25 s + 20% jitter).
+RESTART_WITHIN_LEASE_S = LEASE_S - HEARTBEAT_INTERVAL_S_DEFAULT - 0.3 - 0.2
 
 
 @pytest.mark.timing
@@ -854,7 +857,7 @@ def test_control_plane_restart_within_1_s_interrupts_no_call_and_a_longer_one_on
 
     Always: the object keeps its owner and epoch, and each increment is applied once, in
     order. Then it depends on how long the control plane was away. Back within
-    RESTART_WITHIN_LEASE_S (1 s: the 2 s lease, less one heartbeat interval, the
+    RESTART_WITHIN_LEASE_S (1 s: the 2.5 s lease, less one heartbeat interval, the
     channel's reconnect backoff and a margin), every lease is renewed in time: no call
     fails and none waits 0.5 s. That is the usual case here (stop + start takes 0.3-0.4 s
     on this machine). Away longer (a loaded machine), the owner's lease may lapse as in a

@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 import pytest
 
+from control_plane.registry import NODE_LEASE_S_DEFAULT
 from edgectl.launcher import Cluster
 from tests.conftest import _make_factory, poll_until
 from tests.integration.objclient import (
@@ -49,8 +50,8 @@ TOPOLOGY: dict[str, Any] = {
     ],
 }
 REGIONS = ["new-york", "london", "tokyo"]
-# Lease (2 s) + failover margin (0.5 s) + a heartbeat and the checker's period.
-FAILOVER_WINDOW_S = 3.5
+# Lease + failover margin (0.5 s) + the checker's period and a margin.
+FAILOVER_WINDOW_S = NODE_LEASE_S_DEFAULT + 1.5
 REFUSED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
