@@ -807,12 +807,11 @@ class ObjectHost:
         next tick of ALARM_SCAN_INTERVAL_S or an eviction, whichever comes first: an idle
         node wakes for it once a second, on the heartbeats' tick."""
         while True:
+            now = time.monotonic()
+            skipped = {key for key, until in self._not_mine.items() if until > now}
             with self.storage.read() as txn:
                 due, next_at = plan_alarm_scan(
-                    self.store.all_alarms(txn),
-                    time.time(),
-                    self.instances.keys(),
-                    {key for key, until in self._not_mine.items() if until > time.monotonic()},
+                    self.store.all_alarms(txn), time.time(), self.instances.keys(), skipped
                 )
                 due_namespaces = [(key, self.store.namespace_of(txn, key)) for key in due]
             for object_key, namespace in due_namespaces:

@@ -126,9 +126,6 @@ class ObjectStore:
             for object_key, raw in txn.cursor(db=self.alarms)
         ]
 
-    def due_alarms(self, txn: Any, before: float) -> list[tuple[bytes, float]]:
-        return [(object_key, at) for object_key, at in self.all_alarms(txn) if at <= before]
-
     def namespace_of(self, txn: Any, object_key: bytes) -> str:
         raw = txn.get(object_key, db=self.meta)
         return "" if raw is None else bytes(raw[_META.size :]).decode()
