@@ -112,6 +112,8 @@ class Workload:
     give_up_s: float = 6.0
     # Reads change nothing: they give up sooner and free the client for the next op.
     read_give_up_s: float = 3.0
+    # How often each op is drawn (OP_WEIGHTS; a planted bug's run weights the ops it hits).
+    op_weights: tuple[tuple[str, float], ...] = tuple(OP_WEIGHTS.items())
 
     @property
     def object_names(self) -> tuple[str, ...]:
@@ -286,8 +288,8 @@ class Client:
     async def run(self, stop: asyncio.Event) -> None:
         clock = self.recorder.clock
         interval_s = self.workload.client_count / self.workload.ops_per_s_max
-        operations = list(OP_WEIGHTS)
-        weights = list(OP_WEIGHTS.values())
+        operations = [kind for kind, _ in self.workload.op_weights]
+        weights = [weight for _, weight in self.workload.op_weights]
         # Clients start spread over one interval, not in one burst.
         next_at = clock.now() + self.rng.uniform(0, interval_s)
         while not stop.is_set():

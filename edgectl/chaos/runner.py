@@ -111,6 +111,8 @@ class RunConfig:
     history_file: Path | None = None
     clients_per_region: int = 4
     ops_per_s_max: float = 200.0
+    # The clients' op mix: None = clients.OP_WEIGHTS.
+    op_weights: tuple[tuple[str, float], ...] | None = None
     check_budget_s: float = CHECK_BUDGET_S_DEFAULT
 
 
@@ -148,6 +150,8 @@ def summary(run: SeedRun) -> report.RunSummary:
     }
     if config.buggify:
         settings["buggify"] = config.buggify
+    if config.op_weights:
+        settings["ops"] = ", ".join(f"{kind} {weight:g}" for kind, weight in config.op_weights)
     return report.RunSummary(
         seed=config.seed,
         duration_s=config.duration_s,
@@ -202,6 +206,7 @@ def workload_for(config: RunConfig, topology: Topology) -> Workload:
         workload,
         clients_per_region=config.clients_per_region,
         ops_per_s_max=config.ops_per_s_max,
+        op_weights=config.op_weights or workload.op_weights,
     )
 
 
