@@ -48,6 +48,8 @@ SCREENSHOT_DIR = Path(
     os.environ.get("EDGEPOP_SCREENSHOT_DIR", Path(__file__).parents[2] / "build" / "screenshots")
 )
 PAGE_TIMEOUT_MS = 15_000
+# Writes the put-from-Tokyo test watches turn at every PoP (see its bound on the excess).
+WRITES_TO_WATCH = 3
 PROCESS_TIMEOUT_S = 15.0
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.timing]
@@ -232,30 +234,45 @@ def test_a_put_from_tokyo_shows_every_pop_turning_with_the_times_its_metrics_giv
 ) -> None:
     page, watch = open_page(browser, console)
     pops = {name: node for name, node in console.cluster.nodes.items() if node.role == "pop"}
-    before = {name: propagation_totals(scrape(node.metrics_address)) for name, node in pops.items()}
-    page.select_option("#write-region", "tokyo")
-    page.fill("#write-namespace", "console-test")
-    page.fill("#write-key", "travel")
-    page.fill("#write-value", "from tokyo")
-    page.click("#write-submit")
-    poll_until(
-        lambda: page.locator("#write-table tbody tr").count() == len(pops),
-        timeout=15.0,
-        what="every PoP turned",
-    )
-    shown = {
-        row.get_attribute("data-node"): float(row.locator("td.propagation").inner_text().split()[0])
-        for row in page.locator("#write-table tbody tr").all()
-    }
     topology = console.cluster.topology
-    for name, node in pops.items():
-        after = propagation_totals(scrape(node.metrics_address))
-        from_metrics = propagation_ms(before[name], after)
-        assert from_metrics is not None
-        assert shown[name] == pytest.approx(from_metrics, abs=0.1), name
-        # And it is the emulated WAN's: the origin -> PoP one-way delay.
-        one_way = topology.rtt_ms(topology.origin_region, node.region, caller_is_node=True) / 2
-        assert one_way - 1.0 <= shown[name] <= one_way + 25.0, (name, shown[name], one_way)
+    one_way = {
+        name: topology.rtt_ms(topology.origin_region, node.region, caller_is_node=True) / 2
+        for name, node in pops.items()
+    }
+    excess: dict[str, list[float]] = {name: [] for name in pops}
+    for write in range(WRITES_TO_WATCH):
+        before = {
+            name: propagation_totals(scrape(node.metrics_address)) for name, node in pops.items()
+        }
+        page.select_option("#write-region", "tokyo")
+        page.fill("#write-namespace", "console-test")
+        page.fill("#write-key", "travel")
+        last = write == WRITES_TO_WATCH - 1
+        page.fill("#write-value", "from tokyo" if last else f"from tokyo {write}")
+        page.click("#write-submit")
+        poll_until(
+            lambda: page.locator("#write-table tbody tr").count() == len(pops),
+            timeout=15.0,
+            what="every PoP turned",
+        )
+        cells = {
+            row.get_attribute("data-node"): row.locator("td.propagation").inner_text()
+            for row in page.locator("#write-table tbody tr").all()
+        }
+        shown = {name: float(text.split()[0]) for name, text in cells.items()}
+        for name, node in pops.items():
+            after = propagation_totals(scrape(node.metrics_address))
+            from_metrics = propagation_ms(before[name], after)
+            assert from_metrics is not None
+            assert shown[name] == pytest.approx(from_metrics, abs=0.1), name
+            # And it is the emulated WAN's: never shorter than the origin -> PoP one-way delay.
+            assert shown[name] >= one_way[name] - 1.0, (name, shown[name], one_way[name])
+            excess[name].append(shown[name] - one_way[name])
+    # ... and not much longer. One write can wait for a CPU on two shared cores with
+    # Chromium beside the cluster (CI once saw sydney-1 at +25.1 ms); a delay the cluster
+    # added would lengthen every write, so the bound is on each PoP's shortest.
+    for name in pops:
+        assert min(excess[name]) <= 25.0, (name, excess[name], one_way[name])
     for name in pops:
         assert "turned" in str(page.get_attribute(f'#nodes g.node[data-node="{name}"]', "class"))
     assert "seq" in page.inner_text("#write-status")
