@@ -38,6 +38,7 @@ from edgectl.launcher import Cluster
 from edgepop import objectid
 from edgepop.kvstore import namespace_hash
 from edgepop.netem import REGION_HEADER, sent_at_metadata
+from tests.conftest import poll_until
 from tests.integration.kvclient import OPTIONS
 
 CLIENT_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -195,6 +196,31 @@ def healthy(cluster: Cluster) -> set[str]:
         return {info.name for info in cluster.list_nodes() if info.healthy}
     except grpc.RpcError:
         return set()
+
+
+def make_whole(cluster: Cluster, timeout: float) -> None:
+    """Start every node that is not running, then wait until all but the control plane
+    report healthy."""
+    for node in cluster.nodes.values():
+        if not cluster.alive(node.name):
+            cluster.start(node.name)
+    poll_until(
+        lambda: healthy(cluster) >= set(cluster.nodes) - {"control-plane"},
+        timeout=timeout,
+        what="every node healthy",
+    )
+
+
+@contextlib.contextmanager
+def kept_whole(cluster: Cluster, timeout: float) -> Iterator[Cluster]:
+    """`cluster` whole (`make_whole`) before the block and, faults cleared, after it: for
+    module clusters shared by tests that kill nodes and cut links."""
+    make_whole(cluster, timeout)
+    try:
+        yield cluster
+    finally:
+        clear_faults(cluster)
+        make_whole(cluster, timeout)
 
 
 def metric_samples(cluster: Cluster, node: str) -> list[tuple[str, dict[str, str], float]]:

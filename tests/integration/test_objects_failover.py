@@ -59,6 +59,7 @@ from tests.integration.objclient import (
     delay,
     describe_violations,
     healthy,
+    kept_whole,
     partition,
     placement_of,
     recorded_call,
@@ -103,23 +104,8 @@ def pool() -> Iterator[ClientPool]:
 @pytest.fixture
 def whole(cluster: Cluster) -> Iterator[Cluster]:
     """The module cluster, all nodes up and healthy before and after the test."""
-    _make_whole(cluster)
-    try:
-        yield cluster
-    finally:
-        clear_faults(cluster)
-        _make_whole(cluster)
-
-
-def _make_whole(cluster: Cluster) -> None:
-    for node in cluster.nodes.values():
-        if not cluster.alive(node.name):
-            cluster.start(node.name)
-    poll_until(
-        lambda: healthy(cluster) >= set(cluster.nodes) - {"control-plane"},
-        timeout=15,
-        what="every node healthy",
-    )
+    with kept_whole(cluster, timeout=15) as made_whole:
+        yield made_whole
 
 
 def _unique(prefix: str) -> str:

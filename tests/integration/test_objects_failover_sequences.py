@@ -33,6 +33,7 @@ from tests.integration.objclient import (
     call,
     clear_faults,
     healthy,
+    kept_whole,
     partition,
     placement_of,
     result,
@@ -66,23 +67,8 @@ def module_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster
 @pytest.fixture
 def cluster(module_cluster: Cluster) -> Iterator[Cluster]:
     """The module cluster, whole before and after the test."""
-    _make_whole(module_cluster)
-    try:
-        yield module_cluster
-    finally:
-        clear_faults(module_cluster)
-        _make_whole(module_cluster)
-
-
-def _make_whole(cluster: Cluster) -> None:
-    for node in cluster.nodes.values():
-        if not cluster.alive(node.name):
-            cluster.start(node.name)
-    poll_until(
-        lambda: healthy(cluster) >= set(cluster.nodes) - {"control-plane"},
-        timeout=20,
-        what="every node healthy",
-    )
+    with kept_whole(module_cluster, timeout=20) as made_whole:
+        yield made_whole
 
 
 @dataclass

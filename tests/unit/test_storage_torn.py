@@ -62,6 +62,16 @@ def test_a_store_with_data_but_no_record_is_not_vouched_for() -> None:
 # -- real LMDB -------------------------------------------------------------------------------
 
 
+def _assert_kept(path: Path, value: bytes) -> None:
+    """Reopened as a replica, the store at `path` is not discarded and still holds `value`."""
+    reopened = Storage(path, MAP_SIZE_BYTES, durable=False)
+    try:
+        assert reopened.discarded_because == ""
+        assert _get(reopened) == value
+    finally:
+        reopened.close()
+
+
 def test_replica_left_open_then_reopened_after_a_reboot_starts_empty(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -90,12 +100,7 @@ def test_replica_left_open_then_reopened_in_the_same_boot_keeps_its_data(
     crashed = Storage(path, MAP_SIZE_BYTES, durable=False)
     _put(crashed, b"v")
     crashed.env.close()  # a process crash: no clean close
-    reopened = Storage(path, MAP_SIZE_BYTES, durable=False)
-    try:
-        assert reopened.discarded_because == ""
-        assert _get(reopened) == b"v"
-    finally:
-        reopened.close()
+    _assert_kept(path, b"v")
 
 
 def test_replica_closed_cleanly_keeps_its_data_across_a_reboot(
@@ -108,12 +113,7 @@ def test_replica_closed_cleanly_keeps_its_data_across_a_reboot(
     first.close()
     assert read_sync_state(path) == SyncState("boot-1", open=False)
     monkeypatch.setenv(BOOT_ID_ENV, "boot-2")
-    reopened = Storage(path, MAP_SIZE_BYTES, durable=False)
-    try:
-        assert reopened.discarded_because == ""
-        assert _get(reopened) == b"v"
-    finally:
-        reopened.close()
+    _assert_kept(path, b"v")
 
 
 def test_replica_whose_data_file_is_not_lmdb_starts_empty(
