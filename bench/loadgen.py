@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import math
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -417,6 +418,9 @@ class PutManyLoad:
     distinct_batches: int = 20
     namespace: str = "bench"
     timeout_s: float = 30.0
+    # Keys: a batch's share a prefix (`bulk-BATCH-INDEX`, as a bulk load's usually do), or
+    # are random (uuid4 hex: no two of a batch are neighbours in the store).
+    random_keys: bool = False
 
 
 @dataclass
@@ -442,11 +446,15 @@ async def _put_many(spec: PutManyLoad) -> PutManyResult:
     from edge.v1 import kv_pb2
 
     value = b"p" * spec.value_bytes
+
+    def key(batch: int, index: int) -> str:
+        return uuid.uuid4().hex if spec.random_keys else f"bulk-{batch}-{index}"
+
     payloads = [
         kv_pb2.KvPutManyRequest(
             namespace=spec.namespace,
             entries=[
-                kv_pb2.KvPutEntry(key=f"bulk-{batch}-{index}", value=value)
+                kv_pb2.KvPutEntry(key=key(batch, index), value=value)
                 for index in range(spec.batch_entries)
             ],
         ).SerializeToString()

@@ -4,15 +4,23 @@ Keys may be 512 bytes but LMDB keys stop at 511, and a namespace must fit in fro
 them; so a key lives in two sub-databases:
 
   kv_index    (dupsort) ns_hash(8) + key[:500]  ->  0x00 + key[500:]   (ordering)
-  kv_records            ns_hash(8) + blake2b(key)(16) -> encoded record (content)
+  kv_records            record id (below)          ->  encoded record (content)
 
 Walking kv_index in order (key, then duplicate) yields full keys in byte-wise order:
 two keys that differ in their first 500 bytes compare by those; otherwise by the tail,
 where the 0x00 prefix makes the shorter (empty-tail) key sort first. Because every
 node uses the same layout, dumps of the origin and a replica compare byte for byte.
 
+A record id keeps the key's order: ns_hash + 0x00 + key for a key of at most 502 bytes,
+ns_hash + 0x01 + key[:486] + blake2b(key)(16) for a longer one (both at most 511). So
+neighbouring keys share pages: a batch of 500 keys with a common prefix dirties a few
+pages of kv_records instead of one page per key, which every commit copies and writes
+out (and the origin fsyncs). Layout 1 hashed every key (ns_hash + blake2b(key)); a
+store written by it is upgraded when it opens (`KvStore.upgrade`).
+
 `kv_expiry` (origin only) indexes records by expiration so the sweeper finds them
-without a scan. All functions here take a transaction: callers decide atomicity.
+without a scan: u64(expiration) + ns_hash + blake2b(key)(16) -> record id. All functions
+here take a transaction: callers decide atomicity.
 """
 
 from __future__ import annotations
@@ -35,6 +43,14 @@ KEY_HASH_BYTES = 16
 # 8 (namespace hash) + 500 = 508 <= 511, LMDB's key limit.
 KEY_HEAD_BYTES = 500
 _TAIL_MARK = b"\x00"
+# Record ids (see above): 8 + 1 + 502 = 8 + 1 + 486 + 16 = 511.
+SHORT_KEY_BYTES_MAX = 502
+LONG_KEY_HEAD_BYTES = 486
+_SHORT_MARK = b"\x00"
+_LONG_MARK = b"\x01"
+# meta: the layout a store was written in (absent: layout 1, from before it was recorded).
+LAYOUT_KEY = b"kv_layout"
+LAYOUT = 2
 # seq, expiration, key length, metadata length; then key, metadata, value.
 _RECORD_HEADER = struct.Struct(">QqHH")
 _U64 = struct.Struct(">Q")
@@ -46,7 +62,17 @@ def namespace_hash(namespace: str) -> bytes:
 
 
 def record_id(ns_hash: bytes, key: bytes) -> bytes:
-    return ns_hash + hashlib.blake2b(key, digest_size=KEY_HASH_BYTES).digest()
+    if len(key) <= SHORT_KEY_BYTES_MAX:
+        return ns_hash + _SHORT_MARK + key
+    return ns_hash + _LONG_MARK + key[:LONG_KEY_HEAD_BYTES] + key_hash(key)
+
+
+def key_hash(key: bytes) -> bytes:
+    return hashlib.blake2b(key, digest_size=KEY_HASH_BYTES).digest()
+
+
+def _expiry_key(expiration: int, ns_hash: bytes, key: bytes) -> bytes:
+    return encode_u64(expiration) + ns_hash + key_hash(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +171,46 @@ class KvStore:
         self.expiry = storage.db("kv_expiry") if track_expiry else None
         # ns_hash -> name is a pure function of the name, so this cache is never stale.
         self._namespace_names: dict[bytes, str] = {}
+        with storage.read() as txn:
+            layout = self.get_u64(txn, LAYOUT_KEY, default=1)
+        if layout != LAYOUT:
+            storage.write_sync(self.upgrade)
+
+    def upgrade(self, txn: Any) -> None:
+        """Rewrite a layout-1 store in this layout (record ids and kv_expiry), in one
+        transaction: a store opens whole in one layout or the other.
+
+        A layout-1 id (ns_hash + 16-byte hash) may equal a layout-2 id of another key, so
+        the records go through a scratch sub-database rather than being renamed in place.
+        A store that already records a later layout is refused: this code cannot read it.
+        """
+        layout = self.get_u64(txn, LAYOUT_KEY, default=1)
+        if layout > LAYOUT:
+            raise RuntimeError(
+                f"this KV store was written in layout {layout}; this edgepop reads up to "
+                f"layout {LAYOUT}: upgrade edgepop"
+            )
+        if layout < LAYOUT:
+            scratch = self.storage.db("kv_records_upgrade", txn=txn)
+            cursor = txn.cursor(db=self.index)
+            for index_key, tail in cursor.iternext(keys=True, values=True):
+                ns_hash = index_key[:NS_HASH_BYTES]
+                key = index_key[NS_HASH_BYTES:] + tail[1:]
+                raw = txn.get(ns_hash + key_hash(key), db=self.records)
+                if raw is None:
+                    raise AssertionError("kv_index entry without a record")
+                txn.put(record_id(ns_hash, key), raw, db=scratch)
+            txn.drop(self.records, delete=False)
+            if self.expiry is not None:
+                txn.drop(self.expiry, delete=False)
+            for rid, raw in txn.cursor(db=scratch).iternext(keys=True, values=True):
+                txn.put(rid, raw, db=self.records)
+                expiration = _RECORD_HEADER.unpack_from(raw)[1]
+                if self.expiry is not None and expiration:
+                    key = decode_record("", raw).key.encode()
+                    txn.put(_expiry_key(expiration, rid[:NS_HASH_BYTES], key), rid, db=self.expiry)
+            txn.drop(scratch, delete=True)
+        self.put_u64(txn, LAYOUT_KEY, LAYOUT)
 
     # -- meta ------------------------------------------------------------------------
 
@@ -189,9 +255,9 @@ class KvStore:
             if old is not None:
                 old_expiration = _RECORD_HEADER.unpack_from(old)[1]
                 if old_expiration:
-                    txn.delete(encode_u64(old_expiration) + rid, db=self.expiry)
+                    txn.delete(_expiry_key(old_expiration, ns_hash, key), db=self.expiry)
             if expiration:
-                txn.put(encode_u64(expiration) + rid, b"\x01", db=self.expiry)
+                txn.put(_expiry_key(expiration, ns_hash, key), rid, db=self.expiry)
         txn.put(ns_hash + key[:KEY_HEAD_BYTES], _TAIL_MARK + key[KEY_HEAD_BYTES:], db=self.index)
         txn.put(rid, _encode_fields(seq, expiration, key, metadata_json, value), db=self.records)
 
@@ -206,7 +272,7 @@ class KvStore:
         if self.expiry is not None:
             old_expiration = _RECORD_HEADER.unpack_from(old)[1]
             if old_expiration:
-                txn.delete(encode_u64(old_expiration) + rid, db=self.expiry)
+                txn.delete(_expiry_key(old_expiration, ns_hash, key), db=self.expiry)
         txn.delete(ns_hash + key[:KEY_HEAD_BYTES], _TAIL_MARK + key[KEY_HEAD_BYTES:], db=self.index)
         txn.delete(rid, db=self.records)
         return True
@@ -352,11 +418,10 @@ class KvStore:
         cursor = txn.cursor(db=self.expiry)
         if not cursor.first():
             return found
-        for expiry_key in cursor.iternext(keys=True, values=False):
+        for expiry_key, rid in cursor.iternext(keys=True, values=True):
             expiration = decode_u64(expiry_key[:8])
             if expiration > now or len(found) == limit:
                 break
-            rid = expiry_key[8:]
             raw = txn.get(rid, db=self.records)
             if raw is None:
                 raise AssertionError("kv_expiry entry without a record")

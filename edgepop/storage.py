@@ -185,8 +185,10 @@ class Storage:
             readahead=False,
         )
 
-    def db(self, name: str, *, dupsort: bool = False) -> Any:
-        return self.env.open_db(name.encode(), dupsort=dupsort, create=True)
+    def db(self, name: str, *, dupsort: bool = False, txn: Any = None) -> Any:
+        """A named sub-database, created if missing (inside `txn` when one is open on this
+        thread: LMDB would otherwise wait for the writer lock it holds)."""
+        return self.env.open_db(name.encode(), txn=txn, dupsort=dupsort, create=True)
 
     def read(self) -> Any:
         """A read transaction for use in a `with` block (inline, on the caller's thread)."""

@@ -17,10 +17,17 @@ from hypothesis import strategies as st
 from edge.v1 import kv_pb2
 from edgepop.kvstore import (
     KEY_HEAD_BYTES,
+    LAYOUT,
+    LAYOUT_KEY,
+    SHORT_KEY_BYTES_MAX,
     KvStore,
     Record,
     decode_record,
     encode_record,
+    encode_u64,
+    key_hash,
+    namespace_hash,
+    record_id,
 )
 from edgepop.storage import Storage
 
@@ -540,6 +547,105 @@ def test_apply_all_matches_applying_one_entry_at_a_time(tmp_path: Path) -> None:
     ]
     for store in (together, one_by_one):
         store.storage.close()
+
+
+# -- record ids and the layout ----------------------------------------------------------------
+
+
+def test_keys_either_side_of_the_short_id_bound_round_trip(origin_store: KvStore) -> None:
+    edge = "k" * SHORT_KEY_BYTES_MAX
+    keys = [edge, edge + "k", "k" * 512, "k" * 486 + "x" * 26]
+    _put(origin_store, *(_rec(key, key[-3:].encode() + bytes([len(key) % 256])) for key in keys))
+    for key in keys:
+        found = _get(origin_store, key)
+        assert found is not None and found.value == key[-3:].encode() + bytes([len(key) % 256])
+    assert _page(origin_store) == (_bytes_order(keys), False)
+    origin_store.storage.write_sync(lambda txn: origin_store.delete(txn, "app", edge + "k"))
+    assert _get(origin_store, edge + "k") is None
+    assert _get(origin_store, "k" * 512) is not None
+
+
+def test_record_ids_fit_lmdb_keep_short_keys_in_order_and_tell_long_keys_apart() -> None:
+    ns_hash = namespace_hash("app")
+    short = [b"a", b"a\x00", b"ab", b"b", b"k" * SHORT_KEY_BYTES_MAX]
+    ids = [record_id(ns_hash, key) for key in short]
+    assert ids == sorted(ids)  # neighbouring keys, neighbouring records
+    long_keys = [b"k" * 503, b"k" * 512, b"k" * 511 + b"j"]
+    all_ids = ids + [record_id(ns_hash, key) for key in long_keys]
+    assert len(set(all_ids)) == len(all_ids)
+    assert max(len(rid) for rid in all_ids) <= 511  # LMDB's key limit
+
+
+def _write_layout_1(storage: Storage, records: list[Record]) -> None:
+    """What a store written before record ids kept key order holds (layout 1): records
+    under ns_hash + blake2b(key), expiry keys on that id, no layout in meta."""
+    index = storage.db("kv_index", dupsort=True)
+    stored = storage.db("kv_records")
+    namespaces = storage.db("kv_namespaces")
+    expiry = storage.db("kv_expiry")
+
+    def work(txn: object) -> None:
+        for record in records:
+            key = record.key.encode()
+            ns_hash = namespace_hash(record.namespace)
+            old_id = ns_hash + key_hash(key)
+            txn.put(ns_hash, record.namespace.encode(), db=namespaces)  # type: ignore[attr-defined]
+            txn.put(  # type: ignore[attr-defined]
+                ns_hash + key[:KEY_HEAD_BYTES], b"\x00" + key[KEY_HEAD_BYTES:], db=index
+            )
+            txn.put(old_id, encode_record(record), db=stored)  # type: ignore[attr-defined]
+            if record.expiration:
+                txn.put(encode_u64(record.expiration) + old_id, b"\x01", db=expiry)  # type: ignore[attr-defined]
+
+    storage.write_sync(work)
+
+
+def test_a_layout_1_store_is_upgraded_when_it_opens_and_keeps_every_record(
+    tmp_path: Path,
+) -> None:
+    records = [
+        _rec("a"),
+        _rec("b", b"due", exp=PAST),
+        _rec("later", exp=FUTURE, seq=7),
+        _rec(HEAD + "x", b"long", ns="other", exp=PAST),
+        _rec(HEAD + "y", b"long too", ns="other"),
+        _rec("k" * 512, b"longest"),
+    ]
+    storage = Storage(tmp_path / "lmdb")
+    _write_layout_1(storage, records)
+    storage.close()
+
+    for _ in range(2):  # the second open finds the layout recorded and changes nothing
+        storage = Storage(tmp_path / "lmdb")
+        store = KvStore(storage, track_expiry=True)
+        with storage.read() as txn:
+            assert store.get_u64(txn, LAYOUT_KEY) == LAYOUT
+            assert sorted(store.iter_records(txn), key=lambda r: (r.namespace, r.key)) == sorted(
+                records, key=lambda r: (r.namespace, r.key)
+            )
+            assert store.expired_keys(txn, NOW, 10) == [("app", "b"), ("other", HEAD + "x")]
+            assert store.expired_keys(txn, FUTURE, 10)[-1] == ("app", "later")
+            assert txn.stat(store.records)["entries"] == len(records)
+        assert _page(store, ns="other", now=PAST - 1) == ([HEAD + "x", HEAD + "y"], False)
+        storage.close()
+    # And it is written in the new layout: an overwrite and a delete leave no stale id.
+    storage = Storage(tmp_path / "lmdb")
+    store = KvStore(storage, track_expiry=True)
+    _put(store, _rec("b", b"renewed"))
+    storage.write_sync(lambda txn: store.delete(txn, "app", "k" * 512))
+    with storage.read() as txn:
+        assert txn.stat(store.records)["entries"] == len(records) - 1
+        assert store.expired_keys(txn, NOW, 10) == [("other", HEAD + "x")]
+    storage.close()
+
+
+def test_a_store_of_a_later_layout_is_refused(tmp_path: Path) -> None:
+    storage = Storage(tmp_path / "lmdb")
+    meta = storage.db("meta")
+    storage.write_sync(lambda txn: txn.put(LAYOUT_KEY, encode_u64(LAYOUT + 1), db=meta))
+    with pytest.raises(RuntimeError, match=f"layout {LAYOUT + 1}"):
+        KvStore(storage, track_expiry=True)
+    storage.close()
 
 
 def test_write_inline_refuses_a_durable_store(origin_store: KvStore) -> None:
