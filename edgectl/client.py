@@ -29,7 +29,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -63,6 +62,7 @@ from edgepop import metrics
 from edgepop.auth import TOKEN_FILE_NAME
 from edgepop.host_cpu import CpuTimes, ProcessCpu
 from edgepop.netem import sent_at_metadata
+from edgepop.requestid import new_request_id
 from edgepop.rpc import CHANNEL_OPTIONS, client_metadata
 from edgepop.tls import TlsConfig
 
@@ -516,14 +516,14 @@ class EdgeClient:
     def kv_put(self, target: Target, request: kv_pb2.KvPutRequest) -> Timed[kv_pb2.KvPutResponse]:
         if not request.request_id:
             # Idempotency key: a retried write (by gRPC or a later retry policy) commits once.
-            request.request_id = uuid.uuid4().hex
+            request.request_id = new_request_id()
         return self._timed(target, lambda stub: stub.KvPut, request)
 
     def kv_delete(
         self, target: Target, request: kv_pb2.KvDeleteRequest
     ) -> Timed[kv_pb2.KvDeleteResponse]:
         if not request.request_id:
-            request.request_id = uuid.uuid4().hex
+            request.request_id = new_request_id()
         return self._timed(target, lambda stub: stub.KvDelete, request)
 
     def kv_list(
@@ -538,7 +538,7 @@ class EdgeClient:
     ) -> Timed[sql_pb2.SqlQueryResponse]:
         if not request.request_id:
             # A retried write applies once (the origin's log remembers the id).
-            request.request_id = uuid.uuid4().hex
+            request.request_id = new_request_id()
         return self._timed(target, lambda stub: stub.SqlQuery, request)
 
     def sql_create(self, target: Target, name: str) -> Timed[sql_pb2.SqlCreateResponse]:
@@ -555,7 +555,7 @@ class EdgeClient:
     ) -> Timed[objects_pb2.ObjectCallResponse]:
         if not request.request_id:
             # The object records it with the call's writes: a retried call runs once.
-            request.request_id = uuid.uuid4().hex
+            request.request_id = new_request_id()
         return self._timed_method(target, self._pop_stub(target).ObjectCall, request)
 
     def object_id(

@@ -8,13 +8,13 @@ read-your-writes).
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from edge.v1 import kv_pb2
 from edgepop import kvapi, limits
 from edgepop.kvstore import KvStore, Record
+from edgepop.requestid import new_request_id
 from edgepop.storage import Storage
 from pop_node.deadline import answer_budget_s
 from pop_node.identity import PopIdentity
@@ -283,7 +283,7 @@ class KvFrontend:
         expiration = kvapi.validate_put(request, now)
         forwarded = kv_pb2.KvPutRequest()
         forwarded.CopyFrom(request)
-        forwarded.request_id = request.request_id or uuid.uuid4().hex
+        forwarded.request_id = request.request_id or new_request_id()
         response: kv_pb2.KvPutResponse = await self._upstream(
             time_remaining,
             lambda timeout: self.pop.origin.KvPut(
@@ -306,7 +306,7 @@ class KvFrontend:
         expirations = kvapi.validate_put_many(request, time.time())
         forwarded = kv_pb2.KvPutManyRequest()
         forwarded.CopyFrom(request)
-        forwarded.request_id = request.request_id or uuid.uuid4().hex
+        forwarded.request_id = request.request_id or new_request_id()
         response: kv_pb2.KvPutManyResponse = await self._upstream(
             time_remaining,
             lambda timeout: self.pop.origin.KvPutMany(
@@ -333,7 +333,7 @@ class KvFrontend:
         kvapi.validate_delete(request)
         forwarded = kv_pb2.KvDeleteRequest()
         forwarded.CopyFrom(request)
-        forwarded.request_id = request.request_id or uuid.uuid4().hex
+        forwarded.request_id = request.request_id or new_request_id()
         response: kv_pb2.KvDeleteResponse = await self._upstream(
             time_remaining,
             lambda timeout: self.pop.origin.KvDelete(

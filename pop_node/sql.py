@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import shutil
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, Protocol
 from edge.v1 import kv_pb2, origin_pb2, sql_pb2
 from edgepop import sqldb
 from edgepop.metrics import NodeChildren
+from edgepop.requestid import new_request_id
 from pop_node.deadline import answer_budget_s
 from pop_node.identity import PopIdentity
 from pop_node.upstream import OriginLink, bookmark_wait_s, call_origin
@@ -209,7 +209,7 @@ class SqlReplicas:
         forwarded = sql_pb2.SqlQueryRequest()
         forwarded.CopyFrom(request)
         if not forwarded.request_id:
-            forwarded.request_id = uuid.uuid4().hex  # a retried write applies once
+            forwarded.request_id = new_request_id()  # a retried write applies once
         response: sql_pb2.SqlQueryResponse = await call_origin(
             lambda timeout: self.pop.origin.SqlQuery(
                 forwarded, timeout=timeout, metadata=self.pop.node_metadata
