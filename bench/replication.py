@@ -639,26 +639,14 @@ async def run_putmany(context: Context) -> BenchResult:
     )
     await context.ui.step("waiting for every PoP", wait_caught_up(cluster, warm.last_seq))
 
-    samples: list[tuple[float, str, int, float]] = []  # (wall time, PoP, applied, lag)
-    writing = asyncio.ensure_future(context.in_loadgen(put_many, spec))
-    sampler = asyncio.ensure_future(sample_status(cluster, samples, writing))
-    result: PutManyResult = await context.ui.timed(
-        f"KvPutMany x{spec.batch_entries}, {spec.concurrency} in flight", duration, writing
+    result, samples = await _put_many_sampled(
+        context, cluster, spec, f"KvPutMany x{spec.batch_entries}, {spec.concurrency} in flight"
     )
-    if result.batches == 0:
-        sampler.cancel()
-        raise RuntimeError(f"no KvPutMany was acknowledged: {result.first_error}")
-    await context.ui.step("waiting for every PoP to catch up", sampler)
-
     # The same load with random keys: what the store's key order does for the rows above.
     random_spec = replace(spec, duration_s=context.pick(5.0, 1.5), random_keys=True)
-    random_samples: list[tuple[float, str, int, float]] = []
-    writing = asyncio.ensure_future(context.in_loadgen(put_many, random_spec))
-    sampler = asyncio.ensure_future(sample_status(cluster, random_samples, writing))
-    random_result: PutManyResult = await context.ui.timed(
-        f"KvPutMany x{spec.batch_entries}, random keys", random_spec.duration_s, writing
+    random_result, random_samples = await _put_many_sampled(
+        context, cluster, random_spec, f"KvPutMany x{spec.batch_entries}, random keys"
     )
-    await context.ui.step("waiting for every PoP to catch up", sampler)
     return _putmany_result(
         context,
         cluster,
@@ -668,6 +656,23 @@ async def run_putmany(context: Context) -> BenchResult:
         samples,
         (result.last_seq, random_result, random_samples),
     )
+
+
+async def _put_many_sampled(
+    context: Context, cluster: Cluster, spec: PutManyLoad, label: str
+) -> tuple[PutManyResult, list[tuple[float, str, int, float]]]:
+    """Run `spec` from the load generator while every PoP's status is sampled, until every
+    PoP holds the last write: the writer's result and the samples (wall time, PoP,
+    applied seq, lag)."""
+    samples: list[tuple[float, str, int, float]] = []
+    writing = asyncio.ensure_future(context.in_loadgen(put_many, spec))
+    sampler = asyncio.ensure_future(sample_status(cluster, samples, writing))
+    result: PutManyResult = await context.ui.timed(label, spec.duration_s, writing)
+    if result.batches == 0:
+        sampler.cancel()
+        raise RuntimeError(f"no KvPutMany was acknowledged: {result.first_error}")
+    await context.ui.step("waiting for every PoP to catch up", sampler)
+    return result, samples
 
 
 def _delivery(
@@ -868,7 +873,7 @@ def _putmany_result(
             "from the first write until the last PoP caught up. The keys of a batch share a "
             "prefix (`bulk-BATCH-INDEX`), as a bulk load's usually do; the store keeps records "
             "in key order, so a batch dirties few pages. Then the same load for "
-            f"{context.pick(5.0, 1.5):g} s with random keys (uuid4 hex), whose slowest PoP "
+            f"{random_result.elapsed_s:.0f} s with random keys (uuid4 hex), whose slowest PoP "
             "is the last row (info: every key of a batch lands on its own page)."
         ),
         notes=notes,
