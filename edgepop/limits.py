@@ -33,12 +33,21 @@ MESSAGE_BYTES_MAX = 64 * 1024 * 1024
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
+# Namespaces already found valid (a deployment has a handful; every read checks one).
+_VALID_NAMESPACES: set[str] = set()
+_VALID_NAMESPACES_MAX = 4096
+
+
 def check_namespace(namespace: str) -> None:
+    if namespace in _VALID_NAMESPACES:
+        return
     size = len(namespace.encode("utf-8"))
     if size == 0 or size > NAMESPACE_BYTES_MAX or not _NAMESPACE_RE.fullmatch(namespace):
         raise InvalidArgumentError(
             f"namespace must be 1-{NAMESPACE_BYTES_MAX} bytes of [A-Za-z0-9_.-] (got {size} bytes)"
         )
+    if len(_VALID_NAMESPACES) < _VALID_NAMESPACES_MAX:
+        _VALID_NAMESPACES.add(namespace)
 
 
 def check_key(key: str) -> bytes:

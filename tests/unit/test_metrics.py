@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from edgepop.metrics import (
+    LATENCY_BUCKETS_S,
     PROPAGATION_BUCKETS_S,
     ROLE_METRICS,
     NodeChildren,
@@ -59,6 +60,31 @@ def test_observe_ages_matches_observe(now: float, times: list[float]) -> None:
     expected, got = _samples(one_by_one), _samples(grouped)
     for name, value in expected.items():
         assert abs(got[name] - value) <= 1e-6 * max(1.0, abs(value)), name
+
+
+@given(st.lists(st.one_of(AMOUNTS, st.sampled_from(LATENCY_BUCKETS_S)), min_size=1, max_size=30))
+def test_a_request_child_observes_as_prometheus_does(durations: list[float]) -> None:
+    """The request children add to their bucket and sum directly (one bisect for them and
+    the totals): the same samples as prometheus_client's own observe()."""
+    metrics = NodeMetrics("tokyo-1", "tokyo")
+    plain = Histogram("h_seconds", "test", buckets=LATENCY_BUCKETS_S, registry=CollectorRegistry())
+    for seconds in durations:
+        metrics.request("Pop", "KvGet", "OK").observe(seconds)
+        plain.observe(seconds)
+    got = {
+        (sample.name.replace("edge_request_duration_seconds", "h_seconds"), sample.labels["le"])
+        if sample.name.endswith("_bucket")
+        else (sample.name.replace("edge_request_duration_seconds", "h_seconds"), ""): sample.value
+        for family in metrics.registry.collect()
+        if family.name == "edge_request_duration_seconds"
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
+    expected = _samples(plain)
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        assert abs(got[name] - value) <= 1e-9 * max(1.0, abs(value)), name
+    assert metrics.request_totals.count == len(durations)
 
 
 def test_request_totals_match_the_labelled_histogram_but_leave_the_monitors_out() -> None:
