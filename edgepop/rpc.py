@@ -269,12 +269,14 @@ def _code_of(error: BaseException) -> str:
 
 
 def rpc(
-    *, internal: bool = False, bidi: bool = False
+    *, internal: bool = False, bidi: bool = False, with_caller: bool = False
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Wrap a servicer method (unary coroutine, or streaming async generator).
 
     With `bidi`, the request is a stream too: each client message crosses the inbound
-    leg with its own delay, as each server message crosses the outbound one.
+    leg with its own delay, as each server message crosses the outbound one. With
+    `with_caller` (unary), the method gets the caller the decorator read from the
+    metadata as a fourth argument (None without one), instead of reading it again.
     """
 
     def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -312,7 +314,7 @@ def rpc(
 
             return stream
 
-        unary_method: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]] = method
+        unary_method: Callable[..., Awaitable[Any]] = method
 
         @functools.wraps(method)
         async def unary(self: HasRpcEnv, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -329,6 +331,8 @@ def rpc(
                 if caller is None:
                     if internal:
                         _check_token(env, metadata)
+                    if with_caller:
+                        return await unary_method(self, request, context, None)
                     return await unary_method(self, request, context)
                 inbound, outbound = env.netem.legs(caller)
                 await env.netem.cross(
@@ -337,6 +341,8 @@ def rpc(
                 if internal:
                     _check_token(env, metadata)
                 try:
+                    if with_caller:
+                        return await unary_method(self, request, context, caller)
                     return await unary_method(self, request, context)
                 finally:
                     await env.netem.cross(

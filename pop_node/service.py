@@ -10,7 +10,7 @@ import grpc
 from edge.v1 import kv_pb2, objects_pb2, pop_pb2, sql_pb2
 from edge.v1 import pop_pb2_grpc as pb_grpc
 from edgepop import kvapi, objectid
-from edgepop.netem import caller_from_metadata
+from edgepop.netem import Caller, caller_from_metadata
 from edgepop.rpc import RpcEnv, rpc
 from pop_node import replica
 from pop_node.objects.sessions import serve_session
@@ -105,11 +105,13 @@ class PopService(pb_grpc.PopServicer):
 
     # -- Durable Objects -------------------------------------------------------------------
 
-    @rpc()
+    @rpc(with_caller=True)
     async def ObjectCall(
-        self, request: objects_pb2.ObjectCallRequest, context: grpc.aio.ServicerContext
+        self,
+        request: objects_pb2.ObjectCallRequest,
+        context: grpc.aio.ServicerContext,
+        caller: Caller | None,
     ) -> objects_pb2.ObjectCallResponse:
-        caller = caller_from_metadata(context.invocation_metadata())
         return await self.node.router.call(
             request,
             caller_region=caller.region if caller is not None else "",
