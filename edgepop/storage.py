@@ -21,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -170,6 +172,14 @@ class Storage:
         self._closed = False
         # LMDB's id of the newest transaction that `flush` has synced (0: none yet).
         self._flushed_txnid = 0
+        # `read_latest`'s transaction, the thread it belongs to, and the mark of the last
+        # commit before it began. Every commit this object makes or runs sets a new mark,
+        # drawn from a counter whose next() the GIL keeps whole on any thread.
+        self._latest: Any = None
+        self._latest_thread = 0
+        self._latest_mark = -1
+        self._marks = itertools.count()
+        self._commit_mark = next(self._marks)
 
     def _open_env(self) -> Any:
         # The planted bug `no-fsync` (test-only, edgepop.buggify) commits a durable store
@@ -194,15 +204,51 @@ class Storage:
         """A read transaction for use in a `with` block (inline, on the caller's thread)."""
         return self.env.begin(buffers=False)
 
+    def read_latest(self) -> Any:
+        """A read transaction of the newest commit, kept from one call to the next (not
+        in a `with` block: it stays open).
+
+        For the hot local reads of one thread (a PoP's event loop), used between two
+        awaits, never across one: beginning and ending a transaction per read costs as
+        much as the read (each a call that releases the GIL). It is begun again after any
+        commit this object made or ran (`_committed`), and ended at once by a commit on
+        its own thread, so that a replica applying batches inline never keeps old pages
+        from reuse. Bound: a commit that another thread makes is seen once `_committed`
+        marks it (for `write` and `run_on_writer`, before their await returns) — as a
+        transaction begun an instant before that commit would not see it either.
+        """
+        thread = threading.get_ident()
+        txn = self._latest
+        if txn is not None and self._latest_thread == thread:
+            if self._latest_mark == self._commit_mark:
+                return txn
+            txn.abort()
+        # The mark is read before the transaction begins: a commit in between makes the
+        # transaction look older than it is (begun again next time), never newer.
+        mark = self._commit_mark
+        self._latest = txn = self.env.begin(buffers=False)
+        self._latest_thread = thread
+        self._latest_mark = mark
+        return txn
+
+    def _committed(self) -> None:
+        """Mark a commit; a kept read transaction of this thread ends now."""
+        self._commit_mark = next(self._marks)
+        if self._latest is not None and self._latest_thread == threading.get_ident():
+            self._latest.abort()
+            self._latest = None
+
     def write_sync(self, work: Callable[[Any], T]) -> T:
         """Run `work(txn)` in one write transaction and commit it (blocking)."""
         try:
             with self.env.begin(write=True) as txn:
-                return work(txn)
+                result = work(txn)
         except lmdb.MapFullError as error:
             raise StorageFullError(
                 "storage is full (LMDB map size reached): writes are refused, reads still work"
             ) from error
+        self._committed()
+        return result
 
     def write_inline(self, work: Callable[[Any], T]) -> T:
         """Run `work(txn)` in one write transaction on the calling thread (the event loop).
@@ -238,7 +284,10 @@ class Storage:
     async def run_on_writer(self, work: Callable[[], T]) -> T:
         """Run `work()` on the writer thread (for multi-step transactions it manages)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, work)
+        try:
+            return await loop.run_in_executor(self._writer, work)
+        finally:
+            self._committed()  # `work` may have committed (a snapshot install does)
 
     async def flush(self) -> bool:
         """Force committed data to disk (for stores opened with durable=False); False when
@@ -261,6 +310,9 @@ class Storage:
             return
         self._closed = True
         self._writer.shutdown(wait=True)
+        if self._latest is not None:
+            self._latest.abort()
+            self._latest = None
         self.env.sync(True)
         self.env.close()
         if not self.durable:

@@ -195,14 +195,14 @@ class KvFrontend:
         """(value, metadata_json, expiration, seq) of a live key in the replica, this PoP's
         own pending writes included; None when not found."""
         now = time.time()
-        with self.pop.storage.read() as txn:
-            if self.overlay:  # own writes pending: the general path
-                record = self._local_get(txn, namespace, key, encoded, now)
-                if record is None:
-                    return None
-                return record.value, record.metadata_json, record.expiration, record.seq
-            # The hot path: one lookup, no Record built.
-            return self.store.get_fields(txn, namespace, encoded, now)
+        txn = self.pop.storage.read_latest()
+        if self.overlay:  # own writes pending: the general path
+            record = self._local_get(txn, namespace, key, encoded, now)
+            if record is None:
+                return None
+            return record.value, record.metadata_json, record.expiration, record.seq
+        # The hot path: one lookup, no Record built, no transaction begun.
+        return self.store.get_fields(txn, namespace, encoded, now)
 
     async def get_many(
         self, request: kv_pb2.KvGetManyRequest, time_remaining: float | None
