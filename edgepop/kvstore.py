@@ -57,7 +57,6 @@ _U64 = struct.Struct(">Q")
 
 
 @functools.lru_cache(maxsize=4096)
-@functools.lru_cache(maxsize=4096)
 def namespace_hash(namespace: str) -> bytes:
     return hashlib.blake2b(namespace.encode(), digest_size=NS_HASH_BYTES).digest()
 

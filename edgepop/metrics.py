@@ -76,12 +76,11 @@ class _TotalledChild:
     `observe_repeated` does (tests/unit/test_metrics.py holds both to `observe()`).
     """
 
-    __slots__ = ("_buckets", "_child", "_counts", "_sum", "_totals", "_upper_bounds")
+    __slots__ = ("_buckets", "_counts", "_sum", "_totals", "_upper_bounds")
 
     def __init__(self, child: Any, totals: RequestTotals) -> None:
         if tuple(child._upper_bounds) != (*totals.bounds, float("inf")):
             raise ValueError("a totalled child must have the totals' bucket bounds")
-        self._child = child
         self._totals = totals
         self._upper_bounds = child._upper_bounds
         self._buckets = child._buckets
