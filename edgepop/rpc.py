@@ -328,12 +328,11 @@ def rpc(
                     raise InvalidArgumentError(request.message)
                 metadata = context.invocation_metadata() or ()
                 caller = caller_from_metadata(metadata)
+                extra = (caller,) if with_caller else ()
                 if caller is None:
                     if internal:
                         _check_token(env, metadata)
-                    if with_caller:
-                        return await unary_method(self, request, context, None)
-                    return await unary_method(self, request, context)
+                    return await unary_method(self, request, context, *extra)
                 inbound, outbound = env.netem.legs(caller)
                 await env.netem.cross(
                     inbound, arrived_at - caller.transit_s, context.time_remaining()
@@ -341,9 +340,7 @@ def rpc(
                 if internal:
                     _check_token(env, metadata)
                 try:
-                    if with_caller:
-                        return await unary_method(self, request, context, caller)
-                    return await unary_method(self, request, context)
+                    return await unary_method(self, request, context, *extra)
                 finally:
                     await env.netem.cross(
                         outbound,
