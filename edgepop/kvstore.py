@@ -67,6 +67,11 @@ def record_id(ns_hash: bytes, key: bytes) -> bytes:
     return ns_hash + _LONG_MARK + key[:LONG_KEY_HEAD_BYTES] + key_hash(key)
 
 
+def _index_item(ns_hash: bytes, key: bytes) -> tuple[bytes, bytes]:
+    """A key's entry in `kv_index` (dupsort): its head, and a marked tail for the rest."""
+    return ns_hash + key[:KEY_HEAD_BYTES], _TAIL_MARK + key[KEY_HEAD_BYTES:]
+
+
 def key_hash(key: bytes) -> bytes:
     return hashlib.blake2b(key, digest_size=KEY_HASH_BYTES).digest()
 
@@ -258,7 +263,8 @@ class KvStore:
                     txn.delete(_expiry_key(old_expiration, ns_hash, key), db=self.expiry)
             if expiration:
                 txn.put(_expiry_key(expiration, ns_hash, key), rid, db=self.expiry)
-        txn.put(ns_hash + key[:KEY_HEAD_BYTES], _TAIL_MARK + key[KEY_HEAD_BYTES:], db=self.index)
+        index_key, index_tail = _index_item(ns_hash, key)
+        txn.put(index_key, index_tail, db=self.index)
         txn.put(rid, _encode_fields(seq, expiration, key, metadata_json, value), db=self.records)
 
     def delete(self, txn: Any, namespace: str, key_text: str) -> bool:
@@ -273,7 +279,7 @@ class KvStore:
             old_expiration = _RECORD_HEADER.unpack_from(old)[1]
             if old_expiration:
                 txn.delete(_expiry_key(old_expiration, ns_hash, key), db=self.expiry)
-        txn.delete(ns_hash + key[:KEY_HEAD_BYTES], _TAIL_MARK + key[KEY_HEAD_BYTES:], db=self.index)
+        txn.delete(*_index_item(ns_hash, key), db=self.index)
         txn.delete(rid, db=self.records)
         return True
 
@@ -290,11 +296,16 @@ class KvStore:
     ) -> None:
         """`apply` for each entry in order; a namespace is recorded once per transaction.
 
-        The replicas' hot path (every entry of every batch, on every PoP): fields go from
-        the entry to the encoded record without an intermediate Record.
+        Fields go from the entry to the encoded record without an intermediate Record.
+        With expiry tracked (the origin) entry by entry, as a put reads the record it
+        replaces; without (the replicas' hot path: every entry of every batch, on every
+        PoP), a run of puts at once.
         """
         if recorded is None:
             recorded = set()
+        if self.expiry is None:
+            self._apply_untracked(txn, entries, recorded)
+            return
         for entry in entries:
             namespace = entry.namespace
             if entry.op == kv_pb2.LOG_OP_PUT:
@@ -315,6 +326,50 @@ class KvStore:
                 continue  # SQL databases apply their own entries (edgepop.sqldb)
             else:
                 raise ValueError(f"log entry {entry.seq} has no op")
+
+    def _apply_untracked(
+        self, txn: Any, entries: Iterable[kv_pb2.LogEntry], recorded: set[str]
+    ) -> None:
+        """`apply_all` for a store without expiry (a replica): the puts of a run go to LMDB
+        in one `putmulti` per sub-database instead of two `put` calls per entry. Each call
+        into py-lmdb parses its arguments and lets go of the GIL, which under load hands
+        the loop thread to gRPC's poller; a run ends at a delete, which reads the record."""
+        index_items: list[tuple[bytes, bytes]] = []
+        record_items: list[tuple[bytes, bytes]] = []
+
+        def flush() -> None:
+            if record_items:
+                txn.cursor(db=self.index).putmulti(index_items)
+                txn.cursor(db=self.records).putmulti(record_items)
+                index_items.clear()
+                record_items.clear()
+
+        for entry in entries:
+            op = entry.op
+            if op == kv_pb2.LOG_OP_PUT:
+                namespace = entry.namespace
+                key = entry.key.encode()
+                ns_hash = namespace_hash(namespace)
+                if namespace not in recorded:
+                    txn.put(ns_hash, namespace.encode(), db=self.namespaces, overwrite=False)
+                    recorded.add(namespace)
+                index_items.append(_index_item(ns_hash, key))
+                record_items.append(
+                    (
+                        record_id(ns_hash, key),
+                        _encode_fields(
+                            entry.seq, entry.expiration, key, entry.metadata_json, entry.value
+                        ),
+                    )
+                )
+            elif op == kv_pb2.LOG_OP_DELETE:
+                flush()
+                self.delete(txn, entry.namespace, entry.key)
+            elif op == kv_pb2.LOG_OP_SQL:
+                continue  # SQL databases apply their own entries (edgepop.sqldb)
+            else:
+                raise ValueError(f"log entry {entry.seq} has no op")
+        flush()
 
     def clear(self, txn: Any) -> None:
         """Empty every KV sub-database (before installing a snapshot)."""
