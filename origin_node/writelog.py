@@ -30,7 +30,9 @@ LOG_RETAIN_ENTRIES_DEFAULT = 100_000
 TRUNCATE_ENTRIES_PER_COMMIT_MAX = 10_000
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, 1.7-3 us per
+# Change against 0.3-0.6 us, paid for every entry of a KvPutMany. Nothing changes one.
+@dataclass(slots=True)
 class Change:
     op: kv_pb2.LogOp.ValueType
     key: str
@@ -82,6 +84,8 @@ class WriteLog:
         """Apply a batch inside `txn`; returns the new (head_seq, log_first_seq)."""
         head, first = self.positions(txn)
         recorded: set[str] = set()  # namespaces recorded in this transaction
+        # The batch's log entries, put at once at the end (nothing here reads the log back).
+        logged: list[tuple[bytes, bytes]] = []
         for request in batch:
             oversized = _oversized_request_id(request)
             if oversized is not None:
@@ -119,11 +123,13 @@ class WriteLog:
                     expiration=change.expiration,
                 )
                 self.store.apply(txn, entry, recorded)
-                txn.put(encode_u64(head), entry.SerializeToString(), db=self.log_db)
+                logged.append((encode_u64(head), entry.SerializeToString()))
                 request.entries.append(entry)
             request.seq = head if request.entries else 0
             if request.request_id and request.entries:
                 self._remember(txn, request.request_id, head)
+        if logged:
+            txn.cursor(db=self.log_db).putmulti(logged)
         first = self._truncate(txn, head, first)
         self.store.put_u64(txn, HEAD_SEQ_KEY, head)
         self.store.put_u64(txn, LOG_FIRST_SEQ_KEY, first)
@@ -197,11 +203,22 @@ class WriteLog:
         """Drop the oldest entries beyond the retention bound (and their request ids)."""
         keep_from = max(first, head - self.retain_entries + 1)
         stop = min(keep_from, first + TRUNCATE_ENTRIES_PER_COMMIT_MAX)
-        for seq in range(first, stop):
-            txn.delete(encode_u64(seq), db=self.log_db)
-            request_id = txn.pop(encode_u64(seq), db=self.requests_by_seq_db)
-            if request_id is not None:
-                txn.delete(request_id, db=self.requests_db)
+        if stop <= first:
+            return first
+        # By cursor, in key order (big-endian seqs): one step per dropped entry, and only
+        # the seqs that carry a request id (few: a KvPutMany's hundreds share one) cost
+        # a lookup in the request tables.
+        first_key, stop_key = encode_u64(first), encode_u64(stop)
+        entries = txn.cursor(db=self.log_db)
+        if entries.set_range(first_key):
+            # `delete` steps to the next entry; past the last one the key reads b"".
+            while first_key <= entries.key() < stop_key:
+                entries.delete()
+        request_ids = txn.cursor(db=self.requests_by_seq_db)
+        if request_ids.set_range(first_key):
+            while first_key <= request_ids.key() < stop_key:
+                txn.delete(request_ids.value(), db=self.requests_db)
+                request_ids.delete()
         return stop
 
     def read(

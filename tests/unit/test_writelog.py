@@ -209,6 +209,21 @@ def test_request_id_is_forgotten_once_its_entry_is_truncated(origin_store: KvSto
     assert retry_old.seq == 4
 
 
+def test_truncation_drops_the_last_remembered_request_id(origin_store: KvStore) -> None:
+    # The dropped entry carries the newest request id there is: the truncating cursor
+    # steps past the end of the request table, and must stop there.
+    log = WriteLog(origin_store, retain_entries=1)
+    _commit(log, WriteRequest("app", [_put("a")], request_id="first"))
+    _commit(log, WriteRequest("app", [_put("b")]))
+    assert _positions(log) == (2, 2)
+    with origin_store.storage.read() as txn:
+        assert log.request_seq(txn, "first") is None
+        assert list(txn.cursor(db=log.requests_by_seq_db).iternext()) == []
+    retry = WriteRequest("app", [_put("a")], request_id="first")
+    _commit(log, retry)
+    assert retry.seq == 3
+
+
 def test_retain_entries_must_be_positive(origin_store: KvStore) -> None:
     with pytest.raises(ValueError, match="at least one"):
         WriteLog(origin_store, retain_entries=0)
