@@ -35,10 +35,11 @@ from edgepop.errors import (
     REASON_KEY,
     EdgeError,
     InvalidArgumentError,
+    OverloadedError,
     UnauthenticatedError,
     status_of,
 )
-from edgepop.limits import MESSAGE_BYTES_MAX
+from edgepop.limits import CALLS_IN_FLIGHT_MAX, MESSAGE_BYTES_MAX
 from edgepop.metrics import NodeMetrics
 from edgepop.netem import (
     NODE_HEADER,
@@ -65,6 +66,13 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.so_reuseport", 0),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    # Calls that arrived but that the event loop has not taken yet wait in gRPC's own
+    # queue. Past 1,000 of them (its default) gRPC drops new ones at random, and their
+    # client sees only CANCELLED, with no reason. A busy node's backlog is bounded, with
+    # a status that says so, by `calls_in_flight_max` once the loop takes them; this
+    # bound only keeps memory finite.
+    ("grpc.server.max_pending_requests", 100_000),
+    ("grpc.server.max_pending_requests_hard_limit", 100_000),
 ]
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     *MESSAGE_OPTIONS,
@@ -88,6 +96,10 @@ class RpcEnv:
     metrics: NodeMetrics
     netem: NetworkEmulator
     token: str
+    # Calls (unary and streams) inside this node's handlers now, and the most it takes:
+    # beyond that a new call is refused at once with RESOURCE_EXHAUSTED (`_admit`).
+    calls_in_flight: int = 0
+    calls_in_flight_max: int = CALLS_IN_FLIGHT_MAX
 
 
 class HasRpcEnv(Protocol):
@@ -97,6 +109,17 @@ class HasRpcEnv(Protocol):
 S = TypeVar("S", bound=HasRpcEnv)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+
+
+def _admit(env: RpcEnv) -> None:
+    """Refuse a call that arrives with the node already serving its most calls at once
+    (this one counted): an overloaded node sheds load with a status the client can act
+    on, instead of a backlog, and its latency, without end."""
+    if env.calls_in_flight > env.calls_in_flight_max:
+        raise OverloadedError(
+            f"{env.service} is overloaded: it serves at most {env.calls_in_flight_max:,} "
+            "calls at once; retry with backoff"
+        )
 
 
 def _check_token(env: RpcEnv, metadata: Sequence[tuple[str, str | bytes]]) -> None:
@@ -237,11 +260,12 @@ class _Answer:
         self.started = time.perf_counter()
 
     async def __aenter__(self) -> None:
-        return None
+        self.env.calls_in_flight += 1
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, _tb: object
     ) -> bool:
+        self.env.calls_in_flight -= 1
         code = "OK" if error is None else _code_of(error)
         try:
             if error is not None and code not in _NOT_ABORTED:
@@ -293,6 +317,7 @@ def rpc(
                 started_mono = time.monotonic()
                 client_stream: _ClientStream | None = None
                 async with _Answer(env, name, context):
+                    _admit(env)
                     if bidi:
                         client_stream = _ClientStream(request)
                         request = aiter(client_stream)
@@ -323,7 +348,9 @@ def rpc(
             env = self.rpc_env
             started, arrived_at = time.perf_counter(), time.monotonic()
             code = "OK"
+            env.calls_in_flight += 1
             try:
+                _admit(env)
                 if type(request) is MalformedRequest:
                     raise InvalidArgumentError(request.message)
                 metadata = context.invocation_metadata() or ()
@@ -353,6 +380,7 @@ def rpc(
                     await _abort(context, error)
                 raise
             finally:
+                env.calls_in_flight -= 1
                 env.metrics.request(env.service, name, code).observe(time.perf_counter() - started)
 
         return unary

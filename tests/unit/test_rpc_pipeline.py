@@ -181,3 +181,38 @@ def test_an_errors_reason_travels_as_trailing_metadata(kind: str) -> None:
     target.behaviour = lambda: (_ for _ in ()).throw(FailedPreconditionError("no reason"))
     assert answer(kind, target, plain)[0] == "FAILED_PRECONDITION"
     assert plain.trailing == ()
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_node_serving_its_most_calls_refuses_the_next_and_takes_calls_again_after(
+    kind: str,
+) -> None:
+    target = servicer()
+    env = target.rpc_env
+    env.calls_in_flight_max = 3
+    env.calls_in_flight = 3  # three calls still inside their handlers
+    code, message = answer(kind, target, FakeContext(metadata()))
+    assert code == "RESOURCE_EXHAUSTED"
+    assert "at most 3 calls at once" in message
+    assert target.ran_at == []
+    assert env.calls_in_flight == 3  # the refused call is not counted on
+    env.calls_in_flight = 2
+    assert answer(kind, target, FakeContext(metadata()))[0] == "OK"
+    assert env.calls_in_flight == 2
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_call_is_counted_in_flight_while_its_handler_runs_whatever_it_ends_with(
+    kind: str,
+) -> None:
+    seen: list[int] = []
+    target = servicer()
+
+    def fail() -> None:
+        seen.append(target.rpc_env.calls_in_flight)
+        raise NotFoundError("no such key")
+
+    target.behaviour = fail
+    assert answer(kind, target, FakeContext(metadata()))[0] == "NOT_FOUND"
+    assert seen == [1]
+    assert target.rpc_env.calls_in_flight == 0
