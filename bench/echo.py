@@ -4,8 +4,9 @@ One unary method, `/bench.Echo/Echo`, that answers the request bytes as they cam
 protobuf, no interceptors, no metrics): the cost of a gRPC round trip in Python on this
 machine, and nothing else. It runs on the nodes' event loop (`run_on_node_loop`) with
 the nodes' gRPC settings (`edgepop.grpc_env`: the classic endpoints, which make its
-calls ~10-20% cheaper than grpcio's defaults do here), so the comparison is of the same
-runtime. Run as `python -m bench.echo`; it prints `PORT <n>` once it
+calls ~10-20% cheaper than grpcio's defaults do here) and their server options
+(`edgepop.rpc.SERVER_OPTIONS`: flow control without BDP pings), so the comparison is of
+the same runtime. Run as `python -m bench.echo`; it prints `PORT <n>` once it
 serves, and stops on SIGTERM.
 """
 
@@ -23,6 +24,7 @@ import grpc
 
 from edgepop.grpc_env import use_node_defaults
 from edgepop.lifecycle import run_on_node_loop
+from edgepop.rpc import SERVER_OPTIONS
 
 ECHO_METHOD = "/bench.Echo/Echo"
 
@@ -32,7 +34,7 @@ async def _echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
 
 
 async def serve(host: str, port: int) -> None:
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     handler = grpc.method_handlers_generic_handler(
         "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
     )

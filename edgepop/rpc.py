@@ -60,8 +60,21 @@ MESSAGE_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
     ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
 ]
+# HTTP/2 flow control with a fixed window instead of one sized by BDP probes. With
+# probing on, a transport that receives data pings its peer to measure the link's
+# bandwidth-delay product: on an idle cluster the stream and node heartbeats set off a
+# ping and its ack about once a second per connection, each waking two processes (~15%
+# of an idle 32-PoP cluster's CPU, docs/ARCHITECTURE.md). Between processes on one
+# machine that product is small, and 8 MiB holds a whole replication batch (at most
+# 4 MiB); larger messages flow in window-sized steps. Over a real link it caps one
+# stream at 8 MiB per round trip (~390 Mbit/s at 170 ms).
+FLOW_CONTROL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", 8 * 1024 * 1024),
+]
 SERVER_OPTIONS: list[tuple[str, Any]] = [
     *MESSAGE_OPTIONS,
+    *FLOW_CONTROL_OPTIONS,
     # Two servers must never share a port silently.
     ("grpc.so_reuseport", 0),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -76,6 +89,7 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 ]
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     *MESSAGE_OPTIONS,
+    *FLOW_CONTROL_OPTIONS,
     # Detect a dead peer on long streams; reconnect quickly after a restart.
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
