@@ -478,11 +478,13 @@ class NemesisLog:
 class Nemesis:
     """Runs a schedule against a cluster; `heal` restores everything at the end.
 
-    Kills are SIGKILL through `Cluster.kill`; restarts go through `Cluster.start` on one
-    worker thread, one at a time (it rewrites cluster.json and blocks until the node is
-    registered). Faults go through the control plane with the cluster token, each also
-    given a duration slightly past its heal time, so that a fault heals on the nodes even
-    if its ClearFaults never arrives.
+    Kills are SIGKILL through `Cluster.kill`; restarts go through `Cluster.start`, which
+    blocks until the node is registered: one at a time on a worker thread, the control
+    plane's on a thread of its own (a node restarted just before the control plane was
+    killed waits in `start` for it to come back, and must not hold up its restart).
+    Faults go through the control plane with the cluster token, each also given a
+    duration slightly past its heal time, so that a fault heals on the nodes even if its
+    ClearFaults never arrives.
     """
 
     def __init__(
@@ -500,6 +502,9 @@ class Nemesis:
         self.metadata = (("authorization", f"Bearer {token}"),)
         self.log = NemesisLog()
         self._restarts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restart")
+        self._control_plane_restarts = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="restart-control-plane"
+        )
         # Directed region pairs partitioned now: a node of a region cut from the control
         # plane cannot register, so its restart waits for the cut to heal.
         self._cut: dict[tuple[str, str], int] = {}
@@ -509,6 +514,7 @@ class Nemesis:
 
     def close(self) -> None:
         self._restarts.shutdown(wait=True)
+        self._control_plane_restarts.shutdown(wait=True)
 
     # -- running the schedule -------------------------------------------------------------
 
@@ -708,8 +714,14 @@ class Nemesis:
                 )
 
     async def restart(self, name: str) -> None:
-        """Start a killed node again (one restart at a time); retried on failure."""
+        """Start a killed node again (one restart at a time, besides the control
+        plane's); retried on failure."""
         loop = asyncio.get_running_loop()
+        lane = (
+            self._control_plane_restarts
+            if self.cluster.node(name).role == "control_plane"
+            else self._restarts
+        )
 
         def start() -> ClusterError | None:
             # Returned, not raised: a run that ends (and cancels this task) while the
@@ -723,7 +735,7 @@ class Nemesis:
             return None
 
         async def start_once() -> None:
-            error = await loop.run_in_executor(self._restarts, start)
+            error = await loop.run_in_executor(lane, start)
             if error is not None:
                 raise error
 

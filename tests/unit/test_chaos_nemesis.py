@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import threading
+from dataclasses import dataclass
+from typing import Any, cast
 
 import pytest
 
@@ -21,6 +25,7 @@ from edgectl.chaos.nemesis import (
     parse_faults,
     plan,
 )
+from edgectl.launcher import ClusterError
 from edgepop.topology import parse_topology
 
 TOPOLOGY = PlanTopology.of(
@@ -260,3 +265,57 @@ def test_a_paused_owner_never_overlaps_a_pop_kill_nor_a_paused_origin_an_origin_
     assert not nemesis._conflict(pause, frozen, topo)
     cp = nemesis.Step(at_s=11, until_s=12, kind="kill-control-plane")
     assert nemesis._conflict(pause, cp, topo) and nemesis._conflict(frozen, cp, topo)
+
+
+@dataclass
+class _Node:
+    name: str
+    role: str
+
+
+class _RegisteringCluster:
+    """`Cluster.start` as the nemesis sees it: a node's start returns once it registered,
+    which needs the control plane up (else it times out, as the real one does)."""
+
+    REGISTER_TIMEOUT_S = 5.0
+
+    def __init__(self) -> None:
+        self.down = {"control-plane", "tokyo-2"}
+        self.control_plane_up = threading.Event()
+        self.pop_starting = threading.Event()
+
+    def node(self, name: str) -> _Node:
+        return _Node(name, "control_plane" if name == "control-plane" else "pop")
+
+    def alive(self, name: str) -> bool:
+        return name not in self.down
+
+    def start(self, name: str, timeout: float) -> None:
+        if name == "control-plane":
+            self.control_plane_up.set()
+        else:
+            self.pop_starting.set()
+            if not self.control_plane_up.wait(self.REGISTER_TIMEOUT_S):
+                raise ClusterError(f"{name} not registered")
+        self.down.discard(name)
+
+
+def test_the_control_plane_restarts_while_a_node_waits_for_it_to_register() -> None:
+    # Seed 40 in CI: a PoP restarted just before the control plane was killed waited 30 s
+    # in `start` for it, and the control plane's restart queued behind that one.
+    cluster = _RegisteringCluster()
+    schedule = plan(1, 30.0, FAULT_KINDS, TOPOLOGY)
+    chaos = nemesis.Nemesis(cast(Any, cluster), schedule, nemesis.Clock(), cast(Any, None), "token")
+
+    async def restarts() -> None:
+        pop = asyncio.create_task(chaos.restart("tokyo-2"))
+        assert await asyncio.to_thread(cluster.pop_starting.wait, 5.0)
+        # Well under the node's register timeout: the control plane did not wait for it.
+        await asyncio.wait_for(chaos.restart("control-plane"), timeout=2.0)
+        await asyncio.wait_for(pop, timeout=2.0)
+
+    try:
+        asyncio.run(restarts())
+    finally:
+        chaos.close()
+    assert cluster.down == set() and chaos.log.skipped == []
