@@ -55,6 +55,20 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
     async def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> pb.HeartbeatResponse:
+        return self._heartbeat(request)
+
+    @rpc(internal=True, bidi=True)
+    async def HeartbeatStream(
+        self,
+        request_iterator: AsyncIterator[pb.HeartbeatRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.HeartbeatResponse]:
+        # Each message crossed the inbound leg on its own (the decorator), so the lease
+        # counts from when this heartbeat would have arrived, as for a unary one.
+        async for request in request_iterator:
+            yield self._heartbeat(request)
+
+    def _heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
         known = self.node.registry.heartbeat(
             request.name, request.incarnation, self.node.lease_clock()
         )

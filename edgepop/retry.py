@@ -69,17 +69,21 @@ def forever(initial_s: float = 0.05, max_s: float = 2.0) -> AsyncRetrying:
     )
 
 
-def resend_until(deadline: float, interval_s: float) -> AsyncRetrying:
+def resend_until(
+    deadline: float,
+    interval_s: float,
+    resendable: Callable[[BaseException], bool] = is_retryable_write,
+) -> AsyncRetrying:
     """A message that renews something (a heartbeat): sent again every `interval_s` while
     the peer refuses it with UNAVAILABLE (a control plane shutting down refuses new calls
-    before its connection closes), never past `deadline` (monotonic); the last error is
-    raised instead."""
+    before its connection closes), or while `resendable` says so of the error, never past
+    `deadline` (monotonic); the last error is raised instead."""
 
     def past_deadline(state: RetryCallState) -> bool:
         return time.monotonic() + interval_s >= deadline
 
     return AsyncRetrying(
-        retry=retry_if_exception(is_retryable_write),
+        retry=retry_if_exception(resendable),
         wait=wait_fixed(interval_s),
         stop=past_deadline,
         reraise=True,

@@ -3,7 +3,7 @@
 Instances submit (instance, seq, writes) as calls finish. The committer takes everything
 queued, writes it in one LMDB transaction (every object, every call) and, at the same
 time, sends each standby node one request with its objects' updates, on the stream the
-node keeps open to that standby (standby_link.py). A commit is durable — and its callers
+node keeps open to that standby (edgepop.ordered_stream). A commit is durable — and its callers
 are answered — only when both are done. A standby that is behind gets the object in
 full; one that knows a newer epoch means this node is no longer the owner: the instance
 breaks and its callers get UNAVAILABLE (and retry at the new owner, where their request
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edge.v1 import objects_pb2
-from pop_node.objects.standby_link import StandbyUnreachable
+from edgepop.ordered_stream import Unanswered
 from pop_node.objects.store import ObjectStore, StaleEpochError, Write
 
 if TYPE_CHECKING:
@@ -180,7 +180,7 @@ class ObjectCommitter:
             )
         try:
             results = await self.send_updates(address, updates)
-        except StandbyUnreachable as error:
+        except Unanswered as error:
             reason = f"standby {address} unreachable: {error.reason}"
             return {id(instance): reason for instance in order}
         for instance, result in zip(order, results, strict=True):
@@ -198,7 +198,7 @@ class ObjectCommitter:
     async def send_updates(
         self, address: str, updates: list[objects_pb2.ObjectReplicaUpdate]
     ) -> list[int]:
-        """The standby's result per update, in order; StandbyUnreachable if it did not
+        """The standby's result per update, in order; Unanswered if it did not
         answer within REPLICATE_TIMEOUT_S."""
         response = await self.host.standby_link(address).send(
             objects_pb2.ObjectReplicateRequest(owner=self.host.node_name, updates=updates),
@@ -230,7 +230,7 @@ class ObjectCommitter:
         )
         try:
             results = await self.send_updates(address, [update])
-        except StandbyUnreachable:
+        except Unanswered:
             return False
         return results[0] == objects_pb2.REPLICA_RESULT_APPLIED
 

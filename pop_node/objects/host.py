@@ -46,6 +46,7 @@ from edgepop.errors import (
 )
 from edgepop.lease import Lease
 from edgepop.metrics import PopMetrics
+from edgepop.ordered_stream import OrderedStream, Unanswered
 from edgepop.rpc import channel
 from edgepop.storage import Storage
 from edgepop.topology import DEFAULT_EVICT_IDLE_AFTER_S, DEFAULT_HIBERNATE_AFTER_S
@@ -56,7 +57,6 @@ from pop_node.objects.instance import (
     InstanceBrokenError,
     ObjectInstance,
 )
-from pop_node.objects.standby_link import StandbyLink, StandbyUnreachable
 from pop_node.objects.store import (
     ALARM_KEY,
     OBJECT_KEY_BYTES_MAX,
@@ -66,6 +66,9 @@ from pop_node.objects.store import (
     decode_alarm,
     okey,
 )
+
+# The stream of standby copies an owner keeps open to one standby node.
+StandbyLink = OrderedStream[objects_pb2.ObjectReplicateRequest, objects_pb2.ObjectReplicateResponse]
 
 log = logging.getLogger(__name__)
 
@@ -579,7 +582,7 @@ class ObjectHost:
         )
         try:
             results = await self.committer.send_updates(address, [check])
-        except StandbyUnreachable:
+        except Unanswered:
             return False
         if results[0] == objects_pb2.REPLICA_RESULT_APPLIED:
             return True

@@ -16,6 +16,7 @@ from edge.v1 import control_plane_pb2_grpc as cp_grpc
 from edge.v1 import kv_pb2, origin_pb2, origin_pb2_grpc, pop_pb2_grpc
 from edgectl.launcher import Cluster
 from tests.conftest import FAST_TOPOLOGY, ClusterFactory, poll_until
+from tests.integration.kvclient import metric_value
 
 
 def _nodes(cluster: Cluster) -> dict[str, cp_pb2.NodeInfo]:
@@ -34,6 +35,34 @@ def test_every_node_registers_with_its_addresses_and_role(shared_cluster: Cluste
     roles = [info.role for info in nodes.values()]
     assert roles.count(cp_pb2.ROLE_POP) == 12
     assert roles.count(cp_pb2.ROLE_ORIGIN) == 1
+
+
+def test_nodes_heartbeat_on_a_stream_not_a_call_each(shared_cluster: Cluster) -> None:
+    # Every node renews its lease on one HeartbeatStream (answered in order): the unary
+    # Heartbeat, a whole gRPC call each, is left to tools. A stream is counted in the
+    # request metric when it ends, so while the nodes stay healthy no call is counted.
+    heartbeat_calls = {"service": "ControlPlane", "method": "Heartbeat", "code": "OK"}
+    calls_before = metric_value(
+        shared_cluster, "control-plane", "edge_request_duration_seconds_count", heartbeat_calls
+    )
+    ages: list[float] = []
+
+    def every_node_heartbeat_since_we_looked() -> bool:
+        # Each node's last heartbeat arrived after the first look: ages below the window.
+        nodes = [
+            info
+            for info in _nodes(shared_cluster).values()
+            if info.role != cp_pb2.ROLE_CONTROL_PLANE
+        ]
+        ages[:] = [info.last_heartbeat_age_s for info in nodes]
+        return all(info.healthy for info in nodes) and max(ages) < time.monotonic() - looked_at
+
+    looked_at = time.monotonic()
+    poll_until(every_node_heartbeat_since_we_looked, timeout=10, what="a heartbeat from each node")
+    calls_after = metric_value(
+        shared_cluster, "control-plane", "edge_request_duration_seconds_count", heartbeat_calls
+    )
+    assert calls_after == calls_before, ages
 
 
 def test_node_that_stops_heartbeating_shows_unhealthy_within_3_s_and_reregisters(

@@ -164,6 +164,7 @@ BULK_SAFE_INTERNAL = frozenset(
         "Origin/SqlDump",
         "Origin/Subscribe",
         "ControlPlane/Heartbeat",
+        "ControlPlane/HeartbeatStream",
         "ControlPlane/WatchTopology",
         "ControlPlane/ListPlacements",
         "ControlPlane/GetWorkerBundle",

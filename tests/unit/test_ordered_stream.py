@@ -1,7 +1,8 @@
-"""The owner's stream of standby copies (`StandbyLink`) against a real grpc.aio server on
-loopback: answers go to their requests in order; a late answer, a failed stream or a
-standby that is down fail every request in flight, and the next request opens a new stream.
-And the standby's end (`ObjectHost.serve_replica_stream`) ends its streams when it stops.
+"""Requests answered in order on one stream (`OrderedStream`, as an owner sends its
+standby copies) against a real grpc.aio server on loopback: answers go to their requests
+in order; a late answer, a failed stream or a standby that is down fail every request in
+flight, and the next request opens a new stream. And the standby's end
+(`ObjectHost.serve_replica_stream`) ends its streams when it stops.
 
 The server plays a standby whose behaviour each request picks by its `owner` field:
 "answer" (results = [number of updates]), "hold" (never answers), "abort" (ends the
@@ -20,8 +21,8 @@ import pytest
 
 from edge.v1 import objects_pb2, pop_pb2_grpc
 from edgepop.errors import UnavailableError
+from edgepop.ordered_stream import OrderedStream, Unanswered
 from edgepop.storage import Storage
-from pop_node.objects.standby_link import StandbyLink, StandbyUnreachable
 from tests.unit.conftest import object_host
 
 METHOD = "/edge.v1.Pop/ObjectReplicate"
@@ -56,7 +57,7 @@ def request(behaviour: str, updates: int = 1) -> objects_pb2.ObjectReplicateRequ
     )
 
 
-def with_standby(scenario: Callable[[StandbyLink, Standby], Awaitable[None]]) -> None:
+def with_standby(scenario: Callable[[OrderedStream[Any, Any], Standby], Awaitable[None]]) -> None:
     async def run() -> None:
         standby = Standby()
         server = grpc.aio.server()
@@ -73,7 +74,7 @@ def with_standby(scenario: Callable[[StandbyLink, Standby], Awaitable[None]]) ->
         address = f"127.0.0.1:{port}"
         channel = grpc.aio.insecure_channel(address)
         stub = pop_pb2_grpc.PopStub(channel)
-        link = StandbyLink(address, lambda: stub.ObjectReplicate())
+        link = OrderedStream[Any, Any](address, lambda: stub.ObjectReplicate())
         try:
             await asyncio.wait_for(scenario(link, standby), 30)
         finally:
@@ -85,7 +86,7 @@ def with_standby(scenario: Callable[[StandbyLink, Standby], Awaitable[None]]) ->
 
 
 def test_answers_go_to_their_requests_in_order_on_one_stream() -> None:
-    async def scenario(link: StandbyLink, standby: Standby) -> None:
+    async def scenario(link: OrderedStream[Any, Any], standby: Standby) -> None:
         answers = await asyncio.gather(
             *(link.send(request("answer", updates=count), TIMEOUT_S) for count in (1, 2, 3, 4))
         )
@@ -96,13 +97,13 @@ def test_answers_go_to_their_requests_in_order_on_one_stream() -> None:
 
 
 def test_a_late_answer_fails_every_request_in_flight_and_the_next_opens_a_new_stream() -> None:
-    async def scenario(link: StandbyLink, standby: Standby) -> None:
+    async def scenario(link: OrderedStream[Any, Any], standby: Standby) -> None:
         held = asyncio.ensure_future(link.send(request("hold"), 0.2))
         behind = asyncio.ensure_future(link.send(request("answer"), TIMEOUT_S))
-        with pytest.raises(StandbyUnreachable, match=r"no answer within 0\.2 s"):
+        with pytest.raises(Unanswered, match=r"no answer within 0\.2 s"):
             await held
         # Queued behind the held one on the same stream: its fate is unknown too.
-        with pytest.raises(StandbyUnreachable, match=r"no answer within 0\.2 s"):
+        with pytest.raises(Unanswered, match=r"no answer within 0\.2 s"):
             await behind
         answer = await link.send(request("answer", updates=2), TIMEOUT_S)
         assert len(answer.results) == 2
@@ -112,9 +113,9 @@ def test_a_late_answer_fails_every_request_in_flight_and_the_next_opens_a_new_st
 
 
 def test_a_stream_the_standby_ends_fails_its_request_and_the_next_opens_a_new_stream() -> None:
-    async def scenario(link: StandbyLink, standby: Standby) -> None:
+    async def scenario(link: OrderedStream[Any, Any], standby: Standby) -> None:
         assert len((await link.send(request("answer"), TIMEOUT_S)).results) == 1
-        with pytest.raises(StandbyUnreachable) as failed:
+        with pytest.raises(Unanswered) as failed:
             await link.send(request("abort"), TIMEOUT_S)
         assert failed.value.reason == "UNAVAILABLE"
         assert len((await link.send(request("answer"), TIMEOUT_S)).results) == 1
@@ -125,11 +126,11 @@ def test_a_stream_the_standby_ends_fails_its_request_and_the_next_opens_a_new_st
 
 
 def test_closing_the_link_fails_what_waits() -> None:
-    async def scenario(link: StandbyLink, standby: Standby) -> None:
+    async def scenario(link: OrderedStream[Any, Any], standby: Standby) -> None:
         held = asyncio.ensure_future(link.send(request("hold"), TIMEOUT_S))
         await standby.got_one.wait()
         link.close()
-        with pytest.raises(StandbyUnreachable, match="node shutting down"):
+        with pytest.raises(Unanswered, match="node shutting down"):
             await held
 
     with_standby(scenario)
@@ -139,9 +140,9 @@ def test_a_standby_that_is_down_is_unreachable_at_once() -> None:
     async def run() -> None:
         channel = grpc.aio.insecure_channel("127.0.0.1:1")  # nothing listens on port 1
         stub = pop_pb2_grpc.PopStub(channel)
-        link = StandbyLink("127.0.0.1:1", lambda: stub.ObjectReplicate())
+        link = OrderedStream[Any, Any]("127.0.0.1:1", lambda: stub.ObjectReplicate())
         started = asyncio.get_running_loop().time()
-        with pytest.raises(StandbyUnreachable) as failed:
+        with pytest.raises(Unanswered) as failed:
             await link.send(request("answer"), TIMEOUT_S)
         assert failed.value.reason == "UNAVAILABLE"
         assert asyncio.get_running_loop().time() - started < TIMEOUT_S
