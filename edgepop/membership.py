@@ -61,6 +61,7 @@ class Membership:
         self._heartbeats: OrderedStream[pb.HeartbeatRequest, pb.HeartbeatResponse] = OrderedStream(
             control_plane_address,
             lambda: self._stub.HeartbeatStream(metadata=self.metadata, wait_for_ready=True),
+            waits_for_ready=True,
         )
 
     async def register(self) -> None:

@@ -64,9 +64,16 @@ class _Stream(Generic[Response]):
 class OrderedStream(Generic[Request, Response]):
     """Requests to one server over one stream, each answered in order."""
 
-    def __init__(self, address: str, open_stream: OpenStream) -> None:
+    def __init__(
+        self, address: str, open_stream: OpenStream, *, waits_for_ready: bool = False
+    ) -> None:
+        """`waits_for_ready`: `open_stream` opens the call with wait_for_ready. grpc.aio's
+        write on such a call waits for the channel, and cancelling the call does not end
+        that wait (a request sent while the server is down would hold the stream's write
+        lock for good): each write is then bounded by its request's timeout."""
         self.address = address
         self._open_stream = open_stream
+        self._waits_for_ready = waits_for_ready
         self._stream: _Stream[Response] | None = None
         # A stream takes one write at a time, and answers come in the order of writes.
         self._write_lock = asyncio.Lock()
@@ -80,7 +87,12 @@ class OrderedStream(Generic[Request, Response]):
             stream.waiting.append(answer)
             timer = loop.call_later(timeout_s, _late, stream, answer, timeout_s)
             try:
-                await stream.call.write(request)
+                if self._waits_for_ready:
+                    await asyncio.wait_for(stream.call.write(request), timeout_s)
+                else:
+                    await stream.call.write(request)
+            except TimeoutError:
+                stream.fail(f"no answer within {timeout_s:g} s")
             except asyncio.CancelledError:
                 # Written or not, the order of answers is no longer known. grpc raises
                 # this too when the call was cancelled under the write (a failed stream).

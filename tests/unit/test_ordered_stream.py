@@ -12,6 +12,7 @@ stream UNAVAILABLE).
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import pytest
 from edge.v1 import objects_pb2, pop_pb2_grpc
 from edgepop.errors import UnavailableError
 from edgepop.ordered_stream import OrderedStream, Unanswered
+from edgepop.rpc import CHANNEL_OPTIONS
 from edgepop.storage import Storage
 from tests.unit.conftest import object_host
 
@@ -148,6 +150,47 @@ def test_a_standby_that_is_down_is_unreachable_at_once() -> None:
         assert asyncio.get_running_loop().time() - started < TIMEOUT_S
         link.close()
         await channel.close(grace=None)
+
+    asyncio.run(run())
+
+
+def test_waiting_for_a_server_that_is_down_ends_at_the_timeout_and_it_answers_once_up() -> None:
+    # A stream opened with wait_for_ready (the heartbeats') waits for the channel; grpc.aio's
+    # write there ignores the call's cancel, so a write not bounded by the timeout held the
+    # write lock for good and every later request waited behind it.
+    async def run() -> None:
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        address = f"127.0.0.1:{port}"
+        channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        stub = pop_pb2_grpc.PopStub(channel)
+        link = OrderedStream[Any, Any](
+            address, lambda: stub.ObjectReplicate(wait_for_ready=True), waits_for_ready=True
+        )
+        for _ in range(2):  # the second is not stuck behind the first
+            with pytest.raises(Unanswered, match=r"no answer within 0\.3 s"):
+                await asyncio.wait_for(link.send(request("answer"), 0.3), TIMEOUT_S)
+        standby = Standby()
+        server = grpc.aio.server()
+        handler = grpc.stream_stream_rpc_method_handler(
+            standby.replicate,
+            request_deserializer=objects_pb2.ObjectReplicateRequest.FromString,
+            response_serializer=objects_pb2.ObjectReplicateResponse.SerializeToString,
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("edge.v1.Pop", {"ObjectReplicate": handler}),)
+        )
+        server.add_insecure_port(address)
+        await server.start()
+        try:
+            answer = await link.send(request("answer"), TIMEOUT_S)
+            assert list(answer.results) == [objects_pb2.REPLICA_RESULT_APPLIED]
+        finally:
+            link.close()
+            await channel.close(grace=None)
+            await server.stop(grace=None)
 
     asyncio.run(run())
 
