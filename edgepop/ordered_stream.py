@@ -79,16 +79,27 @@ class OrderedStream(Generic[Request, Response]):
         self._write_lock = asyncio.Lock()
 
     async def send(self, request: Request, timeout_s: float) -> Response:
-        """Send `request`; its answer, or Unanswered after `timeout_s`."""
+        """Send `request`; its answer, or Unanswered after `timeout_s` (counted from now,
+        so a request queued behind another one's write gets no more than its own)."""
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._write_lock.acquire()
+        except TimeoutError:
+            # Never written: the stream and the requests on it are untouched.
+            raise Unanswered(f"not sent within {timeout_s:g} s: the stream was busy") from None
         answer: asyncio.Future[Response] = loop.create_future()
-        async with self._write_lock:
+        try:
+            remaining_s = deadline - loop.time()
+            if remaining_s <= 0:
+                raise Unanswered(f"not sent within {timeout_s:g} s: the stream was busy")
             stream = self._current()
             stream.waiting.append(answer)
-            timer = loop.call_later(timeout_s, _late, stream, answer, timeout_s)
+            timer = loop.call_later(remaining_s, _late, stream, answer, timeout_s)
             try:
                 if self._waits_for_ready:
-                    await asyncio.wait_for(stream.call.write(request), timeout_s)
+                    await asyncio.wait_for(stream.call.write(request), remaining_s)
                 else:
                     await stream.call.write(request)
             except TimeoutError:
@@ -103,6 +114,8 @@ class OrderedStream(Generic[Request, Response]):
                     raise
             except Exception as error:  # the call failed, or had ended
                 stream.fail(_reason(error))
+        finally:
+            self._write_lock.release()
         try:
             return await answer
         finally:

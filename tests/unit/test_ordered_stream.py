@@ -59,21 +59,27 @@ def request(behaviour: str, updates: int = 1) -> objects_pb2.ObjectReplicateRequ
     )
 
 
+async def _standby_server(standby: Standby, address: str) -> tuple[grpc.aio.Server, str]:
+    """A started server with `standby` as its ObjectReplicate; and its address (port 0
+    picks one)."""
+    server = grpc.aio.server()
+    handler = grpc.stream_stream_rpc_method_handler(
+        standby.replicate,
+        request_deserializer=objects_pb2.ObjectReplicateRequest.FromString,
+        response_serializer=objects_pb2.ObjectReplicateResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("edge.v1.Pop", {"ObjectReplicate": handler}),)
+    )
+    port = server.add_insecure_port(address)
+    await server.start()
+    return server, f"{address.rsplit(':', 1)[0]}:{port}"
+
+
 def with_standby(scenario: Callable[[OrderedStream[Any, Any], Standby], Awaitable[None]]) -> None:
     async def run() -> None:
         standby = Standby()
-        server = grpc.aio.server()
-        handler = grpc.stream_stream_rpc_method_handler(
-            standby.replicate,
-            request_deserializer=objects_pb2.ObjectReplicateRequest.FromString,
-            response_serializer=objects_pb2.ObjectReplicateResponse.SerializeToString,
-        )
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("edge.v1.Pop", {"ObjectReplicate": handler}),)
-        )
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        address = f"127.0.0.1:{port}"
+        server, address = await _standby_server(standby, "127.0.0.1:0")
         channel = grpc.aio.insecure_channel(address)
         stub = pop_pb2_grpc.PopStub(channel)
         link = OrderedStream[Any, Any](address, lambda: stub.ObjectReplicate())
@@ -159,11 +165,7 @@ def test_waiting_for_a_server_that_is_down_ends_at_the_timeout_and_it_answers_on
     # write there ignores the call's cancel, so a write not bounded by the timeout held the
     # write lock for good and every later request waited behind it.
     async def run() -> None:
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-        probe.close()
-        address = f"127.0.0.1:{port}"
+        address = _unused_address()
         channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         stub = pop_pb2_grpc.PopStub(channel)
         link = OrderedStream[Any, Any](
@@ -172,18 +174,7 @@ def test_waiting_for_a_server_that_is_down_ends_at_the_timeout_and_it_answers_on
         for _ in range(2):  # the second is not stuck behind the first
             with pytest.raises(Unanswered, match=r"no answer within 0\.3 s"):
                 await asyncio.wait_for(link.send(request("answer"), 0.3), TIMEOUT_S)
-        standby = Standby()
-        server = grpc.aio.server()
-        handler = grpc.stream_stream_rpc_method_handler(
-            standby.replicate,
-            request_deserializer=objects_pb2.ObjectReplicateRequest.FromString,
-            response_serializer=objects_pb2.ObjectReplicateResponse.SerializeToString,
-        )
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("edge.v1.Pop", {"ObjectReplicate": handler}),)
-        )
-        server.add_insecure_port(address)
-        await server.start()
+        server, _ = await _standby_server(Standby(), address)
         try:
             answer = await link.send(request("answer"), TIMEOUT_S)
             assert list(answer.results) == [objects_pb2.REPLICA_RESULT_APPLIED]
@@ -193,6 +184,37 @@ def test_waiting_for_a_server_that_is_down_ends_at_the_timeout_and_it_answers_on
             await server.stop(grace=None)
 
     asyncio.run(run())
+
+
+def test_a_request_queued_behind_a_write_gets_no_more_than_its_own_timeout() -> None:
+    # Its deadline covers the wait for the stream: queued behind a write that waits for a
+    # server that is down, it fails at its own timeout, unsent, while that write still waits.
+    async def run() -> None:
+        address = _unused_address()
+        channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        stub = pop_pb2_grpc.PopStub(channel)
+        link = OrderedStream[Any, Any](
+            address, lambda: stub.ObjectReplicate(wait_for_ready=True), waits_for_ready=True
+        )
+        writing = asyncio.ensure_future(link.send(request("answer"), 2.0))
+        queued = asyncio.ensure_future(link.send(request("answer"), 0.2))
+        with pytest.raises(Unanswered, match=r"not sent within 0\.2 s"):
+            await asyncio.wait_for(queued, TIMEOUT_S)
+        assert not writing.done()
+        with pytest.raises(Unanswered, match=r"no answer within 2 s"):
+            await asyncio.wait_for(writing, TIMEOUT_S)
+        link.close()
+        await channel.close(grace=None)
+
+    asyncio.run(run())
+
+
+def _unused_address() -> str:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return f"127.0.0.1:{port}"
 
 
 def test_a_standby_that_stops_ends_the_owners_streams_unavailable(tmp_path: Path) -> None:
