@@ -668,7 +668,9 @@ def test_alarm_fires_at_least_once_and_is_then_cleared(tmp_path: Path) -> None:
 def test_alarm_whose_handler_raises_is_retried_with_backoff(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(retry, "ALARM_RETRY_BASE_S", 0.05)
+    # Waits of 0.2 s then 0.4 s: wide enough that a busy machine's delays of tens of ms
+    # (2 test workers beside a benchmark here) cannot make the second gap look no longer.
+    monkeypatch.setattr(retry, "ALARM_RETRY_BASE_S", 0.2)
     Alarmed.attempts = []
     Alarmed.failures_left = 2
     host, storage = _real_host(tmp_path)
