@@ -40,6 +40,11 @@ class Unanswered(Exception):
         self.reason = reason
 
 
+def _not_sent(timeout_s: float) -> Unanswered:
+    """A request that never got the stream: not written, so the server never saw it."""
+    return Unanswered(f"not sent within {timeout_s:g} s: the stream was busy")
+
+
 class _Stream(Generic[Response]):
     """One open stream: its call, the requests awaiting an answer, and the reader."""
 
@@ -90,7 +95,7 @@ class OrderedStream(Generic[Request, Response]):
         try:
             remaining_s = deadline - loop.time()
             if remaining_s <= 0:
-                raise Unanswered(f"not sent within {timeout_s:g} s: the stream was busy")
+                raise _not_sent(timeout_s)
             stream = self._current()
             stream.waiting.append(answer)
             timer = loop.call_later(remaining_s, _late, stream, answer, timeout_s)
@@ -134,7 +139,7 @@ class OrderedStream(Generic[Request, Response]):
         except BaseException as error:
             self._senders -= 1
             if isinstance(error, TimeoutError):
-                raise Unanswered(f"not sent within {timeout_s:g} s: the stream was busy") from None
+                raise _not_sent(timeout_s) from None
             raise
 
     def close(self) -> None:

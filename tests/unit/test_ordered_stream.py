@@ -166,11 +166,7 @@ def test_waiting_for_a_server_that_is_down_ends_at_the_timeout_and_it_answers_on
     # write lock for good and every later request waited behind it.
     async def run() -> None:
         address = _unused_address()
-        channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-        stub = pop_pb2_grpc.PopStub(channel)
-        link = OrderedStream[Any, Any](
-            address, lambda: stub.ObjectReplicate(wait_for_ready=True), waits_for_ready=True
-        )
+        channel, link = _link_waiting_for_ready(address)
         for _ in range(2):  # the second is not stuck behind the first
             with pytest.raises(Unanswered, match=r"no answer within 0\.3 s"):
                 await asyncio.wait_for(link.send(request("answer"), 0.3), TIMEOUT_S)
@@ -191,11 +187,7 @@ def test_a_request_queued_behind_a_write_gets_no_more_than_its_own_timeout() -> 
     # server that is down, it fails at its own timeout, unsent, while that write still waits.
     async def run() -> None:
         address = _unused_address()
-        channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-        stub = pop_pb2_grpc.PopStub(channel)
-        link = OrderedStream[Any, Any](
-            address, lambda: stub.ObjectReplicate(wait_for_ready=True), waits_for_ready=True
-        )
+        channel, link = _link_waiting_for_ready(address)
         writing = asyncio.ensure_future(link.send(request("answer"), 2.0))
         queued = asyncio.ensure_future(link.send(request("answer"), 0.2))
         with pytest.raises(Unanswered, match=r"not sent within 0\.2 s"):
@@ -207,6 +199,16 @@ def test_a_request_queued_behind_a_write_gets_no_more_than_its_own_timeout() -> 
         await channel.close(grace=None)
 
     asyncio.run(run())
+
+
+def _link_waiting_for_ready(address: str) -> tuple[grpc.aio.Channel, OrderedStream[Any, Any]]:
+    """A link whose streams wait for the channel (as the heartbeats' do), and its channel."""
+    channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    stub = pop_pb2_grpc.PopStub(channel)
+    link = OrderedStream[Any, Any](
+        address, lambda: stub.ObjectReplicate(wait_for_ready=True), waits_for_ready=True
+    )
+    return channel, link
 
 
 def _unused_address() -> str:
