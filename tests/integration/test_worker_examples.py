@@ -225,7 +225,11 @@ def test_api_router_from_tokyo_validates_a_new_token_once_then_checks_it_in_kv_a
 
     everything = origin_requests(edge)
     refused = paired_timing(
-        edge.node("tokyo-1").http_address, "tokyo", "api.example.com", "/api/v1/orders"
+        edge.node("tokyo-1").http_address,
+        "tokyo",
+        "api.example.com",
+        "/api/v1/orders",
+        target_s=TOKYO_EDGE_RTT_S,
     )
     assert all(result.status == 401 for result in refused.delayed + refused.undelayed)
     assert origin_requests(edge) == everything
@@ -289,7 +293,12 @@ def test_jwt_auth_verifies_at_the_edge_with_the_jwks_cached_in_kv(edge: Cluster)
         client.close()
     everything = origin_requests(edge)
     timing = paired_timing(
-        edge.node("tokyo-1").http_address, "tokyo", "auth.example.com", "/me", headers=bearer(token)
+        edge.node("tokyo-1").http_address,
+        "tokyo",
+        "auth.example.com",
+        "/me",
+        target_s=TOKYO_EDGE_RTT_S,
+        headers=bearer(token),
     )
     assert all(result.status == 200 for result in timing.delayed + timing.undelayed)
     assert origin_requests(edge) == everything
@@ -544,7 +553,13 @@ def test_personalize_fetches_the_template_through_the_pop_cache(edge: Cluster) -
     finally:
         client.close()
     before = origin_requests(edge, "/pages/home.html")
-    timing = paired_timing(edge.node("tokyo-2").http_address, "tokyo", "www.example.com", "/")
+    timing = paired_timing(
+        edge.node("tokyo-2").http_address,
+        "tokyo",
+        "www.example.com",
+        "/",
+        target_s=TOKYO_EDGE_RTT_S,
+    )
     pages = timing.delayed + timing.undelayed
     assert all(page.status == 200 for page in pages)
     assert origin_requests(edge, "/pages/home.html") == before

@@ -308,6 +308,8 @@ class PairedTiming:
 
     delayed: list[HttpResult]
     undelayed: list[HttpResult]
+    # What earlier measurements of the same row added (s), when they missed the target.
+    missed_s: list[float] = field(default_factory=list)
 
     @property
     def added_s(self) -> float:
@@ -322,14 +324,44 @@ class PairedTiming:
         return abs(self.added_s - target_s) <= table_tolerance_s(target_s)
 
     def __str__(self) -> str:
+        missed = "".join(f", first added {added_s * 1e3:.2f} ms" for added_s in self.missed_s)
         return (
             f"added {self.added_s * 1e3:.2f} ms over an own cost of {self.own_cost_s * 1e3:.2f} ms"
-            f" (delayed {[round(r.elapsed_s * 1e3, 2) for r in self.delayed]})"
+            f" (delayed {[round(r.elapsed_s * 1e3, 2) for r in self.delayed]}{missed})"
         )
 
 
+# A timing that misses its target is measured once more on fresh pairs (and connections),
+# and the test fails only if both miss: on a slow stretch of this VM one block of 15-20
+# pairs read more than the 1 ms tolerance long (CI, tokyo's 8 ms at the HTTP ingress,
+# the rerun within). An emulator that adds a steady excess misses both.
+MEASUREMENTS_PER_TIMING = 2
+
+
 def paired_timing(
-    address: str, region: str, host: str, path: str = "/", pairs: int = 15, **kwargs: Any
+    address: str,
+    region: str,
+    host: str,
+    path: str = "/",
+    pairs: int = 15,
+    *,
+    target_s: float | None = None,
+    **kwargs: Any,
+) -> PairedTiming:
+    """`pairs` delayed and undelayed requests, alternated; with `target_s`, measured
+    again when the first measurement does not add the target (`MEASUREMENTS_PER_TIMING`)."""
+    missed_s: list[float] = []
+    for _ in range(1 if target_s is None else MEASUREMENTS_PER_TIMING):
+        timing = _paired_timing_once(address, region, host, path, pairs, **kwargs)
+        timing.missed_s = list(missed_s)
+        if target_s is None or timing.adds(target_s):
+            break
+        missed_s.append(timing.added_s)
+    return timing
+
+
+def _paired_timing_once(
+    address: str, region: str, host: str, path: str, pairs: int, **kwargs: Any
 ) -> PairedTiming:
     delayed, undelayed = EdgeClient(address, region, stamp=False), EdgeClient(address, stamp=False)
     timing = PairedTiming([], [])

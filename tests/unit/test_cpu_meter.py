@@ -466,6 +466,10 @@ def test_steps_close_together_share_one_reading_of_the_cpu_clock(
     assert clock.reads < steps / 2, f"{clock.reads} readings for {steps} steps"
 
 
+# Runs of a scenario whose timing a preempted process can miss, until one does not.
+RUNS_FOR_A_PREEMPTIBLE_GAP = 5
+
+
 def test_a_long_step_starting_from_an_earlier_reading_is_charged_all_but_a_short_step(
     counting_clock: CountingCpuClock,
 ) -> None:
@@ -477,8 +481,17 @@ def test_a_long_step_starting_from_an_earlier_reading_is_charged_all_but_a_short
         spin(spin_s)
         return "done"
 
-    outcome, budget, _ = run_metered(short_then_long, limit_s=1.0)
-    assert outcome == "done"
     # The first step's start and the long step's end: no reading at the long one's start.
-    assert clock.reads == 2
-    assert spin_s - SHORT_STEP_S <= budget.used_s <= spin_s + 2 * SHORT_STEP_S + 0.005
+    # That needs the long step to start within SHORT_STEP_S of the first reading, which a
+    # preempted test process misses now and then (CI: once, beside a cluster): the charge
+    # is checked on every run, the two readings on at least one of a few.
+    readings = []
+    for _ in range(RUNS_FOR_A_PREEMPTIBLE_GAP):
+        clock.reads = 0
+        outcome, budget, _ = run_metered(short_then_long, limit_s=1.0)
+        assert outcome == "done"
+        assert spin_s - SHORT_STEP_S <= budget.used_s <= spin_s + 2 * SHORT_STEP_S + 0.005
+        readings.append(clock.reads)
+        if clock.reads == 2:
+            break
+    assert readings[-1] == 2, f"readings per run: {readings}"
