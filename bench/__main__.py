@@ -24,7 +24,7 @@ from bench import (
     sql,
     startup,
 )
-from bench.report import load_line, rich_table, write_outputs
+from bench.report import load_line, rich_table, source_revision, write_outputs
 from bench.runner import Benchmark, Settings, run_benchmarks
 
 # In run order: benchmarks that share a cluster are adjacent, so it starts once.
@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if not console.is_terminal and console.width < TABLE_WIDTH_MIN:
         # Piped (e.g. `make bench | tee`): rich would assume 80 columns and wrap every cell.
         console = Console(width=TABLE_WIDTH_MIN)
+    revision = source_revision()
     started = time.monotonic()
     results = asyncio.run(run_benchmarks(benchmarks, settings, console))
     elapsed = time.monotonic() - started
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     table = rich_table(rows, f"edgepop benchmarks ({mode} run, {elapsed:.0f} s)")
     table.caption = load_line(results)
     console.print(table)
-    report, data = write_outputs(results, settings, elapsed)
+    report, data = write_outputs(results, settings, elapsed, revision)
     console.print(f"report: {report}\nresults: {data}")
     # Missed goals are findings, not failures of the tool; a benchmark that crashed is.
     return 1 if any(row.status == "error" for row in rows) else 0

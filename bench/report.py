@@ -22,8 +22,21 @@ STATUS_STYLE = {"pass": "bold green", "fail": "bold red", "error": "bold red",
                 "skipped": "yellow", "info": "dim"}  # fmt: skip
 
 
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on (they mean little without it)."""
+def source_revision() -> str:
+    """The checkout's commit, `-dirty` when the tree has changes ("" outside git)."""
+    try:
+        return subprocess.run(
+            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+            timeout=5, check=False,
+        ).stdout.strip()  # fmt: skip
+    except OSError:
+        return ""
+
+
+def machine(revision_at_start: str) -> dict[str, Any]:
+    """What the numbers were measured on (they mean little without it): the code is the
+    checkout's when the run started; if the tree changed under the run, nodes started
+    after that ran other code, so its revision at the end is named too (`git_at_end`)."""
     cpu = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -32,20 +45,15 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    try:
-        revision = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-            timeout=5, check=False,
-        ).stdout.strip()  # fmt: skip
-    except OSError:
-        revision = ""
+    revision_at_end = source_revision()
     try:
         load = os.getloadavg()
     except OSError:
         load = (0.0, 0.0, 0.0)
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git": revision,
+        "git": revision_at_start,
+        "git_at_end": revision_at_end if revision_at_end != revision_at_start else None,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": cpu,
@@ -90,11 +98,16 @@ def write_outputs(
     results: Sequence[tuple[Benchmark, BenchResult]],
     settings: Settings,
     elapsed_s: float,
+    revision_at_start: str,
 ) -> tuple[Path, Path]:
     """REPORT.md and results.json in the output dir; returns their paths."""
     out = settings.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    meta = {**machine(), "mode": "quick" if settings.quick else "full", "elapsed_s": elapsed_s}
+    meta = {
+        **machine(revision_at_start),
+        "mode": "quick" if settings.quick else "full",
+        "elapsed_s": elapsed_s,
+    }
     rows = [row for _, result in results for row in result.rows]
 
     data = {
@@ -116,10 +129,11 @@ def write_outputs(
     json_path.write_text(json.dumps(json_safe(data), indent=2, default=str) + "\n")
 
     failed = [row for row in rows if row.status in ("fail", "error")]
+    changed = f" (`{meta['git_at_end']}` by the end)" if meta["git_at_end"] else ""
     lines = [
         "# edgepop benchmarks",
         "",
-        f"{meta['date']} · `{meta['git']}` · {meta['mode']} run in {elapsed_s:.0f} s · "
+        f"{meta['date']} · `{meta['git']}`{changed} · {meta['mode']} run in {elapsed_s:.0f} s · "
         f"{meta['cpus']} CPUs ({meta['cpu']}) · Python {meta['python']} · nodes on "
         f"{meta['node_event_loop']} · load average at the end {meta['loadavg_at_end'][0]}",
         "",
