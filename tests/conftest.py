@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -60,6 +60,26 @@ def poll_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
         time.sleep(interval)
+
+
+T = TypeVar("T")
+
+# A delay measurement that misses its target is taken once more on fresh pairs, and fails
+# its test only if both miss: on a shared VM a stretch of steal moves one block of pairs
+# by more than the tolerance while a rerun of the same code passes; an emulator adding a
+# steady excess misses both (docs/ARCHITECTURE.md, "Testing approach").
+TIMING_MEASUREMENTS = 2
+
+
+def measured_again_if_missed(
+    measure: Callable[[], T], missed: Callable[[T], bool], first: T | None = None
+) -> list[T]:
+    """`measure()` (or `first`, a measurement already taken), repeated while `missed` says
+    so, up to TIMING_MEASUREMENTS in all: every measurement, the one that counts last."""
+    measurements = [first if first is not None else measure()]
+    while missed(measurements[-1]) and len(measurements) < TIMING_MEASUREMENTS:
+        measurements.append(measure())
+    return measurements
 
 
 def pytest_configure(config: pytest.Config) -> None:

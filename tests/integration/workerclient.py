@@ -39,7 +39,7 @@ from edge.v1 import (
 from edgectl.launcher import Cluster
 from edgepop.bundle import read_bundle
 from edgepop.netem import REGION_HEADER, sent_at_metadata
-from tests.conftest import poll_until
+from tests.conftest import measured_again_if_missed, poll_until
 from tests.integration.seeds import seeded_nodes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -331,13 +331,6 @@ class PairedTiming:
         )
 
 
-# A timing that misses its target is measured once more on fresh pairs (and connections),
-# and the test fails only if both miss: on a slow stretch of this VM one block of 15-20
-# pairs read more than the 1 ms tolerance long (CI, tokyo's 8 ms at the HTTP ingress,
-# the rerun within). An emulator that adds a steady excess misses both.
-MEASUREMENTS_PER_TIMING = 2
-
-
 def paired_timing(
     address: str,
     region: str,
@@ -349,14 +342,13 @@ def paired_timing(
     **kwargs: Any,
 ) -> PairedTiming:
     """`pairs` delayed and undelayed requests, alternated; with `target_s`, measured
-    again when the first measurement does not add the target (`MEASUREMENTS_PER_TIMING`)."""
-    missed_s: list[float] = []
-    for _ in range(1 if target_s is None else MEASUREMENTS_PER_TIMING):
-        timing = _paired_timing_once(address, region, host, path, pairs, **kwargs)
-        timing.missed_s = list(missed_s)
-        if target_s is None or timing.adds(target_s):
-            break
-        missed_s.append(timing.added_s)
+    again when the first measurement does not add the target (`measured_again_if_missed`)."""
+    measurements = measured_again_if_missed(
+        lambda: _paired_timing_once(address, region, host, path, pairs, **kwargs),
+        lambda timing: target_s is not None and not timing.adds(target_s),
+    )
+    timing = measurements[-1]
+    timing.missed_s = [earlier.added_s for earlier in measurements[:-1]]
     return timing
 
 
