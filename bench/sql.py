@@ -46,19 +46,22 @@ def _statement(sql: str) -> sql_pb2.SqlStatement:
     return sql_pb2.SqlStatement(sql=sql)
 
 
-async def _create(cluster: Cluster, *setup: str) -> str:
+async def _create(cluster: Cluster, *setup: str) -> tuple[str, str]:
+    """A new database with `setup` run at the primary: (its name, the setup's bookmark)."""
     name = f"bench-{uuid.uuid4().hex[:8]}"
     async with grpc.aio.insecure_channel(cluster.origin.grpc_address) as channel:
         origin = origin_pb2_grpc.OriginStub(channel)
         await origin.SqlCreate(sql_pb2.SqlCreateRequest(name=name), timeout=10)
-        await origin.SqlQuery(
+        done = await origin.SqlQuery(
             sql_pb2.SqlQueryRequest(database=name, statements=[_statement(s) for s in setup]),
             timeout=10,
         )
-    return name
+    return name, done.bookmark
 
 
-async def _point_reads(cluster: Cluster, database: str, calls: int) -> dict[str, list[float]]:
+async def _point_reads(
+    cluster: Cluster, database: str, setup_bookmark: str, calls: int
+) -> dict[str, list[float]]:
     """Alternate session and session-less point reads from tokyo; seconds per call."""
     metadata = ((REGION_HEADER, READ_REGION),)
     request = {
@@ -72,14 +75,22 @@ async def _point_reads(cluster: Cluster, database: str, calls: int) -> dict[str,
     times: dict[str, list[float]] = {"replica": [], "primary": []}
     async with grpc.aio.insecure_channel(cluster.node(READ_POP).grpc_address) as channel:
         pop = pop_pb2_grpc.PopStub(channel)
-        # The replica must hold the row before its reads count.
+        # The replica must hold the table and its row before its reads count: a read at
+        # the setup's bookmark is served there once it does (before, by the primary; a
+        # first-unconstrained read could find no table yet).
+        at_setup = sql_pb2.SqlQueryRequest(
+            database=database,
+            statements=request[sql_pb2.SQL_SESSION_FIRST_UNCONSTRAINED].statements,
+            session=sql_pb2.SQL_SESSION_BOOKMARK,
+            bookmark=setup_bookmark,
+        )
         deadline = time.monotonic() + 10
         while True:
-            got = await pop.SqlQuery(
-                request[sql_pb2.SQL_SESSION_FIRST_UNCONSTRAINED], metadata=metadata, timeout=10
-            )
-            if got.results[0].rows or time.monotonic() > deadline:
+            got = await pop.SqlQuery(at_setup, metadata=metadata, timeout=10)
+            if not got.results[0].meta.served_by_primary:
                 break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{READ_POP}'s replica did not reach the setup's bookmark")
             await asyncio.sleep(0.05)
         for _ in range(calls):
             for session, where in (
@@ -171,19 +182,19 @@ async def _replicate_rows(cluster: Cluster, database: str, duration_s: float) ->
 async def run_sql(context: Context) -> BenchResult:
     calls = context.pick(40, 5)
     delayed = await context.cluster(network.DEFAULT_KEY, None)
-    reads_db = await _create(
+    reads_db, reads_bookmark = await _create(
         delayed,
         "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)",
         "INSERT INTO t (v) VALUES ('hello from us-east-1')",
     )
     reads = await context.ui.step(
-        f"point reads from {READ_REGION}", _point_reads(delayed, reads_db, calls)
+        f"point reads from {READ_REGION}", _point_reads(delayed, reads_db, reads_bookmark, calls)
     )
     await context.release(network.DEFAULT_KEY)
 
     # The primary's own cost: a cluster of one PoP (the replication row uses twelve).
     single = await context.cluster(kv_reads.SINGLE_POP_KEY, kv_reads.SINGLE_POP_TOPOLOGY)
-    writes_db = await _create(single, "CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+    writes_db, _ = await _create(single, "CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
     duration = context.pick(5.0, 1.5)
     payload = sql_pb2.SqlQueryRequest(
         database=writes_db,
@@ -224,7 +235,7 @@ async def run_sql(context: Context) -> BenchResult:
     )
     await context.release(kv_reads.SINGLE_POP_KEY)
     nodelay = await replication.default_nodelay(context)
-    rows_db = await _create(nodelay, "CREATE TABLE rows_in (id INTEGER PRIMARY KEY, v BLOB)")
+    rows_db, _ = await _create(nodelay, "CREATE TABLE rows_in (id INTEGER PRIMARY KEY, v BLOB)")
     replicated = await context.ui.timed(
         f"{ROWS_PER_CALL}-row INSERTs to {len(nodelay.pops)} PoPs",
         context.pick(8.0, 2.0),
