@@ -31,6 +31,7 @@ from bench.runner import BenchResult, Context
 from bench.stats import Goal, Row, percentile
 from edge.v1 import origin_pb2_grpc, pop_pb2_grpc, sql_pb2
 from edgectl.launcher import Cluster
+from edgepop import sqldb
 from edgepop.netem import REGION_HEADER
 
 READ_REGION = "tokyo"
@@ -59,9 +60,7 @@ async def _create(cluster: Cluster, *setup: str) -> tuple[str, str]:
     return name, done.bookmark
 
 
-async def _point_reads(
-    cluster: Cluster, database: str, setup_bookmark: str, calls: int
-) -> dict[str, list[float]]:
+async def _point_reads(cluster: Cluster, database: str, calls: int) -> dict[str, list[float]]:
     """Alternate session and session-less point reads from tokyo; seconds per call."""
     metadata = ((REGION_HEADER, READ_REGION),)
     request = {
@@ -75,23 +74,6 @@ async def _point_reads(
     times: dict[str, list[float]] = {"replica": [], "primary": []}
     async with grpc.aio.insecure_channel(cluster.node(READ_POP).grpc_address) as channel:
         pop = pop_pb2_grpc.PopStub(channel)
-        # The replica must hold the table and its row before its reads count: a read at
-        # the setup's bookmark is served there once it does (before, by the primary; a
-        # first-unconstrained read could find no table yet).
-        at_setup = sql_pb2.SqlQueryRequest(
-            database=database,
-            statements=request[sql_pb2.SQL_SESSION_FIRST_UNCONSTRAINED].statements,
-            session=sql_pb2.SQL_SESSION_BOOKMARK,
-            bookmark=setup_bookmark,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            got = await pop.SqlQuery(at_setup, metadata=metadata, timeout=10)
-            if not got.results[0].meta.served_by_primary:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{READ_POP}'s replica did not reach the setup's bookmark")
-            await asyncio.sleep(0.05)
         for _ in range(calls):
             for session, where in (
                 (sql_pb2.SQL_SESSION_FIRST_UNCONSTRAINED, "replica"),
@@ -187,8 +169,11 @@ async def run_sql(context: Context) -> BenchResult:
         "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)",
         "INSERT INTO t (v) VALUES ('hello from us-east-1')",
     )
+    # The replica must hold the table and its row before its reads count (a SQL commit is
+    # in a PoP's replicas once its applied seq reaches it).
+    await replication.wait_caught_up(delayed, sqldb.parse_bookmark(reads_bookmark))
     reads = await context.ui.step(
-        f"point reads from {READ_REGION}", _point_reads(delayed, reads_db, reads_bookmark, calls)
+        f"point reads from {READ_REGION}", _point_reads(delayed, reads_db, calls)
     )
     await context.release(network.DEFAULT_KEY)
 
