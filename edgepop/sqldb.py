@@ -603,17 +603,26 @@ class Database:
         without it all the same (lifting it costs two pragmas, ~15 us, on every commit).
         """
         near_limit = self._writer_pages + COMMIT_PAGES_MARGIN >= self._max_pages
-        with self._unlimited() if near_limit else contextlib.nullcontext():
-            self._set_applied_seq(seq)
-            self._writer.execute("COMMIT")
+        try:
+            with self._unlimited() if near_limit else contextlib.nullcontext():
+                self._set_applied_seq(seq)
+                self._writer.execute("COMMIT")
+        except BaseException:
+            # A COMMIT that fails on the disk (an I/O error, a full disk) may have rolled
+            # the transaction back already: end it either way, holding nothing of it.
+            self.rollback()
+            raise
         self._in_write = False
         self.applied_seq = seq
 
     def rollback(self) -> None:
+        """End the open write transaction, keeping nothing of it (SQLite may have ended
+        it itself: a failed COMMIT or an SQLITE_FULL rolls back)."""
         if self._in_write:
-            self._writer.execute("ROLLBACK")
             self._in_write = False
             self._has_sequences = None
+            if self._writer.in_transaction:
+                self._writer.execute("ROLLBACK")
 
     # -- the replicas' replay ------------------------------------------------------------------
 
@@ -655,7 +664,8 @@ class Database:
                 self._set_applied_seq(seq)
                 connection.execute("COMMIT")
             except BaseException:
-                connection.execute("ROLLBACK")
+                if connection.in_transaction:  # a failed COMMIT may have rolled back
+                    connection.execute("ROLLBACK")
                 raise
             finally:
                 self._has_sequences = None

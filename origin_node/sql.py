@@ -7,7 +7,10 @@ replication log (durable, one entry and seq per write), and commits after: the d
 records the last seq in the same SQLite transaction. So the log never lacks a write the
 primary holds; if the origin dies between the two commits, `recover` replays the group
 at start (a database's groups are serialised by its lock, so only its last one can be
-missing). Each write is all or nothing on its own (a savepoint): one that fails leaves
+missing). If SQLite's commit fails after the log took the group (the disk refused it),
+the group is replayed from the log at once, as a start would, and until that succeeds
+the database answers nothing at the primary (it would answer without logged commits).
+Each write is all or nothing on its own (a savepoint): one that fails leaves
 the others of its group. Reads run on their own connection (WAL): they never wait for a
 write.
 
@@ -28,7 +31,7 @@ from typing import TypeVar
 
 from edge.v1 import kv_pb2, origin_pb2, sql_pb2
 from edgepop import buggify, sqldb
-from edgepop.errors import NotFoundError, SqlError
+from edgepop.errors import NotFoundError, SqlError, UnavailableError
 from edgepop.storage import Storage
 from origin_node.committer import Committer
 from origin_node.writelog import Change, WriteLog, WriteRequest
@@ -130,6 +133,9 @@ class SqlPrimaries:
         # Writes waiting for their database's next group commit, and its writer task.
         self._queues: dict[str, list[_PendingWrite]] = {}
         self._writers: dict[str, asyncio.Task[None]] = {}
+        # Logged commits a database's primary lacks (SQLite failed to commit them after
+        # the log took them), in seq order: replayed before it answers anything.
+        self._behind: dict[str, list[kv_pb2.LogEntry]] = {}
         # The planted bug of the fault runs (EDGEPOP_BUGGIFY, test-only): retries run again.
         self._forget_requests = buggify.enabled(buggify.SQL_FORGET_REQUESTS)
         if self._forget_requests:
@@ -186,6 +192,37 @@ class SqlPrimaries:
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
+    async def _catch_up(self, name: str) -> None:
+        """Under the database's lock: replay the logged commits its primary lacks, if any
+        (`_behind`); UNAVAILABLE while the disk still refuses them."""
+        entries = self._behind.get(name)
+        if not entries:
+            return
+
+        def replay() -> None:
+            if self.databases.exists(name):
+                self.databases.get(name).rollback()
+            for entry in entries:
+                self._replay(entry)  # exactly once: a copy skips what it holds
+
+        try:
+            await self._on(self._writes, replay)
+        except Exception as error:
+            log.error("database %r: replaying logged commits from the log failed: %s", name, error)
+            raise UnavailableError(
+                f"database {name!r}: its primary lacks logged commits up to seq "
+                f"{entries[-1].seq} (storing them failed: {error}); it answers again once "
+                "they are stored"
+            ) from error
+        del self._behind[name]
+        log.warning("database %r: holds its logged commits again (to %d)", name, entries[-1].seq)
+
+    async def _caught_up(self, name: str) -> None:
+        """Before a read at the primary: it must hold every logged commit."""
+        if name in self._behind:
+            async with self._lock(name):
+                await self._catch_up(name)
+
     # -- the API -----------------------------------------------------------------------------
 
     def catalog(self) -> list[sql_pb2.SqlDatabase]:
@@ -210,7 +247,12 @@ class SqlPrimaries:
                 WriteRequest("", [Change(kv_pb2.LOG_OP_SQL, name, sql=commit)])
             )
             entry = done.entries[0]
-            await self._on(self._writes, lambda: self._replay(entry))
+            try:
+                await self._on(self._writes, lambda: self._replay(entry))
+            except Exception:
+                # Logged: the file must hold it before the database answers (as below).
+                self._behind[name] = [entry]
+                await self._catch_up(name)
         return sql_pb2.SqlCreateResponse(
             database=self.info(name), bookmark=sqldb.format_bookmark(done.seq)
         )
@@ -220,6 +262,7 @@ class SqlPrimaries:
         sqldb.check_query(request)
         floor = sqldb.parse_bookmark(request.bookmark) if request.bookmark else 0
         self.info(request.database)  # NOT_FOUND before anything runs
+        await self._caught_up(request.database)
         database = self.databases.get(request.database)
         statements = list(request.statements)
         try:
@@ -272,6 +315,7 @@ class SqlPrimaries:
     async def _commit_group(self, database: sqldb.Database, group: list[_PendingWrite]) -> None:
         """One SQLite transaction, one log commit (with fsync) and one SQLite commit for
         every write of the group; each write is all or nothing on its own (a savepoint)."""
+        await self._catch_up(database.name)
         with self.storage.read() as txn:
             fresh = []
             for write in group:
@@ -320,7 +364,23 @@ class SqlPrimaries:
         last_seq = done.entries[-1].seq
         # On the loop: a COMMIT (one fsync of the WAL) blocks it for less than a hop to
         # the write thread and back costs; the write thread is idle (we hold the lock).
-        database.commit(last_seq)
+        try:
+            database.commit(last_seq)
+        except Exception as error:
+            # The log holds the group, and the PoPs will apply it: the primary must hold
+            # it too before it answers anything, so it is replayed from the log (as a
+            # start would); if that fails too, the group's writes answer UNAVAILABLE
+            # (their retries find them in the log) and so does the database, until done.
+            log.error(
+                "database %r: SQLite's commit of logged seqs %d-%d failed (%s); "
+                "replaying them from the log",
+                database.name,
+                done.entries[0].seq,
+                last_seq,
+                error,
+            )
+            self._behind[database.name] = list(done.entries)
+            await self._catch_up(database.name)
         for (write, outcome), entry in zip(logged, done.entries, strict=True):
             _resolve(write, outcome.results, entry.seq)
         for write, outcome in unchanged:
@@ -335,6 +395,7 @@ class SqlPrimaries:
         """
         for info in self.catalog():
             async with self._lock(info.name):
+                await self._catch_up(info.name)
                 database = self.databases.get(info.name)
                 image = await self._on(self._reads, database.serialize)
             for offset in range(0, max(1, len(image)), IMAGE_PIECE_BYTES):
@@ -348,6 +409,7 @@ class SqlPrimaries:
 
     async def dump(self, name: str) -> sql_pb2.SqlDumpResponse:
         self.info(name)
+        await self._caught_up(name)
         database = self.databases.get(name)
         text, seq = await self._on(self._reads, database.dump)
         return sql_pb2.SqlDumpResponse(dump=text, applied_seq=seq)

@@ -4,12 +4,16 @@ at the next start, once (real LMDB and SQLite in a temp dir, no sockets)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import apsw
+import pytest
+
 from edge.v1 import kv_pb2, sql_pb2
 from edgepop import sqldb
+from edgepop.errors import UnavailableError
 from edgepop.kvstore import KvStore
 from edgepop.metrics import OriginMetrics
 from edgepop.storage import Storage
@@ -206,3 +210,124 @@ def test_a_logged_group_missing_from_sqlite_is_replayed_whole(tmp_path: Path) ->
         assert all(f"'g{n}'" in text for n in range(3))
     finally:
         restarted.close()
+
+
+class _FailingSyncs(apsw.VFS):
+    """SQLite's default VFS, except that the sync of a WAL file fails while `failures`
+    is above 0 (each failure counts down; -1: every sync fails): a disk that refuses a
+    commit. Installed as the process's default VFS, so the primaries' connections use it."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.failed = 0
+        self.base = apsw.vfs_names()[0]  # the default before this one
+        super().__init__("failing-syncs", self.base, makedefault=True)
+
+    def xOpen(self, name: Any, flags: Any) -> apsw.VFSFile:
+        return _FailingSyncFile(self, name, flags)
+
+
+class _FailingSyncFile(apsw.VFSFile):
+    def __init__(self, vfs: _FailingSyncs, name: Any, flags: Any) -> None:
+        path = name.filename() if isinstance(name, apsw.URIFilename) else str(name)
+        self._vfs = vfs
+        self._wal = path.endswith("-wal")
+        super().__init__(vfs.base, name, flags)
+
+    def xSync(self, flags: int) -> None:
+        if self._wal and self._vfs.failures:
+            if self._vfs.failures > 0:
+                self._vfs.failures -= 1
+            self._vfs.failed += 1
+            raise apsw.IOError("injected: the disk refused the WAL's sync")
+        super().xSync(flags)
+
+
+@pytest.fixture
+def failing_syncs() -> Iterator[_FailingSyncs]:
+    vfs = _FailingSyncs()
+    try:
+        yield vfs
+    finally:
+        vfs.unregister()
+
+
+def _logged_rows(origin: Origin, tmp_path: Path) -> str:
+    """The database as its log says it is: every logged commit replayed on a fresh copy."""
+    copy = sqldb.Database(tmp_path / "from-the-log" / "db.sqlite", primary=False)
+    try:
+        with origin.storage.read() as txn:
+            head, _ = origin.log.positions(txn)
+            for entry in origin.log.read(txn, 1, head, 1 << 30):
+                if entry.op == kv_pb2.LOG_OP_SQL and entry.sql.database == "db":
+                    created = entry.sql.created if entry.sql.HasField("created") else None
+                    copy.apply(entry.seq, entry.sql.steps, created)
+        return copy.dump()[0]
+    finally:
+        copy.close()
+
+
+def test_a_logged_write_whose_sqlite_commit_fails_is_replayed_from_the_log(
+    tmp_path: Path, failing_syncs: _FailingSyncs
+) -> None:
+    origin = Origin(tmp_path)
+    (tmp_path / "from-the-log").mkdir()
+
+    async def scenario() -> tuple[sql_pb2.SqlQueryResponse, sql_pb2.SqlQueryResponse]:
+        await origin.sql.create("db")
+        await _query(origin, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        await _query(origin, "INSERT INTO t (v) VALUES ('before')")
+        failing_syncs.failures = 1  # the next commit's sync: after the log took the write
+        during = await _query(origin, "INSERT INTO t (v) VALUES ('during')", request_id="w")
+        after = await _query(origin, "INSERT INTO t (v) VALUES ('after')")
+        return during, after
+
+    try:
+        during, after = asyncio.run(_with_committer(origin, scenario()))
+        assert failing_syncs.failed == 1
+        assert during.results[0].meta.last_row_id == 2
+        text, applied = _dump(origin)
+        assert applied == sqldb.parse_bookmark(after.bookmark)
+        assert text == _logged_rows(origin, tmp_path)
+        assert text.count("'during'") == 1 and "'after'" in text
+        # A restart finds nothing to replay: the primary held every logged commit.
+        origin.close()
+        origin = Origin(tmp_path)
+        assert _dump(origin) == (text, applied)
+    finally:
+        origin.close()
+
+
+def test_a_primary_that_cannot_store_a_logged_write_refuses_queries_until_it_can(
+    tmp_path: Path, failing_syncs: _FailingSyncs
+) -> None:
+    origin = Origin(tmp_path)
+    (tmp_path / "from-the-log").mkdir()
+
+    async def scenario() -> None:
+        await origin.sql.create("db")
+        await _query(origin, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        failing_syncs.failures = -1  # every sync, the replay's too
+        with pytest.raises(UnavailableError, match="lacks logged commits.*refused the WAL"):
+            await _query(origin, "INSERT INTO t (v) VALUES ('logged')", request_id="w")
+        # The primary lacks a logged commit: no read or write may be answered from it.
+        with pytest.raises(UnavailableError):
+            await _query(origin, "SELECT v FROM t")
+        with pytest.raises(UnavailableError):
+            await _query(origin, "INSERT INTO t (v) VALUES ('refused')")
+        with pytest.raises(UnavailableError):
+            await origin.sql.dump("db")
+        failing_syncs.failures = 0  # the disk takes writes again
+        read = await _query(origin, "SELECT v FROM t")
+        assert [row.values[0].text for row in read.results[0].rows] == ["logged"]
+        # The retry of the write whose answer was lost finds it in the log.
+        again = await _query(origin, "INSERT INTO t (v) VALUES ('logged')", request_id="w")
+        assert sqldb.parse_bookmark(again.bookmark) == origin.sql.info("db").last_seq
+
+    try:
+        asyncio.run(_with_committer(origin, scenario()))
+        text, _ = _dump(origin)
+        assert text.count("'logged'") == 1 and "'refused'" not in text
+        assert text == _logged_rows(origin, tmp_path)
+    finally:
+        origin.close()
