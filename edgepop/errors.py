@@ -124,6 +124,11 @@ class UnavailableError(EdgeError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class StorageIOError(UnavailableError):
+    """The disk refused a commit (an I/O error on its write or sync): the write is not
+    acknowledged and may be retried (with its request id); reads keep working."""
+
+
 class DeadlineError(EdgeError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 

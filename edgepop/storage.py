@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import lmdb
 
 from edgepop import buggify
-from edgepop.errors import StorageFullError
+from edgepop.errors import StorageFullError, StorageIOError
 
 T = TypeVar("T")
 
@@ -239,10 +239,32 @@ class Storage:
             self._latest = None
 
     def write_sync(self, work: Callable[[Any], T]) -> T:
-        """Run `work(txn)` in one write transaction and commit it (blocking)."""
+        """Run `work(txn)` in one write transaction and commit it (blocking).
+
+        A commit the disk refuses raises StorageIOError (UNAVAILABLE, with LMDB's reason),
+        not an internal error: LMDB aborts the transaction, so nothing of it is visible,
+        and the next commit may succeed (its pages are written and synced again; the
+        failed one's pages are free). Errors of `work` itself pass unchanged.
+        """
         try:
-            with self.env.begin(write=True) as txn:
+            try:
+                txn = self.env.begin(write=True)
+            except lmdb.Error as error:  # e.g. MDB_PANIC after a failed meta page write
+                raise StorageIOError(f"storage refused a write transaction ({error})") from error
+            try:
                 result = work(txn)
+            except BaseException:
+                txn.abort()
+                raise
+            try:
+                txn.commit()
+            except lmdb.MapFullError:
+                raise
+            except lmdb.Error as error:
+                raise StorageIOError(
+                    f"storage refused the commit ({error}): the write is not acknowledged; "
+                    "reads still work"
+                ) from error
         except lmdb.MapFullError as error:
             raise StorageFullError(
                 "storage is full (LMDB map size reached): writes are refused, reads still work"

@@ -308,7 +308,7 @@ def test_a_primary_that_cannot_store_a_logged_write_refuses_queries_until_it_can
         await origin.sql.create("db")
         await _query(origin, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
         failing_syncs.failures = -1  # every sync, the replay's too
-        with pytest.raises(UnavailableError, match="lacks logged commits.*refused the WAL"):
+        with pytest.raises(UnavailableError, match=r"lacks logged commits.*refused the WAL"):
             await _query(origin, "INSERT INTO t (v) VALUES ('logged')", request_id="w")
         # The primary lacks a logged commit: no read or write may be answered from it.
         with pytest.raises(UnavailableError):
