@@ -88,19 +88,25 @@ class Membership:
         """
         await self.register()
         in_flight: set[asyncio.Task[None]] = set()
-        while True:
-            # On the grid (edgepop.ticks): every node's heartbeat leaves at one instant, so
-            # the control plane takes a region's in one wake-up.
-            await ticks.sleep_to_next_tick(self.heartbeat_interval_s)
-            if self._reregister.is_set():
-                self._reregister.clear()
-                await self.register()
-                continue
-            if len(in_flight) >= HEARTBEATS_IN_FLIGHT_MAX:
-                continue
-            task = asyncio.create_task(self._heartbeat(self.incarnation))
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
+        try:
+            while True:
+                # On the grid (edgepop.ticks): every node's heartbeat leaves at one instant,
+                # so the control plane takes a region's in one wake-up.
+                await ticks.sleep_to_next_tick(self.heartbeat_interval_s)
+                if self._reregister.is_set():
+                    self._reregister.clear()
+                    await self.register()
+                    continue
+                if len(in_flight) >= HEARTBEATS_IN_FLIGHT_MAX:
+                    continue
+                task = asyncio.create_task(self._heartbeat(self.incarnation))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+        finally:
+            # Stopped (the node closes): the heartbeats in flight go too, before the
+            # channel they use is closed under them ("Channel is closed", never read).
+            for task in in_flight:
+                task.cancel()
 
     async def _heartbeat(self, incarnation: int) -> None:
         sent_at = time.monotonic()

@@ -323,7 +323,10 @@ class Storage:
         if txnid == self._flushed_txnid:
             return False
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writer, self.env.sync, True)
+        try:
+            await loop.run_in_executor(self._writer, self.env.sync, True)
+        except lmdb.Error as error:
+            raise StorageIOError(f"storage refused to sync ({error})") from error
         self._flushed_txnid = txnid
         return True
 

@@ -13,6 +13,7 @@ from edge.v1 import control_plane_pb2, control_plane_pb2_grpc, origin_pb2_grpc, 
 from edge.v1 import pop_pb2_grpc as pb_grpc
 from edgepop import ticks
 from edgepop.config import NodeConfig
+from edgepop.errors import StorageIOError
 from edgepop.http import start_site
 from edgepop.kvstore import KvStore, Record
 from edgepop.lease import Lease
@@ -174,7 +175,12 @@ class PopNode(Node):
         sync returns at once: an idle PoP does not wake its writer thread)."""
         while True:
             await ticks.sleep_to_next_tick(REPLICA_FLUSH_INTERVAL_S)
-            await self.storage.flush()
+            try:
+                await self.storage.flush()
+            except StorageIOError as error:
+                # A disk that refuses now may take the next one (what was not synced is
+                # synced then); the task must outlive it, not end at the first error.
+                log.warning("replica flush failed, trying again next tick: %s", error)
 
     def close_storage(self) -> None:
         self.sql.close()

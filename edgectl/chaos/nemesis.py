@@ -41,6 +41,7 @@ import grpc
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import control_plane_pb2_grpc as cp_grpc
 from edge.v1 import objects_pb2
+from edgectl.chaos.diskfault import DiskFaults
 from edgectl.chaos.history import FaultEvent, split_object_ref
 from edgectl.launcher import Cluster, ClusterError
 from edgepop import objectid, retry
@@ -56,7 +57,17 @@ LINK_FAULTS = ("delay", "jitter", "loss")
 # SIGSTOP, then SIGCONT: a process frozen past its leases that wakes up believing them
 # (Jepsen's process pause). Its sockets stay open, so peers see silence, not a close.
 PAUSES = ("pause-owner", "pause-origin", "pause-control-plane")
-FAULT_KINDS: tuple[str, ...] = (*OBJECT_KILLS, *NODE_KILLS, *PARTITIONS, *LINK_FAULTS, *PAUSES)
+# The node's disk refuses to sync (edgectl/chaos/diskfault.c): its durable commits fail
+# with EIO while it lasts, as on a failing disk; the process runs on.
+DISK_FAULTS = ("disk-origin", "disk-owner")
+FAULT_KINDS: tuple[str, ...] = (
+    *OBJECT_KILLS,
+    *NODE_KILLS,
+    *PARTITIONS,
+    *LINK_FAULTS,
+    *PAUSES,
+    *DISK_FAULTS,
+)
 # Names for several kinds at once in --faults.
 FAULT_GROUPS: dict[str, tuple[str, ...]] = {
     "all": FAULT_KINDS,
@@ -65,6 +76,7 @@ FAULT_GROUPS: dict[str, tuple[str, ...]] = {
     "partitions": PARTITIONS,
     "network": (*PARTITIONS, *LINK_FAULTS),
     "pauses": PAUSES,
+    "disk": DISK_FAULTS,
 }
 # How often each kind is drawn: the object kills (the sequences that lost writes) most,
 # then region isolation; link faults are background noise.
@@ -77,12 +89,16 @@ KIND_WEIGHTS: dict[str, float] = {
     "pause-owner": 2.0,
     "pause-origin": 1.0,
     "pause-control-plane": 1.0,
+    **dict.fromkeys(DISK_FAULTS, 1.0),
 }
 # Kills (and pauses) of PoPs: at most one such step runs at a time (a chain already
 # kills two).
-POP_KILLS = frozenset({*OBJECT_KILLS, "kill-pop", "pause-owner"})
-# Faults of the origin's process: one at a time.
-ORIGIN_FAULTS = frozenset({"kill-origin", "pause-origin"})
+POP_KILLS = frozenset({*OBJECT_KILLS, "kill-pop", "pause-owner", "disk-owner"})
+# Faults of the origin's process: one at a time (a restart under a refusing disk would
+# fail to start, which is not the fault drawn).
+ORIGIN_FAULTS = frozenset({"kill-origin", "pause-origin", "disk-origin"})
+# Faults aimed at an object's current owner (resolved when the step fires).
+OWNER_FAULTS = frozenset({*OBJECT_KILLS, "pause-owner", "disk-owner"})
 # The control plane dead or frozen: nothing else may change meanwhile (see above).
 CONTROL_PLANE_FAULTS = frozenset({"kill-control-plane", "pause-control-plane"})
 NETWORK = frozenset({*PARTITIONS, *LINK_FAULTS})
@@ -121,6 +137,8 @@ CONTROL_PLANE_DOWN_S = (0.5, 4.0)
 # Frozen from below the 2.5 s lease (calls wait) to well past it (the standby takes over
 # while the owner sleeps, then the owner wakes up).
 PAUSE_S = (0.5, 6.0)
+# From a moment (a few commits fail) to past the clients' 3 s attempt timeout.
+DISK_S = (1.0, 6.0)
 PARTITION_S = (2.0, 8.0)
 ISOLATE_S = (3.0, 8.0)
 LINK_FAULT_S = (2.0, 6.0)
@@ -197,12 +215,12 @@ class Step:
 
     def describe(self) -> str:
         """The step in words, as the report's fault timeline shows it."""
-        if self.kind in OBJECT_KILLS or self.kind == "pause-owner":
+        if self.kind in OWNER_FAULTS:
             text = f"{self.kind} {self.object}"
             return text + (f" (standby {self.gap_s:.1f} s later)" if self.gap_s else "")
         if self.kind == "kill-pop":
             return f"kill-pop {self.node}"
-        if self.kind in ("kill-origin", *CONTROL_PLANE_FAULTS, "pause-origin"):
+        if self.kind in ("kill-origin", *CONTROL_PLANE_FAULTS, "pause-origin", "disk-origin"):
             return self.kind
         if self.kind == "isolate-region":
             return f"isolate-region {self.regions[0]}"
@@ -310,6 +328,11 @@ def _draw(kind: str, at_s: float, rng: random.Random, topo: PlanTopology) -> Ste
     elif kind == "pause-owner":
         step = replace(step, object=rng.choice(topo.objects))
         length = _uniform(rng, PAUSE_S)
+    elif kind == "disk-owner":
+        step = replace(step, object=rng.choice(topo.objects))
+        length = _uniform(rng, DISK_S)
+    elif kind == "disk-origin":
+        length = _uniform(rng, DISK_S)
     elif kind in ("pause-origin", "pause-control-plane"):
         length = _uniform(rng, PAUSE_S)
     elif kind == "kill-origin":
@@ -397,7 +420,7 @@ def plan(seed: int, duration_s: float, kinds: Sequence[str], topo: PlanTopology)
     unknown = [kind for kind in kinds if kind not in FAULT_KINDS]
     if unknown:
         raise ValueError(f"unknown fault kinds: {unknown}")
-    if not topo.objects and any(kind in (*OBJECT_KILLS, "pause-owner") for kind in kinds):
+    if not topo.objects and any(kind in OWNER_FAULTS for kind in kinds):
         raise ValueError("object kills need at least one object")
     # A string seed is hashed with SHA-512: the same on every platform and process.
     rng = random.Random(f"edgepop-chaos:{seed}")
@@ -484,7 +507,8 @@ class Nemesis:
     killed waits in `start` for it to come back, and must not hold up its restart).
     Faults go through the control plane with the cluster token, each also given a
     duration slightly past its heal time, so that a fault heals on the nodes even if its
-    ClearFaults never arrives.
+    ClearFaults never arrives. Disk faults go through `disk_faults`, the flag of the shim
+    the cluster runs over (None: its steps are skipped, saying `disk_faults_missing`).
     """
 
     def __init__(
@@ -494,8 +518,12 @@ class Nemesis:
         clock: Clock,
         control_plane: cp_grpc.ControlPlaneStub,
         token: str,
+        disk_faults: DiskFaults | None = None,
+        disk_faults_missing: str = "",
     ) -> None:
         self.cluster = cluster
+        self.disk_faults = disk_faults
+        self.disk_faults_missing = disk_faults_missing
         self.schedule = schedule
         self.clock = clock
         self.control_plane = control_plane
@@ -538,6 +566,8 @@ class Nemesis:
                 await self._object_kill(step)
             elif step.kind in PAUSES:
                 await self._pause(step)
+            elif step.kind in DISK_FAULTS:
+                await self._disk(step)
             else:
                 await self._node_kill(step)
         except (grpc.RpcError, ClusterError) as error:
@@ -684,6 +714,33 @@ class Nemesis:
             await asyncio.to_thread(self.cluster.resume, self._paused.pop(name, pids))
             event.end_s = self.clock.now()
 
+    # -- disk faults ----------------------------------------------------------------------
+
+    async def _disk(self, step: Step) -> None:
+        if self.disk_faults is None:
+            self._skip(step, self.disk_faults_missing or "no disk-fault shim")
+            return
+        if step.kind == "disk-owner":
+            placement = await self._placement(step.object)
+            if placement is None:
+                self._skip(step, "not placed yet")
+                return
+            name = placement.owner
+            detail = f"{step.object}: {name}'s disk (owner, epoch {placement.epoch})"
+        else:
+            name = self.cluster.by_role("origin")[0].name
+            detail = f"{name}'s disk"
+        # Every file under the node's data dir (absolute: the run's dir is resolved): its
+        # stores, SQL files and sync records.
+        files = str(self.cluster.node(name).data_dir).rstrip("/") + "/"
+        self.disk_faults.refuse(files)
+        event = self._event(step.kind, [name], detail + " refuses to sync")
+        try:
+            await self.clock.sleep_until(step.until_s)
+        finally:
+            self.disk_faults.allow(files)
+            event.end_s = self.clock.now()
+
     # -- restarts -------------------------------------------------------------------------
 
     def _cut_from_control_plane(self, name: str) -> bool:
@@ -753,6 +810,8 @@ class Nemesis:
         for name, pids in list(self._paused.items()):
             await asyncio.to_thread(self.cluster.resume, pids)
             self._paused.pop(name, None)
+        if self.disk_faults is not None:
+            self.disk_faults.allow()
         order = [
             *self.cluster.by_role("control_plane"),
             *self.cluster.by_role("origin"),

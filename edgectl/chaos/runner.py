@@ -40,7 +40,7 @@ import yaml
 
 from edge.v1 import control_plane_pb2 as cp_pb2
 from edge.v1 import kv_pb2, objects_pb2, origin_pb2, origin_pb2_grpc, pop_pb2, sql_pb2
-from edgectl.chaos import checks, report
+from edgectl.chaos import checks, diskfault, report
 from edgectl.chaos.clients import (
     SQL_DATABASE,
     SQL_SETUP,
@@ -54,8 +54,10 @@ from edgectl.chaos.clients import (
     select_tags,
     tags_of,
 )
+from edgectl.chaos.diskfault import DiskFaults
 from edgectl.chaos.history import History, split_object_ref
 from edgectl.chaos.nemesis import (
+    DISK_FAULTS,
     FAULT_KINDS,
     Clock,
     Nemesis,
@@ -174,20 +176,34 @@ def violations_text(run: SeedRun) -> str:
 
 
 @contextlib.contextmanager
-def buggify_env(name: str) -> Iterator[None]:
-    """`EDGEPOP_BUGGIFY=name` for the processes started inside (nodes inherit it)."""
-    if not name:
-        yield
-        return
-    before = os.environ.get(BUGGIFY_ENV)
-    os.environ[BUGGIFY_ENV] = name
+def node_environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` in the environment of the processes started inside (nodes inherit it):
+    the planted bug (`EDGEPOP_BUGGIFY`), the disk-fault shim."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop(BUGGIFY_ENV, None)
-        else:
-            os.environ[BUGGIFY_ENV] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def disk_faults_for(
+    schedule: Schedule, run_dir: Path
+) -> tuple[DiskFaults | None, dict[str, str], str]:
+    """(the flag, the nodes' environment, why not) for a schedule with disk faults: the
+    shim is built into the run's dir; without gcc those steps are skipped, saying so."""
+    if not any(step.kind in DISK_FAULTS for step in schedule.steps):
+        return None, {}, ""
+    try:
+        library = diskfault.build(run_dir)
+    except diskfault.DiskFaultUnavailable as error:
+        return None, {}, str(error)
+    faults = DiskFaults(run_dir / "disk-fault-flag")
+    return faults, diskfault.environment(library, faults.flag), ""
 
 
 def topology_file_for(config: RunConfig, run_dir: Path) -> Path:
@@ -247,12 +263,27 @@ def run_seed(
     cluster = Cluster(run_dir / "cluster", topology_file=topology_file, stop_with_launcher=True)
     timings: dict[str, float] = {}
     notes: list[str] = []
-    with buggify_env(config.buggify):
+    disk_faults, environment, disk_faults_missing = disk_faults_for(schedule, run_dir)
+    if disk_faults_missing:
+        notes.append(f"disk faults skipped: {disk_faults_missing}")
+    if config.buggify:
+        environment[BUGGIFY_ENV] = config.buggify
+    with node_environment(environment):
         try:
             cluster.up(timeout=CLUSTER_START_TIMEOUT_S)
             timings["up"] = time.monotonic() - started
             history, final, log = asyncio.run(
-                _drive(cluster, schedule, workload, config, timings, notes, on_progress)
+                _drive(
+                    cluster,
+                    schedule,
+                    workload,
+                    config,
+                    timings,
+                    notes,
+                    on_progress,
+                    disk_faults,
+                    disk_faults_missing,
+                )
             )
         finally:
             down_started = time.monotonic()
@@ -299,13 +330,23 @@ async def _drive(
     timings: dict[str, float],
     notes: list[str],
     on_progress: Callable[[float, dict[str, int], list[str]], None] | None,
+    disk_faults: DiskFaults | None = None,
+    disk_faults_missing: str = "",
 ) -> tuple[History, checks.FinalState, NemesisLog]:
     clock = Clock()
     directory = Directory(
         list(cluster.nodes.values()), cluster.topology, cluster.control_plane.grpc_address
     )
     recorder = Recorder(clock)
-    nemesis = Nemesis(cluster, schedule, clock, directory.control_plane, cluster.token)
+    nemesis = Nemesis(
+        cluster,
+        schedule,
+        clock,
+        directory.control_plane,
+        cluster.token,
+        disk_faults,
+        disk_faults_missing,
+    )
     stop = asyncio.Event()
     sql_bookmark = await _create_sql_table(directory, cluster)
     clients = make_clients(

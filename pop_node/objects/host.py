@@ -364,8 +364,16 @@ class ObjectHost:
                 self._activate(namespace, object_id, region, location_hint)
             )
             self._activating[key] = pending
-            pending.add_done_callback(lambda _: self._activating.pop(key, None))
+            pending.add_done_callback(lambda done: self._activation_done(key, done))
         return await asyncio.shield(pending)
+
+    def _activation_done(self, key: bytes, done: asyncio.Future[ObjectInstance]) -> None:
+        self._activating.pop(key, None)
+        # Read here: callers that gave up (their deadline) no longer await it, and asyncio
+        # would log a failed activation as an exception never retrieved. Those that still
+        # wait get it from the shield.
+        if not done.cancelled():
+            done.exception()
 
     async def _activate(
         self, namespace: str, object_id: bytes, region: str, location_hint: str

@@ -29,11 +29,12 @@ pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
 # Three seeds whose schedules between them use every fault kind (kills of owners,
 # standbys, chains, owner + standby, the origin, the control plane and PoPs; region
 # isolation, partitions, delay, jitter, loss; pauses of an owner, of the origin and of
-# the control plane, those of an owner and of the control plane past the lease):
+# the control plane, those of an owner and of the control plane past the lease; the
+# disks of an owner and of the origin refusing to sync):
 # `edgectl chaos schedule --seed N --duration 36` prints each;
-# tests/unit/test_chaos_nemesis.py holds them to it. (1, 3, 10) until the pauses came:
-# a new kind changes every full-mix schedule.
-CI_SEEDS = (5, 10, 40)
+# tests/unit/test_chaos_nemesis.py holds them to it. (1, 3, 10) until the pauses came,
+# (5, 10, 40) until the disk faults came: a new kind changes every full-mix schedule.
+CI_SEEDS = (21, 75, 95)
 CI_DURATION_S = 36.0
 CLI_SEED = CI_SEEDS[0]
 # The planted bug: only chains (owner killed, then the promoted standby), which are what

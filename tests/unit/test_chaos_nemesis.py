@@ -208,12 +208,15 @@ def test_step_descriptions_name_kind_and_target() -> None:
     assert frozen_cp.describe() == "pause-control-plane"
     delay = nemesis.Step(at_s=1, until_s=2, kind="delay", regions=("tokyo", "london"), delay_ms=150)
     assert delay.describe() == "delay +150 ms tokyo <-> london"
+    disk = nemesis.Step(at_s=1, until_s=2, kind="disk-owner", object="counter-3")
+    assert disk.describe() == "disk-owner counter-3"
+    assert nemesis.Step(at_s=1, until_s=2, kind="disk-origin").describe() == "disk-origin"
 
 
 def test_the_ci_seeds_use_every_fault_kind() -> None:
     # Seeds CI runs in tests/integration/test_chaos.py (kept in step by hand: importing
     # that module would start nothing, but it belongs to the cluster tests).
-    ci_seeds, ci_duration_s = (5, 10, 40), 36.0
+    ci_seeds, ci_duration_s = (21, 75, 95), 36.0
     used = {
         step.kind
         for seed in ci_seeds

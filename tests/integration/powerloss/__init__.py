@@ -15,10 +15,6 @@ Jepsen does with LazyFS, for the LMDB data files of every process of a cluster:
 - `restore_synced_state` puts each shadow in place of its file; a file never synced
   disappears, as a never-synced new file may after a real power loss. The cluster can
   then be started again, under a new boot id (`EDGEPOP_TEST_BOOT_ID`), as after a reboot.
-- `RefusedSyncs` (the shim's `EDGEPOP_POWERLOSS_REFUSE` flag file) makes the disk refuse
-  to sync, live: while the flag exists, fsync and fdatasync of the watched files (or of
-  the base names it lists) fail with EIO and make nothing durable
-  (`tests/integration/test_disk_faults.py`).
 
 Why a libc shim and not a FUSE filesystem (LazyFS) or crash points inside LMDB: the shim
 sees exactly the durability requests the processes make, whoever makes them (LMDB inside
@@ -51,7 +47,6 @@ SHIM_SOURCE = Path(__file__).with_name("powerloss.c")
 SHIM_LIBRARY_NAME = "powerloss.so"
 ROOT_ENV = "EDGEPOP_POWERLOSS_ROOT"
 NAMES_ENV = "EDGEPOP_POWERLOSS_NAMES"
-REFUSE_ENV = "EDGEPOP_POWERLOSS_REFUSE"
 # LMDB's data file: every store of every role (origin, control plane, replicas, objects).
 # lock.mdb is not durable state: the first process to open an environment after a reboot
 # resets it.
@@ -87,56 +82,25 @@ def build_shim(directory: Path) -> Path:
     return library
 
 
-def shim_environment(
-    library: Path,
-    root: Path,
-    names: tuple[str, ...] = WATCHED_NAMES,
-    refuse_flag: Path | None = None,
-) -> dict[str, str]:
-    """The variables that load the shim into a process and make it watch the files named
-    `names` under `root` (and refuse to sync them while `refuse_flag` exists)."""
+def shim_environment(library: Path, root: Path) -> dict[str, str]:
+    """The variables that load the shim into a process and make it watch `root`."""
     preload = " ".join(part for part in (str(library), os.environ.get("LD_PRELOAD", "")) if part)
-    environment = {
+    return {
         "LD_PRELOAD": preload,
         ROOT_ENV: str(root.resolve()),
-        NAMES_ENV: ",".join(names),
+        NAMES_ENV: ",".join(WATCHED_NAMES),
     }
-    if refuse_flag is not None:
-        environment[REFUSE_ENV] = str(refuse_flag)
-    return environment
 
 
-def run_under_shim(
-    monkeypatch: pytest.MonkeyPatch,
-    library: Path,
-    root: Path,
-    names: tuple[str, ...] = WATCHED_NAMES,
-    refuse_flag: Path | None = None,
-) -> None:
+def run_under_shim(monkeypatch: pytest.MonkeyPatch, library: Path, root: Path) -> None:
     """Every process started from now on (until the test ends) runs under the shim.
 
     The launcher hands its own environment to the zygote and to spawned nodes, so setting
     it here, before `Cluster.up`, reaches every node; this process (pytest) already runs
     and is not affected.
     """
-    for name, value in shim_environment(library, root, names, refuse_flag).items():
+    for name, value in shim_environment(library, root).items():
         monkeypatch.setenv(name, value)
-
-
-class RefusedSyncs:
-    """A disk that refuses to sync (the shim's EDGEPOP_POWERLOSS_REFUSE flag file): every
-    watched file, or only the base names given, until `allow`."""
-
-    def __init__(self, flag: Path) -> None:
-        self.flag = flag
-
-    def refuse(self, *names: str) -> None:
-        staged = self.flag.with_name(self.flag.name + ".tmp")
-        staged.write_text(",".join(names))
-        os.replace(staged, self.flag)  # whole at once: a sync never reads half a list
-
-    def allow(self) -> None:
-        self.flag.unlink(missing_ok=True)
 
 
 def pull_the_plug(cluster: Cluster) -> list[int]:

@@ -10,11 +10,6 @@
  *                            shim does nothing at all)
  *   EDGEPOP_POWERLOSS_NAMES  comma-separated base names of the watched files
  *                            (default "data.mdb", LMDB's data file)
- *   EDGEPOP_POWERLOSS_REFUSE a file path (optional): while that file exists, the disk
- *                            refuses to sync watched files (fsync and fdatasync fail
- *                            with EIO and make nothing durable); if it lists base names
- *                            (comma or newline separated), only those files. Read at
- *                            every sync, so a test turns the fault on and off live.
  *
  * Model. The bytes of a watched file that a power loss cannot take away live in a shadow
  * file beside it, PATH.synced (absent: nothing of the file was ever made durable). The
@@ -70,7 +65,6 @@ static size_t root_len;
 static char names[NAMES_MAX][NAME_BYTES_MAX];
 static int names_count;
 static int active;
-static char refuse_flag[PATH_MAX];
 
 /* One process may sync from several threads (a PoP's replica flush and its object
  * commits): the stage-sync-publish sequence and the O_DSYNC mirror must not interleave,
@@ -126,8 +120,6 @@ static void resolve_and_configure(void) {
         abort();
     }
     root_len = strlen(root);
-    const char *refuse = getenv("EDGEPOP_POWERLOSS_REFUSE");
-    if (refuse != NULL && strlen(refuse) < sizeof refuse_flag) strcpy(refuse_flag, refuse);
     const char *list = getenv("EDGEPOP_POWERLOSS_NAMES");
     if (list == NULL || list[0] == '\0') list = "data.mdb";
     while (*list != '\0' && names_count < NAMES_MAX) {
@@ -283,34 +275,10 @@ static void stage_failed(const char *path) {
     abort();
 }
 
-/* Whether the disk refuses to sync `path` now (EDGEPOP_POWERLOSS_REFUSE). */
-static int refused(const char *path) {
-    if (refuse_flag[0] == '\0') return 0;
-    int flag = open(refuse_flag, O_RDONLY | O_CLOEXEC);
-    if (flag < 0) return 0;
-    char listed[1024];
-    ssize_t length = read(flag, listed, sizeof listed - 1);
-    close(flag);
-    if (length <= 0) return 1; /* an empty flag: every watched file */
-    listed[length] = '\0';
-    const char *base = strrchr(path, '/');
-    base = base == NULL ? path : base + 1;
-    size_t base_length = strlen(base);
-    char *rest = NULL; /* strtok_r: several threads of a process may sync at once */
-    for (char *name = strtok_r(listed, ",\n", &rest); name != NULL;
-         name = strtok_r(NULL, ",\n", &rest))
-        if (strlen(name) == base_length && memcmp(name, base, base_length) == 0) return 1;
-    return 0;
-}
-
 /* A whole-file sync of `fd` through `sync_call` (fsync or fdatasync). */
 static int whole_file_sync(int fd, int (*sync_call)(int)) {
     char path[PATH_MAX], staged[PATH_MAX];
     if (!watched_fd(fd, path)) return sync_call(fd);
-    if (refused(path)) {
-        errno = EIO; /* nothing is made durable: the shadow stays as it was */
-        return -1;
-    }
     pthread_mutex_lock(&shadow_lock);
     if (stage(path, 0, -1, staged) != 0) stage_failed(path);
     int result = sync_call(fd);
