@@ -91,8 +91,9 @@ KIND_WEIGHTS: dict[str, float] = {
     "pause-control-plane": 1.0,
     **dict.fromkeys(DISK_FAULTS, 1.0),
 }
-# Kills (and pauses) of PoPs: at most one such step runs at a time (a chain already
-# kills two).
+# Kills, pauses and disk faults of PoPs: at most one such step runs at a time (a chain
+# already kills two). A step's span counts a PoP restart after it, whether or not it
+# restarts anything (a pause or a disk fault does not): room, not a requirement.
 POP_KILLS = frozenset({*OBJECT_KILLS, "kill-pop", "pause-owner", "disk-owner"})
 # Faults of the origin's process: one at a time (a restart under a refusing disk would
 # fail to start, which is not the fault drawn).
