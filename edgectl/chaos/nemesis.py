@@ -691,18 +691,27 @@ class Nemesis:
 
     # -- pauses ---------------------------------------------------------------------------
 
-    async def _pause(self, step: Step) -> None:
-        if step.kind == "pause-owner":
-            placement = await self._placement(step.object)
-            if placement is None:
-                self._skip(step, "not placed yet")
-                return
-            name = placement.owner
-            detail = f"{step.object}: {name} (owner, epoch {placement.epoch}) frozen"
-        else:
-            role = "origin" if step.kind == "pause-origin" else "control_plane"
+    async def _target(self, step: Step, role: str) -> tuple[str, str] | None:
+        """(the node, how the report names it) a pause or disk fault aims at: the current
+        owner of the step's object for an owner fault (None, the step skipped, while it is
+        not placed), else the node of `role`."""
+        if step.kind not in OWNER_FAULTS:
             name = self.cluster.by_role(role)[0].name
-            detail = f"{name} frozen"
+            return name, name
+        placement = await self._placement(step.object)
+        if placement is None:
+            self._skip(step, "not placed yet")
+            return None
+        owner = placement.owner
+        return owner, f"{step.object}: {owner} (owner, epoch {placement.epoch})"
+
+    async def _pause(self, step: Step) -> None:
+        role = "control_plane" if step.kind == "pause-control-plane" else "origin"
+        target = await self._target(step, role)
+        if target is None:
+            return
+        name, named = target
+        detail = f"{named} frozen"
         if not self.cluster.alive(name):
             self._skip(step, f"{name} is down")
             return
@@ -721,21 +730,15 @@ class Nemesis:
         if self.disk_faults is None:
             self._skip(step, self.disk_faults_missing or "no disk-fault shim")
             return
-        if step.kind == "disk-owner":
-            placement = await self._placement(step.object)
-            if placement is None:
-                self._skip(step, "not placed yet")
-                return
-            name = placement.owner
-            detail = f"{step.object}: {name}'s disk (owner, epoch {placement.epoch})"
-        else:
-            name = self.cluster.by_role("origin")[0].name
-            detail = f"{name}'s disk"
+        target = await self._target(step, "origin")
+        if target is None:
+            return
+        name, named = target
         # Every file under the node's data dir (absolute: the run's dir is resolved): its
         # stores, SQL files and sync records.
         files = str(self.cluster.node(name).data_dir).rstrip("/") + "/"
         self.disk_faults.refuse(files)
-        event = self._event(step.kind, [name], detail + " refuses to sync")
+        event = self._event(step.kind, [name], f"{named}: its disk refuses to sync")
         try:
             await self.clock.sleep_until(step.until_s)
         finally:
